@@ -1,0 +1,131 @@
+//! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo does.
+//!
+//! - `cargo xtask test`: format check, clippy with `-D warnings`, every test in release mode.
+//! - `cargo xtask bench [FILTER]`: the criterion benches, then a summary table.
+//! - `cargo xtask test-gpu`: the GPU test suite (reserved until a GPU backend lands).
+
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (cmd, rest) = args
+        .split_first()
+        .map(|(c, r)| (c.as_str(), r))
+        .unwrap_or(("help", &[]));
+    match cmd {
+        "test" => test(rest),
+        "bench" => bench(rest),
+        "test-gpu" => test_gpu(rest),
+        "help" | "-h" | "--help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown xtask command {other:?}\n\n{USAGE}"),
+    }
+}
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  test        cargo fmt --check, clippy -D warnings, all tests in release mode
+  bench [F]   run the criterion benches (optionally only those matching F), print a summary
+  test-gpu    run the GPU test suite on a machine with a GPU";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn run(program: &str, args: &[&str]) -> Result<()> {
+    eprintln!("$ {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("could not start {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed with {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+fn test(rest: &[String]) -> Result<()> {
+    run("cargo", &["fmt", "--all", "--", "--check"])?;
+    run(
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    let mut args = vec!["test", "--workspace", "--release"];
+    args.extend(rest.iter().map(String::as_str));
+    run("cargo", &args)
+}
+
+fn bench(rest: &[String]) -> Result<()> {
+    let mut args = vec!["bench", "--workspace", "--bench", "*"];
+    if !rest.is_empty() {
+        args.push("--");
+        args.extend(rest.iter().map(String::as_str));
+    }
+    run("cargo", &args)?;
+    summary()
+}
+
+/// Prints every criterion estimate found under `target/criterion` as a table of
+/// median time and throughput.
+fn summary() -> Result<()> {
+    let dir = root().join("target/criterion");
+    let mut rows = Vec::new();
+    collect(&dir, &mut rows)?;
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    println!(
+        "\n{:<60} {:>14} {:>14}",
+        "benchmark", "median", "throughput"
+    );
+    for (name, median_ns, throughput) in rows {
+        let tp = throughput
+            .map(|t| format!("{t:.2} GB/s"))
+            .unwrap_or_default();
+        println!("{name:<60} {:>11.3} ms {tp:>14}", median_ns / 1e6);
+    }
+    Ok(())
+}
+
+fn collect(dir: &Path, rows: &mut Vec<(String, f64, Option<f64>)>) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.ends_with("new") && path.join("estimates.json").exists() {
+            let est: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(path.join("estimates.json"))?)?;
+            let bench: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(path.join("benchmark.json"))?)?;
+            let median = est["median"]["point_estimate"].as_f64().unwrap_or(f64::NAN);
+            let name = bench["full_id"].as_str().unwrap_or("?").to_string();
+            let bytes = bench["throughput"]["Bytes"].as_f64();
+            rows.push((name, median, bytes.map(|b| b / median)));
+        } else if path.is_dir() {
+            collect(&path, rows)?;
+        }
+    }
+    Ok(())
+}
+
+fn test_gpu(_rest: &[String]) -> Result<()> {
+    bail!(
+        "no GPU backend exists yet: `cargo xtask test-gpu` will build and run the CUDA and wgpu \
+         test suites once those backends land"
+    )
+}
