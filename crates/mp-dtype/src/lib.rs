@@ -59,6 +59,21 @@ impl DType {
     }
 }
 
+/// How a value is rounded when it is stored in a narrower format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Rounding {
+    /// Round to nearest, ties to even (IEEE default).
+    #[default]
+    NearestEven,
+    /// Stochastic rounding: the element at absolute index `i` of a buffer draws its random bits
+    /// from the counter-based generator at `(seed, i)`, so the result depends on neither thread
+    /// count, launch shape nor backend.
+    Stochastic {
+        /// The stream's seed (e.g. derived from the run seed and the step).
+        seed: u64,
+    },
+}
+
 impl std::fmt::Display for DType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())

@@ -6,6 +6,7 @@
 
 use crate::Result;
 use mp_dtype::DType;
+pub use mp_dtype::Rounding;
 
 /// A flat device buffer of one dtype.
 pub trait DeviceBuffer: Send + Sync {
@@ -126,21 +127,6 @@ pub trait BufferExt: DeviceBuffer {
     }
 }
 impl<T: DeviceBuffer + ?Sized> BufferExt for T {}
-
-/// How a value is rounded when it is stored in a narrower format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Rounding {
-    /// Round to nearest, ties to even (IEEE default).
-    #[default]
-    NearestEven,
-    /// Stochastic rounding: the element at absolute buffer index `i` draws its random bits
-    /// from `mp_dtype`'s counter-based generator at `(seed, i)`, so the result does not depend
-    /// on thread count, launch shape or backend.
-    Stochastic {
-        /// The stream's seed (e.g. derived from the run seed and the step).
-        seed: u64,
-    },
-}
 
 /// A (batched) matrix product `C = alpha * op(A) * op(B) + beta * C`, row-major.
 ///
