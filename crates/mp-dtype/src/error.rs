@@ -26,4 +26,12 @@ pub enum DTypeError {
         /// The format.
         dtype: crate::DType,
     },
+    /// A conversion path was forced that this CPU cannot run.
+    #[error("{op}: instruction-set path {isa} is not available on this CPU")]
+    IsaUnavailable {
+        /// The conversion that was asked for.
+        op: &'static str,
+        /// The path's name.
+        isa: &'static str,
+    },
 }

@@ -4,13 +4,49 @@
 //! computes with: FP32, FP16, BF16 and the two FP8 formats. Every other crate stores buffers
 //! as raw bytes tagged with a `DType`, so only the leaf kernels are specialised per type.
 //!
-//! (The conversions, stochastic rounding and range statistics are filled in by the mp-dtype
-//! issue; this skeleton holds the type every other crate builds on.)
+//! | dtype | bytes | sign/exp/mantissa bits | bias | max | min normal | min subnormal | epsilon | inf | NaN |
+//! |---|---|---|---|---|---|---|---|---|---|
+//! | `f32` | 4 | 1/8/23 | 127 | 3.4028235e38 | 2^-126 ≈ 1.1754944e-38 | 2^-149 ≈ 1.4e-45 | 2^-23 ≈ 1.1920929e-7 | yes | exp all ones, mantissa ≠ 0 |
+//! | `f16` | 2 | 1/5/10 | 15 | 65504 | 2^-14 ≈ 6.1035156e-5 | 2^-24 ≈ 5.9604645e-8 | 2^-10 ≈ 9.765625e-4 | yes | exp all ones, mantissa ≠ 0 |
+//! | `bf16` | 2 | 1/8/7 | 127 | 3.3895314e38 | 2^-126 ≈ 1.1754944e-38 | 2^-133 ≈ 9.18355e-41 | 2^-7 = 0.0078125 | yes | exp all ones, mantissa ≠ 0 |
+//! | `f8e4m3` (fn) | 1 | 1/4/3 | 7 | 448 | 2^-6 = 0.015625 | 2^-9 = 0.001953125 | 2^-3 = 0.125 | no | `S.1111.111` only |
+//! | `f8e5m2` | 1 | 1/5/2 | 15 | 57344 | 2^-14 ≈ 6.1035156e-5 | 2^-16 ≈ 1.5258789e-5 | 2^-2 = 0.25 | yes | exp all ones, mantissa ≠ 0 |
+//!
+//! (Epsilon is the distance from 1 to the next larger value; the FP8 rows match `ml_dtypes`'
+//! `float8_e4m3fn` and `float8_e5m2`, checked by the golden tests.)
+//!
+//! ## What is here
+//!
+//! * Scalar reference conversions ([`f32_to_bits`], [`f32_to_bits_sr`], [`bits_to_f32`]):
+//!   round to nearest even with exact ties, subnormals, ±0 and NaN; stochastic rounding; a
+//!   saturating mode. The exact rules are in [`scalar`].
+//! * The counter-based generator [`sr_random`] that makes stochastic rounding a pure function of
+//!   `(seed, element index)`; its definition in [`rng`] is the cross-backend contract.
+//! * Bulk conversions between `f32` slices and byte buffers of any format ([`encode`],
+//!   [`decode`]) and typed fast paths for `half`'s types ([`f32_to_bf16`], [`bf16_to_f32`],
+//!   [`f32_to_f16`], [`f16_to_f32`]), SIMD-dispatched at run time ([`Isa`]) and parallel above
+//!   [`PARALLEL_THRESHOLD`] elements; they agree bit for bit with the scalar reference.
+//! * [`range_stats`]: how many values of a slice would overflow, flush to zero or go subnormal
+//!   in a format after scaling, plus a histogram of binary exponents.
 
 use serde::{Deserialize, Serialize};
 
+mod bulk;
 mod error;
+pub mod rng;
+pub mod scalar;
+pub mod simd;
+mod stats;
+
+pub use bulk::{
+    EncodeOptions, PARALLEL_THRESHOLD, bf16_to_f32, decode, encode, f16_to_f32, f32_to_bf16,
+    f32_to_f16,
+};
 pub use error::DTypeError;
+pub use rng::{mix32, sr_random};
+pub use scalar::{bits_to_f32, f32_to_bits, f32_to_bits_sr};
+pub use simd::Isa;
+pub use stats::{RangeStats, range_stats};
 
 /// A floating-point storage format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -45,6 +81,46 @@ impl DType {
             DType::F16 | DType::BF16 => 2,
             DType::F8E4M3 | DType::F8E5M2 => 1,
         }
+    }
+
+    /// Bits of the exponent field.
+    pub const fn exponent_bits(self) -> u32 {
+        scalar::Layout::of(self).ebits
+    }
+
+    /// Bits of the mantissa (fraction) field, without the hidden bit.
+    pub const fn mantissa_bits(self) -> u32 {
+        scalar::Layout::of(self).mbits
+    }
+
+    /// The exponent bias: a normal value is `1.m · 2^(exponent field − bias)`.
+    pub const fn bias(self) -> i32 {
+        scalar::Layout::of(self).bias
+    }
+
+    /// Whether the format has infinities (all but [`DType::F8E4M3`]).
+    pub const fn has_inf(self) -> bool {
+        scalar::Layout::of(self).has_inf
+    }
+
+    /// The largest finite value.
+    pub fn max(self) -> f32 {
+        bits_to_f32(scalar::Layout::of(self).max_bits, self)
+    }
+
+    /// The smallest positive normal value, `2^(1 − bias)`.
+    pub fn min_normal(self) -> f32 {
+        bits_to_f32(1 << self.mantissa_bits(), self)
+    }
+
+    /// The smallest positive subnormal value, `2^(1 − bias − mantissa_bits)`.
+    pub fn min_subnormal(self) -> f32 {
+        bits_to_f32(1, self)
+    }
+
+    /// The distance from 1 to the next larger value, `2^−mantissa_bits`.
+    pub fn epsilon(self) -> f32 {
+        f32::from_bits((127 - self.mantissa_bits()) << 23)
     }
 
     /// The short lowercase name used in configs, file names and messages (`"bf16"`).

@@ -1,0 +1,183 @@
+//! Per-instruction-set kernels for the bulk BF16/F16 conversions, and their run-time dispatch.
+//!
+//! Each kernel converts one contiguous chunk on the calling thread; the parallel split lives
+//! in the bulk module. Every kernel agrees bit for bit with the scalar reference
+//! ([`crate::scalar`]); the tests run each [`Isa`] the CPU supports against it.
+
+use crate::DTypeError;
+
+/// An instruction-set path for the bulk conversions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Plain Rust, any target (the compiler may auto-vectorise it).
+    Portable,
+}
+
+impl Isa {
+    /// Every path this crate has, whether or not the CPU supports it.
+    pub const ALL: [Isa; 1] = [Isa::Portable];
+
+    /// Whether this CPU can run the path.
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Portable => true,
+        }
+    }
+
+    /// The paths this CPU can run, in [`Isa::ALL`] order.
+    pub fn available() -> Vec<Isa> {
+        Isa::ALL.into_iter().filter(|i| i.is_available()).collect()
+    }
+
+    /// The path the bulk conversions use for f32 -> BF16 and BF16 -> f32 on this CPU.
+    pub fn best_for_bf16() -> Isa {
+        Isa::Portable
+    }
+
+    /// The path the bulk conversions use for f32 -> F16 and F16 -> f32 on this CPU.
+    pub fn best_for_f16() -> Isa {
+        Isa::Portable
+    }
+
+    /// A short name for reports (`"avx2"`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+        }
+    }
+
+    fn check(self, op: &'static str) -> Result<(), DTypeError> {
+        if self.is_available() {
+            Ok(())
+        } else {
+            Err(DTypeError::IsaUnavailable {
+                op,
+                isa: self.name(),
+            })
+        }
+    }
+}
+
+impl std::fmt::Display for Isa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+fn check_len(op: &'static str, src: usize, dst: usize) -> Result<(), DTypeError> {
+    if src == dst {
+        Ok(())
+    } else {
+        Err(DTypeError::LengthMismatch { op, src, dst })
+    }
+}
+
+/// f32 -> BF16 bits (round to nearest even) on one thread with the given path.
+///
+/// # Errors
+/// [`DTypeError::LengthMismatch`] if the slices differ in length,
+/// [`DTypeError::IsaUnavailable`] if this CPU cannot run `isa`.
+pub fn f32_to_bf16_with(isa: Isa, src: &[f32], dst: &mut [u16]) -> Result<(), DTypeError> {
+    const OP: &str = "f32_to_bf16";
+    check_len(OP, src.len(), dst.len())?;
+    isa.check(OP)?;
+    match isa {
+        Isa::Portable => portable::f32_to_bf16(src, dst),
+    }
+    Ok(())
+}
+
+/// BF16 bits -> f32 on one thread with the given path.
+///
+/// # Errors
+/// As [`f32_to_bf16_with`].
+pub fn bf16_to_f32_with(isa: Isa, src: &[u16], dst: &mut [f32]) -> Result<(), DTypeError> {
+    const OP: &str = "bf16_to_f32";
+    check_len(OP, src.len(), dst.len())?;
+    isa.check(OP)?;
+    match isa {
+        Isa::Portable => portable::bf16_to_f32(src, dst),
+    }
+    Ok(())
+}
+
+/// f32 -> F16 bits (round to nearest even) on one thread with the given path.
+///
+/// # Errors
+/// As [`f32_to_bf16_with`].
+pub fn f32_to_f16_with(isa: Isa, src: &[f32], dst: &mut [u16]) -> Result<(), DTypeError> {
+    const OP: &str = "f32_to_f16";
+    check_len(OP, src.len(), dst.len())?;
+    isa.check(OP)?;
+    match isa {
+        Isa::Portable => portable::f32_to_f16(src, dst),
+    }
+    Ok(())
+}
+
+/// F16 bits -> f32 on one thread with the given path.
+///
+/// # Errors
+/// As [`f32_to_bf16_with`].
+pub fn f16_to_f32_with(isa: Isa, src: &[u16], dst: &mut [f32]) -> Result<(), DTypeError> {
+    const OP: &str = "f16_to_f32";
+    check_len(OP, src.len(), dst.len())?;
+    isa.check(OP)?;
+    match isa {
+        Isa::Portable => portable::f16_to_f32(src, dst),
+    }
+    Ok(())
+}
+
+/// The portable kernels: branch-light integer code the compiler can vectorise.
+pub(crate) mod portable {
+    use crate::{DType, bits_to_f32, f32_to_bits};
+
+    /// f32 -> BF16, round to nearest even, written branch-free so it vectorises.
+    #[inline(always)]
+    pub(crate) fn bf16_bits(x: f32) -> u16 {
+        let b = x.to_bits();
+        let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16;
+        let nan = (b >> 16) | 0x0040;
+        (if b & 0x7fff_ffff > 0x7f80_0000 {
+            nan
+        } else {
+            rounded
+        }) as u16
+    }
+
+    /// BF16 -> f32, NaN quietened.
+    #[inline(always)]
+    pub(crate) fn bf16_value(h: u16) -> f32 {
+        let w = (h as u32) << 16;
+        f32::from_bits(if w & 0x7fff_ffff > 0x7f80_0000 {
+            w | 0x0040_0000
+        } else {
+            w
+        })
+    }
+
+    pub(crate) fn f32_to_bf16(src: &[f32], dst: &mut [u16]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = bf16_bits(s);
+        }
+    }
+
+    pub(crate) fn bf16_to_f32(src: &[u16], dst: &mut [f32]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = bf16_value(s);
+        }
+    }
+
+    pub(crate) fn f32_to_f16(src: &[f32], dst: &mut [u16]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = f32_to_bits(s, DType::F16, false) as u16;
+        }
+    }
+
+    pub(crate) fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = bits_to_f32(s as u32, DType::F16);
+        }
+    }
+}
