@@ -1,0 +1,349 @@
+//! Training data: byte-level tokens from any text file, or the embedded arithmetic corpus.
+//!
+//! Tokens are bytes (vocabulary 256). A [`Dataset`] holds a training and a validation token
+//! stream. Batches are windows of `context + 1` tokens (inputs and next-token targets) whose
+//! offsets are a pure function of `(seed, micro-batch index, row)`, so the data position of a
+//! run is just its step count: a resumed run sees exactly the batches the uninterrupted run saw.
+//!
+//! The embedded corpus is generated from the seed: addition problems with zero-padded operands
+//! (`07+45=052\n`). A fraction of all operand pairs is held out; the validation text and the
+//! exact-match accuracy use only held-out pairs, so accuracy measures generalisation.
+
+use crate::config::DataConfig;
+use crate::error::{Result, TrainError};
+use std::path::{Path, PathBuf};
+
+/// SplitMix64: a tiny, fast, well-mixed counter-based generator step.
+pub fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A uniform draw in `0..n` from the counter `(seed, a, b)` (`n > 0`).
+fn draw(seed: u64, a: u64, b: u64, n: u64) -> u64 {
+    let h = mix64(mix64(mix64(seed) ^ a) ^ b.wrapping_mul(0xD6E8_FEB8_6659_FD93));
+    // Multiply-shift: unbiased enough for n << 2^64.
+    ((h as u128 * n as u128) >> 64) as u64
+}
+
+/// The embedded arithmetic task: `a+b=c` with zero-padded `digits`-digit operands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Arithmetic {
+    /// Operand digits.
+    pub digits: u32,
+}
+
+impl Arithmetic {
+    /// Characters of one problem line, newline included.
+    pub fn line_len(&self) -> usize {
+        let d = self.digits as usize;
+        2 * d + 2 + (d + 1) + 1
+    }
+
+    /// Characters of the prompt (`a+b=`).
+    pub fn prompt_len(&self) -> usize {
+        2 * self.digits as usize + 2
+    }
+
+    /// Characters of the answer (without the newline).
+    pub fn answer_len(&self) -> usize {
+        self.digits as usize + 1
+    }
+
+    /// The problem line for `a + b`.
+    pub fn line(&self, a: u64, b: u64) -> String {
+        let d = self.digits as usize;
+        format!("{a:0d$}+{b:0d$}={c:0w$}\n", c = a + b, w = d + 1)
+    }
+
+    fn operands(&self) -> u64 {
+        10u64.pow(self.digits)
+    }
+
+    /// Whether the pair `(a, b)` is held out for validation.
+    fn held_out(&self, seed: u64, a: u64, b: u64, val_fraction: f64) -> bool {
+        let h = mix64(mix64(seed ^ 0xA5A5_5A5A) ^ (a << 20 | b));
+        (h >> 11) as f64 / (1u64 << 53) as f64 <= val_fraction
+    }
+}
+
+/// Where a dataset's text came from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Source {
+    /// A text file, split at `1 - val_fraction` of its bytes.
+    File(PathBuf),
+    /// The embedded arithmetic corpus.
+    Arithmetic(Arithmetic),
+}
+
+/// A training and a validation token stream.
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    /// Where the text came from.
+    pub source: Source,
+    /// Training tokens.
+    pub train: Vec<u32>,
+    /// Validation tokens.
+    pub val: Vec<u32>,
+}
+
+/// One batch: `rows x t` inputs and their next-token targets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// Rows.
+    pub rows: usize,
+    /// Tokens per row.
+    pub t: usize,
+    /// Input ids, row-major.
+    pub inputs: Vec<u32>,
+    /// Target ids (the next token of each input).
+    pub targets: Vec<u32>,
+}
+
+fn bytes_to_tokens(bytes: &[u8]) -> Vec<u32> {
+    bytes.iter().map(|&b| u32::from(b)).collect()
+}
+
+impl Dataset {
+    /// The dataset a config asks for, checked to fit `context` (sequence length).
+    pub fn from_config(cfg: &DataConfig, seed: u64, context: usize) -> Result<Self> {
+        match &cfg.path {
+            Some(path) => Self::from_file(path, cfg.val_fraction, context),
+            None => Ok(Self::arithmetic(cfg, seed)),
+        }
+    }
+
+    /// Byte-level tokens from a text file; the last `val_fraction` of it is the validation
+    /// split. Each split must hold at least `context + 1` tokens.
+    pub fn from_file(path: &Path, val_fraction: f64, context: usize) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(TrainError::io("reading data", path))?;
+        let bad = |reason: String| TrainError::Data {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if bytes.is_empty() {
+            return Err(bad("the file is empty".into()));
+        }
+        let n_val = ((bytes.len() as f64) * val_fraction).round() as usize;
+        let n_train = bytes.len() - n_val;
+        let need = context + 1;
+        if n_train < need || n_val < need {
+            let total = (need as f64 / val_fraction.min(1.0 - val_fraction)).ceil() as usize;
+            return Err(bad(format!(
+                "{} bytes is too short: with context {context} and val_fraction {val_fraction} \
+                 each split needs at least {need} bytes (train {n_train}, validation {n_val}); \
+                 give at least {total} bytes",
+                bytes.len()
+            )));
+        }
+        Ok(Dataset {
+            source: Source::File(path.to_path_buf()),
+            train: bytes_to_tokens(&bytes[..n_train]),
+            val: bytes_to_tokens(&bytes[n_train..]),
+        })
+    }
+
+    /// The embedded arithmetic corpus: `cfg.problems` training problems over the pairs not
+    /// held out, and `cfg.problems * val_fraction` (at least 64) over the held-out pairs.
+    pub fn arithmetic(cfg: &DataConfig, seed: u64) -> Self {
+        let task = Arithmetic { digits: cfg.digits };
+        let n = task.operands();
+        let mut train_pairs = Vec::new();
+        let mut val_pairs = Vec::new();
+        for a in 0..n {
+            for b in 0..n {
+                if task.held_out(seed, a, b, cfg.val_fraction) {
+                    val_pairs.push((a, b));
+                } else {
+                    train_pairs.push((a, b));
+                }
+            }
+        }
+        // Tiny operand spaces may leave a split empty: then both use every pair.
+        if val_pairs.is_empty() || train_pairs.is_empty() {
+            train_pairs.append(&mut val_pairs);
+            val_pairs = train_pairs.clone();
+        }
+        let text = |pairs: &[(u64, u64)], count: usize, stream: u64| {
+            let mut s = String::with_capacity(count * task.line_len());
+            for i in 0..count as u64 {
+                let (a, b) = pairs[draw(seed, stream, i, pairs.len() as u64) as usize];
+                s.push_str(&task.line(a, b));
+            }
+            bytes_to_tokens(s.as_bytes())
+        };
+        let n_val = ((cfg.problems as f64 * cfg.val_fraction).ceil() as usize).max(64);
+        Dataset {
+            source: Source::Arithmetic(task),
+            train: text(&train_pairs, cfg.problems, 1),
+            val: text(&val_pairs, n_val, 2),
+        }
+    }
+
+    /// The arithmetic task, when this is the embedded corpus.
+    pub fn arithmetic_task(&self) -> Option<Arithmetic> {
+        match self.source {
+            Source::Arithmetic(a) => Some(a),
+            Source::File(_) => None,
+        }
+    }
+
+    /// A short description for logs and reports.
+    pub fn describe(&self) -> String {
+        match &self.source {
+            Source::File(p) => format!(
+                "{} ({} train / {} validation bytes)",
+                p.display(),
+                self.train.len(),
+                self.val.len()
+            ),
+            Source::Arithmetic(a) => format!(
+                "embedded arithmetic corpus, {}-digit addition ({} train / {} validation bytes)",
+                a.digits,
+                self.train.len(),
+                self.val.len()
+            ),
+        }
+    }
+
+    /// Training micro-batch number `micro` (`step * grad_accum + k`): `rows` random windows.
+    pub fn train_batch(&self, seed: u64, micro: u64, rows: usize, t: usize) -> Batch {
+        let span = (self.train.len() - t) as u64; // >= 1: checked at construction
+        let offsets = (0..rows as u64).map(|r| draw(seed ^ 0x7EA1, micro, r, span) as usize);
+        window_batch(&self.train, offsets, rows, t)
+    }
+
+    /// Validation batch number `index` of `count`: evenly spaced, fixed windows, the same in
+    /// every evaluation and every run.
+    pub fn val_batch(&self, index: usize, count: usize, rows: usize, t: usize) -> Batch {
+        let span = self.val.len() - t;
+        let total = (count * rows).max(1);
+        let offsets = (0..rows).map(|r| ((index * rows + r) * span) / total);
+        window_batch(&self.val, offsets, rows, t)
+    }
+
+    /// Up to `count` held-out problems as `(prompt tokens, expected answer)`: each prompt is
+    /// the `prompt_tokens` validation tokens ending with a problem's `=`.
+    pub fn eval_problems(&self, count: usize, prompt_tokens: usize) -> Vec<(Vec<u32>, String)> {
+        let Some(task) = self.arithmetic_task() else {
+            return Vec::new();
+        };
+        let line = task.line_len();
+        let mut out = Vec::new();
+        let mut start = 0;
+        while out.len() < count && start + line <= self.val.len() {
+            let end = start + task.prompt_len();
+            if end >= prompt_tokens {
+                let prompt = self.val[end - prompt_tokens..end].to_vec();
+                let answer: String = self.val[end..end + task.answer_len()]
+                    .iter()
+                    .map(|&b| char::from(b as u8))
+                    .collect();
+                out.push((prompt, answer));
+            }
+            start += line;
+        }
+        out
+    }
+}
+
+fn window_batch(
+    tokens: &[u32],
+    offsets: impl Iterator<Item = usize>,
+    rows: usize,
+    t: usize,
+) -> Batch {
+    let mut inputs = Vec::with_capacity(rows * t);
+    let mut targets = Vec::with_capacity(rows * t);
+    for off in offsets {
+        inputs.extend_from_slice(&tokens[off..off + t]);
+        targets.extend_from_slice(&tokens[off + 1..off + t + 1]);
+    }
+    Batch {
+        rows,
+        t,
+        inputs,
+        targets,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> DataConfig {
+        DataConfig {
+            problems: 2000,
+            ..DataConfig::default()
+        }
+    }
+
+    #[test]
+    fn arithmetic_lines_are_correct_and_held_out_pairs_disjoint() {
+        let ds = Dataset::arithmetic(&cfg(), 7);
+        let task = ds.arithmetic_task().unwrap();
+        let parse = |toks: &[u32]| -> Vec<(String, u64)> {
+            let s: String = toks.iter().map(|&b| char::from(b as u8)).collect();
+            s.lines()
+                .map(|l| {
+                    let (q, c) = l.split_once('=').unwrap();
+                    let (a, b) = q.split_once('+').unwrap();
+                    assert_eq!(
+                        a.parse::<u64>().unwrap() + b.parse::<u64>().unwrap(),
+                        c.parse::<u64>().unwrap()
+                    );
+                    assert_eq!(l.len() + 1, task.line_len());
+                    (q.to_string(), 0)
+                })
+                .collect()
+        };
+        let train: std::collections::HashSet<_> = parse(&ds.train).into_iter().collect();
+        let val = parse(&ds.val);
+        assert!(val.iter().all(|p| !train.contains(p)));
+        assert_eq!(ds.train.len(), 2000 * task.line_len());
+    }
+
+    #[test]
+    fn batches_are_deterministic_windows_with_shifted_targets() {
+        let ds = Dataset::arithmetic(&cfg(), 7);
+        let b1 = ds.train_batch(3, 10, 4, 16);
+        assert_eq!(b1, ds.train_batch(3, 10, 4, 16));
+        assert_ne!(b1, ds.train_batch(3, 11, 4, 16));
+        assert_eq!(&b1.inputs[1..16], &b1.targets[..15]);
+        let v = ds.val_batch(1, 4, 2, 16);
+        assert_eq!(v.inputs.len(), 32);
+    }
+
+    #[test]
+    fn eval_problems_end_with_the_prompt() {
+        let ds = Dataset::arithmetic(&cfg(), 7);
+        let probs = ds.eval_problems(10, 20);
+        assert_eq!(probs.len(), 10);
+        for (p, ans) in probs {
+            assert_eq!(p.len(), 20);
+            assert_eq!(*p.last().unwrap(), u32::from(b'='));
+            assert_eq!(ans.len(), 3);
+        }
+    }
+
+    #[test]
+    fn short_and_empty_files_are_rejected() {
+        let dir = std::env::temp_dir().join(format!("mp-train-data-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.txt");
+        std::fs::write(&empty, "").unwrap();
+        let e = Dataset::from_file(&empty, 0.1, 8).unwrap_err().to_string();
+        assert!(e.contains("empty") && e.contains("empty.txt"), "{e}");
+        let short = dir.join("short.txt");
+        std::fs::write(&short, "hello world").unwrap();
+        let e = Dataset::from_file(&short, 0.1, 8).unwrap_err().to_string();
+        assert!(e.contains("too short") && e.contains("context 8"), "{e}");
+        let ok = dir.join("ok.txt");
+        std::fs::write(&ok, "abcdefghij".repeat(10)).unwrap();
+        let ds = Dataset::from_file(&ok, 0.1, 8).unwrap();
+        assert_eq!((ds.train.len(), ds.val.len()), (90, 10));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,3 @@
+//! The `mp-train` command line.
+
+fn main() {}

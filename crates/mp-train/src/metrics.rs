@@ -1,0 +1,155 @@
+//! Metrics: one JSON line per logged step (`metrics.jsonl`) and per evaluation (`eval.jsonl`).
+
+use crate::error::{Result, TrainError};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// One logged optimizer step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Optimizer step (1-based: the number of steps taken, as HF logs it).
+    pub step: u64,
+    /// Mean training loss of this step's micro-batches (unscaled).
+    pub loss: f32,
+    /// Learning rate used by this step.
+    pub lr: f64,
+    /// Loss scale used by this step's backward.
+    pub scale: f32,
+    /// Global norm of the unscaled gradients before clipping (absent on a skipped step).
+    pub grad_norm: Option<f64>,
+    /// True when the update was skipped (non-finite gradients).
+    pub skipped: bool,
+    /// Steps skipped so far in this run.
+    pub skipped_total: u64,
+    /// Training tokens per second since the previous record.
+    pub tokens_per_s: f64,
+    /// Training tokens seen so far.
+    pub tokens: u64,
+    /// Seconds since the run (or its resumption) started.
+    pub elapsed_s: f64,
+    /// Fraction of the non-zero unscaled gradient values that underflow to zero in FP16 at
+    /// scale 1 (present on steps where the gradient histogram was taken).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fp16_underflow_at_1: Option<f64>,
+    /// The same fraction at this step's loss scale.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fp16_underflow_at_scale: Option<f64>,
+}
+
+/// One evaluation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalRecord {
+    /// Optimizer steps taken when it ran.
+    pub step: u64,
+    /// Mean validation loss.
+    pub val_loss: f32,
+    /// Exact-match accuracy on held-out arithmetic problems (absent for a text file).
+    pub accuracy: Option<f64>,
+    /// Problems answered.
+    pub problems: usize,
+}
+
+/// Appends records to a JSON-lines file, flushed after every record.
+#[derive(Debug)]
+pub struct JsonlWriter {
+    path: PathBuf,
+    file: std::io::BufWriter<std::fs::File>,
+}
+
+impl JsonlWriter {
+    /// Opens `path` for appending (created if missing).
+    pub fn append(path: &Path) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(TrainError::io("opening", path))?;
+        Ok(JsonlWriter {
+            path: path.to_path_buf(),
+            file: std::io::BufWriter::new(file),
+        })
+    }
+
+    /// Writes one record as a line.
+    pub fn write<T: Serialize>(&mut self, record: &T) -> Result<()> {
+        let line = serde_json::to_string(record).map_err(|source| TrainError::Json {
+            path: self.path.clone(),
+            source,
+        })?;
+        writeln!(self.file, "{line}")
+            .and_then(|()| self.file.flush())
+            .map_err(TrainError::io("writing", &self.path))
+    }
+}
+
+/// Reads every record of a JSON-lines file (missing file: none).
+pub fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(TrainError::io("reading", path)(e)),
+    };
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).map_err(|source| TrainError::Json {
+                path: path.to_path_buf(),
+                source,
+            })
+        })
+        .collect()
+}
+
+/// Rewrites a JSON-lines file keeping only records whose `step` is at most `step` (a run
+/// resumed in its own folder drops what the interrupted run logged after the checkpoint).
+pub fn truncate_after(path: &Path, step: u64) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(TrainError::io("reading", path)(e)),
+    };
+    #[derive(Deserialize)]
+    struct StepOnly {
+        step: u64,
+    }
+    let mut kept = String::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let rec: StepOnly = serde_json::from_str(line).map_err(|source| TrainError::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if rec.step <= step {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    crate::fsutil::write_atomic(path, kept.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_read_truncate() {
+        let dir = std::env::temp_dir().join(format!("mp-train-metrics-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("eval.jsonl");
+        let mut w = JsonlWriter::append(&p).unwrap();
+        for step in [10, 20, 30] {
+            w.write(&EvalRecord {
+                step,
+                val_loss: 1.5,
+                accuracy: Some(0.5),
+                problems: 4,
+            })
+            .unwrap();
+        }
+        drop(w);
+        truncate_after(&p, 20).unwrap();
+        let back: Vec<EvalRecord> = read_jsonl(&p).unwrap();
+        assert_eq!(back.iter().map(|r| r.step).collect::<Vec<_>>(), [10, 20]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
