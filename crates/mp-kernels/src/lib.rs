@@ -20,8 +20,11 @@
 //! backend is tested against.
 
 pub mod backend;
+pub mod cpu;
 pub mod error;
+pub mod testing;
 
 pub use backend::*;
+pub use cpu::{CpuBackend, CpuBuffer};
 pub use error::{KernelError, Result};
 pub use mp_dtype::DType;

@@ -1,0 +1,45 @@
+//! CPU GEMM throughput per input dtype at the shapes of the `gpt-cpu` config and at 512^3.
+//!
+//! Throughput is reported as `Elements(2 m n k)`, so criterion's "elem/s" reads as FLOP/s.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use mp_kernels::testing::random_vec;
+use mp_kernels::{Backend, BufferExt, CpuBackend, CpuBuffer, DType, Gemm};
+use std::hint::black_box;
+
+/// (name, m, n, k, trans_a, trans_b): rows = batch 16 x context 64 of `gpt-cpu` (width 128).
+const SHAPES: [(&str, usize, usize, usize, bool, bool); 5] = [
+    ("qkv_fwd_1024x384x128", 1024, 384, 128, false, false),
+    ("mlp_down_1024x128x512", 1024, 128, 512, false, false),
+    ("dw_qkv_128x384x1024_tA", 128, 384, 1024, true, false),
+    ("dx_qkv_1024x128x384_tB", 1024, 128, 384, false, true),
+    ("square_512", 512, 512, 512, false, false),
+];
+
+fn bench(c: &mut Criterion) {
+    let cpu = CpuBackend::new();
+    for (name, m, n, k, ta, tb) in SHAPES {
+        let mut g = c.benchmark_group(format!("gemm/{name}"));
+        g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        for dt in [DType::F32, DType::BF16, DType::F16] {
+            let a = cpu.upload_f32(&random_vec(m * k, 1), dt).expect("upload");
+            let b = cpu.upload_f32(&random_vec(k * n, 2), dt).expect("upload");
+            let mut out = CpuBuffer::zeros(dt, m * n);
+            let spec = Gemm {
+                trans_a: ta,
+                trans_b: tb,
+                ..Gemm::new(m, n, k)
+            };
+            g.bench_function(dt.name(), |bch| {
+                bch.iter(|| {
+                    cpu.gemm(a.view(), b.view(), out.view_mut(), black_box(&spec))
+                        .expect("gemm")
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,234 @@
+//! Causal multi-head self-attention forward and backward (the "math" path: scores,
+//! softmax, weighted values), f32 inside, one (batch, head) pair per task.
+//!
+//! The forward computes one query row at a time (scores of length `t`, never the whole
+//! `t x t` matrix in f32), stores the probabilities rounded to the `probs` dtype and uses those
+//! stored values for `P V`, so the backward differentiates exactly the function computed.
+
+use super::CpuBuffer;
+use super::check::{bytes, bytes_mut, expect_len, mul, shape_err};
+use super::convert::{narrow, widen, with_f32_mut};
+use super::norm::softmax_row;
+use crate::Result;
+use crate::backend::{Attention, View, ViewMut};
+use mp_dtype::DType;
+use rayon::prelude::*;
+
+/// Dot product with eight f32 accumulators.
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut ia = a.chunks_exact(8);
+    let mut ib = b.chunks_exact(8);
+    for (x, y) in (&mut ia).zip(&mut ib) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let tail: f32 = ia
+        .remainder()
+        .iter()
+        .zip(ib.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// `y += a * x`.
+#[inline]
+fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+/// Validated sizes: `(t, c, heads, head size)`.
+fn check(op: &'static str, s: &Attention) -> Result<(usize, usize, usize, usize)> {
+    if s.heads == 0 || !s.c.is_multiple_of(s.heads) {
+        return Err(shape_err(
+            op,
+            format!("width c={} is not divisible by heads={}", s.c, s.heads),
+        ));
+    }
+    Ok((s.t, s.c, s.heads, s.c / s.heads))
+}
+
+/// Gathers head `h`'s slice of part `part` (0 = q, 1 = k, 2 = v) of one batch entry of qkv
+/// (`t x 3c` elements of `dt`) into `dst` (`t x hs` f32).
+#[allow(clippy::too_many_arguments)]
+fn gather(src: &[u8], dt: DType, t: usize, row: usize, col: usize, hs: usize, dst: &mut Vec<f32>) {
+    let s = dt.size_in_bytes();
+    dst.resize(t * hs, 0.0);
+    for (i, d) in dst.chunks_exact_mut(hs).enumerate() {
+        let at = (i * row + col) * s;
+        widen(dt, &src[at..at + hs * s], d);
+    }
+}
+
+/// Causal attention forward.
+pub(crate) fn attention(
+    qkv: View<'_, CpuBuffer>,
+    shape: &Attention,
+    out: ViewMut<'_, CpuBuffer>,
+    probs: ViewMut<'_, CpuBuffer>,
+) -> Result<()> {
+    const OP: &str = "attention";
+    let (t, c, heads, hs) = check(OP, shape)?;
+    let bt = mul(OP, shape.b, t)?;
+    expect_len(OP, "qkv", qkv.len, mul(OP, bt, 3 * c)?)?;
+    expect_len(OP, "out", out.len, mul(OP, bt, c)?)?;
+    expect_len(
+        OP,
+        "probs",
+        probs.len,
+        mul(OP, mul(OP, shape.b * heads, t)?, t)?,
+    )?;
+    if bt == 0 || c == 0 {
+        return Ok(());
+    }
+    let (dq, dout, dp) = (qkv.dtype(), out.dtype(), probs.dtype());
+    let (sq, so, sp) = (dq.size_in_bytes(), dout.size_in_bytes(), dp.size_in_bytes());
+    let qkv = bytes(OP, "qkv", qkv)?;
+    let out = bytes_mut(OP, "out", out)?;
+    let probs = bytes_mut(OP, "probs", probs)?;
+    let scale = 1.0 / (hs as f32).sqrt();
+
+    out.par_chunks_mut(t * c * so)
+        .zip(probs.par_chunks_mut(heads * t * t * sp))
+        .zip(qkv.par_chunks(t * 3 * c * sq))
+        .for_each(|((out_b, probs_b), qkv_b)| {
+            let heads_out: Vec<Vec<f32>> = probs_b
+                .par_chunks_mut(t * t * sp)
+                .enumerate()
+                .map(|(h, probs_bh)| {
+                    let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
+                    gather(qkv_b, dq, t, 3 * c, h * hs, hs, &mut q);
+                    gather(qkv_b, dq, t, 3 * c, c + h * hs, hs, &mut k);
+                    gather(qkv_b, dq, t, 3 * c, 2 * c + h * hs, hs, &mut v);
+                    let mut o = vec![0.0f32; t * hs];
+                    let mut scores = vec![0.0f32; t];
+                    let mut p = vec![0.0f32; t];
+                    for i in 0..t {
+                        let qi = &q[i * hs..(i + 1) * hs];
+                        for (j, s) in scores[..=i].iter_mut().enumerate() {
+                            *s = scale * dot(qi, &k[j * hs..(j + 1) * hs]);
+                        }
+                        softmax_row(&scores, i + 1, false, &mut p);
+                        let prow = &mut probs_bh[i * t * sp..(i + 1) * t * sp];
+                        narrow(dp, &p, prow);
+                        if dp != DType::F32 {
+                            // Use the stored (rounded) probabilities, as the backward will.
+                            widen(dp, prow, &mut p);
+                        }
+                        let oi = &mut o[i * hs..(i + 1) * hs];
+                        for (j, &pj) in p[..=i].iter().enumerate() {
+                            axpy(pj, &v[j * hs..(j + 1) * hs], oi);
+                        }
+                    }
+                    o
+                })
+                .collect();
+            let mut row = vec![0.0f32; c];
+            for (i, orow) in out_b.chunks_exact_mut(c * so).enumerate() {
+                for (h, ho) in heads_out.iter().enumerate() {
+                    row[h * hs..(h + 1) * hs].copy_from_slice(&ho[i * hs..(i + 1) * hs]);
+                }
+                narrow(dout, &row, orow);
+            }
+        });
+    Ok(())
+}
+
+/// Causal attention backward: `dqkv += ..`.
+pub(crate) fn attention_backward(
+    dout: View<'_, CpuBuffer>,
+    qkv: View<'_, CpuBuffer>,
+    probs: View<'_, CpuBuffer>,
+    shape: &Attention,
+    dqkv: ViewMut<'_, CpuBuffer>,
+) -> Result<()> {
+    const OP: &str = "attention_backward";
+    let (t, c, heads, hs) = check(OP, shape)?;
+    let bt = mul(OP, shape.b, t)?;
+    expect_len(OP, "qkv", qkv.len, mul(OP, bt, 3 * c)?)?;
+    expect_len(OP, "dqkv", dqkv.len, mul(OP, bt, 3 * c)?)?;
+    expect_len(OP, "dout", dout.len, mul(OP, bt, c)?)?;
+    expect_len(
+        OP,
+        "probs",
+        probs.len,
+        mul(OP, mul(OP, shape.b * heads, t)?, t)?,
+    )?;
+    if bt == 0 || c == 0 {
+        return Ok(());
+    }
+    let (tdo, tq, tp, tdq) = (dout.dtype(), qkv.dtype(), probs.dtype(), dqkv.dtype());
+    let (sdo, sq, sp, sdq) = (
+        tdo.size_in_bytes(),
+        tq.size_in_bytes(),
+        tp.size_in_bytes(),
+        tdq.size_in_bytes(),
+    );
+    let dout = bytes(OP, "dout", dout)?;
+    let qkv = bytes(OP, "qkv", qkv)?;
+    let probs = bytes(OP, "probs", probs)?;
+    let dqkv = bytes_mut(OP, "dqkv", dqkv)?;
+    let scale = 1.0 / (hs as f32).sqrt();
+
+    dqkv.par_chunks_mut(t * 3 * c * sdq)
+        .zip(dout.par_chunks(t * c * sdo))
+        .zip(qkv.par_chunks(t * 3 * c * sq))
+        .zip(probs.par_chunks(heads * t * t * sp))
+        .for_each(|(((dqkv_b, dout_b), qkv_b), probs_b)| {
+            let grads: Vec<[Vec<f32>; 3]> = probs_b
+                .par_chunks(t * t * sp)
+                .enumerate()
+                .map(|(h, probs_bh)| {
+                    let (mut q, mut k, mut v, mut go) =
+                        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                    gather(qkv_b, tq, t, 3 * c, h * hs, hs, &mut q);
+                    gather(qkv_b, tq, t, 3 * c, c + h * hs, hs, &mut k);
+                    gather(qkv_b, tq, t, 3 * c, 2 * c + h * hs, hs, &mut v);
+                    gather(dout_b, tdo, t, c, h * hs, hs, &mut go);
+                    let mut dq = vec![0.0f32; t * hs];
+                    let mut dk = vec![0.0f32; t * hs];
+                    let mut dv = vec![0.0f32; t * hs];
+                    let mut p = vec![0.0f32; t];
+                    let mut ds = vec![0.0f32; t];
+                    for i in 0..t {
+                        widen(tp, &probs_bh[i * t * sp..(i + 1) * t * sp], &mut p);
+                        let goi = &go[i * hs..(i + 1) * hs];
+                        let mut sum = 0.0f32;
+                        for j in 0..=i {
+                            let dpj = dot(goi, &v[j * hs..(j + 1) * hs]);
+                            ds[j] = dpj;
+                            sum += p[j] * dpj;
+                            axpy(p[j], goi, &mut dv[j * hs..(j + 1) * hs]);
+                        }
+                        let qi = &q[i * hs..(i + 1) * hs];
+                        let dqi = &mut dq[i * hs..(i + 1) * hs];
+                        for j in 0..=i {
+                            let g = scale * p[j] * (ds[j] - sum);
+                            axpy(g, &k[j * hs..(j + 1) * hs], dqi);
+                            axpy(g, qi, &mut dk[j * hs..(j + 1) * hs]);
+                        }
+                    }
+                    [dq, dk, dv]
+                })
+                .collect();
+            let mut tmp = Vec::new();
+            for (i, drow) in dqkv_b.chunks_exact_mut(3 * c * sdq).enumerate() {
+                with_f32_mut(tdq, drow, &mut tmp, true, |row| {
+                    for (h, g) in grads.iter().enumerate() {
+                        for (part, gp) in g.iter().enumerate() {
+                            let dst = &mut row[part * c + h * hs..part * c + (h + 1) * hs];
+                            for (d, &s) in dst.iter_mut().zip(&gp[i * hs..(i + 1) * hs]) {
+                                *d += s;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+    Ok(())
+}

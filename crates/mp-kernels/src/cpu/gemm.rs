@@ -1,0 +1,186 @@
+//! Batched GEMM with transposes, alpha/beta and broadcast strides, through the `gemm` crate's
+//! f32 kernels (packed, cache-blocked, AVX2/FMA or AVX-512 micro-kernels chosen at run time).
+//!
+//! Low-precision operands are widened to f32 once per call (exact: every F16/BF16/FP8 value is
+//! an f32), so accumulation is always FP32; a non-F32 C is computed in an f32 scratch and
+//! rounded to nearest even once. Many small products (attention heads) run one per thread;
+//! large ones use the crate's own rayon parallelism.
+
+use super::CpuBuffer;
+use super::check::{bytes, bytes_mut, dtype_err, mul, shape_err};
+use super::convert::{as_f32, as_f32_mut, narrow, widen};
+use super::pointwise::CHUNK;
+use crate::Result;
+use crate::backend::{Gemm, View, ViewMut};
+use gemm::Parallelism;
+use mp_dtype::DType;
+use rayon::prelude::*;
+
+/// Products of at most this many multiply-adds run one per thread when batched.
+const SMALL_PRODUCT: usize = 1 << 21;
+
+/// Elements a batched operand spans: `(batch - 1) * stride + size`.
+fn span(op: &'static str, batch: usize, stride: usize, size: usize) -> Result<usize> {
+    if batch == 0 || size == 0 {
+        return Ok(0);
+    }
+    mul(op, batch - 1, stride)?
+        .checked_add(size)
+        .ok_or_else(|| shape_err(op, "operand span overflows"))
+}
+
+/// A view's first `n` elements as f32: borrowed for F32, widened (in parallel) otherwise.
+fn f32_operand<'a>(dtype: DType, src: &'a [u8], tmp: &'a mut Vec<f32>) -> &'a [f32] {
+    if dtype == DType::F32 {
+        return as_f32(src);
+    }
+    let s = dtype.size_in_bytes();
+    tmp.resize(src.len() / s, 0.0);
+    tmp.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK * s))
+        .for_each(|(o, i)| widen(dtype, i, o));
+    tmp
+}
+
+/// One product `c = alpha * op(a) op(b) + beta * c` on f32 slices holding exactly the
+/// elements of one batch entry (lengths checked by the caller).
+#[allow(clippy::too_many_arguments)]
+fn gemm_one(spec: &Gemm, a: &[f32], b: &[f32], c: &mut [f32], par: Parallelism) {
+    let Gemm { m, n, k, .. } = *spec;
+    debug_assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    if k == 0 || spec.alpha == 0.0 {
+        let c = &mut c[..m * n];
+        if spec.beta == 0.0 {
+            c.fill(0.0);
+        } else {
+            c.iter_mut().for_each(|v| *v *= spec.beta);
+        }
+        return;
+    }
+    let (lhs_cs, lhs_rs) = if spec.trans_a {
+        (m as isize, 1)
+    } else {
+        (1, k as isize)
+    };
+    let (rhs_cs, rhs_rs) = if spec.trans_b {
+        (k as isize, 1)
+    } else {
+        (1, n as isize)
+    };
+    // SAFETY: `a` holds the m*k elements of op(A) under these strides, `b` the k*n of op(B)
+    // and `c` the m*n of C (asserted by the caller's span checks); `c` is exclusively
+    // borrowed and does not alias `a` or `b`. The crate computes
+    // dst = alpha_dst * dst + beta_prod * lhs * rhs, so our beta and alpha swap places.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            spec.beta != 0.0,
+            a.as_ptr(),
+            lhs_cs,
+            lhs_rs,
+            b.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            spec.beta,
+            spec.alpha,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// `C = alpha * op(A) op(B) + beta * C` (see [`Gemm`]).
+pub(crate) fn gemm(
+    a: View<'_, CpuBuffer>,
+    b: View<'_, CpuBuffer>,
+    c: ViewMut<'_, CpuBuffer>,
+    spec: &Gemm,
+) -> Result<()> {
+    const OP: &str = "gemm";
+    let Gemm { m, n, k, batch, .. } = *spec;
+    if a.dtype() != b.dtype() {
+        return Err(dtype_err(
+            OP,
+            b.dtype(),
+            format!("A and B must share a dtype (A is {})", a.dtype()),
+        ));
+    }
+    let (size_a, size_b, size_c) = (mul(OP, m, k)?, mul(OP, k, n)?, mul(OP, m, n)?);
+    let span_a = span(OP, batch, spec.stride_a, size_a)?;
+    let span_b = span(OP, batch, spec.stride_b, size_b)?;
+    let span_c = span(OP, batch, spec.stride_c, size_c)?;
+    for (name, have, need) in [
+        ("A", a.len, span_a),
+        ("B", b.len, span_b),
+        ("C", c.len, span_c),
+    ] {
+        if have < need {
+            return Err(shape_err(
+                OP,
+                format!(
+                    "{name} has {have} elements but m={m} n={n} k={k} batch={batch} with its \
+                     stride needs {need}"
+                ),
+            ));
+        }
+    }
+    if batch > 1 && spec.stride_c < size_c && size_c > 0 {
+        return Err(shape_err(
+            OP,
+            format!(
+                "stride_c {} < m*n = {size_c}: batch outputs would overlap",
+                spec.stride_c
+            ),
+        ));
+    }
+    if span_c == 0 {
+        return Ok(());
+    }
+    let (da, dc) = (a.dtype(), c.dtype());
+    let (sa, sc) = (da.size_in_bytes(), dc.size_in_bytes());
+    let a = &bytes(OP, "A", a)?[..span_a * sa];
+    let b = &bytes(OP, "B", b)?[..span_b * sa];
+    let c = &mut bytes_mut(OP, "C", c)?[..span_c * sc];
+    let (mut ta, mut tb, mut tc) = (Vec::new(), Vec::new(), Vec::new());
+    let af = f32_operand(da, a, &mut ta);
+    let bf = f32_operand(da, b, &mut tb);
+    let cf: &mut [f32] = if dc == DType::F32 {
+        as_f32_mut(c)
+    } else {
+        // Widened even when beta = 0: the gaps between strided batch outputs must survive the
+        // final rounding pass unchanged (widening then rounding is exact).
+        tc.resize(span_c, 0.0);
+        tc.par_chunks_mut(CHUNK)
+            .zip(c.par_chunks(CHUNK * sc))
+            .for_each(|(o, i)| widen(dc, i, o));
+        &mut tc
+    };
+
+    let a_at = |i: usize| &af[i * spec.stride_a..];
+    let b_at = |i: usize| &bf[i * spec.stride_b..];
+    let work = size_c.saturating_mul(k);
+    if batch > 1 && work <= SMALL_PRODUCT {
+        cf.par_chunks_mut(spec.stride_c.max(1))
+            .take(batch)
+            .enumerate()
+            .for_each(|(i, ci)| gemm_one(spec, a_at(i), b_at(i), ci, Parallelism::None));
+    } else {
+        for i in 0..batch {
+            let ci = &mut cf[i * spec.stride_c..];
+            gemm_one(spec, a_at(i), b_at(i), ci, Parallelism::Rayon(0));
+        }
+    }
+    if dc != DType::F32 {
+        c.par_chunks_mut(CHUNK * sc)
+            .zip(tc.par_chunks(CHUNK))
+            .for_each(|(o, i)| narrow(dc, i, o));
+    }
+    Ok(())
+}

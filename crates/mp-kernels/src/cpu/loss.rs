@@ -1,0 +1,111 @@
+//! Cross-entropy fused with log-softmax, and its backward, in f32 (stable logsumexp).
+
+use super::CpuBuffer;
+use super::check::{bytes, bytes_mut, check_ids, expect_dtype, expect_len, shape_err};
+use super::convert::{as_f32_mut, load, with_f32_mut};
+use super::pointwise::CHUNK;
+use super::reduce::max;
+use crate::Result;
+use crate::backend::{View, ViewMut};
+use mp_dtype::DType;
+use rayon::prelude::*;
+
+fn check(op: &'static str, logits_len: usize, targets: &[u32], vocab: usize) -> Result<usize> {
+    if vocab == 0 || !logits_len.is_multiple_of(vocab) {
+        return Err(shape_err(
+            op,
+            format!(
+                "logits have {logits_len} elements, not a whole number of rows of vocab {vocab}"
+            ),
+        ));
+    }
+    let rows = logits_len / vocab;
+    expect_len(op, "targets", targets.len(), rows)?;
+    check_ids(op, "targets", targets, vocab)?;
+    Ok(rows)
+}
+
+/// `max` and `ln(sum(exp(x - max)))` of a row.
+#[inline]
+fn max_lse(x: &[f32]) -> (f32, f32) {
+    let m = max(x);
+    let s: f32 = x.iter().map(|&v| (v - m).exp()).sum();
+    (m, s.ln())
+}
+
+/// `losses[r] = logsumexp(logits[r]) - logits[r, targets[r]]`.
+pub(crate) fn cross_entropy(
+    logits: View<'_, CpuBuffer>,
+    targets: &[u32],
+    vocab: usize,
+    losses: ViewMut<'_, CpuBuffer>,
+) -> Result<()> {
+    const OP: &str = "cross_entropy";
+    let rows = check(OP, logits.len, targets, vocab)?;
+    expect_len(OP, "losses", losses.len, rows)?;
+    expect_dtype(OP, "losses", losses.dtype(), DType::F32)?;
+    let dl = logits.dtype();
+    let logits = bytes(OP, "logits", logits)?;
+    let losses = as_f32_mut(bytes_mut(OP, "losses", losses)?);
+    let rows_per = (CHUNK / vocab).max(1);
+    losses
+        .par_chunks_mut(rows_per)
+        .zip(logits.par_chunks(rows_per * vocab * dl.size_in_bytes()))
+        .zip(targets.par_chunks(rows_per))
+        .for_each_init(Vec::new, |t, ((lc, xc), tc)| {
+            let xc = load(dl, xc, t);
+            for ((l, row), &tg) in lc.iter_mut().zip(xc.chunks_exact(vocab)).zip(tc) {
+                let (m, lse) = max_lse(row);
+                *l = m + lse - row[tg as usize];
+            }
+        });
+    Ok(())
+}
+
+/// `dlogits = (softmax(logits) - onehot(targets)) * dloss`.
+pub(crate) fn cross_entropy_backward(
+    logits: View<'_, CpuBuffer>,
+    targets: &[u32],
+    vocab: usize,
+    dloss: f32,
+    dlogits: ViewMut<'_, CpuBuffer>,
+) -> Result<()> {
+    const OP: &str = "cross_entropy_backward";
+    check(OP, logits.len, targets, vocab)?;
+    expect_len(OP, "dlogits", dlogits.len, logits.len)?;
+    let (dl, dd) = (logits.dtype(), dlogits.dtype());
+    let logits = bytes(OP, "logits", logits)?;
+    let dlogits = bytes_mut(OP, "dlogits", dlogits)?;
+    let rows_per = (CHUNK / vocab).max(1);
+    dlogits
+        .par_chunks_mut(rows_per * vocab * dd.size_in_bytes())
+        .zip(logits.par_chunks(rows_per * vocab * dl.size_in_bytes()))
+        .zip(targets.par_chunks(rows_per))
+        .for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(tx, to), ((oc, xc), tc)| {
+                let xc = load(dl, xc, tx);
+                with_f32_mut(dd, oc, to, false, |o| {
+                    for ((orow, row), &tg) in o
+                        .chunks_exact_mut(vocab)
+                        .zip(xc.chunks_exact(vocab))
+                        .zip(tc)
+                    {
+                        let m = max(row);
+                        let mut s = 0.0f32;
+                        for (o, &v) in orow.iter_mut().zip(row) {
+                            let e = (v - m).exp();
+                            *o = e;
+                            s += e;
+                        }
+                        let k = dloss / s;
+                        for o in orow.iter_mut() {
+                            *o *= k;
+                        }
+                        orow[tg as usize] -= dloss;
+                    }
+                });
+            },
+        );
+    Ok(())
+}

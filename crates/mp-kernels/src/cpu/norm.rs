@@ -1,0 +1,340 @@
+//! Row softmax / log-softmax (optionally causal) and layer norm forward/backward, all
+//! computed in f32 whatever the storage dtype.
+
+use super::CpuBuffer;
+use super::check::{bytes, bytes_mut, expect_dtype, expect_len, shape_err};
+use super::convert::{as_f32, as_f32_mut, load, with_f32_mut};
+use super::pointwise::CHUNK;
+use super::reduce::{max, sum};
+use crate::Result;
+use crate::backend::{View, ViewMut};
+use mp_dtype::DType;
+use rayon::prelude::*;
+
+/// Softmax (or log-softmax) of `x` into `o`, of which only the first `visible` entries count;
+/// the rest are written as 0 (softmax) or -inf (log-softmax).
+#[inline]
+pub(crate) fn softmax_row(x: &[f32], visible: usize, log: bool, o: &mut [f32]) {
+    let m = max(&x[..visible]);
+    let mut s = 0.0f32;
+    for (o, &v) in o[..visible].iter_mut().zip(&x[..visible]) {
+        let e = (v - m).exp();
+        *o = e;
+        s += e;
+    }
+    if log {
+        let ls = s.ln();
+        for (o, &v) in o[..visible].iter_mut().zip(&x[..visible]) {
+            *o = v - m - ls;
+        }
+        o[visible..].fill(f32::NEG_INFINITY);
+    } else {
+        let inv = 1.0 / s;
+        for o in &mut o[..visible] {
+            *o *= inv;
+        }
+        o[visible..].fill(0.0);
+    }
+}
+
+/// Row softmax / log-softmax over rows of `cols`, causal rows seeing `j <= r % cols`.
+pub(crate) fn softmax(
+    x: View<'_, CpuBuffer>,
+    cols: usize,
+    causal: bool,
+    log: bool,
+    out: ViewMut<'_, CpuBuffer>,
+) -> Result<()> {
+    const OP: &str = "softmax";
+    if cols == 0 || !x.len.is_multiple_of(cols) {
+        return Err(shape_err(
+            OP,
+            format!(
+                "x has {} elements, not a whole number of rows of {cols}",
+                x.len
+            ),
+        ));
+    }
+    expect_len(OP, "out", out.len, x.len)?;
+    let (dx, dout) = (x.dtype(), out.dtype());
+    let (x, out) = (bytes(OP, "x", x)?, bytes_mut(OP, "out", out)?);
+    let rows_per = (CHUNK / cols).max(1);
+    out.par_chunks_mut(rows_per * cols * dout.size_in_bytes())
+        .zip(x.par_chunks(rows_per * cols * dx.size_in_bytes()))
+        .enumerate()
+        .for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(tx, to), (bi, (oc, xc))| {
+                let xc = load(dx, xc, tx);
+                with_f32_mut(dout, oc, to, false, |o| {
+                    for (i, (orow, xrow)) in o
+                        .chunks_exact_mut(cols)
+                        .zip(xc.chunks_exact(cols))
+                        .enumerate()
+                    {
+                        let r = bi * rows_per + i;
+                        let visible = if causal { r % cols + 1 } else { cols };
+                        softmax_row(xrow, visible, log, orow);
+                    }
+                });
+            },
+        );
+    Ok(())
+}
+
+/// Layer norm over rows of `c = weight.len`, saving f32 mean and rstd.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn layer_norm(
+    x: View<'_, CpuBuffer>,
+    weight: View<'_, CpuBuffer>,
+    bias: View<'_, CpuBuffer>,
+    eps: f32,
+    out: ViewMut<'_, CpuBuffer>,
+    mean: ViewMut<'_, CpuBuffer>,
+    rstd: ViewMut<'_, CpuBuffer>,
+) -> Result<()> {
+    const OP: &str = "layer_norm";
+    let c = weight.len;
+    if c == 0 || !x.len.is_multiple_of(c) {
+        return Err(shape_err(
+            OP,
+            format!(
+                "x has {} elements, not a whole number of rows of weight length {c}",
+                x.len
+            ),
+        ));
+    }
+    let rows = x.len / c;
+    expect_len(OP, "bias", bias.len, c)?;
+    expect_len(OP, "out", out.len, x.len)?;
+    expect_len(OP, "mean", mean.len, rows)?;
+    expect_len(OP, "rstd", rstd.len, rows)?;
+    expect_dtype(OP, "mean", mean.dtype(), DType::F32)?;
+    expect_dtype(OP, "rstd", rstd.dtype(), DType::F32)?;
+    let (dx, dout) = (x.dtype(), out.dtype());
+    let (mut tw, mut tb) = (Vec::new(), Vec::new());
+    let w = load(weight.dtype(), bytes(OP, "weight", weight)?, &mut tw);
+    let b = load(bias.dtype(), bytes(OP, "bias", bias)?, &mut tb);
+    let x = bytes(OP, "x", x)?;
+    let out = bytes_mut(OP, "out", out)?;
+    let mean = as_f32_mut(bytes_mut(OP, "mean", mean)?);
+    let rstd = as_f32_mut(bytes_mut(OP, "rstd", rstd)?);
+    let rows_per = (CHUNK / c).max(1);
+    out.par_chunks_mut(rows_per * c * dout.size_in_bytes())
+        .zip(x.par_chunks(rows_per * c * dx.size_in_bytes()))
+        .zip(mean.par_chunks_mut(rows_per))
+        .zip(rstd.par_chunks_mut(rows_per))
+        .for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(tx, to), (((oc, xc), mc), rc)| {
+                let xc = load(dx, xc, tx);
+                with_f32_mut(dout, oc, to, false, |o| {
+                    for (((orow, xrow), m), r) in o
+                        .chunks_exact_mut(c)
+                        .zip(xc.chunks_exact(c))
+                        .zip(mc.iter_mut())
+                        .zip(rc.iter_mut())
+                    {
+                        let mu = sum(xrow) / c as f32;
+                        let mut var = 0.0f32;
+                        let mut acc = [0.0f32; 8];
+                        let mut it = xrow.chunks_exact(8);
+                        for ch in &mut it {
+                            for k in 0..8 {
+                                let d = ch[k] - mu;
+                                acc[k] += d * d;
+                            }
+                        }
+                        for &v in it.remainder() {
+                            var += (v - mu) * (v - mu);
+                        }
+                        var += acc.iter().sum::<f32>();
+                        let rs = 1.0 / (var / c as f32 + eps).sqrt();
+                        *m = mu;
+                        *r = rs;
+                        for (((o, &v), &w), &b) in orow.iter_mut().zip(xrow).zip(w).zip(b) {
+                            *o = (v - mu) * rs * w + b;
+                        }
+                    }
+                });
+            },
+        );
+    Ok(())
+}
+
+/// Layer-norm backward: `dx += ..`, `dweight += ..`, `dbias += ..`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn layer_norm_backward(
+    dy: View<'_, CpuBuffer>,
+    x: View<'_, CpuBuffer>,
+    weight: View<'_, CpuBuffer>,
+    mean: View<'_, CpuBuffer>,
+    rstd: View<'_, CpuBuffer>,
+    dx: ViewMut<'_, CpuBuffer>,
+    dweight: ViewMut<'_, CpuBuffer>,
+    dbias: ViewMut<'_, CpuBuffer>,
+) -> Result<()> {
+    const OP: &str = "layer_norm_backward";
+    let c = weight.len;
+    if c == 0 || !x.len.is_multiple_of(c) {
+        return Err(shape_err(
+            OP,
+            format!(
+                "x has {} elements, not a whole number of rows of weight length {c}",
+                x.len
+            ),
+        ));
+    }
+    let rows = x.len / c;
+    expect_len(OP, "dy", dy.len, x.len)?;
+    expect_len(OP, "dx", dx.len, x.len)?;
+    expect_len(OP, "mean", mean.len, rows)?;
+    expect_len(OP, "rstd", rstd.len, rows)?;
+    expect_len(OP, "dweight", dweight.len, c)?;
+    expect_len(OP, "dbias", dbias.len, c)?;
+    expect_dtype(OP, "mean", mean.dtype(), DType::F32)?;
+    expect_dtype(OP, "rstd", rstd.dtype(), DType::F32)?;
+    let (tdy, tx, tdx) = (dy.dtype(), x.dtype(), dx.dtype());
+    let (tdw, tdb) = (dweight.dtype(), dbias.dtype());
+    let mut tw = Vec::new();
+    let w = load(weight.dtype(), bytes(OP, "weight", weight)?, &mut tw);
+    let dy = bytes(OP, "dy", dy)?;
+    let x = bytes(OP, "x", x)?;
+    let mean = as_f32(bytes(OP, "mean", mean)?);
+    let rstd = as_f32(bytes(OP, "rstd", rstd)?);
+    let dx = bytes_mut(OP, "dx", dx)?;
+    let dweight = bytes_mut(OP, "dweight", dweight)?;
+    let dbias = bytes_mut(OP, "dbias", dbias)?;
+
+    let rows_per = (4 * CHUNK / c).max(1);
+    let parts: Vec<(Vec<f32>, Vec<f32>)> = dx
+        .par_chunks_mut(rows_per * c * tdx.size_in_bytes())
+        .zip(dy.par_chunks(rows_per * c * tdy.size_in_bytes()))
+        .zip(x.par_chunks(rows_per * c * tx.size_in_bytes()))
+        .zip(mean.par_chunks(rows_per))
+        .zip(rstd.par_chunks(rows_per))
+        .map_init(
+            || (Vec::new(), Vec::new(), Vec::new(), vec![0.0f32; c]),
+            |(tdyv, txv, tdxv, dxhat), ((((dxc, dyc), xc), mc), rc)| {
+                let dyc = load(tdy, dyc, tdyv);
+                let xc = load(tx, xc, txv);
+                let mut dw = vec![0.0f32; c];
+                let mut db = vec![0.0f32; c];
+                with_f32_mut(tdx, dxc, tdxv, true, |dxo| {
+                    for ((((dxrow, dyrow), xrow), &mu), &rs) in dxo
+                        .chunks_exact_mut(c)
+                        .zip(dyc.chunks_exact(c))
+                        .zip(xc.chunks_exact(c))
+                        .zip(mc)
+                        .zip(rc)
+                    {
+                        let (mut s1, mut s2) = (0.0f32, 0.0f32);
+                        for j in 0..c {
+                            let xh = (xrow[j] - mu) * rs;
+                            let g = dyrow[j];
+                            db[j] += g;
+                            dw[j] += g * xh;
+                            let d = g * w[j];
+                            dxhat[j] = d;
+                            s1 += d;
+                            s2 += d * xh;
+                        }
+                        let (m1, m2) = (s1 / c as f32, s2 / c as f32);
+                        for j in 0..c {
+                            let xh = (xrow[j] - mu) * rs;
+                            dxrow[j] += rs * (dxhat[j] - m1 - xh * m2);
+                        }
+                    }
+                });
+                (dw, db)
+            },
+        )
+        .collect();
+    let mut dw_tot = vec![0.0f32; c];
+    let mut db_tot = vec![0.0f32; c];
+    for (dw, db) in parts {
+        for j in 0..c {
+            dw_tot[j] += dw[j];
+            db_tot[j] += db[j];
+        }
+    }
+    let mut tmp = Vec::new();
+    with_f32_mut(tdw, dweight, &mut tmp, true, |o| {
+        for (o, v) in o.iter_mut().zip(&dw_tot) {
+            *o += v;
+        }
+    });
+    with_f32_mut(tdb, dbias, &mut tmp, true, |o| {
+        for (o, v) in o.iter_mut().zip(&db_tot) {
+            *o += v;
+        }
+    });
+    Ok(())
+}
+
+/// Softmax / log-softmax backward from the output `y`: `dx += ..`.
+pub(crate) fn softmax_backward(
+    y: View<'_, CpuBuffer>,
+    dy: View<'_, CpuBuffer>,
+    cols: usize,
+    log: bool,
+    dx: ViewMut<'_, CpuBuffer>,
+) -> Result<()> {
+    const OP: &str = "softmax_backward";
+    if cols == 0 || !y.len.is_multiple_of(cols) {
+        return Err(shape_err(
+            OP,
+            format!(
+                "y has {} elements, not a whole number of rows of {cols}",
+                y.len
+            ),
+        ));
+    }
+    expect_len(OP, "dy", dy.len, y.len)?;
+    expect_len(OP, "dx", dx.len, y.len)?;
+    let (ty, tdy, tdx) = (y.dtype(), dy.dtype(), dx.dtype());
+    let y = bytes(OP, "y", y)?;
+    let dy = bytes(OP, "dy", dy)?;
+    let dx = bytes_mut(OP, "dx", dx)?;
+    let rows_per = (CHUNK / cols).max(1);
+    dx.par_chunks_mut(rows_per * cols * tdx.size_in_bytes())
+        .zip(y.par_chunks(rows_per * cols * ty.size_in_bytes()))
+        .zip(dy.par_chunks(rows_per * cols * tdy.size_in_bytes()))
+        .for_each_init(
+            || (Vec::new(), Vec::new(), Vec::new()),
+            |(t_y, t_dy, t_dx), ((dxc, yc), dyc)| {
+                let yc = load(ty, yc, t_y);
+                let dyc = load(tdy, dyc, t_dy);
+                with_f32_mut(tdx, dxc, t_dx, true, |o| {
+                    for ((orow, yrow), grow) in o
+                        .chunks_exact_mut(cols)
+                        .zip(yc.chunks_exact(cols))
+                        .zip(dyc.chunks_exact(cols))
+                    {
+                        if log {
+                            // Masked entries are -inf: they take no part.
+                            let s: f32 = yrow
+                                .iter()
+                                .zip(grow)
+                                .filter(|(y, _)| **y != f32::NEG_INFINITY)
+                                .map(|(_, g)| g)
+                                .sum();
+                            for ((o, &y), &g) in orow.iter_mut().zip(yrow).zip(grow) {
+                                if y != f32::NEG_INFINITY {
+                                    *o += g - y.exp() * s;
+                                }
+                            }
+                        } else {
+                            let s: f32 = yrow.iter().zip(grow).map(|(y, g)| y * g).sum();
+                            for ((o, &y), &g) in orow.iter_mut().zip(yrow).zip(grow) {
+                                if y != 0.0 {
+                                    *o += y * (g - s);
+                                }
+                            }
+                        }
+                    }
+                });
+            },
+        );
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! Element-wise kernels: casts, fill, add/mul, scale, axpy, bias add, GELU and its backward.
+//!
+//! Each op walks its operands in fixed blocks of [`CHUNK`] elements in parallel; a block of a
+//! low-precision input is widened into a per-thread scratch vector, computed in f32 and
+//! rounded back, so no op allocates a full-size f32 copy.
+
+use super::CpuBuffer;
+use super::check::{bytes, bytes_mut, expect_len, shape_err};
+use super::convert::{load, narrow, narrow_with, widen, with_f32_mut};
+use crate::Result;
+use crate::backend::{BinaryOp, Rounding, View, ViewMut};
+use mp_dtype::DType;
+use rayon::prelude::*;
+
+/// Elements per parallel block.
+pub(crate) const CHUNK: usize = 1 << 13;
+
+/// `out = f(a)` block by block; `read_out` loads `out`'s current values first.
+fn map1(
+    a: &[u8],
+    da: DType,
+    out: &mut [u8],
+    dout: DType,
+    read_out: bool,
+    f: impl Fn(&[f32], &mut [f32]) + Sync,
+) {
+    let (sa, so) = (da.size_in_bytes(), dout.size_in_bytes());
+    out.par_chunks_mut(CHUNK * so)
+        .zip(a.par_chunks(CHUNK * sa))
+        .for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(ta, to), (oc, ac)| {
+                let ac = load(da, ac, ta);
+                with_f32_mut(dout, oc, to, read_out, |o| f(ac, o));
+            },
+        );
+}
+
+/// `out = f(a, b)` block by block; `read_out` loads `out`'s current values first.
+#[allow(clippy::too_many_arguments)]
+fn map2(
+    a: &[u8],
+    da: DType,
+    b: &[u8],
+    db: DType,
+    out: &mut [u8],
+    dout: DType,
+    read_out: bool,
+    f: impl Fn(&[f32], &[f32], &mut [f32]) + Sync,
+) {
+    let (sa, sb, so) = (da.size_in_bytes(), db.size_in_bytes(), dout.size_in_bytes());
+    out.par_chunks_mut(CHUNK * so)
+        .zip(a.par_chunks(CHUNK * sa))
+        .zip(b.par_chunks(CHUNK * sb))
+        .for_each_init(
+            || (Vec::new(), Vec::new(), Vec::new()),
+            |(ta, tb, to), ((oc, ac), bc)| {
+                let ac = load(da, ac, ta);
+                let bc = load(db, bc, tb);
+                with_f32_mut(dout, oc, to, read_out, |o| f(ac, bc, o));
+            },
+        );
+}
+
+/// Rounds `data` to nearest even into the whole of `dst` (parallel).
+pub(crate) fn narrow_par(data: &[f32], dst: ViewMut<'_, CpuBuffer>) -> Result<()> {
+    const OP: &str = "upload_f32";
+    expect_len(OP, "dst", dst.len, data.len())?;
+    let dt = dst.dtype();
+    let s = dt.size_in_bytes();
+    let out = bytes_mut(OP, "dst", dst)?;
+    out.par_chunks_mut(CHUNK * s)
+        .zip(data.par_chunks(CHUNK))
+        .for_each(|(o, d)| narrow(dt, d, o));
+    Ok(())
+}
+
+/// The elements of a view widened to f32 (parallel).
+pub(crate) fn widen_par(src: View<'_, CpuBuffer>) -> Result<Vec<f32>> {
+    let dt = src.dtype();
+    let s = dt.size_in_bytes();
+    let inp = bytes("download_f32", "src", src)?;
+    let mut out = vec![0.0f32; src.len];
+    out.par_chunks_mut(CHUNK)
+        .zip(inp.par_chunks(CHUNK * s))
+        .for_each(|(o, i)| widen(dt, i, o));
+    Ok(out)
+}
+
+/// `dst = src` converted to `dst`'s dtype with `rounding`.
+pub(crate) fn cast(
+    src: View<'_, CpuBuffer>,
+    dst: ViewMut<'_, CpuBuffer>,
+    rounding: Rounding,
+) -> Result<()> {
+    const OP: &str = "cast";
+    expect_len(OP, "dst", dst.len, src.len)?;
+    let (ds, dd) = (src.dtype(), dst.dtype());
+    let dst_offset = dst.offset;
+    let inp = bytes(OP, "src", src)?;
+    let out = bytes_mut(OP, "dst", dst)?;
+    if ds == dd {
+        // Already representable: rounding of any kind is the identity.
+        out.par_chunks_mut(CHUNK * dd.size_in_bytes())
+            .zip(inp.par_chunks(CHUNK * ds.size_in_bytes()))
+            .for_each(|(o, i)| o.copy_from_slice(i));
+        return Ok(());
+    }
+    out.par_chunks_mut(CHUNK * dd.size_in_bytes())
+        .zip(inp.par_chunks(CHUNK * ds.size_in_bytes()))
+        .enumerate()
+        .try_for_each_init(Vec::new, |tmp, (ci, (o, i))| {
+            let x = load(ds, i, tmp);
+            narrow_with(dd, x, o, rounding, dst_offset + ci * CHUNK)
+        })
+}
+
+/// Every element of `dst` set to `value` rounded to nearest even.
+pub(crate) fn fill(dst: ViewMut<'_, CpuBuffer>, value: f32) -> Result<()> {
+    let dt = dst.dtype();
+    let s = dt.size_in_bytes();
+    let mut pattern = [0u8; 4];
+    narrow(dt, &[value], &mut pattern[..s]);
+    let out = bytes_mut("fill", "dst", dst)?;
+    out.par_chunks_mut(CHUNK * s).for_each(|o| {
+        for e in o.chunks_exact_mut(s) {
+            e.copy_from_slice(&pattern[..s]);
+        }
+    });
+    Ok(())
+}
+
+/// `out = a op b`.
+pub(crate) fn binary(
+    op: BinaryOp,
+    a: View<'_, CpuBuffer>,
+    b: View<'_, CpuBuffer>,
+    out: ViewMut<'_, CpuBuffer>,
+) -> Result<()> {
+    const OP: &str = "binary";
+    expect_len(OP, "b", b.len, a.len)?;
+    expect_len(OP, "out", out.len, a.len)?;
+    let (da, db, dout) = (a.dtype(), b.dtype(), out.dtype());
+    let (a, b, out) = (
+        bytes(OP, "a", a)?,
+        bytes(OP, "b", b)?,
+        bytes_mut(OP, "out", out)?,
+    );
+    match op {
+        BinaryOp::Add => map2(a, da, b, db, out, dout, false, |a, b, o| {
+            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                *o = a + b;
+            }
+        }),
+        BinaryOp::Mul => map2(a, da, b, db, out, dout, false, |a, b, o| {
+            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                *o = a * b;
+            }
+        }),
+    }
+    Ok(())
+}
+
+/// `out = alpha * x`.
+pub(crate) fn scale(x: View<'_, CpuBuffer>, alpha: f32, out: ViewMut<'_, CpuBuffer>) -> Result<()> {
+    const OP: &str = "scale";
+    expect_len(OP, "out", out.len, x.len)?;
+    let (dx, dout) = (x.dtype(), out.dtype());
+    let (x, out) = (bytes(OP, "x", x)?, bytes_mut(OP, "out", out)?);
+    map1(x, dx, out, dout, false, |x, o| {
+        for (o, &x) in o.iter_mut().zip(x) {
+            *o = alpha * x;
+        }
+    });
+    Ok(())
+}
+
+/// `dst += alpha * x`.
+pub(crate) fn axpy(alpha: f32, x: View<'_, CpuBuffer>, dst: ViewMut<'_, CpuBuffer>) -> Result<()> {
+    const OP: &str = "axpy";
+    expect_len(OP, "dst", dst.len, x.len)?;
+    let (dx, dd) = (x.dtype(), dst.dtype());
+    let (x, dst) = (bytes(OP, "x", x)?, bytes_mut(OP, "dst", dst)?);
+    map1(x, dx, dst, dd, true, |x, o| {
+        for (o, &x) in o.iter_mut().zip(x) {
+            *o += alpha * x;
+        }
+    });
+    Ok(())
+}
+
+/// `out[r, j] = x[r, j] + bias[j]`.
+pub(crate) fn bias_add(
+    x: View<'_, CpuBuffer>,
+    bias: View<'_, CpuBuffer>,
+    out: ViewMut<'_, CpuBuffer>,
+) -> Result<()> {
+    const OP: &str = "bias_add";
+    let n = bias.len;
+    if n == 0 || !x.len.is_multiple_of(n) {
+        return Err(shape_err(
+            OP,
+            format!(
+                "x has {} elements, not a whole number of rows of bias length {n}",
+                x.len
+            ),
+        ));
+    }
+    expect_len(OP, "out", out.len, x.len)?;
+    let (dx, dout) = (x.dtype(), out.dtype());
+    let mut tb = Vec::new();
+    let bias = load(bias.dtype(), bytes(OP, "bias", bias)?, &mut tb);
+    let (x, out) = (bytes(OP, "x", x)?, bytes_mut(OP, "out", out)?);
+    let rows_per = (CHUNK / n).max(1);
+    out.par_chunks_mut(rows_per * n * dout.size_in_bytes())
+        .zip(x.par_chunks(rows_per * n * dx.size_in_bytes()))
+        .for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(tx, to), (oc, xc)| {
+                let xc = load(dx, xc, tx);
+                with_f32_mut(dout, oc, to, false, |o| {
+                    for (orow, xrow) in o.chunks_exact_mut(n).zip(xc.chunks_exact(n)) {
+                        for ((o, &x), &b) in orow.iter_mut().zip(xrow).zip(bias) {
+                            *o = x + b;
+                        }
+                    }
+                });
+            },
+        );
+    Ok(())
+}
+
+/// `sqrt(2 / pi)`.
+const GELU_S: f32 = 0.797_884_6;
+/// The cubic coefficient of the tanh approximation.
+const GELU_C: f32 = 0.044_715;
+
+/// GELU, tanh approximation.
+#[inline]
+pub(crate) fn gelu_scalar(x: f32) -> f32 {
+    let u = GELU_S * (x + GELU_C * x * x * x);
+    0.5 * x * (1.0 + u.tanh())
+}
+
+/// Exact derivative of [`gelu_scalar`].
+#[inline]
+pub(crate) fn gelu_grad_scalar(x: f32) -> f32 {
+    let u = GELU_S * (x + GELU_C * x * x * x);
+    let t = u.tanh();
+    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_S * (1.0 + 3.0 * GELU_C * x * x)
+}
+
+/// `out = gelu(x)`.
+pub(crate) fn gelu(x: View<'_, CpuBuffer>, out: ViewMut<'_, CpuBuffer>) -> Result<()> {
+    const OP: &str = "gelu";
+    expect_len(OP, "out", out.len, x.len)?;
+    let (dx, dout) = (x.dtype(), out.dtype());
+    let (x, out) = (bytes(OP, "x", x)?, bytes_mut(OP, "out", out)?);
+    map1(x, dx, out, dout, false, |x, o| {
+        for (o, &x) in o.iter_mut().zip(x) {
+            *o = gelu_scalar(x);
+        }
+    });
+    Ok(())
+}
+
+/// `dx += gelu'(x) * dy`.
+pub(crate) fn gelu_backward(
+    x: View<'_, CpuBuffer>,
+    dy: View<'_, CpuBuffer>,
+    dx: ViewMut<'_, CpuBuffer>,
+) -> Result<()> {
+    const OP: &str = "gelu_backward";
+    expect_len(OP, "dy", dy.len, x.len)?;
+    expect_len(OP, "dx", dx.len, x.len)?;
+    let (tx, tdy, tdx) = (x.dtype(), dy.dtype(), dx.dtype());
+    let (x, dy, dx) = (
+        bytes(OP, "x", x)?,
+        bytes(OP, "dy", dy)?,
+        bytes_mut(OP, "dx", dx)?,
+    );
+    map2(x, tx, dy, tdy, dx, tdx, true, |x, dy, o| {
+        for ((o, &x), &g) in o.iter_mut().zip(x).zip(dy) {
+            *o += gelu_grad_scalar(x) * g;
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! Reductions: per-row sum / mean / max / sum of squares, and column sums (bias gradients).
+//!
+//! Long rows are cut into fixed blocks reduced in parallel and combined in block order, and
+//! column sums use fixed row blocks with per-block partial vectors, so results never depend on
+//! the thread count.
+
+use super::CpuBuffer;
+use super::check::{bytes, bytes_mut, expect_len, shape_err};
+use super::convert::{load, with_f32_mut};
+use super::pointwise::CHUNK;
+use crate::Result;
+use crate::backend::{ReduceOp, View, ViewMut};
+use rayon::prelude::*;
+
+/// Sum with eight independent f32 accumulators (vectorises; also more accurate than one).
+#[inline]
+pub(crate) fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut it = x.chunks_exact(8);
+    for c in &mut it {
+        for k in 0..8 {
+            acc[k] += c[k];
+        }
+    }
+    let tail: f32 = it.remainder().iter().sum();
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// Sum of squares with eight independent f32 accumulators.
+#[inline]
+pub(crate) fn sum_sq(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut it = x.chunks_exact(8);
+    for c in &mut it {
+        for k in 0..8 {
+            acc[k] += c[k] * c[k];
+        }
+    }
+    let tail: f32 = it.remainder().iter().map(|v| v * v).sum();
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// Maximum; NaN propagates.
+#[inline]
+pub(crate) fn max(x: &[f32]) -> f32 {
+    let mut m = f32::NEG_INFINITY;
+    for &v in x {
+        if v > m || v.is_nan() {
+            m = v;
+        }
+        if m.is_nan() {
+            return m;
+        }
+    }
+    m
+}
+
+/// Combines two partial results of `op` (sums for Sum/Mean/SumSq, maxima for Max).
+fn combine(op: ReduceOp, a: f32, b: f32) -> f32 {
+    match op {
+        ReduceOp::Max => {
+            if a.is_nan() || !(b.is_nan() || b > a) {
+                a
+            } else {
+                b
+            }
+        }
+        _ => a + b,
+    }
+}
+
+/// The partial result of `op` over a slice (before the mean's division).
+fn partial(op: ReduceOp, x: &[f32]) -> f32 {
+    match op {
+        ReduceOp::Sum | ReduceOp::Mean => sum(x),
+        ReduceOp::SumSq => sum_sq(x),
+        ReduceOp::Max => max(x),
+    }
+}
+
+fn identity(op: ReduceOp) -> f32 {
+    match op {
+        ReduceOp::Max => f32::NEG_INFINITY,
+        _ => 0.0,
+    }
+}
+
+/// `out[r] = reduce(x[r, ..])`.
+pub(crate) fn reduce_rows(
+    op: ReduceOp,
+    x: View<'_, CpuBuffer>,
+    cols: usize,
+    out: ViewMut<'_, CpuBuffer>,
+) -> Result<()> {
+    const OP: &str = "reduce_rows";
+    if cols == 0 || !x.len.is_multiple_of(cols) {
+        return Err(shape_err(
+            OP,
+            format!(
+                "x has {} elements, not a whole number of rows of {cols}",
+                x.len
+            ),
+        ));
+    }
+    let rows = x.len / cols;
+    expect_len(OP, "out", out.len, rows)?;
+    let (dx, dout) = (x.dtype(), out.dtype());
+    let sx = dx.size_in_bytes();
+    let (x, out) = (bytes(OP, "x", x)?, bytes_mut(OP, "out", out)?);
+    let finish = |v: f32| {
+        if op == ReduceOp::Mean {
+            v / cols as f32
+        } else {
+            v
+        }
+    };
+    let mut tmp = Vec::new();
+    if cols >= 4 * CHUNK {
+        // Few long rows: parallel blocks within each row, combined in block order.
+        with_f32_mut(dout, out, &mut tmp, false, |o| {
+            for (r, o) in o.iter_mut().enumerate() {
+                let row = &x[r * cols * sx..(r + 1) * cols * sx];
+                let parts: Vec<f32> = row
+                    .par_chunks(CHUNK * sx)
+                    .map_init(Vec::new, |t, c| partial(op, load(dx, c, t)))
+                    .collect();
+                *o = finish(
+                    parts
+                        .into_iter()
+                        .fold(identity(op), |a, b| combine(op, a, b)),
+                );
+            }
+        });
+    } else {
+        // Many short rows: parallel over blocks of rows.
+        let rows_per = (CHUNK / cols).max(1);
+        let mut vals = vec![0.0f32; rows];
+        vals.par_chunks_mut(rows_per)
+            .zip(x.par_chunks(rows_per * cols * sx))
+            .for_each_init(Vec::new, |t, (o, c)| {
+                let c = load(dx, c, t);
+                for (o, row) in o.iter_mut().zip(c.chunks_exact(cols)) {
+                    *o = finish(partial(op, row));
+                }
+            });
+        with_f32_mut(dout, out, &mut tmp, false, |o| o.copy_from_slice(&vals));
+    }
+    Ok(())
+}
+
+/// `out[j] += sum_r x[r, j]`.
+pub(crate) fn sum_cols_acc(x: View<'_, CpuBuffer>, out: ViewMut<'_, CpuBuffer>) -> Result<()> {
+    const OP: &str = "sum_cols_acc";
+    let n = out.len;
+    if n == 0 || !x.len.is_multiple_of(n) {
+        return Err(shape_err(
+            OP,
+            format!(
+                "x has {} elements, not a whole number of rows of out length {n}",
+                x.len
+            ),
+        ));
+    }
+    let (dx, dout) = (x.dtype(), out.dtype());
+    let (x, out) = (bytes(OP, "x", x)?, bytes_mut(OP, "out", out)?);
+    let total = col_sums(x, dx, n);
+    let mut tmp = Vec::new();
+    with_f32_mut(dout, out, &mut tmp, true, |o| {
+        for (o, s) in o.iter_mut().zip(&total) {
+            *o += s;
+        }
+    });
+    Ok(())
+}
+
+/// Column sums of a `rows x n` matrix of `dx` elements, in f32, thread-count independent.
+pub(crate) fn col_sums(x: &[u8], dx: mp_dtype::DType, n: usize) -> Vec<f32> {
+    let rows_per = (4 * CHUNK / n).max(1);
+    let parts: Vec<Vec<f32>> = x
+        .par_chunks(rows_per * n * dx.size_in_bytes())
+        .map_init(Vec::new, |t, c| {
+            let c = load(dx, c, t);
+            let mut acc = vec![0.0f32; n];
+            for row in c.chunks_exact(n) {
+                for (a, &v) in acc.iter_mut().zip(row) {
+                    *a += v;
+                }
+            }
+            acc
+        })
+        .collect();
+    let mut total = vec![0.0f32; n];
+    for p in parts {
+        for (t, v) in total.iter_mut().zip(p) {
+            *t += v;
+        }
+    }
+    total
+}
