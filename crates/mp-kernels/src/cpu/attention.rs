@@ -8,6 +8,7 @@
 use super::CpuBuffer;
 use super::check::{bytes, bytes_mut, expect_len, mul, shape_err};
 use super::convert::{narrow, widen, with_f32_mut};
+use super::math::simd_dispatch;
 use super::norm::softmax_row;
 use crate::Result;
 use crate::backend::{Attention, View, ViewMut};
@@ -15,7 +16,7 @@ use mp_dtype::DType;
 use rayon::prelude::*;
 
 /// Dot product with eight f32 accumulators.
-#[inline]
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let mut ia = a.chunks_exact(8);
@@ -35,7 +36,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `y += a * x`.
-#[inline]
+#[inline(always)]
 fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     for (y, &x) in y.iter_mut().zip(x) {
         *y += a * x;
@@ -62,6 +63,89 @@ fn gather(src: &[u8], dt: DType, t: usize, row: usize, col: usize, hs: usize, ds
     for (i, d) in dst.chunks_exact_mut(hs).enumerate() {
         let at = (i * row + col) * s;
         widen(dt, &src[at..at + hs * s], d);
+    }
+}
+
+simd_dispatch! {
+    /// One (batch, head) pair of the forward: `q`, `k`, `v` are `t x hs`; writes the causal
+    /// softmax probabilities (rounded to `dp`) into `probs` (`t x t` elements of `dp`) and
+    /// `P V` into `o`.
+    #[allow(clippy::too_many_arguments)]
+    fn head_forward(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        t: usize,
+        hs: usize,
+        scale: f32,
+        dp: DType,
+        probs: &mut [u8],
+        o: &mut [f32],
+    ) {
+        let sp = dp.size_in_bytes();
+        let mut scores = vec![0.0f32; t];
+        let mut p = vec![0.0f32; t];
+        for i in 0..t {
+            let qi = &q[i * hs..(i + 1) * hs];
+            for (j, s) in scores[..=i].iter_mut().enumerate() {
+                *s = scale * dot(qi, &k[j * hs..(j + 1) * hs]);
+            }
+            softmax_row(&scores, i + 1, false, &mut p);
+            let prow = &mut probs[i * t * sp..(i + 1) * t * sp];
+            narrow(dp, &p, prow);
+            if dp != DType::F32 {
+                // Use the stored (rounded) probabilities, as the backward will.
+                widen(dp, prow, &mut p);
+            }
+            let oi = &mut o[i * hs..(i + 1) * hs];
+            for (j, &pj) in p[..=i].iter().enumerate() {
+                axpy(pj, &v[j * hs..(j + 1) * hs], oi);
+            }
+        }
+    }
+}
+
+/// Gradients of one (batch, head) pair: `(dq, dk, dv)`, each `t x hs`.
+type HeadGrads<'a> = (&'a mut [f32], &'a mut [f32], &'a mut [f32]);
+
+simd_dispatch! {
+    /// One (batch, head) pair of the backward from the saved probabilities (`t x t` of `tp`)
+    /// and the upstream gradient `go` (`t x hs`).
+    #[allow(clippy::too_many_arguments)]
+    fn head_backward(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        go: &[f32],
+        t: usize,
+        hs: usize,
+        scale: f32,
+        tp: DType,
+        probs: &[u8],
+        grads: HeadGrads<'_>,
+    ) {
+        let (dq, dk, dv) = grads;
+        let sp = tp.size_in_bytes();
+        let mut p = vec![0.0f32; t];
+        let mut ds = vec![0.0f32; t];
+        for i in 0..t {
+            widen(tp, &probs[i * t * sp..(i + 1) * t * sp], &mut p);
+            let goi = &go[i * hs..(i + 1) * hs];
+            let mut sum = 0.0f32;
+            for j in 0..=i {
+                let dpj = dot(goi, &v[j * hs..(j + 1) * hs]);
+                ds[j] = dpj;
+                sum += p[j] * dpj;
+                axpy(p[j], goi, &mut dv[j * hs..(j + 1) * hs]);
+            }
+            let qi = &q[i * hs..(i + 1) * hs];
+            let dqi = &mut dq[i * hs..(i + 1) * hs];
+            for j in 0..=i {
+                let g = scale * p[j] * (ds[j] - sum);
+                axpy(g, &k[j * hs..(j + 1) * hs], dqi);
+                axpy(g, qi, &mut dk[j * hs..(j + 1) * hs]);
+            }
+        }
     }
 }
 
@@ -106,25 +190,7 @@ pub(crate) fn attention(
                     gather(qkv_b, dq, t, 3 * c, c + h * hs, hs, &mut k);
                     gather(qkv_b, dq, t, 3 * c, 2 * c + h * hs, hs, &mut v);
                     let mut o = vec![0.0f32; t * hs];
-                    let mut scores = vec![0.0f32; t];
-                    let mut p = vec![0.0f32; t];
-                    for i in 0..t {
-                        let qi = &q[i * hs..(i + 1) * hs];
-                        for (j, s) in scores[..=i].iter_mut().enumerate() {
-                            *s = scale * dot(qi, &k[j * hs..(j + 1) * hs]);
-                        }
-                        softmax_row(&scores, i + 1, false, &mut p);
-                        let prow = &mut probs_bh[i * t * sp..(i + 1) * t * sp];
-                        narrow(dp, &p, prow);
-                        if dp != DType::F32 {
-                            // Use the stored (rounded) probabilities, as the backward will.
-                            widen(dp, prow, &mut p);
-                        }
-                        let oi = &mut o[i * hs..(i + 1) * hs];
-                        for (j, &pj) in p[..=i].iter().enumerate() {
-                            axpy(pj, &v[j * hs..(j + 1) * hs], oi);
-                        }
-                    }
+                    head_forward(&q, &k, &v, t, hs, scale, dp, probs_bh, &mut o);
                     o
                 })
                 .collect();
@@ -193,26 +259,8 @@ pub(crate) fn attention_backward(
                     let mut dq = vec![0.0f32; t * hs];
                     let mut dk = vec![0.0f32; t * hs];
                     let mut dv = vec![0.0f32; t * hs];
-                    let mut p = vec![0.0f32; t];
-                    let mut ds = vec![0.0f32; t];
-                    for i in 0..t {
-                        widen(tp, &probs_bh[i * t * sp..(i + 1) * t * sp], &mut p);
-                        let goi = &go[i * hs..(i + 1) * hs];
-                        let mut sum = 0.0f32;
-                        for j in 0..=i {
-                            let dpj = dot(goi, &v[j * hs..(j + 1) * hs]);
-                            ds[j] = dpj;
-                            sum += p[j] * dpj;
-                            axpy(p[j], goi, &mut dv[j * hs..(j + 1) * hs]);
-                        }
-                        let qi = &q[i * hs..(i + 1) * hs];
-                        let dqi = &mut dq[i * hs..(i + 1) * hs];
-                        for j in 0..=i {
-                            let g = scale * p[j] * (ds[j] - sum);
-                            axpy(g, &k[j * hs..(j + 1) * hs], dqi);
-                            axpy(g, qi, &mut dk[j * hs..(j + 1) * hs]);
-                        }
-                    }
+                    let grads = (&mut dq[..], &mut dk[..], &mut dv[..]);
+                    head_backward(&q, &k, &v, &go, t, hs, scale, tp, probs_bh, grads);
                     [dq, dk, dv]
                 })
                 .collect();

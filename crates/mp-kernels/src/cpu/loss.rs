@@ -3,8 +3,9 @@
 use super::CpuBuffer;
 use super::check::{bytes, bytes_mut, check_ids, expect_dtype, expect_len, shape_err};
 use super::convert::{as_f32_mut, load, with_f32_mut};
+use super::math::exp_sub;
 use super::pointwise::CHUNK;
-use super::reduce::max;
+use super::reduce::{max, sum};
 use crate::Result;
 use crate::backend::{View, ViewMut};
 use mp_dtype::DType;
@@ -25,12 +26,12 @@ fn check(op: &'static str, logits_len: usize, targets: &[u32], vocab: usize) -> 
     Ok(rows)
 }
 
-/// `max` and `ln(sum(exp(x - max)))` of a row.
+/// `max` and `ln(sum(exp(x - max)))` of a row (`e` is scratch of the row's length).
 #[inline]
-fn max_lse(x: &[f32]) -> (f32, f32) {
+fn max_lse(x: &[f32], e: &mut [f32]) -> (f32, f32) {
     let m = max(x);
-    let s: f32 = x.iter().map(|&v| (v - m).exp()).sum();
-    (m, s.ln())
+    exp_sub(x, m, e);
+    (m, sum(e).ln())
 }
 
 /// `losses[r] = logsumexp(logits[r]) - logits[r, targets[r]]`.
@@ -52,13 +53,16 @@ pub(crate) fn cross_entropy(
         .par_chunks_mut(rows_per)
         .zip(logits.par_chunks(rows_per * vocab * dl.size_in_bytes()))
         .zip(targets.par_chunks(rows_per))
-        .for_each_init(Vec::new, |t, ((lc, xc), tc)| {
-            let xc = load(dl, xc, t);
-            for ((l, row), &tg) in lc.iter_mut().zip(xc.chunks_exact(vocab)).zip(tc) {
-                let (m, lse) = max_lse(row);
-                *l = m + lse - row[tg as usize];
-            }
-        });
+        .for_each_init(
+            || (Vec::new(), vec![0.0f32; vocab]),
+            |(t, e), ((lc, xc), tc)| {
+                let xc = load(dl, xc, t);
+                for ((l, row), &tg) in lc.iter_mut().zip(xc.chunks_exact(vocab)).zip(tc) {
+                    let (m, lse) = max_lse(row, e);
+                    *l = m + lse - row[tg as usize];
+                }
+            },
+        );
     Ok(())
 }
 
@@ -92,13 +96,8 @@ pub(crate) fn cross_entropy_backward(
                         .zip(tc)
                     {
                         let m = max(row);
-                        let mut s = 0.0f32;
-                        for (o, &v) in orow.iter_mut().zip(row) {
-                            let e = (v - m).exp();
-                            *o = e;
-                            s += e;
-                        }
-                        let k = dloss / s;
+                        exp_sub(row, m, orow);
+                        let k = dloss / sum(orow);
                         for o in orow.iter_mut() {
                             *o *= k;
                         }

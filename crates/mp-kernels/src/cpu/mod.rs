@@ -13,6 +13,7 @@ mod convert;
 mod embed;
 mod gemm;
 mod loss;
+mod math;
 mod norm;
 pub(crate) mod optim;
 mod pointwise;

@@ -4,6 +4,7 @@
 use super::CpuBuffer;
 use super::check::{bytes, bytes_mut, expect_dtype, expect_len, shape_err};
 use super::convert::{as_f32, as_f32_mut, load, with_f32_mut};
+use super::math::exp_sub;
 use super::pointwise::CHUNK;
 use super::reduce::{max, sum};
 use crate::Result;
@@ -16,12 +17,8 @@ use rayon::prelude::*;
 #[inline]
 pub(crate) fn softmax_row(x: &[f32], visible: usize, log: bool, o: &mut [f32]) {
     let m = max(&x[..visible]);
-    let mut s = 0.0f32;
-    for (o, &v) in o[..visible].iter_mut().zip(&x[..visible]) {
-        let e = (v - m).exp();
-        *o = e;
-        s += e;
-    }
+    exp_sub(&x[..visible], m, &mut o[..visible]);
+    let s = sum(&o[..visible]);
     if log {
         let ls = s.ln();
         for (o, &v) in o[..visible].iter_mut().zip(&x[..visible]) {

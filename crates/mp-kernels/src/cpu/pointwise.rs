@@ -7,6 +7,7 @@
 use super::CpuBuffer;
 use super::check::{bytes, bytes_mut, expect_len, shape_err};
 use super::convert::{load, narrow, narrow_with, widen, with_f32_mut};
+use super::math::{self, simd_dispatch};
 use crate::Result;
 use crate::backend::{BinaryOp, Rounding, View, ViewMut};
 use mp_dtype::DType;
@@ -230,24 +231,22 @@ pub(crate) fn bias_add(
     Ok(())
 }
 
-/// `sqrt(2 / pi)`.
-const GELU_S: f32 = 0.797_884_6;
-/// The cubic coefficient of the tanh approximation.
-const GELU_C: f32 = 0.044_715;
-
-/// GELU, tanh approximation.
-#[inline]
-pub(crate) fn gelu_scalar(x: f32) -> f32 {
-    let u = GELU_S * (x + GELU_C * x * x * x);
-    0.5 * x * (1.0 + u.tanh())
+simd_dispatch! {
+    /// `o = gelu(x)`.
+    fn gelu_slice(x: &[f32], o: &mut [f32]) {
+        for (o, &x) in o.iter_mut().zip(x) {
+            *o = math::gelu(x);
+        }
+    }
 }
 
-/// Exact derivative of [`gelu_scalar`].
-#[inline]
-pub(crate) fn gelu_grad_scalar(x: f32) -> f32 {
-    let u = GELU_S * (x + GELU_C * x * x * x);
-    let t = u.tanh();
-    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_S * (1.0 + 3.0 * GELU_C * x * x)
+simd_dispatch! {
+    /// `o += gelu'(x) * dy`.
+    fn gelu_backward_slice(x: &[f32], dy: &[f32], o: &mut [f32]) {
+        for ((o, &x), &g) in o.iter_mut().zip(x).zip(dy) {
+            *o += math::gelu_grad(x) * g;
+        }
+    }
 }
 
 /// `out = gelu(x)`.
@@ -256,11 +255,7 @@ pub(crate) fn gelu(x: View<'_, CpuBuffer>, out: ViewMut<'_, CpuBuffer>) -> Resul
     expect_len(OP, "out", out.len, x.len)?;
     let (dx, dout) = (x.dtype(), out.dtype());
     let (x, out) = (bytes(OP, "x", x)?, bytes_mut(OP, "out", out)?);
-    map1(x, dx, out, dout, false, |x, o| {
-        for (o, &x) in o.iter_mut().zip(x) {
-            *o = gelu_scalar(x);
-        }
-    });
+    map1(x, dx, out, dout, false, gelu_slice);
     Ok(())
 }
 
@@ -279,10 +274,6 @@ pub(crate) fn gelu_backward(
         bytes(OP, "dy", dy)?,
         bytes_mut(OP, "dx", dx)?,
     );
-    map2(x, tx, dy, tdy, dx, tdx, true, |x, dy, o| {
-        for ((o, &x), &g) in o.iter_mut().zip(x).zip(dy) {
-            *o += gelu_grad_scalar(x) * g;
-        }
-    });
+    map2(x, tx, dy, tdy, dx, tdx, true, gelu_backward_slice);
     Ok(())
 }
