@@ -84,6 +84,9 @@ pub enum TrainError {
         /// Its value in the config.
         config: String,
     },
+    /// Recording or differentiating the model on the autograd tape failed.
+    #[error("autograd: {0}")]
+    Autograd(#[from] mp_autograd::AutogradError),
     /// The compute backend failed (including `NotCompiled` / `NoDevice` for cuda and wgpu).
     #[error("backend: {0}")]
     Kernel(#[from] mp_kernels::KernelError),

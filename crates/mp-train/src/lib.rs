@@ -18,6 +18,7 @@ pub mod data;
 pub mod error;
 pub mod fsutil;
 pub mod metrics;
+pub mod model;
 pub mod plot;
 pub mod schedule;
 

@@ -1,96 +1,421 @@
-//! Fused scaler and optimizer passes over flat parameter ranges: the gradient check
-//! (non-finite flag and squared norm), AdamW and SGD with momentum.
+//! The fused scaler and optimizer passes of the CPU backend: the gradient check (non-finite
+//! flag and squared norm, one read pass), AdamW and SGD with momentum (one read-modify-write
+//! pass that also writes the low-precision model copy).
 //!
-//! Every pass walks fixed blocks in parallel; the low-precision copies are rounded with the
-//! step's [`Rounding`], stochastic rounding drawing element `i` of a view from the counter at
-//! `view.offset + i`.
+//! # Layout of the work
+//!
+//! A pass splits its element range into fixed blocks of [`BLOCK`] elements that rayon runs in
+//! parallel, and each block into tiles of [`TILE`] elements that stay in L1: a tile of
+//! gradients is widened to f32 on the stack (F32 gradients are read in place), the update runs
+//! as one branch-free loop over equal-length slices (so LLVM vectorises it), and the model copy
+//! of the tile is rounded straight from the updated master values. Every byte is read and
+//! written once; nothing is allocated per block.
+//!
+//! # Determinism
+//!
+//! Every element's result depends only on its own inputs, so the updates are bit-identical
+//! whatever the thread count. The gradient check sums each block in f32 (16 lanes, combined in
+//! a fixed order) and the blocks in f64 in index order, so its result is reproducible too.
+//! Stochastic rounding draws element `i` of a view from the counter at `view.offset + i`
+//! ([`mp_dtype::sr_random`]), independent of blocking.
+//!
+//! # Arithmetic
+//!
+//! AdamW follows `torch.optim.AdamW` (its single-tensor CPU path) operation by operation in
+//! f32: `p *= 1 - lr*wd`; `m = lerp(m, g, 1 - beta1)` (PyTorch's two-branch lerp);
+//! `v = v*beta2 + ((1 - beta2)*g)*g`; bias corrections and `lr / bc1`, `sqrt(bc2)` in f64,
+//! rounded once to f32; `denom = sqrt(v) / sqrt(bc2) + eps`; `p += ((-lr/bc1) * m) / denom`.
+//! SGD follows `torch.optim.SGD`. Gradients are multiplied by `grad_mult` as they are read.
 
 use super::CpuBuffer;
-use super::check::{bytes, bytes_mut, expect_dtype, expect_len, shape_err};
-use super::convert::{as_f32_mut, load, narrow_with, widen};
-use super::pointwise::CHUNK;
+use super::check::{bytes, bytes_mut, dtype_err, expect_dtype, expect_len, shape_err};
 use crate::Result;
 use crate::backend::{AdamW, GradStats, Rounding, Sgd, View, ViewMut};
-use mp_dtype::DType;
+use mp_dtype::{DType, EncodeOptions};
 use rayon::prelude::*;
 
-/// Non-finite flag and `sum((g * grad_mult)^2)` (f32 per block, f64 across blocks).
-pub(crate) fn grad_stats(grads: View<'_, CpuBuffer>, grad_mult: f32) -> Result<GradStats> {
-    let dg = grads.dtype();
-    let g = bytes("grad_stats", "grads", grads)?;
-    let parts: Vec<(bool, f32)> = g
-        .par_chunks(CHUNK * dg.size_in_bytes())
-        .map_init(Vec::new, |t, c| {
-            let c = load(dg, c, t);
-            let mut bad = false;
-            let mut s = 0.0f32;
-            for &v in c {
-                bad |= !v.is_finite();
-                let x = v * grad_mult;
-                s += x * x;
+/// Elements per parallel task.
+const BLOCK: usize = 1 << 15;
+/// Elements per L1-resident tile inside a block.
+const TILE: usize = 1024;
+/// Accumulator lanes of the gradient check.
+const LANES: usize = 16;
+
+/// Gradients of one dtype, borrowed as their natural element type.
+#[derive(Clone, Copy)]
+enum Grads<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u16]),
+    Other(DType, &'a [u8]),
+}
+
+impl<'a> Grads<'a> {
+    fn new(dtype: DType, b: &'a [u8]) -> Self {
+        match dtype {
+            DType::F32 => Grads::F32(bytemuck::cast_slice(b)),
+            DType::BF16 => Grads::Bf16(bytemuck::cast_slice(b)),
+            d => Grads::Other(d, b),
+        }
+    }
+
+    /// Elements `start..start + len`.
+    fn sub(self, start: usize, len: usize) -> Self {
+        match self {
+            Grads::F32(s) => Grads::F32(&s[start..start + len]),
+            Grads::Bf16(s) => Grads::Bf16(&s[start..start + len]),
+            Grads::Other(d, b) => {
+                let w = d.size_in_bytes();
+                Grads::Other(d, &b[start * w..(start + len) * w])
             }
-            (bad, s)
+        }
+    }
+
+    /// The elements as f32: in place for F32, widened into `tile` otherwise.
+    fn load<'t>(self, tile: &'t mut [f32; TILE], len: usize) -> Result<&'t [f32]>
+    where
+        'a: 't,
+    {
+        match self {
+            Grads::F32(s) => Ok(s),
+            Grads::Bf16(s) => {
+                let t = &mut tile[..len];
+                for (o, &h) in t.iter_mut().zip(s) {
+                    *o = f32::from_bits(u32::from(h) << 16);
+                }
+                Ok(t)
+            }
+            Grads::Other(d, b) => {
+                let t = &mut tile[..len];
+                mp_dtype::decode(b, d, t)?;
+                Ok(t)
+            }
+        }
+    }
+}
+
+/// Rounds `src` into the `dtype` elements `dst` with `rounding`; `index` is the absolute
+/// element index of `src[0]` in its buffer (the stochastic-rounding counter).
+fn store(
+    src: &[f32],
+    dtype: DType,
+    dst: &mut [u8],
+    rounding: Rounding,
+    index: usize,
+) -> Result<()> {
+    if dtype == DType::F32 {
+        let d: &mut [f32] = bytemuck::cast_slice_mut(dst);
+        d.copy_from_slice(src);
+        return Ok(());
+    }
+    let opts = EncodeOptions {
+        rounding,
+        saturate: false,
+        index_offset: index as u64,
+    };
+    mp_dtype::encode(src, dst, dtype, &opts)?;
+    Ok(())
+}
+
+/// One block's gradient statistics: `(any non-finite, sum of squares)`.
+fn stats_block(g: Grads<'_>, len: usize, mult: f32) -> Result<(bool, f64)> {
+    let mut acc = [0.0f32; LANES];
+    // `g * 0` is 0 for every finite g and NaN for +-inf and NaN: a branch-free flag that
+    // a huge but finite gradient (whose square overflows) cannot trip.
+    let mut bad = [0.0f32; LANES];
+    let mut tile = [0.0f32; TILE];
+    let mut t0 = 0;
+    while t0 < len {
+        let n = TILE.min(len - t0);
+        let x = g.sub(t0, n).load(&mut tile, n)?;
+        let mut chunks = x.chunks_exact(LANES);
+        for c in &mut chunks {
+            for l in 0..LANES {
+                let y = c[l] * mult;
+                acc[l] += y * y;
+                bad[l] += c[l] * 0.0;
+            }
+        }
+        for (l, &v) in chunks.remainder().iter().enumerate() {
+            let y = v * mult;
+            acc[l] += y * y;
+            bad[l] += v * 0.0;
+        }
+        t0 += n;
+    }
+    let sum: f32 = pairwise(&mut acc);
+    let flag: f32 = pairwise(&mut bad);
+    Ok((flag.is_nan(), f64::from(sum)))
+}
+
+/// Sums the lanes in a fixed tree order.
+fn pairwise(a: &mut [f32; LANES]) -> f32 {
+    let mut w = LANES;
+    while w > 1 {
+        w /= 2;
+        for i in 0..w {
+            a[i] += a[i + w];
+        }
+    }
+    a[0]
+}
+
+/// Non-finite flag and `sum((g * grad_mult)^2)` over `grads` (any dtype): f32 per block, f64
+/// across blocks, in a fixed order.
+pub(crate) fn grad_stats(grads: View<'_, CpuBuffer>, grad_mult: f32) -> Result<GradStats> {
+    const OP: &str = "grad_stats";
+    let n = grads.len;
+    let g = Grads::new(grads.dtype(), bytes(OP, "grads", grads)?);
+    let parts: Vec<(bool, f64)> = (0..n.div_ceil(BLOCK))
+        .into_par_iter()
+        .map(|bi| {
+            let len = BLOCK.min(n - bi * BLOCK);
+            stats_block(g.sub(bi * BLOCK, len), len, grad_mult)
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let mut out = GradStats::default();
     for (bad, s) in parts {
         out.non_finite |= bad;
-        out.sum_sq += f64::from(s);
+        out.sum_sq += s;
     }
     Ok(out)
 }
 
-/// Blocks of the model copy (`None` for every block when there is none).
-type ModelBlocks<'a> = Box<dyn Iterator<Item = Option<&'a mut [u8]>> + 'a>;
+/// The parameters of a step: FP32 master weights (updated in place) or a low-precision
+/// buffer (pure BF16/F16 mode: widened per tile, rounded back with the step's rounding).
+enum Params<'a> {
+    F32(&'a mut [f32]),
+    Low(DType, &'a mut [u8]),
+}
 
-/// The low-precision model copy of a step (view offset, dtype, blocks), split into the same
-/// blocks as the parameters.
-fn model_blocks<'a>(
+/// The per-block pieces of a fused optimizer pass.
+struct Block<'a> {
+    /// First element of the block within the views.
+    start: usize,
+    params: Params<'a>,
+    /// The FP32 state buffers (AdamW: m and v; SGD: the momentum buffer and an empty slice).
+    s1: &'a mut [f32],
+    s2: &'a mut [f32],
+    model: Option<&'a mut [u8]>,
+}
+
+/// The views of a fused pass after validation, split into [`Block`]s.
+struct Pass<'a> {
+    params_offset: usize,
+    model_dtype: Option<DType>,
+    model_offset: usize,
+    grads: Grads<'a>,
+    blocks: Vec<Block<'a>>,
+}
+
+/// Validates the views of a fused optimizer pass and splits them into blocks.
+fn split<'a>(
     op: &'static str,
+    params: ViewMut<'a, CpuBuffer>,
+    grads: View<'a, CpuBuffer>,
+    s1: (&'static str, ViewMut<'a, CpuBuffer>),
+    s2: Option<(&'static str, ViewMut<'a, CpuBuffer>)>,
     model: Option<ViewMut<'a, CpuBuffer>>,
-    n: usize,
-) -> Result<(usize, Option<DType>, ModelBlocks<'a>)> {
-    match model {
+) -> Result<Pass<'a>> {
+    let n = params.len;
+    let params_dtype = params.dtype();
+    let params_offset = params.offset;
+    if matches!(params_dtype, DType::F8E4M3 | DType::F8E5M2) {
+        return Err(dtype_err(
+            op,
+            params_dtype,
+            "parameters must be F32 (master weights) or BF16/F16 (pure low-precision mode)",
+        ));
+    }
+    expect_len(op, "grads", grads.len, n)?;
+    let grads = Grads::new(grads.dtype(), bytes(op, "grads", grads)?);
+    let state = |(name, s): (&'static str, ViewMut<'a, CpuBuffer>)| -> Result<&'a mut [f32]> {
+        expect_len(op, name, s.len, n)?;
+        expect_dtype(op, name, s.dtype(), DType::F32)?;
+        Ok(bytemuck::cast_slice_mut(bytes_mut(op, name, s)?))
+    };
+    let s1 = state(s1)?;
+    let s2 = s2.map(state).transpose()?;
+    let (model_dtype, model_offset, model_bytes) = match model {
         Some(mv) => {
             expect_len(op, "model", mv.len, n)?;
-            let (off, dt) = (mv.offset, mv.dtype());
-            let b = bytes_mut(op, "model", mv)?;
-            Ok((
-                off,
-                Some(dt),
-                Box::new(b.chunks_mut(CHUNK * dt.size_in_bytes()).map(Some)),
-            ))
+            let (d, off) = (mv.dtype(), mv.offset);
+            (Some(d), off, Some(bytes_mut(op, "model", mv)?))
         }
-        None => Ok((0, None, Box::new(std::iter::repeat_with(|| None)))),
+        None => (None, 0, None),
+    };
+    let p = bytes_mut(op, "params", params)?;
+
+    let nblocks = n.div_ceil(BLOCK);
+    let mut blocks = Vec::with_capacity(nblocks);
+    let mut s1_chunks = s1.chunks_mut(BLOCK);
+    let mut s2_chunks = s2.map(|s| s.chunks_mut(BLOCK));
+    let mut model_chunks = model_bytes
+        .zip(model_dtype)
+        .map(|(b, d)| b.chunks_mut(BLOCK * d.size_in_bytes()));
+    let mut p_chunks = p.chunks_mut(BLOCK * params_dtype.size_in_bytes());
+    for bi in 0..nblocks {
+        let pb = p_chunks
+            .next()
+            .ok_or_else(|| shape_err(op, "params shorter than its view"))?;
+        let params = match params_dtype {
+            DType::F32 => Params::F32(bytemuck::cast_slice_mut(pb)),
+            d => Params::Low(d, pb),
+        };
+        let s1 = s1_chunks.next().unwrap_or_default();
+        let s2 = s2_chunks
+            .as_mut()
+            .and_then(Iterator::next)
+            .unwrap_or_default();
+        let model = model_chunks.as_mut().and_then(Iterator::next);
+        blocks.push(Block {
+            start: bi * BLOCK,
+            params,
+            s1,
+            s2,
+            model,
+        });
+    }
+    Ok(Pass {
+        params_offset,
+        model_dtype,
+        model_offset,
+        grads,
+        blocks,
+    })
+}
+
+impl Pass<'_> {
+    /// Runs `update(p, g, s1, s2)` over every tile of every block in parallel, then writes the
+    /// parameters (pure low-precision mode) and the model copy of the tile with `rounding`.
+    fn run<F>(self, rounding: Rounding, update: F) -> Result<()>
+    where
+        F: Fn(&mut [f32], &[f32], &mut [f32], &mut [f32]) + Sync,
+    {
+        let Pass {
+            params_offset,
+            model_dtype,
+            model_offset,
+            grads,
+            blocks,
+        } = self;
+        blocks.into_par_iter().try_for_each(|blk| {
+            let Block {
+                start,
+                mut params,
+                s1,
+                s2,
+                mut model,
+            } = blk;
+            let len = match &params {
+                Params::F32(p) => p.len(),
+                Params::Low(d, b) => b.len() / d.size_in_bytes(),
+            };
+            let mut gtile = [0.0f32; TILE];
+            let mut ptile = [0.0f32; TILE];
+            let mut t0 = 0;
+            while t0 < len {
+                let n = TILE.min(len - t0);
+                let index = start + t0;
+                let g = grads.sub(index, n).load(&mut gtile, n)?;
+                let s1 = s1.get_mut(t0..t0 + n).unwrap_or_default();
+                let s2 = s2.get_mut(t0..t0 + n).unwrap_or_default();
+                let p: &[f32] = match &mut params {
+                    Params::F32(p) => {
+                        let p = &mut p[t0..t0 + n];
+                        update(p, g, s1, s2);
+                        p
+                    }
+                    Params::Low(d, b) => {
+                        let w = d.size_in_bytes();
+                        let b = &mut b[t0 * w..(t0 + n) * w];
+                        let t = &mut ptile[..n];
+                        mp_dtype::decode(b, *d, t)?;
+                        update(t, g, s1, s2);
+                        store(t, *d, b, rounding, params_offset + index)?;
+                        t
+                    }
+                };
+                if let (Some(mb), Some(md)) = (model.as_deref_mut(), model_dtype) {
+                    let w = md.size_in_bytes();
+                    store(
+                        p,
+                        md,
+                        &mut mb[t0 * w..(t0 + n) * w],
+                        rounding,
+                        model_offset + index,
+                    )?;
+                }
+                t0 += n;
+            }
+            Ok(())
+        })
     }
 }
 
-/// Writes the updated f32 parameters of block `bi` back to `pb` and to the model copy.
-#[allow(clippy::too_many_arguments)]
-fn write_back(
-    p: &[f32],
-    dp: DType,
-    pb: &mut [u8],
-    p_off: usize,
-    mb: Option<&mut [u8]>,
-    mdt: Option<DType>,
-    m_off: usize,
-    bi: usize,
-    rounding: Rounding,
-) -> Result<()> {
-    let start = bi * CHUNK;
-    if dp == DType::F32 {
-        as_f32_mut(pb).copy_from_slice(p);
+/// The step constants of an AdamW pass, rounded to f32 the way PyTorch's scalar arguments are.
+#[derive(Clone, Copy, Debug)]
+struct AdamCoef {
+    decay: f32,
+    w1: f32,
+    beta2: f32,
+    w2: f32,
+    bc2_sqrt: f32,
+    eps: f32,
+    neg_step_size: f32,
+    grad_mult: f32,
+}
+
+impl AdamCoef {
+    fn new(hp: &AdamW) -> Self {
+        let step = hp.step as f64;
+        let beta1 = f64::from(hp.beta1);
+        let beta2 = f64::from(hp.beta2);
+        let lr = f64::from(hp.lr);
+        let bc1 = 1.0 - beta1.powf(step);
+        let bc2 = 1.0 - beta2.powf(step);
+        AdamCoef {
+            decay: (1.0 - lr * f64::from(hp.weight_decay)) as f32,
+            w1: (1.0 - beta1) as f32,
+            beta2: hp.beta2,
+            w2: (1.0 - beta2) as f32,
+            bc2_sqrt: bc2.sqrt() as f32,
+            eps: hp.eps,
+            neg_step_size: (-(lr / bc1)) as f32,
+            grad_mult: hp.grad_mult,
+        }
+    }
+}
+
+/// PyTorch's `lerp(start, end, weight)` for f32 (`at::native::lerp`, scalar form).
+#[inline(always)]
+fn lerp(start: f32, end: f32, weight: f32) -> f32 {
+    if weight.abs() < 0.5 {
+        start + weight * (end - start)
     } else {
-        narrow_with(dp, p, pb, rounding, p_off + start)?;
+        end - (end - start) * (1.0 - weight)
     }
-    if let (Some(mb), Some(mdt)) = (mb, mdt) {
-        narrow_with(mdt, p, mb, rounding, m_off + start)?;
-    }
-    Ok(())
 }
 
-/// One fused AdamW step (see [`AdamW`]).
+/// The AdamW update of one tile; all slices have the same length.
+#[inline(always)]
+fn adamw_tile(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: &AdamCoef) {
+    let n = p.len();
+    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+    for i in 0..n {
+        let gi = g[i] * c.grad_mult;
+        let pi = p[i] * c.decay;
+        let mi = lerp(m[i], gi, c.w1);
+        let vi = v[i] * c.beta2 + c.w2 * gi * gi;
+        let denom = vi.sqrt() / c.bc2_sqrt + c.eps;
+        p[i] = pi + c.neg_step_size * mi / denom;
+        m[i] = mi;
+        v[i] = vi;
+    }
+}
+
+/// One fused AdamW step over a flat range (see [`AdamW`]): gradients of any dtype times
+/// `hp.grad_mult`, FP32 moments, FP32 (or BF16/F16, pure mode) parameters, and the model
+/// copy rounded with `hp.rounding`.
 pub(crate) fn adamw(
     params: ViewMut<'_, CpuBuffer>,
     grads: View<'_, CpuBuffer>,
@@ -100,56 +425,44 @@ pub(crate) fn adamw(
     hp: &AdamW,
 ) -> Result<()> {
     const OP: &str = "adamw";
-    let n = params.len;
-    expect_len(OP, "grads", grads.len, n)?;
-    expect_len(OP, "m", m.len, n)?;
-    expect_len(OP, "v", v.len, n)?;
-    expect_dtype(OP, "m", m.dtype(), DType::F32)?;
-    expect_dtype(OP, "v", v.dtype(), DType::F32)?;
     if hp.step == 0 {
-        return Err(shape_err(OP, "step is 1-based; got 0"));
+        return Err(shape_err(OP, "the step number is 1-based; got 0"));
     }
-    let bc1 = 1.0 - f64::from(hp.beta1).powf(hp.step as f64);
-    let bc2 = 1.0 - f64::from(hp.beta2).powf(hp.step as f64);
-    let step_size = (f64::from(hp.lr) / bc1) as f32;
-    let bc2_sqrt = bc2.sqrt() as f32;
-    let decay = 1.0 - hp.lr * hp.weight_decay;
-    let (b1, b2, eps, gm) = (hp.beta1, hp.beta2, hp.eps, hp.grad_mult);
-    let (dp, dg, p_off) = (params.dtype(), grads.dtype(), params.offset);
-    let (m_off, mdt, mblocks) = model_blocks(OP, model, n)?;
-    let p = bytes_mut(OP, "params", params)?;
-    let g = bytes(OP, "grads", grads)?;
-    let mm = as_f32_mut(bytes_mut(OP, "m", m)?);
-    let vv = as_f32_mut(bytes_mut(OP, "v", v)?);
-    let items: Vec<_> = p
-        .chunks_mut(CHUNK * dp.size_in_bytes())
-        .zip(g.chunks(CHUNK * dg.size_in_bytes()))
-        .zip(mm.chunks_mut(CHUNK))
-        .zip(vv.chunks_mut(CHUNK))
-        .zip(mblocks)
-        .enumerate()
-        .collect();
-    items.into_par_iter().try_for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(tp, tg), (bi, ((((pb, gb), mc), vc), mb))| {
-            tp.clear();
-            tp.resize(mc.len(), 0.0);
-            widen(dp, pb, tp);
-            let gv = load(dg, gb, tg);
-            for (((p, &g), m), v) in tp.iter_mut().zip(gv).zip(mc.iter_mut()).zip(vc.iter_mut()) {
-                let g = g * gm;
-                *p *= decay;
-                *m = b1 * *m + (1.0 - b1) * g;
-                *v = b2 * *v + (1.0 - b2) * g * g;
-                let denom = v.sqrt() / bc2_sqrt + eps;
-                *p -= step_size * *m / denom;
-            }
-            write_back(tp, dp, pb, p_off, mb, mdt, m_off, bi, hp.rounding)
-        },
-    )
+    let c = AdamCoef::new(hp);
+    let pass = split(OP, params, grads, ("m", m), Some(("v", v)), model)?;
+    pass.run(hp.rounding, |p, g, m, v| adamw_tile(p, g, m, v, &c))
 }
 
-/// One fused SGD-with-momentum step (see [`Sgd`]).
+/// The SGD update of one tile (`torch.optim.SGD`); all slices have the same length.
+#[inline(always)]
+fn sgd_tile(p: &mut [f32], g: &[f32], buf: &mut [f32], hp: &Sgd) {
+    let n = p.len();
+    let g = &g[..n];
+    let neg_lr = -hp.lr;
+    let damp = 1.0 - hp.dampening;
+    if hp.momentum == 0.0 {
+        for i in 0..n {
+            let gi = g[i] * hp.grad_mult + hp.weight_decay * p[i];
+            p[i] += neg_lr * gi;
+        }
+        return;
+    }
+    let buf = &mut buf[..n];
+    for i in 0..n {
+        let gi = g[i] * hp.grad_mult + hp.weight_decay * p[i];
+        let b = if hp.first_step {
+            gi
+        } else {
+            buf[i] * hp.momentum + damp * gi
+        };
+        buf[i] = b;
+        let d = if hp.nesterov { gi + hp.momentum * b } else { b };
+        p[i] += neg_lr * d;
+    }
+}
+
+/// One fused SGD-with-momentum step over a flat range (see [`Sgd`]); `momentum_buf` is FP32
+/// and untouched when `hp.momentum` is 0.
 pub(crate) fn sgd(
     params: ViewMut<'_, CpuBuffer>,
     grads: View<'_, CpuBuffer>,
@@ -158,47 +471,324 @@ pub(crate) fn sgd(
     hp: &Sgd,
 ) -> Result<()> {
     const OP: &str = "sgd";
-    let n = params.len;
-    expect_len(OP, "grads", grads.len, n)?;
-    expect_len(OP, "momentum_buf", momentum_buf.len, n)?;
-    expect_dtype(OP, "momentum_buf", momentum_buf.dtype(), DType::F32)?;
     let hp = *hp;
-    let (dp, dg, p_off) = (params.dtype(), grads.dtype(), params.offset);
-    let (m_off, mdt, mblocks) = model_blocks(OP, model, n)?;
-    let p = bytes_mut(OP, "params", params)?;
-    let g = bytes(OP, "grads", grads)?;
-    let buf = as_f32_mut(bytes_mut(OP, "momentum_buf", momentum_buf)?);
-    let items: Vec<_> = p
-        .chunks_mut(CHUNK * dp.size_in_bytes())
-        .zip(g.chunks(CHUNK * dg.size_in_bytes()))
-        .zip(buf.chunks_mut(CHUNK))
-        .zip(mblocks)
-        .enumerate()
-        .collect();
-    items.into_par_iter().try_for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(tp, tg), (bi, (((pb, gb), bc), mb))| {
-            tp.clear();
-            tp.resize(bc.len(), 0.0);
-            widen(dp, pb, tp);
-            let gv = load(dg, gb, tg);
-            for ((p, &g), b) in tp.iter_mut().zip(gv).zip(bc.iter_mut()) {
-                let mut g = g * hp.grad_mult + hp.weight_decay * *p;
-                if hp.momentum != 0.0 {
-                    *b = if hp.first_step {
-                        g
-                    } else {
-                        hp.momentum * *b + (1.0 - hp.dampening) * g
-                    };
-                    g = if hp.nesterov {
-                        g + hp.momentum * *b
-                    } else {
-                        *b
-                    };
-                }
-                *p -= hp.lr * g;
+    let pass = split(
+        OP,
+        params,
+        grads,
+        ("momentum_buf", momentum_buf),
+        None,
+        model,
+    )?;
+    pass.run(hp.rounding, |p, g, b, _| sgd_tile(p, g, b, &hp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BufferExt;
+
+    fn buf(data: &[f32], dtype: DType) -> CpuBuffer {
+        CpuBuffer::from_f32(data, dtype)
+    }
+
+    fn hp(step: u64) -> AdamW {
+        AdamW {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            step,
+            grad_mult: 0.5,
+            rounding: Rounding::NearestEven,
+        }
+    }
+
+    /// The same update, element by element, with no blocking or tiling.
+    fn reference(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], hp: &AdamW) {
+        let c = AdamCoef::new(hp);
+        for i in 0..p.len() {
+            adamw_tile(
+                &mut p[i..i + 1],
+                &g[i..i + 1],
+                &mut m[i..i + 1],
+                &mut v[i..i + 1],
+                &c,
+            );
+        }
+    }
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| (mp_dtype::mix32(i ^ seed) as f32 / u32::MAX as f32 - 0.5) * 2.0)
+            .collect()
+    }
+
+    #[test]
+    fn adamw_matches_elementwise_reference_across_blocks_and_dtypes() {
+        let n = BLOCK + TILE + 37;
+        for gd in [DType::F32, DType::BF16, DType::F16] {
+            let p0 = data(n, 1);
+            let g0: Vec<f32> = buf(&data(n, 2), gd).to_f32_vec();
+            let (mut p, mut m, mut v) = (
+                buf(&p0, DType::F32),
+                CpuBuffer::zeros(DType::F32, n),
+                CpuBuffer::zeros(DType::F32, n),
+            );
+            let g = buf(&g0, gd);
+            let mut model = CpuBuffer::zeros(DType::BF16, n);
+            let (mut rp, mut rm, mut rv) = (p0.clone(), vec![0.0; n], vec![0.0; n]);
+            for step in 1..=3 {
+                adamw(
+                    p.view_mut(),
+                    g.view(),
+                    m.view_mut(),
+                    v.view_mut(),
+                    Some(model.view_mut()),
+                    &hp(step),
+                )
+                .unwrap();
+                reference(&mut rp, &g0, &mut rm, &mut rv, &hp(step));
             }
-            write_back(tp, dp, pb, p_off, mb, mdt, m_off, bi, hp.rounding)
-        },
-    )
+            assert_eq!(p.as_f32().unwrap(), &rp[..], "grads {gd}");
+            assert_eq!(m.as_f32().unwrap(), &rm[..]);
+            assert_eq!(v.as_f32().unwrap(), &rv[..]);
+            assert_eq!(model.to_f32_vec(), buf(&rp, DType::BF16).to_f32_vec());
+        }
+    }
+
+    #[test]
+    fn adamw_on_a_sub_range_touches_nothing_else() {
+        let n = 100;
+        let p0 = data(n, 3);
+        let mut p = buf(&p0, DType::F32);
+        let g = buf(&data(n, 4), DType::F32);
+        let (mut m, mut v) = (
+            CpuBuffer::zeros(DType::F32, n),
+            CpuBuffer::zeros(DType::F32, n),
+        );
+        adamw(
+            p.slice_mut(10, 20),
+            g.slice(10, 20),
+            m.slice_mut(10, 20),
+            v.slice_mut(10, 20),
+            None,
+            &hp(1),
+        )
+        .unwrap();
+        let out = p.as_f32().unwrap();
+        assert_eq!(&out[..10], &p0[..10]);
+        assert_eq!(&out[30..], &p0[30..]);
+        assert!(out[10..30].iter().zip(&p0[10..30]).all(|(a, b)| a != b));
+        assert!(m.as_f32().unwrap()[..10].iter().all(|&x| x == 0.0));
+    }
+
+    #[test]
+    fn adamw_rejects_bad_arguments() {
+        let mut p = CpuBuffer::zeros(DType::F32, 8);
+        let g = CpuBuffer::zeros(DType::F32, 7);
+        let (mut m, mut v) = (
+            CpuBuffer::zeros(DType::F32, 8),
+            CpuBuffer::zeros(DType::BF16, 8),
+        );
+        let e = adamw(
+            p.view_mut(),
+            g.view(),
+            m.view_mut(),
+            v.view_mut(),
+            None,
+            &hp(1),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("grads has 7"), "{e}");
+        let g = CpuBuffer::zeros(DType::F32, 8);
+        let e = adamw(
+            p.view_mut(),
+            g.view(),
+            m.view_mut(),
+            v.view_mut(),
+            None,
+            &hp(1),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("v must be f32"), "{e}");
+        let mut v = CpuBuffer::zeros(DType::F32, 8);
+        let e = adamw(
+            p.view_mut(),
+            g.view(),
+            m.view_mut(),
+            v.view_mut(),
+            None,
+            &hp(0),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("1-based"), "{e}");
+        let mut q = CpuBuffer::zeros(DType::F8E4M3, 8);
+        assert!(
+            adamw(
+                q.view_mut(),
+                g.view(),
+                m.view_mut(),
+                v.view_mut(),
+                None,
+                &hp(1)
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn pure_bf16_stochastic_params_are_reproducible_and_blocking_independent() {
+        let n = BLOCK + 5;
+        let p0 = data(n, 5);
+        let g = buf(&data(n, 6), DType::BF16);
+        let run = |split_at: usize| {
+            let mut p = buf(&p0, DType::BF16);
+            let (mut m, mut v) = (
+                CpuBuffer::zeros(DType::F32, n),
+                CpuBuffer::zeros(DType::F32, n),
+            );
+            let h = AdamW {
+                rounding: Rounding::Stochastic { seed: 42 },
+                ..hp(1)
+            };
+            adamw(
+                p.slice_mut(0, split_at),
+                g.slice(0, split_at),
+                m.slice_mut(0, split_at),
+                v.slice_mut(0, split_at),
+                None,
+                &h,
+            )
+            .unwrap();
+            let r = n - split_at;
+            adamw(
+                p.slice_mut(split_at, r),
+                g.slice(split_at, r),
+                m.slice_mut(split_at, r),
+                v.slice_mut(split_at, r),
+                None,
+                &h,
+            )
+            .unwrap();
+            p.as_u16().unwrap().to_vec()
+        };
+        let a = run(n);
+        assert_eq!(a, run(1000), "same counter per absolute index");
+        let rne = {
+            let mut p = buf(&p0, DType::BF16);
+            let (mut m, mut v) = (
+                CpuBuffer::zeros(DType::F32, n),
+                CpuBuffer::zeros(DType::F32, n),
+            );
+            adamw(
+                p.view_mut(),
+                g.view(),
+                m.view_mut(),
+                v.view_mut(),
+                None,
+                &hp(1),
+            )
+            .unwrap();
+            p.as_u16().unwrap().to_vec()
+        };
+        assert_ne!(a, rne, "stochastic rounding differs from RNE somewhere");
+    }
+
+    #[test]
+    fn grad_stats_flags_non_finite_and_sums_squares() {
+        let n = 3 * BLOCK + 11;
+        let x = data(n, 7);
+        let want: f64 = x
+            .iter()
+            .map(|&v| f64::from(v * 0.25) * f64::from(v * 0.25))
+            .sum();
+        for d in [DType::F32, DType::BF16, DType::F16] {
+            let b = buf(&x, d);
+            let xs = b.to_f32_vec();
+            let want_d: f64 = xs.iter().map(|&v| f64::from(v * 0.25).powi(2)).sum();
+            let s = grad_stats(b.view(), 0.25).unwrap();
+            assert!(!s.non_finite);
+            assert!(
+                (s.sum_sq - want_d).abs() <= 1e-5 * want_d,
+                "{d}: {} vs {want_d}",
+                s.sum_sq
+            );
+            if d == DType::F32 {
+                assert!((s.sum_sq - want).abs() <= 1e-5 * want);
+            }
+            for bad in [f32::INFINITY, f32::NEG_INFINITY, f32::NAN] {
+                let mut y = x.clone();
+                y[n - 1] = bad;
+                assert!(
+                    grad_stats(buf(&y, d).view(), 0.25).unwrap().non_finite,
+                    "{d} {bad}"
+                );
+            }
+        }
+        // A finite gradient whose square overflows is not flagged.
+        let big = buf(&[3e38, 1.0], DType::F32);
+        let s = grad_stats(big.view(), 1.0).unwrap();
+        assert!(!s.non_finite && s.sum_sq.is_infinite());
+        assert_eq!(
+            grad_stats(CpuBuffer::zeros(DType::F32, 0).view(), 1.0).unwrap(),
+            GradStats::default()
+        );
+    }
+
+    #[test]
+    fn sgd_matches_pytorch_formulas() {
+        let p0 = [1.0f32, -2.0, 0.5];
+        let g0 = [0.1f32, 0.2, -0.3];
+        let h = Sgd {
+            lr: 0.1,
+            momentum: 0.9,
+            dampening: 0.1,
+            weight_decay: 0.01,
+            nesterov: true,
+            first_step: true,
+            grad_mult: 2.0,
+            rounding: Rounding::NearestEven,
+        };
+        let mut p = buf(&p0, DType::F32);
+        let g = buf(&g0, DType::F32);
+        let mut b = CpuBuffer::zeros(DType::F32, 3);
+        let mut model = CpuBuffer::zeros(DType::F16, 3);
+        sgd(
+            p.view_mut(),
+            g.view(),
+            b.view_mut(),
+            Some(model.view_mut()),
+            &h,
+        )
+        .unwrap();
+        let h2 = Sgd {
+            first_step: false,
+            ..h
+        };
+        sgd(
+            p.view_mut(),
+            g.view(),
+            b.view_mut(),
+            Some(model.view_mut()),
+            &h2,
+        )
+        .unwrap();
+        for i in 0..3 {
+            let (mut pp, mut bb) = (p0[i], 0.0f32);
+            for first in [true, false] {
+                let gi = g0[i] * 2.0 + 0.01 * pp;
+                bb = if first {
+                    gi
+                } else {
+                    bb * 0.9 + (1.0 - 0.1) * gi
+                };
+                pp += -0.1 * (gi + 0.9 * bb);
+            }
+            assert_eq!(p.as_f32().unwrap()[i], pp);
+            assert_eq!(b.as_f32().unwrap()[i], bb);
+            assert_eq!(model.to_f32_vec()[i], half::f16::from_f32(pp).to_f32());
+        }
+    }
 }

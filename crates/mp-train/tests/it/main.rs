@@ -1,1 +1,2 @@
 //! Integration tests of mp-train.
+mod gpt;

@@ -1,0 +1,715 @@
+//! A GPT with the HF GPT-2 architecture (`GPT2LMHeadModel`): learned token and position
+//! embeddings, pre-LN blocks of causal self-attention and a GELU (tanh) MLP, a final layer
+//! norm and an output head tied to the token embedding.
+//!
+//! Parameters carry HF's names and layouts (`transformer.h.{i}.attn.c_attn.weight` is
+//! `[in, out]` like HF's `Conv1D`) and live back to back in one FP32 master arena
+//! ([`Gpt::params`]); the gradient arena ([`Gpt::grads`]) and the optional low-precision
+//! model copy ([`Gpt::model_copy`]) share its layout ([`Gpt::layout`]), so the optimizer and the
+//! loss scaler each make one pass over everything.
+//!
+//! One training step:
+//!
+//! ```text
+//! let batch = gpt.batch(&be, &ids, Some(&targets), b, t)?;
+//! gpt.zero_grads(&be)?;
+//! let loss = gpt.forward_backward(&be, &batch, Autocast::to(DType::BF16), loss_scale)?;
+//! optimizer.step(&mut gpt.params, &gpt.grads, gpt.model_copy.as_mut())?;
+//! ```
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use mp_autograd::{Autocast, ParamEntry, ParamLayout, Tape, Tensor, WeightLayout};
+use mp_dtype::DType;
+use mp_kernels::{Backend, BufferExt, DeviceBuffer, Rounding};
+use serde::{Deserialize, Serialize};
+
+use crate::{Result, TrainError};
+
+/// The shape of a GPT (HF `GPT2Config` field names).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GptConfig {
+    /// Vocabulary size (rows of `wte`).
+    pub vocab_size: usize,
+    /// Longest sequence (rows of `wpe`).
+    pub n_positions: usize,
+    /// Model width.
+    pub n_embd: usize,
+    /// Number of blocks.
+    pub n_layer: usize,
+    /// Attention heads per block.
+    pub n_head: usize,
+    /// Layer-norm epsilon.
+    #[serde(default = "default_eps")]
+    pub layer_norm_epsilon: f32,
+}
+
+fn default_eps() -> f32 {
+    1e-5
+}
+
+impl GptConfig {
+    /// The CPU benchmark configuration `gpt-cpu`: 4 layers, 128 wide, 4 heads, context 64,
+    /// vocabulary 256.
+    pub const GPT_CPU: GptConfig = GptConfig {
+        vocab_size: 256,
+        n_positions: 64,
+        n_embd: 128,
+        n_layer: 4,
+        n_head: 4,
+        layer_norm_epsilon: 1e-5,
+    };
+
+    /// Checks that every size is positive and the width splits into heads.
+    pub fn validate(&self) -> Result<()> {
+        let fields = [
+            ("model.vocab_size", self.vocab_size),
+            ("model.n_positions", self.n_positions),
+            ("model.n_embd", self.n_embd),
+            ("model.n_layer", self.n_layer),
+            ("model.n_head", self.n_head),
+        ];
+        for (field, v) in fields {
+            if v == 0 {
+                return Err(TrainError::invalid(field, v, "must be positive"));
+            }
+        }
+        if !self.n_embd.is_multiple_of(self.n_head) {
+            return Err(TrainError::invalid(
+                "model.n_head",
+                self.n_head,
+                format!("must divide n_embd = {}", self.n_embd),
+            ));
+        }
+        if self.layer_norm_epsilon.is_nan() || self.layer_norm_epsilon <= 0.0 {
+            return Err(TrainError::invalid(
+                "model.layer_norm_epsilon",
+                self.layer_norm_epsilon,
+                "must be positive",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The parameter layout: HF names, shapes and arena offsets, in HF's module order.
+    pub fn layout(&self) -> ParamLayout {
+        let (c, v) = (self.n_embd, self.vocab_size);
+        let mut l = ParamLayout::new();
+        l.push("transformer.wte.weight", &[v, c]);
+        l.push("transformer.wpe.weight", &[self.n_positions, c]);
+        for i in 0..self.n_layer {
+            let p = format!("transformer.h.{i}");
+            l.push(format!("{p}.ln_1.weight"), &[c]);
+            l.push(format!("{p}.ln_1.bias"), &[c]);
+            l.push(format!("{p}.attn.c_attn.weight"), &[c, 3 * c]);
+            l.push(format!("{p}.attn.c_attn.bias"), &[3 * c]);
+            l.push(format!("{p}.attn.c_proj.weight"), &[c, c]);
+            l.push(format!("{p}.attn.c_proj.bias"), &[c]);
+            l.push(format!("{p}.ln_2.weight"), &[c]);
+            l.push(format!("{p}.ln_2.bias"), &[c]);
+            l.push(format!("{p}.mlp.c_fc.weight"), &[c, 4 * c]);
+            l.push(format!("{p}.mlp.c_fc.bias"), &[4 * c]);
+            l.push(format!("{p}.mlp.c_proj.weight"), &[4 * c, c]);
+            l.push(format!("{p}.mlp.c_proj.bias"), &[c]);
+        }
+        l.push("transformer.ln_f.weight", &[c]);
+        l.push("transformer.ln_f.bias", &[c]);
+        l
+    }
+}
+
+/// The parameters of one block, resolved once from the layout.
+#[derive(Clone, Debug)]
+struct Block {
+    ln_1: [ParamEntry; 2],
+    c_attn: [ParamEntry; 2],
+    attn_proj: [ParamEntry; 2],
+    ln_2: [ParamEntry; 2],
+    c_fc: [ParamEntry; 2],
+    mlp_proj: [ParamEntry; 2],
+}
+
+/// One batch of token ids (and next-token targets) on the device.
+pub struct Batch<B: Backend> {
+    /// `b * t` token ids, row-major `[b, t]`.
+    pub ids: B::Index,
+    /// `b * t` target ids, when a loss is wanted.
+    pub targets: Option<B::Index>,
+    /// The position of every token (`0..t`, `b` times).
+    pub positions: B::Index,
+    /// Sequences.
+    pub b: usize,
+    /// Tokens per sequence.
+    pub t: usize,
+}
+
+/// A GPT: its configuration, the parameter layout and the three flat arenas.
+pub struct Gpt<B: Backend> {
+    /// The shape.
+    pub config: GptConfig,
+    /// Name -> (offset, shape) of every parameter in the arenas.
+    pub layout: ParamLayout,
+    /// The FP32 master weights.
+    pub params: B::Buffer,
+    /// The gradient arena (FP32 unless [`Gpt::set_grad_dtype`] says otherwise); backward
+    /// passes add into it.
+    pub grads: B::Buffer,
+    /// The low-precision model copy the optimizer writes; when present and of the autocast
+    /// dtype, the forward pass reads lowered weights from it instead of casting.
+    pub model_copy: Option<B::Buffer>,
+    wte: ParamEntry,
+    wpe: ParamEntry,
+    blocks: Vec<Block>,
+    ln_f: [ParamEntry; 2],
+}
+
+impl<B: Backend> std::fmt::Debug for Gpt<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpt")
+            .field("config", &self.config)
+            .field("num_params", &self.layout.numel())
+            .field("grad_dtype", &self.grads.dtype())
+            .field("model_copy", &self.model_copy.as_ref().map(|c| c.dtype()))
+            .finish()
+    }
+}
+
+/// SplitMix64: a tiny, portable, seedable generator (the same stream on every platform).
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in (0, 1].
+    fn unit(&mut self) -> f64 {
+        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
+    }
+    /// Standard normal (Box-Muller).
+    fn normal(&mut self) -> f64 {
+        let (u, v) = (self.unit(), self.unit());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+}
+
+impl<B: Backend> Gpt<B> {
+    /// A GPT initialised like HF GPT-2 from `seed`: every weight matrix and embedding normal
+    /// with std 0.02 (the residual projections `c_proj` 0.02 / sqrt(2 n_layer)), biases 0,
+    /// layer-norm weights 1. Same seed, same weights, on every backend.
+    pub fn new(be: &B, config: GptConfig, seed: u64) -> Result<Self> {
+        config.validate()?;
+        let layout = config.layout();
+        let mut host = vec![0.0f32; layout.numel()];
+        let mut rng = SplitMix(seed ^ 0x6750_5432_4750_5432);
+        let proj_std = 0.02 / (2.0 * config.n_layer as f64).sqrt();
+        for e in layout.entries() {
+            let dst = &mut host[e.offset..e.offset + e.numel()];
+            if e.name.contains(".ln_") {
+                if e.name.ends_with(".weight") {
+                    dst.fill(1.0);
+                }
+            } else if e.name.ends_with(".weight") {
+                let std = if e.name.ends_with("c_proj.weight") {
+                    proj_std
+                } else {
+                    0.02
+                };
+                dst.iter_mut()
+                    .for_each(|x| *x = (rng.normal() * std) as f32);
+            }
+        }
+        let params = be.upload_f32(&host, DType::F32)?;
+        Self::with_params(be, config, layout, params)
+    }
+
+    /// A GPT whose weights are read from an HF GPT-2 safetensors file (see
+    /// [`Gpt::load_safetensors`]).
+    pub fn from_safetensors(be: &B, config: GptConfig, path: &Path) -> Result<Self> {
+        let mut gpt = Self::new(be, config, 0)?;
+        gpt.load_safetensors(be, path)?;
+        Ok(gpt)
+    }
+
+    fn with_params(
+        be: &B,
+        config: GptConfig,
+        layout: ParamLayout,
+        params: B::Buffer,
+    ) -> Result<Self> {
+        let get = |name: String| {
+            layout
+                .get(&name)
+                .cloned()
+                .expect("the layout holds every GPT parameter")
+        };
+        let pair = |p: &str| [get(format!("{p}.weight")), get(format!("{p}.bias"))];
+        let blocks = (0..config.n_layer)
+            .map(|i| {
+                let p = format!("transformer.h.{i}");
+                Block {
+                    ln_1: pair(&format!("{p}.ln_1")),
+                    c_attn: pair(&format!("{p}.attn.c_attn")),
+                    attn_proj: pair(&format!("{p}.attn.c_proj")),
+                    ln_2: pair(&format!("{p}.ln_2")),
+                    c_fc: pair(&format!("{p}.mlp.c_fc")),
+                    mlp_proj: pair(&format!("{p}.mlp.c_proj")),
+                }
+            })
+            .collect();
+        let grads = be.zeros(DType::F32, layout.numel())?;
+        Ok(Gpt {
+            config,
+            wte: get("transformer.wte.weight".into()),
+            wpe: get("transformer.wpe.weight".into()),
+            ln_f: pair("transformer.ln_f"),
+            blocks,
+            layout,
+            params,
+            grads,
+            model_copy: None,
+        })
+    }
+
+    /// Number of parameters.
+    pub fn num_params(&self) -> usize {
+        self.layout.numel()
+    }
+
+    /// Replaces the gradient arena by a zeroed one of `dtype`.
+    pub fn set_grad_dtype(&mut self, be: &B, dtype: DType) -> Result<()> {
+        self.grads = be.zeros(dtype, self.layout.numel())?;
+        Ok(())
+    }
+
+    /// Allocates the low-precision model copy in `dtype` and fills it with the master weights
+    /// rounded to nearest even (from then on the optimizer keeps it current).
+    pub fn enable_model_copy(&mut self, be: &B, dtype: DType) -> Result<()> {
+        let mut copy = be.zeros(dtype, self.layout.numel())?;
+        be.cast(self.params.view(), copy.view_mut(), Rounding::NearestEven)?;
+        self.model_copy = Some(copy);
+        Ok(())
+    }
+
+    /// Sets every gradient to zero.
+    pub fn zero_grads(&mut self, be: &B) -> Result<()> {
+        be.fill(self.grads.view_mut(), 0.0)?;
+        Ok(())
+    }
+
+    /// Uploads a batch of `b` sequences of `t` tokens (`ids` and optional next-token `targets`
+    /// row-major `[b, t]`), checking ids against the vocabulary and `t` against the context.
+    pub fn batch(
+        &self,
+        be: &B,
+        ids: &[u32],
+        targets: Option<&[u32]>,
+        b: usize,
+        t: usize,
+    ) -> Result<Batch<B>> {
+        let cfg = &self.config;
+        if b == 0 || t == 0 || t > cfg.n_positions {
+            return Err(TrainError::invalid(
+                "batch sequence length",
+                t,
+                format!(
+                    "must be in 1..={} (n_positions), with b = {b} > 0",
+                    cfg.n_positions
+                ),
+            ));
+        }
+        for (what, v) in [("ids", Some(ids)), ("targets", targets)] {
+            let Some(v) = v else { continue };
+            if v.len() != b * t {
+                return Err(TrainError::invalid(
+                    format!("batch {what}"),
+                    v.len(),
+                    format!("expected b * t = {} token ids", b * t),
+                ));
+            }
+            if let Some(bad) = v.iter().find(|&&x| x as usize >= cfg.vocab_size) {
+                return Err(TrainError::invalid(
+                    format!("batch {what}"),
+                    bad,
+                    format!("token id out of the vocabulary of {}", cfg.vocab_size),
+                ));
+            }
+        }
+        let positions: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
+        Ok(Batch {
+            ids: be.upload_index(ids)?,
+            targets: targets.map(|v| be.upload_index(v)).transpose()?,
+            positions: be.upload_index(&positions)?,
+            b,
+            t,
+        })
+    }
+
+    /// Records the forward pass on `tape` (which must read this model's [`Gpt::params`]) and
+    /// returns the logits `[b, t, vocab]`.
+    pub fn forward<'a>(&self, tape: &mut Tape<'a, B>, batch: &'a Batch<B>) -> Result<Tensor> {
+        let (b, t, c) = (batch.b, batch.t, self.config.n_embd);
+        let eps = self.config.layer_norm_epsilon;
+        let n = b * t;
+        let wte = tape.param(&self.wte)?;
+        let wpe = tape.param(&self.wpe)?;
+        let tok = tape.embedding(wte, &batch.ids, n)?;
+        let pos = tape.embedding(wpe, &batch.positions, n)?;
+        let x = tape.add(tok, pos)?;
+        let mut x = tape.reshape(x, &[b, t, c])?;
+        for blk in &self.blocks {
+            let h = self.layer_norm(tape, x, &blk.ln_1, eps)?;
+            let qkv = self.linear(tape, h, &blk.c_attn)?;
+            let a = tape.attention(qkv, self.config.n_head)?;
+            let a = self.linear(tape, a, &blk.attn_proj)?;
+            x = tape.add(x, a)?;
+            let h = self.layer_norm(tape, x, &blk.ln_2, eps)?;
+            let h = self.linear(tape, h, &blk.c_fc)?;
+            let h = tape.gelu(h)?;
+            let h = self.linear(tape, h, &blk.mlp_proj)?;
+            x = tape.add(x, h)?;
+        }
+        let h = self.layer_norm(tape, x, &self.ln_f, eps)?;
+        Ok(tape.linear(h, wte, None, WeightLayout::OutIn)?)
+    }
+
+    fn layer_norm(
+        &self,
+        tape: &mut Tape<'_, B>,
+        x: Tensor,
+        p: &[ParamEntry; 2],
+        eps: f32,
+    ) -> Result<Tensor> {
+        let (w, b) = (tape.param(&p[0])?, tape.param(&p[1])?);
+        Ok(tape.layer_norm(x, w, b, eps)?)
+    }
+
+    fn linear(&self, tape: &mut Tape<'_, B>, x: Tensor, p: &[ParamEntry; 2]) -> Result<Tensor> {
+        let (w, b) = (tape.param(&p[0])?, tape.param(&p[1])?);
+        Ok(tape.linear(x, w, Some(b), WeightLayout::InOut)?)
+    }
+
+    /// The mean next-token cross-entropy of `logits` against the batch's targets.
+    pub fn loss<'a>(
+        &self,
+        tape: &mut Tape<'a, B>,
+        logits: Tensor,
+        batch: &'a Batch<B>,
+    ) -> Result<Tensor> {
+        let targets = batch.targets.as_ref().ok_or_else(|| {
+            TrainError::invalid("batch targets", "none", "a loss needs next-token targets")
+        })?;
+        Ok(tape.cross_entropy(logits, targets)?)
+    }
+
+    /// A tape over this model's weights under `autocast`, reading the model copy when it
+    /// holds the autocast dtype.
+    pub fn tape<'a>(&'a self, be: &'a B, autocast: Autocast) -> Result<Tape<'a, B>> {
+        tape_for(be, &self.params, self.model_copy.as_ref(), autocast)
+    }
+
+    /// Forward, loss and backward of one (micro-)batch: adds `d(loss * scale)/d(param)` into
+    /// [`Gpt::grads`] (not zeroed here, so micro-batches accumulate; pass `scale = loss_scale /
+    /// accumulation_steps`) and returns the unscaled loss.
+    pub fn forward_backward(
+        &mut self,
+        be: &B,
+        batch: &Batch<B>,
+        autocast: Autocast,
+        scale: f32,
+    ) -> Result<f32> {
+        let mut tape = tape_for(be, &self.params, self.model_copy.as_ref(), autocast)?;
+        let logits = self.forward(&mut tape, batch)?;
+        let loss = tape.cross_entropy(logits, batch_targets(batch)?)?;
+        let value = tape.to_vec_f32(loss)?[0];
+        tape.backward(loss, scale, &mut self.grads)?;
+        Ok(value)
+    }
+
+    /// The logits `[b, t, vocab]` (row-major, widened to f32) and, when the batch has
+    /// targets, the mean loss, without recording anything for backward.
+    pub fn evaluate(
+        &self,
+        be: &B,
+        batch: &Batch<B>,
+        autocast: Autocast,
+    ) -> Result<(Vec<f32>, Option<f32>)> {
+        let mut tape = self.tape(be, autocast)?;
+        tape.no_grad(|tape| {
+            let logits = self.forward(tape, batch)?;
+            let loss = match &batch.targets {
+                Some(tg) => {
+                    let loss = tape.cross_entropy(logits, tg)?;
+                    Some(tape.to_vec_f32(loss)?[0])
+                }
+                None => None,
+            };
+            Ok((tape.to_vec_f32(logits)?, loss))
+        })
+    }
+
+    /// Overwrites the master weights (and the model copy, if any) with the tensors of an HF
+    /// GPT-2 safetensors file (F32, F16 or BF16). Every parameter must be present with its
+    /// exact shape; the error names the tensor and both shapes. Tensors the model does not
+    /// use (`lm_head.weight`, which is tied, and HF's attention-mask buffers) are ignored.
+    pub fn load_safetensors(&mut self, be: &B, path: &Path) -> Result<()> {
+        let bytes = std::fs::read(path).map_err(TrainError::io("reading", path))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| TrainError::checkpoint(path, format!("not a safetensors file: {e}")))?;
+        let mut host = vec![0.0f32; self.layout.numel()];
+        for e in self.layout.entries() {
+            let view = st.tensor(&e.name).map_err(|_| {
+                TrainError::checkpoint(
+                    path,
+                    format!("missing tensor {} (expected shape {:?})", e.name, e.shape),
+                )
+            })?;
+            if view.shape() != e.shape.as_slice() {
+                return Err(TrainError::checkpoint(
+                    path,
+                    format!(
+                        "tensor {}: expected shape {:?}, found {:?}",
+                        e.name,
+                        e.shape,
+                        view.shape()
+                    ),
+                ));
+            }
+            let dst = &mut host[e.offset..e.offset + e.numel()];
+            decode(view.dtype(), view.data(), dst).map_err(|found| {
+                TrainError::checkpoint(
+                    path,
+                    format!(
+                        "tensor {}: dtype {found} (expected F32, F16 or BF16)",
+                        e.name
+                    ),
+                )
+            })?;
+        }
+        self.params = be.upload_f32(&host, DType::F32)?;
+        if let Some(copy) = self.model_copy.as_mut() {
+            be.cast(self.params.view(), copy.view_mut(), Rounding::NearestEven)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the master weights as an HF GPT-2 safetensors file (F32, HF names; the tied
+    /// head is not duplicated, as HF saves it).
+    pub fn save_safetensors(&self, be: &B, path: &Path) -> Result<()> {
+        let host = be.download_f32(self.params.view())?;
+        let bytes: Vec<u8> = host.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let mut views = Vec::with_capacity(self.layout.entries().len());
+        for e in self.layout.entries() {
+            let data = &bytes[4 * e.offset..4 * (e.offset + e.numel())];
+            let view = safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                e.shape.clone(),
+                data,
+            )
+            .map_err(|err| TrainError::checkpoint(path, format!("tensor {}: {err}", e.name)))?;
+            views.push((e.name.clone(), view));
+        }
+        let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+        let out = safetensors::serialize(views, Some(meta))
+            .map_err(|e| TrainError::checkpoint(path, format!("serialising: {e}")))?;
+        crate::fsutil::write_atomic(path, &out)
+    }
+
+    /// The (name, f32 values) of every gradient, in layout order (waits for the device).
+    pub fn named_grads(&self, be: &B) -> Result<Vec<(String, Vec<f32>)>> {
+        let all = be.download_f32(self.grads.view())?;
+        Ok(self
+            .layout
+            .entries()
+            .iter()
+            .map(|e| (e.name.clone(), all[e.offset..e.offset + e.numel()].to_vec()))
+            .collect())
+    }
+}
+
+fn batch_targets<B: Backend>(batch: &Batch<B>) -> Result<&B::Index> {
+    batch.targets.as_ref().ok_or_else(|| {
+        TrainError::invalid("batch targets", "none", "a loss needs next-token targets")
+    })
+}
+
+/// A tape over `params` (and `copy` when it holds the autocast dtype).
+fn tape_for<'a, B: Backend>(
+    be: &'a B,
+    params: &'a B::Buffer,
+    copy: Option<&'a B::Buffer>,
+    autocast: Autocast,
+) -> Result<Tape<'a, B>> {
+    let tape = Tape::new(be).with_params(params).with_autocast(autocast);
+    match copy {
+        Some(c) if autocast.dtype == Some(c.dtype()) => Ok(tape.with_model_copy(c)?),
+        _ => Ok(tape),
+    }
+}
+
+/// Widens little-endian F32/F16/BF16 bytes into `dst`; the unsupported dtype otherwise.
+fn decode(
+    dtype: safetensors::Dtype,
+    data: &[u8],
+    dst: &mut [f32],
+) -> std::result::Result<(), String> {
+    use safetensors::Dtype as D;
+    match dtype {
+        D::F32 => dst
+            .iter_mut()
+            .zip(data.chunks_exact(4))
+            .for_each(|(d, b)| *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        D::F16 => dst
+            .iter_mut()
+            .zip(data.chunks_exact(2))
+            .for_each(|(d, b)| *d = half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        D::BF16 => dst
+            .iter_mut()
+            .zip(data.chunks_exact(2))
+            .for_each(|(d, b)| *d = half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+        other => return Err(format!("{other:?}")),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mp_kernels::cpu::CpuBackend;
+
+    fn tiny() -> GptConfig {
+        GptConfig {
+            vocab_size: 11,
+            n_positions: 8,
+            n_embd: 8,
+            n_layer: 2,
+            n_head: 2,
+            layer_norm_epsilon: 1e-5,
+        }
+    }
+
+    #[test]
+    fn init_is_seeded_and_gpt2_shaped() {
+        let be = CpuBackend::new();
+        let a = Gpt::new(&be, tiny(), 7).unwrap();
+        let b = Gpt::new(&be, tiny(), 7).unwrap();
+        let c = Gpt::new(&be, tiny(), 8).unwrap();
+        let [pa, pb, pc] = [&a, &b, &c].map(|g| be.download_f32(g.params.view()).unwrap());
+        assert_eq!(pa, pb);
+        assert_ne!(pa, pc);
+        let get = |name: &str| {
+            let e = a.layout.get(name).unwrap();
+            pa[e.offset..e.offset + e.numel()].to_vec()
+        };
+        assert!(get("transformer.h.0.ln_1.weight").iter().all(|&x| x == 1.0));
+        assert!(
+            get("transformer.h.1.mlp.c_fc.bias")
+                .iter()
+                .all(|&x| x == 0.0)
+        );
+        let std = |v: Vec<f32>| (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
+        let s = std(get("transformer.wte.weight"));
+        assert!((0.015..0.025).contains(&s), "wte std {s}");
+    }
+
+    #[test]
+    fn layout_matches_hf_names_and_counts() {
+        let cfg = GptConfig::GPT_CPU;
+        let l = cfg.layout();
+        let (c, v, t) = (128, 256, 64);
+        let per_block = 12 * c * c + 13 * c;
+        assert_eq!(l.numel(), v * c + t * c + 4 * per_block + 2 * c);
+        assert_eq!(
+            l.get("transformer.h.3.attn.c_attn.weight").unwrap().shape,
+            [c, 3 * c]
+        );
+        assert_eq!(
+            l.get("transformer.h.0.mlp.c_proj.weight").unwrap().shape,
+            [4 * c, c]
+        );
+    }
+
+    #[test]
+    fn bad_config_and_batches_are_errors() {
+        let be = CpuBackend::new();
+        let bad = GptConfig {
+            n_head: 3,
+            ..tiny()
+        };
+        assert!(
+            Gpt::new(&be, bad, 0)
+                .unwrap_err()
+                .to_string()
+                .contains("n_head")
+        );
+        let g = Gpt::new(&be, tiny(), 0).unwrap();
+        assert!(
+            g.batch(&be, &[0; 9], None, 1, 9).is_err(),
+            "longer than n_positions"
+        );
+        assert!(
+            g.batch(&be, &[11, 0], None, 1, 2).is_err(),
+            "id out of vocab"
+        );
+        assert!(g.batch(&be, &[1, 0], None, 2, 2).is_err(), "wrong count");
+    }
+
+    #[test]
+    fn safetensors_round_trip_and_clear_errors() {
+        let be = CpuBackend::new();
+        let dir = std::env::temp_dir().join(format!("mp-gpt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.safetensors");
+        let a = Gpt::new(&be, tiny(), 3).unwrap();
+        a.save_safetensors(&be, &path).unwrap();
+        let b = Gpt::from_safetensors(&be, tiny(), &path).unwrap();
+        assert_eq!(
+            be.download_f32(a.params.view()).unwrap(),
+            be.download_f32(b.params.view()).unwrap()
+        );
+        let wide = GptConfig {
+            n_embd: 12,
+            ..tiny()
+        };
+        let err = Gpt::from_safetensors(&be, wide, &path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("transformer.wte.weight") && err.contains("[11, 12]"),
+            "{err}"
+        );
+        let deep = GptConfig {
+            n_layer: 3,
+            ..tiny()
+        };
+        let err = Gpt::from_safetensors(&be, deep, &path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("missing tensor transformer.h.2.ln_1.weight"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn training_steps_lower_the_loss() {
+        let be = CpuBackend::new();
+        let mut g = Gpt::new(&be, tiny(), 1).unwrap();
+        let ids: Vec<u32> = (0..16).map(|i| (i * 3 % 11) as u32).collect();
+        let tg: Vec<u32> = ids.iter().map(|&x| (x + 1) % 11).collect();
+        let batch = g.batch(&be, &ids, Some(&tg), 2, 8).unwrap();
+        let mut losses = vec![];
+        for _ in 0..5 {
+            g.zero_grads(&be).unwrap();
+            losses.push(g.forward_backward(&be, &batch, Autocast::OFF, 1.0).unwrap());
+            // Plain SGD on the flat arenas.
+            be.axpy(-0.5, g.grads.view(), g.params.view_mut()).unwrap();
+        }
+        assert!(losses[4] < losses[0] - 0.1, "{losses:?}");
+    }
+}

@@ -1,0 +1,246 @@
+//! Golden tests of the GPT against HF GPT-2 (PyTorch, CPU): `shared/golden/gpt2_tiny.*`.
+//!
+//! Everything (model config, inputs, targets, expected logits, loss, gradients, AdamW
+//! hyper-parameters, training losses, PyTorch's own BF16 autocast error) is read from the
+//! files, so another golden file of the same format tests the same code.
+
+use std::path::{Path, PathBuf};
+
+use mp_autograd::Autocast;
+use mp_dtype::DType;
+use mp_kernels::cpu::CpuBackend;
+use mp_kernels::{AdamW, Backend, BufferExt, Rounding};
+use mp_train::model::{Batch, Gpt, GptConfig};
+use serde_json::Value;
+
+fn golden_dir() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden");
+    if dir.join("gpt2_tiny.json").exists() {
+        Some(dir)
+    } else {
+        eprintln!("SKIPPED: {} golden folder absent", dir.display());
+        None
+    }
+}
+
+/// The golden model, its batch and the json record.
+struct Golden {
+    dir: PathBuf,
+    json: Value,
+    gpt: Gpt<CpuBackend>,
+    batch: Batch<CpuBackend>,
+}
+
+fn ids(v: &Value) -> (Vec<u32>, usize, usize) {
+    let rows = v.as_array().expect("[b, t] ids");
+    let flat: Vec<u32> = rows
+        .iter()
+        .flat_map(|r| {
+            r.as_array()
+                .expect("row")
+                .iter()
+                .map(|x| x.as_u64().expect("id") as u32)
+        })
+        .collect();
+    let b = rows.len();
+    (flat.clone(), b, flat.len() / b)
+}
+
+fn load(be: &CpuBackend) -> Option<Golden> {
+    let dir = golden_dir()?;
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("gpt2_tiny.json")).unwrap())
+            .unwrap();
+    let config: GptConfig = serde_json::from_value(json["config"].clone()).unwrap();
+    let gpt = Gpt::from_safetensors(be, config, &dir.join("gpt2_tiny.safetensors")).unwrap();
+    let (input, b, t) = ids(&json["input_ids"]);
+    let (targets, tb, tt) = ids(&json["targets"]);
+    assert_eq!((b, t), (tb, tt));
+    let batch = gpt.batch(be, &input, Some(&targets), b, t).unwrap();
+    Some(Golden {
+        dir,
+        json,
+        gpt,
+        batch,
+    })
+}
+
+/// Every tensor of a safetensors file as (name, shape, f32 values).
+fn read_tensors(path: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, v)| {
+            assert_eq!(v.dtype(), safetensors::Dtype::F32, "{name}");
+            let vals = v
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            (name, v.shape().to_vec(), vals)
+        })
+        .collect()
+}
+
+/// ||got - want|| / ||want||, in f64.
+fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let num: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+        .sum();
+    let den: f64 = want.iter().map(|&b| (b as f64).powi(2)).sum();
+    (num / den).sqrt()
+}
+
+fn reference_logits(g: &Golden) -> Vec<f32> {
+    let mut t = read_tensors(&g.dir.join("gpt2_tiny.logits.safetensors"));
+    let (_, shape, logits) = t.remove(t.iter().position(|(n, ..)| n == "logits").unwrap());
+    let v = g.gpt.config.vocab_size;
+    assert_eq!(shape, [g.batch.b, g.batch.t, v]);
+    logits
+}
+
+#[test]
+fn golden_gpt_fp32_logits_loss_and_every_gradient() {
+    let be = CpuBackend::new();
+    let Some(mut g) = load(&be) else { return };
+    let want = reference_logits(&g);
+    let (logits, eval_loss) = g.gpt.evaluate(&be, &g.batch, Autocast::OFF).unwrap();
+    let err = rel_l2(&logits, &want);
+    eprintln!("fp32 logits rel L2 {err:.3e}");
+    assert!(err < 1e-5, "fp32 logits rel L2 {err}");
+
+    let want_loss = g.json["loss"].as_f64().unwrap();
+    g.gpt.zero_grads(&be).unwrap();
+    let loss = g
+        .gpt
+        .forward_backward(&be, &g.batch, Autocast::OFF, 1.0)
+        .unwrap();
+    eprintln!("fp32 loss {loss} (reference {want_loss})");
+    assert!(
+        (loss as f64 - want_loss).abs() < 1e-5,
+        "loss {loss} vs {want_loss}"
+    );
+    assert_eq!(eval_loss.unwrap().to_bits(), loss.to_bits());
+
+    let grads = g.gpt.named_grads(&be).unwrap();
+    let reference = read_tensors(&g.dir.join("gpt2_tiny.grads.safetensors"));
+    assert_eq!(
+        reference.len(),
+        grads.len(),
+        "one reference gradient per parameter"
+    );
+    let mut worst = (0.0f64, String::new());
+    for (name, shape, want) in &reference {
+        let entry = g
+            .gpt
+            .layout
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} not in model"));
+        assert_eq!(&entry.shape, shape, "{name}");
+        let got = &grads.iter().find(|(n, _)| n == name).unwrap().1;
+        let err = rel_l2(got, want);
+        assert!(err < 1e-4, "gradient of {name}: rel L2 {err}");
+        if err > worst.0 {
+            worst = (err, name.clone());
+        }
+    }
+    eprintln!("worst gradient rel L2 {:.3e} ({})", worst.0, worst.1);
+}
+
+#[test]
+fn golden_gpt_bf16_and_fp16_autocast_logits() {
+    let be = CpuBackend::new();
+    let Some(mut g) = load(&be) else { return };
+    let want = reference_logits(&g);
+    let torch_bf16 = g.json["torch_cpu_bf16_autocast_logits_rel_err"]
+        .as_f64()
+        .unwrap();
+    let err = |gpt: &Gpt<CpuBackend>, dt| {
+        let (l, _) = gpt.evaluate(&be, &g.batch, Autocast::to(dt)).unwrap();
+        (rel_l2(&l, &want), l)
+    };
+    let (bf16, bf16_logits) = err(&g.gpt, DType::BF16);
+    let (f16, _) = err(&g.gpt, DType::F16);
+    eprintln!(
+        "autocast logits rel L2: bf16 {bf16:.3e}, f16 {f16:.3e}, torch bf16 {torch_bf16:.3e}"
+    );
+    assert!(
+        bf16 <= 2.0 * torch_bf16,
+        "bf16 {bf16} vs torch {torch_bf16}"
+    );
+    assert!(
+        f16 <= 2.0 * torch_bf16,
+        "f16 {f16} vs torch bf16 {torch_bf16}"
+    );
+    assert!(
+        f16 < bf16,
+        "fp16 ({f16}) must be more accurate than bf16 ({bf16})"
+    );
+
+    // Forward from the optimizer's BF16 model copy: no weight cast, same numbers.
+    g.gpt.enable_model_copy(&be, DType::BF16).unwrap();
+    let (from_copy, copy_logits) = err(&g.gpt, DType::BF16);
+    assert_eq!(from_copy, bf16);
+    assert!(
+        copy_logits
+            .iter()
+            .zip(&bf16_logits)
+            .all(|(a, b)| a.to_bits() == b.to_bits())
+    );
+}
+
+#[test]
+fn golden_gpt_fp32_adamw_training_losses() {
+    let be = CpuBackend::new();
+    let Some(mut g) = load(&be) else { return };
+    let hp_json = &g.json["adamw"];
+    let f = |k: &str| hp_json[k].as_f64().unwrap() as f32;
+    let betas = hp_json["betas"].as_array().unwrap();
+    let mut hp = AdamW {
+        lr: f("lr"),
+        beta1: betas[0].as_f64().unwrap() as f32,
+        beta2: betas[1].as_f64().unwrap() as f32,
+        eps: f("eps"),
+        weight_decay: f("weight_decay"),
+        step: 0,
+        grad_mult: 1.0,
+        rounding: Rounding::NearestEven,
+    };
+    let want: Vec<f64> = g.json["train_losses_fp32"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    let n = g.gpt.num_params();
+    let (mut m, mut v) = (
+        be.zeros(DType::F32, n).unwrap(),
+        be.zeros(DType::F32, n).unwrap(),
+    );
+    for (i, &w) in want.iter().enumerate() {
+        g.gpt.zero_grads(&be).unwrap();
+        let loss = g
+            .gpt
+            .forward_backward(&be, &g.batch, Autocast::OFF, 1.0)
+            .unwrap();
+        eprintln!("step {i}: loss {loss} (reference {w})");
+        assert!(
+            (loss as f64 - w).abs() < 1e-4,
+            "step {i}: loss {loss} vs {w}"
+        );
+        hp.step += 1;
+        be.adamw(
+            g.gpt.params.view_mut(),
+            g.gpt.grads.view(),
+            m.view_mut(),
+            v.view_mut(),
+            None,
+            &hp,
+        )
+        .unwrap();
+    }
+}
