@@ -1,14 +1,16 @@
 //! Causal multi-head self-attention forward and backward (the "math" path: scores,
 //! softmax, weighted values), f32 inside, one (batch, head) pair per task.
 //!
-//! The forward computes one query row at a time (scores of length `t`, never the whole
-//! `t x t` matrix in f32), stores the probabilities rounded to the `probs` dtype and uses those
-//! stored values for `P V`, so the backward differentiates exactly the function computed.
+//! Each head's products (`Q K^T`, `P V` and the four of the backward) are single-threaded
+//! packed GEMMs (the `gemm` crate), the heads of one batch entry run in parallel, and the
+//! softmax is the row kernel of `norm`. The forward stores the probabilities rounded to the
+//! `probs` dtype and uses those stored values for `P V`, so the backward differentiates
+//! exactly the function computed.
 
 use super::CpuBuffer;
 use super::check::{bytes, bytes_mut, expect_len, mul, shape_err};
 use super::convert::{narrow, widen, with_f32_mut};
-use super::math::simd_dispatch;
+use super::gemm::matmul;
 use super::norm::softmax_row;
 use crate::Result;
 use crate::backend::{Attention, View, ViewMut};
@@ -35,14 +37,6 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
-/// `y += a * x`.
-#[inline(always)]
-fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y += a * x;
-    }
-}
-
 /// Validated sizes: `(t, c, heads, head size)`.
 fn check(op: &'static str, s: &Attention) -> Result<(usize, usize, usize, usize)> {
     if s.heads == 0 || !s.c.is_multiple_of(s.heads) {
@@ -66,87 +60,70 @@ fn gather(src: &[u8], dt: DType, t: usize, row: usize, col: usize, hs: usize, ds
     }
 }
 
-simd_dispatch! {
-    /// One (batch, head) pair of the forward: `q`, `k`, `v` are `t x hs`; writes the causal
-    /// softmax probabilities (rounded to `dp`) into `probs` (`t x t` elements of `dp`) and
-    /// `P V` into `o`.
-    #[allow(clippy::too_many_arguments)]
-    fn head_forward(
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        t: usize,
-        hs: usize,
-        scale: f32,
-        dp: DType,
-        probs: &mut [u8],
-        o: &mut [f32],
-    ) {
-        let sp = dp.size_in_bytes();
-        let mut scores = vec![0.0f32; t];
-        let mut p = vec![0.0f32; t];
-        for i in 0..t {
-            let qi = &q[i * hs..(i + 1) * hs];
-            for (j, s) in scores[..=i].iter_mut().enumerate() {
-                *s = scale * dot(qi, &k[j * hs..(j + 1) * hs]);
-            }
-            softmax_row(&scores, i + 1, false, &mut p);
-            let prow = &mut probs[i * t * sp..(i + 1) * t * sp];
-            narrow(dp, &p, prow);
-            if dp != DType::F32 {
-                // Use the stored (rounded) probabilities, as the backward will.
-                widen(dp, prow, &mut p);
-            }
-            let oi = &mut o[i * hs..(i + 1) * hs];
-            for (j, &pj) in p[..=i].iter().enumerate() {
-                axpy(pj, &v[j * hs..(j + 1) * hs], oi);
-            }
+/// One (batch, head) pair of the forward: `q`, `k`, `v` are `t x hs`; writes the causal
+/// softmax probabilities (rounded to `dp`) into `probs` (`t x t` elements of `dp`) and `P V`
+/// into `o`. `s` and `p` are `t x t` scratch.
+#[allow(clippy::too_many_arguments)]
+fn head_forward(
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    t: usize,
+    hs: usize,
+    scale: f32,
+    dp: DType,
+    probs: &mut [u8],
+    o: &mut [f32],
+    (s, p): (&mut Vec<f32>, &mut Vec<f32>),
+) {
+    let sp = dp.size_in_bytes();
+    s.resize(t * t, 0.0);
+    p.resize(t * t, 0.0);
+    // S = scale Q K^T (the masked upper triangle is computed and ignored: the packed GEMM
+    // is faster than a triangular loop at these sizes).
+    matmul((t, t, hs), q, false, k, true, s, scale, 0.0);
+    for (i, (srow, prow)) in s.chunks_exact(t).zip(p.chunks_exact_mut(t)).enumerate() {
+        softmax_row(srow, i + 1, false, prow);
+        let stored = &mut probs[i * t * sp..(i + 1) * t * sp];
+        narrow(dp, prow, stored);
+        if dp != DType::F32 {
+            // Use the stored (rounded) probabilities, as the backward will.
+            widen(dp, stored, prow);
         }
     }
+    matmul((t, hs, t), p, false, v, false, o, 1.0, 0.0);
 }
 
-/// Gradients of one (batch, head) pair: `(dq, dk, dv)`, each `t x hs`.
-type HeadGrads<'a> = (&'a mut [f32], &'a mut [f32], &'a mut [f32]);
-
-simd_dispatch! {
-    /// One (batch, head) pair of the backward from the saved probabilities (`t x t` of `tp`)
-    /// and the upstream gradient `go` (`t x hs`).
-    #[allow(clippy::too_many_arguments)]
-    fn head_backward(
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        go: &[f32],
-        t: usize,
-        hs: usize,
-        scale: f32,
-        tp: DType,
-        probs: &[u8],
-        grads: HeadGrads<'_>,
-    ) {
-        let (dq, dk, dv) = grads;
-        let sp = tp.size_in_bytes();
-        let mut p = vec![0.0f32; t];
-        let mut ds = vec![0.0f32; t];
-        for i in 0..t {
-            widen(tp, &probs[i * t * sp..(i + 1) * t * sp], &mut p);
-            let goi = &go[i * hs..(i + 1) * hs];
-            let mut sum = 0.0f32;
-            for j in 0..=i {
-                let dpj = dot(goi, &v[j * hs..(j + 1) * hs]);
-                ds[j] = dpj;
-                sum += p[j] * dpj;
-                axpy(p[j], goi, &mut dv[j * hs..(j + 1) * hs]);
-            }
-            let qi = &q[i * hs..(i + 1) * hs];
-            let dqi = &mut dq[i * hs..(i + 1) * hs];
-            for j in 0..=i {
-                let g = scale * p[j] * (ds[j] - sum);
-                axpy(g, &k[j * hs..(j + 1) * hs], dqi);
-                axpy(g, qi, &mut dk[j * hs..(j + 1) * hs]);
-            }
+/// One (batch, head) pair of the backward from the saved probabilities (`t x t` of `tp`) and
+/// the upstream gradient `go` (`t x hs`): writes `(dq, dk, dv)`, each `t x hs`. `p` and `ds`
+/// are `t x t` scratch.
+#[allow(clippy::too_many_arguments)]
+fn head_backward(
+    (q, k, v, go): (&[f32], &[f32], &[f32], &[f32]),
+    t: usize,
+    hs: usize,
+    scale: f32,
+    tp: DType,
+    probs: &[u8],
+    (dq, dk, dv): (&mut [f32], &mut [f32], &mut [f32]),
+    (p, ds): (&mut Vec<f32>, &mut Vec<f32>),
+) {
+    p.resize(t * t, 0.0);
+    ds.resize(t * t, 0.0);
+    widen(tp, probs, p);
+    // dV = P^T dO; dP = dO V^T.
+    matmul((t, hs, t), p, true, go, false, dv, 1.0, 0.0);
+    matmul((t, t, hs), go, false, v, true, ds, 1.0, 0.0);
+    // dS = P * (dP - rowsum(P * dP)) * scale; masked entries have P = 0.
+    for (i, (prow, drow)) in p.chunks_exact(t).zip(ds.chunks_exact_mut(t)).enumerate() {
+        let vis = i + 1;
+        let dot: f32 = dot(&prow[..vis], &drow[..vis]);
+        for (d, &pj) in drow[..vis].iter_mut().zip(&prow[..vis]) {
+            *d = scale * pj * (*d - dot);
         }
+        drow[vis..].fill(0.0);
     }
+    // dQ = dS K; dK = dS^T Q.
+    matmul((t, hs, t), ds, false, k, false, dq, 1.0, 0.0);
+    matmul((t, hs, t), ds, true, q, false, dk, 1.0, 0.0);
 }
 
 /// Causal attention forward.
@@ -190,7 +167,9 @@ pub(crate) fn attention(
                     gather(qkv_b, dq, t, 3 * c, c + h * hs, hs, &mut k);
                     gather(qkv_b, dq, t, 3 * c, 2 * c + h * hs, hs, &mut v);
                     let mut o = vec![0.0f32; t * hs];
-                    head_forward(&q, &k, &v, t, hs, scale, dp, probs_bh, &mut o);
+                    let (mut sc, mut p) = (Vec::new(), Vec::new());
+                    let qkv3 = (&q[..], &k[..], &v[..]);
+                    head_forward(qkv3, t, hs, scale, dp, probs_bh, &mut o, (&mut sc, &mut p));
                     o
                 })
                 .collect();
@@ -260,7 +239,9 @@ pub(crate) fn attention_backward(
                     let mut dk = vec![0.0f32; t * hs];
                     let mut dv = vec![0.0f32; t * hs];
                     let grads = (&mut dq[..], &mut dk[..], &mut dv[..]);
-                    head_backward(&q, &k, &v, &go, t, hs, scale, tp, probs_bh, grads);
+                    let (mut p, mut ds) = (Vec::new(), Vec::new());
+                    let ins = (&q[..], &k[..], &v[..], &go[..]);
+                    head_backward(ins, t, hs, scale, tp, probs_bh, grads, (&mut p, &mut ds));
                     [dq, dk, dv]
                 })
                 .collect();

@@ -42,12 +42,18 @@ fn f32_operand<'a>(dtype: DType, src: &'a [u8], tmp: &'a mut Vec<f32>) -> &'a [f
     tmp
 }
 
-/// One product `c = alpha * op(a) op(b) + beta * c` on f32 slices holding exactly the
-/// elements of one batch entry (lengths checked by the caller).
-#[allow(clippy::too_many_arguments)]
+/// One product `c = alpha * op(a) op(b) + beta * c` on f32 slices starting at one batch
+/// entry's elements.
+///
+/// # Panics
+/// If a slice is shorter than its operand (a bug in the caller: `gemm` checks every length
+/// first). The check keeps the raw-pointer call below sound whatever the caller does.
 fn gemm_one(spec: &Gemm, a: &[f32], b: &[f32], c: &mut [f32], par: Parallelism) {
     let Gemm { m, n, k, .. } = *spec;
-    debug_assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    assert!(
+        a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
+        "gemm_one: operand slices shorter than m={m} n={n} k={k}"
+    );
     if k == 0 || spec.alpha == 0.0 {
         let c = &mut c[..m * n];
         if spec.beta == 0.0 {
@@ -94,6 +100,30 @@ fn gemm_one(spec: &Gemm, a: &[f32], b: &[f32], c: &mut [f32], par: Parallelism) 
             par,
         );
     }
+}
+
+/// Single-threaded `c = alpha * op(a) op(b) + beta * c` on dense row-major f32 matrices
+/// (`op(a)` is `m x k`, stored `k x m` when `trans_a`; likewise `b`): the building block of
+/// kernels that run many small products in parallel themselves (attention heads).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul(
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    trans_a: bool,
+    b: &[f32],
+    trans_b: bool,
+    c: &mut [f32],
+    alpha: f32,
+    beta: f32,
+) {
+    let spec = Gemm {
+        trans_a,
+        trans_b,
+        alpha,
+        beta,
+        ..Gemm::new(m, n, k)
+    };
+    gemm_one(&spec, a, b, c, Parallelism::None);
 }
 
 /// `C = alpha * op(A) op(B) + beta * C` (see [`Gemm`]).

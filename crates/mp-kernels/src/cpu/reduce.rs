@@ -40,19 +40,29 @@ pub(crate) fn sum_sq(x: &[f32]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
-/// Maximum; NaN propagates.
+/// Maximum; NaN propagates. Eight lanes and a separate NaN flag, so it vectorises.
 #[inline]
 pub(crate) fn max(x: &[f32]) -> f32 {
-    let mut m = f32::NEG_INFINITY;
-    for &v in x {
-        if v > m || v.is_nan() {
-            m = v;
-        }
-        if m.is_nan() {
-            return m;
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let mut nan = [false; 8];
+    let mut it = x.chunks_exact(8);
+    for c in &mut it {
+        for k in 0..8 {
+            acc[k] = if c[k] > acc[k] { c[k] } else { acc[k] };
+            nan[k] |= c[k].is_nan();
         }
     }
-    m
+    let mut m = f32::NEG_INFINITY;
+    for &v in it.remainder().iter().chain(&acc) {
+        if v > m {
+            m = v;
+        }
+    }
+    if nan.iter().any(|&b| b) || it.remainder().iter().any(|v| v.is_nan()) {
+        f32::NAN
+    } else {
+        m
+    }
 }
 
 /// Combines two partial results of `op` (sums for Sum/Mean/SumSq, maxima for Max).
