@@ -136,13 +136,13 @@ pub(crate) fn attention(
     const OP: &str = "attention";
     let (t, c, heads, hs) = check(OP, shape)?;
     let bt = mul(OP, shape.b, t)?;
-    expect_len(OP, "qkv", qkv.len, mul(OP, bt, 3 * c)?)?;
+    expect_len(OP, "qkv", qkv.len, mul(OP, bt, mul(OP, 3, c)?)?)?;
     expect_len(OP, "out", out.len, mul(OP, bt, c)?)?;
     expect_len(
         OP,
         "probs",
         probs.len,
-        mul(OP, mul(OP, shape.b * heads, t)?, t)?,
+        mul(OP, mul(OP, mul(OP, shape.b, heads)?, t)?, t)?,
     )?;
     if bt == 0 || c == 0 {
         return Ok(());
@@ -195,14 +195,14 @@ pub(crate) fn attention_backward(
     const OP: &str = "attention_backward";
     let (t, c, heads, hs) = check(OP, shape)?;
     let bt = mul(OP, shape.b, t)?;
-    expect_len(OP, "qkv", qkv.len, mul(OP, bt, 3 * c)?)?;
-    expect_len(OP, "dqkv", dqkv.len, mul(OP, bt, 3 * c)?)?;
+    expect_len(OP, "qkv", qkv.len, mul(OP, bt, mul(OP, 3, c)?)?)?;
+    expect_len(OP, "dqkv", dqkv.len, mul(OP, bt, mul(OP, 3, c)?)?)?;
     expect_len(OP, "dout", dout.len, mul(OP, bt, c)?)?;
     expect_len(
         OP,
         "probs",
         probs.len,
-        mul(OP, mul(OP, shape.b * heads, t)?, t)?,
+        mul(OP, mul(OP, mul(OP, shape.b, heads)?, t)?, t)?,
     )?;
     if bt == 0 || c == 0 {
         return Ok(());

@@ -3,6 +3,7 @@
 
 mod attention;
 mod common;
+mod determinism;
 mod embed;
 mod errors;
 mod gemm;
