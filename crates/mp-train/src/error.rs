@@ -87,6 +87,12 @@ pub enum TrainError {
     /// Recording or differentiating the model on the autograd tape failed.
     #[error("autograd: {0}")]
     Autograd(#[from] mp_autograd::AutogradError),
+    /// The optimizer rejected its config or state.
+    #[error("optimizer: {0}")]
+    Optim(#[from] mp_optim::OptimError),
+    /// The loss scaler rejected its config, state or call order.
+    #[error("loss scaler: {0}")]
+    Scaler(#[from] mp_scaler::ScalerError),
     /// The compute backend failed (including `NotCompiled` / `NoDevice` for cuda and wgpu).
     #[error("backend: {0}")]
     Kernel(#[from] mp_kernels::KernelError),

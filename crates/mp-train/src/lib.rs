@@ -6,21 +6,32 @@
 //! `metrics.jsonl`, `eval.jsonl`, plots, and HF-loadable checkpoints.
 //!
 //! Code map:
-//! - [`config`]: the TOML run configuration (`TrainingArguments`);
+//! - [`config`]: the TOML run configuration (HF `TrainingArguments`);
 //! - [`data`]: byte-level datasets, the arithmetic corpus, batches;
-//! - [`schedule`]: the learning-rate schedule;
-//! - [`metrics`]: JSON-lines records;
-//! - [`plot`]: PNG charts;
-//! - [`fsutil`]: atomic writes.
+//! - [`model`]: the GPT (HF GPT-2 names and layout) on the `mp-autograd` tape;
+//! - [`train`]: [`train::Trainer`], one optimizer step, evaluation, generation;
+//! - [`run`]: the run folder, the loop with logging, evaluation and checkpoints, the summary;
+//! - [`checkpoint`]: atomic checkpoint folders, verification, resume;
+//! - [`compare`]: the precision study;
+//! - [`device`]: the one place that names concrete backends;
+//! - [`tools`]: eval, sample, inspect;
+//! - [`schedule`], [`metrics`], [`memory`], [`plot`], [`fsutil`].
 
+pub mod checkpoint;
+pub mod compare;
 pub mod config;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod fsutil;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod plot;
+pub mod run;
 pub mod schedule;
+pub mod tools;
+pub mod train;
 
 pub use config::{BackendKind, Precision, TrainConfig};
 pub use error::{Result, TrainError};

@@ -1,3 +1,340 @@
-//! The `mp-train` command line.
+//! `mp-train`: train a GPT in mixed precision, evaluate, sample, inspect checkpoints, and run
+//! the precision study.
+//!
+//! `mp-train train` with no arguments trains the default small GPT on the embedded arithmetic
+//! corpus in bf16 on the CPU and writes `runs/run-<UTC time>/`.
 
-fn main() {}
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use mp_train::config::{TrainConfig, documented_default_toml};
+use mp_train::run::{self, Progress, RunOptions};
+use mp_train::{checkpoint, compare, tools};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mp-train",
+    version,
+    about = "Mixed-precision GPT training (FP16/BF16 compute, FP32 master weights, loss scaling)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train (the defaults: a small GPT on the embedded arithmetic corpus, bf16, CPU).
+    Train(TrainArgs),
+    /// Validation loss and exact-match accuracy of a checkpoint.
+    Eval {
+        /// A checkpoint folder (`.../checkpoint-N`).
+        checkpoint: PathBuf,
+        /// `key=value` overrides of the checkpoint's run config (e.g. `eval_problems=500`).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Generate text from a checkpoint.
+    Sample {
+        /// A checkpoint folder.
+        checkpoint: PathBuf,
+        /// The text to continue (default: a newline).
+        #[arg(long, default_value = "")]
+        prompt: String,
+        /// Bytes to generate.
+        #[arg(long, default_value_t = 200)]
+        tokens: usize,
+        /// Softmax temperature (0: greedy).
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// Sampling seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// What a checkpoint holds (verifies every file against its manifest).
+    Inspect {
+        /// A checkpoint folder.
+        checkpoint: PathBuf,
+    },
+    /// The precision study: fp32, bf16, fp16 with and without loss scaling, bf16-sr.
+    Compare(CompareArgs),
+}
+
+#[derive(Args, Debug)]
+struct ConfigArgs {
+    /// A TOML run config (see `mp-train train --print-config`).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Override a config field: `--set model.n_layer=2 --set precision=fp16`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Optimizer steps (`max_steps`).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Text file to train on (`data.path`); default: the embedded arithmetic corpus.
+    #[arg(long, value_name = "FILE")]
+    data: Option<PathBuf>,
+    /// `cpu`, `cuda` or `wgpu` (`backend`).
+    #[arg(long, value_name = "NAME")]
+    backend: Option<String>,
+    /// Run folder (`output_dir`).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Replace the contents of a non-empty run folder.
+    #[arg(long)]
+    overwrite: bool,
+    /// Plain progress lines instead of a progress bar.
+    #[arg(long)]
+    plain: bool,
+}
+
+#[derive(Args, Debug)]
+struct TrainArgs {
+    #[command(flatten)]
+    common: ConfigArgs,
+    /// `fp32`, `bf16`, `fp16` or `bf16-sr` (`precision`).
+    #[arg(long, value_name = "P")]
+    precision: Option<String>,
+    /// Checkpoint every N steps (`save_steps`).
+    #[arg(long)]
+    save_steps: Option<u64>,
+    /// Resume from a checkpoint folder, or from the newest intact checkpoint of a run folder.
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
+    /// Print the default config, every field documented, and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+#[derive(Args, Debug)]
+struct CompareArgs {
+    #[command(flatten)]
+    common: ConfigArgs,
+    /// Also write the report to this file, with the plots copied into a folder beside it
+    /// (e.g. `docs/precision-study.md`).
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+}
+
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// `--set` overrides from the convenience flags, after the explicit ones (flags win).
+fn overrides(c: &ConfigArgs, extra: &[(&str, Option<String>)]) -> Vec<String> {
+    let mut v = c.set.clone();
+    if let Some(n) = c.max_steps {
+        v.push(format!("max_steps={n}"));
+    }
+    if let Some(p) = &c.data {
+        v.push(format!("data.path={}", quote(&p.to_string_lossy())));
+    }
+    if let Some(b) = &c.backend {
+        v.push(format!("backend={}", quote(b)));
+    }
+    for (k, val) in extra {
+        if let Some(val) = val {
+            v.push(format!("{k}={val}"));
+        }
+    }
+    v
+}
+
+fn default_out(cfg: &TrainConfig, prefix: &str) -> PathBuf {
+    cfg.output_dir.clone().unwrap_or_else(|| {
+        Path::new("runs").join(format!("{prefix}-{}", mp_train::fsutil::utc_stamp()))
+    })
+}
+
+fn progress(plain: bool) -> Progress {
+    if plain {
+        Progress::Plain
+    } else {
+        Progress::Auto
+    }
+}
+
+fn cmd_train(a: TrainArgs) -> Result<()> {
+    if a.print_config {
+        print!("{}", documented_default_toml());
+        return Ok(());
+    }
+    let sets = overrides(
+        &a.common,
+        &[
+            ("precision", a.precision.as_deref().map(quote)),
+            ("save_steps", a.save_steps.map(|n| n.to_string())),
+        ],
+    );
+    let (cfg, resume_dir) = match &a.resume {
+        Some(path) => {
+            let (dir, _, warnings) = checkpoint::resolve(path)?;
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            let cfg = match &a.common.config {
+                Some(file) => TrainConfig::load(Some(file), &sets)?,
+                None => TrainConfig::load(Some(&dir.join(checkpoint::RUN_CONFIG_FILE)), &sets)?,
+            };
+            (cfg, Some(dir))
+        }
+        None => (TrainConfig::load(a.common.config.as_deref(), &sets)?, None),
+    };
+    let out = match (&a.common.out, &resume_dir) {
+        (Some(o), _) => o.clone(),
+        (None, Some(dir)) => dir
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(".")),
+        (None, None) => default_out(&cfg, "run"),
+    };
+    let mut cfg = cfg;
+    cfg.output_dir = Some(out.clone());
+    let opts = RunOptions {
+        overwrite: a.common.overwrite,
+        resume: resume_dir,
+        progress: progress(a.common.plain),
+        ..RunOptions::new(&out)
+    };
+    let s = run::train(cfg, opts)?;
+    println!("\n== summary ({})", s.out_dir.display());
+    println!(
+        "steps            {} (this process: {} -> {})",
+        s.steps, s.resumed_from, s.steps
+    );
+    println!(
+        "precision        {} (loss scaling {}, final scale {})",
+        s.precision, s.loss_scaling, s.final_scale
+    );
+    println!("device           {}", s.device);
+    println!("train loss       {:.4}", s.final_train_loss);
+    println!("val loss         {:.4}", s.final_val_loss);
+    if let Some(acc) = s.final_accuracy {
+        println!(
+            "accuracy         {:.1}% exact match on held-out problems",
+            100.0 * acc
+        );
+    }
+    println!(
+        "throughput       {:.0} tokens/s ({:.1} s of steps, {:.1} s wall)",
+        s.tokens_per_s, s.train_seconds, s.wall_seconds
+    );
+    println!("skipped steps    {}", s.skipped_steps);
+    println!(
+        "memory           {} total ({} master, {} model copy, {} grads, {} optimizer, {} activations)",
+        mp_train::memory::human(s.memory.total()),
+        mp_train::memory::human(s.memory.master),
+        mp_train::memory::human(s.memory.model_copy),
+        mp_train::memory::human(s.memory.grads),
+        mp_train::memory::human(s.memory.optimizer),
+        mp_train::memory::human(s.memory.activations)
+    );
+    if let Some(c) = &s.last_checkpoint {
+        println!("checkpoint       {}", c.display());
+    }
+    if !mp_train::plot::font_available() {
+        eprintln!(
+            "note: no TrueType font found (set MP_TRAIN_FONT=/path/font.ttf): plots were drawn without text"
+        );
+    }
+    Ok(())
+}
+
+fn cmd_compare(a: CompareArgs) -> Result<()> {
+    let sets = overrides(&a.common, &[]);
+    let cfg = TrainConfig::load(a.common.config.as_deref(), &sets)?;
+    let out = a.common.out.clone().unwrap_or_else(|| {
+        default_out(
+            &TrainConfig {
+                output_dir: None,
+                ..cfg.clone()
+            },
+            "compare",
+        )
+    });
+    let (report, results) =
+        compare::compare(&cfg, &out, a.common.overwrite, progress(a.common.plain))?;
+    println!("\nreport: {}", report.display());
+    if let Some(dest) = &a.report {
+        let stem = dest
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "precision-study".into());
+        let parent = dest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let plots = parent.join(&stem);
+        std::fs::create_dir_all(&plots).with_context(|| format!("creating {}", plots.display()))?;
+        for f in [
+            "compare_train_loss.png",
+            "compare_val_loss.png",
+            "compare_loss_scale.png",
+        ] {
+            std::fs::copy(out.join(f), plots.join(f)).with_context(|| format!("copying {f}"))?;
+        }
+        for r in &results {
+            let src = r.dir.join("grad_exponents.png");
+            if src.exists() {
+                let d = plots.join(r.variant.name);
+                std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+                std::fs::copy(&src, d.join("grad_exponents.png"))
+                    .with_context(|| format!("copying {}", src.display()))?;
+            }
+        }
+        let text = compare::report_markdown(&cfg, &results, &format!("{stem}/"));
+        mp_train::fsutil::write_atomic(dest, text.as_bytes())?;
+        println!(
+            "report copied to {} (plots in {})",
+            dest.display(),
+            plots.display()
+        );
+    }
+    Ok(())
+}
+
+fn run_cli(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(a) => cmd_train(a),
+        Command::Compare(a) => cmd_compare(a),
+        Command::Eval { checkpoint, set } => {
+            let e = tools::evaluate(&checkpoint, &set)?;
+            println!("{}", serde_json::to_string(&e)?);
+            Ok(())
+        }
+        Command::Sample {
+            checkpoint,
+            prompt,
+            tokens,
+            temperature,
+            seed,
+        } => {
+            let out = tools::sample(
+                &checkpoint,
+                tools::SampleOptions {
+                    prompt: prompt.clone(),
+                    tokens,
+                    temperature,
+                    seed,
+                },
+            )?;
+            println!("{prompt}{}", String::from_utf8_lossy(&out));
+            Ok(())
+        }
+        Command::Inspect { checkpoint } => {
+            print!("{}", tools::inspect(&checkpoint)?);
+            Ok(())
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run_cli(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

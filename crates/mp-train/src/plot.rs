@@ -169,13 +169,25 @@ where
     X: Ranged<ValueType = f64> + ValueFormatter<f64>,
     Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
 {
-    let mut m = chart.configure_mesh();
     if text {
-        m.x_desc(x_label).y_desc(y_label).label_style((FONT, 15));
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .label_style((FONT, 15))
+            .draw()
+            .map_err(|e| plot_err(path, e))
     } else {
-        m.x_labels(0).y_labels(0);
+        // Without a font the mesh cannot label its axes; draw a plain frame instead.
+        let area = chart.plotting_area();
+        let (w, h) = area.dim_in_pixel();
+        area.strip_coord_spec()
+            .draw(&Rectangle::new(
+                [(0, 0), (w as i32 - 1, h as i32 - 1)],
+                BLACK.stroke_width(1),
+            ))
+            .map_err(|e| plot_err(path, e))
     }
-    m.draw().map_err(|e| plot_err(path, e))
 }
 
 fn draw_series<'a, Y>(

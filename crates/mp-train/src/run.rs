@@ -1,0 +1,553 @@
+//! A whole run: the run folder, the loop with logging, evaluation and checkpoints, the plots
+//! and the summary.
+//!
+//! Run folder:
+//! ```text
+//! <out>/config.toml        the resolved run config
+//! <out>/metrics.jsonl      one record per logged step (step, loss, lr, scale, grad_norm, ...)
+//! <out>/eval.jsonl         one record per evaluation (val_loss, accuracy)
+//! <out>/summary.json       the end-of-run summary
+//! <out>/loss.png, loss_scale.png, grad_exponents.png
+//! <out>/checkpoint-{step}/ the last `save_total_limit` checkpoints
+//! ```
+
+use crate::checkpoint::{self, TrainerState};
+use crate::config::{Precision, TrainConfig};
+use crate::data::Dataset;
+use crate::device::{self, BackendJob};
+use crate::error::{Result, TrainError};
+use crate::fsutil;
+use crate::memory::MemoryBreakdown;
+use crate::metrics::{self, EvalRecord, JsonlWriter, StepRecord};
+use crate::plot::{self, ExponentHistogram, Marker, Series};
+use crate::train::{self, Trainer};
+use mp_dtype::{DType, RangeStats};
+use mp_kernels::Backend;
+use serde::{Deserialize, Serialize};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// How progress is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// A progress bar on a terminal, plain lines otherwise.
+    Auto,
+    /// Plain lines on stdout.
+    Plain,
+    /// Nothing (tests, the precision study's inner runs print their own).
+    Quiet,
+}
+
+/// How to run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The run folder.
+    pub out_dir: PathBuf,
+    /// Replace the contents of a non-empty run folder (only one that looks like a run folder).
+    pub overwrite: bool,
+    /// A checkpoint folder (or a run folder: its newest intact checkpoint) to resume from.
+    pub resume: Option<PathBuf>,
+    /// Write checkpoints.
+    pub checkpoints: bool,
+    /// Draw the plots at the end.
+    pub plots: bool,
+    /// Progress display.
+    pub progress: Progress,
+}
+
+impl RunOptions {
+    /// Defaults for `out_dir`: checkpoints, plots, automatic progress.
+    pub fn new(out_dir: impl Into<PathBuf>) -> Self {
+        RunOptions {
+            out_dir: out_dir.into(),
+            overwrite: false,
+            resume: None,
+            checkpoints: true,
+            plots: true,
+            progress: Progress::Auto,
+        }
+    }
+}
+
+/// The end-of-run summary (`summary.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// The run folder.
+    pub out_dir: PathBuf,
+    /// Precision.
+    pub precision: String,
+    /// Loss-scaling mode in effect.
+    pub loss_scaling: String,
+    /// The device.
+    pub device: String,
+    /// Parameters of the model.
+    pub num_params: u64,
+    /// Optimizer steps taken in total.
+    pub steps: u64,
+    /// The step this process started from (0, or the resumed checkpoint's).
+    pub resumed_from: u64,
+    /// Training tokens seen in total.
+    pub tokens: u64,
+    /// Seconds this process spent in training steps.
+    pub train_seconds: f64,
+    /// Seconds this process ran (steps, evaluation, checkpoints, plots).
+    pub wall_seconds: f64,
+    /// Training tokens per second of step time in this process.
+    pub tokens_per_s: f64,
+    /// Mean training loss over the last logging window.
+    pub final_train_loss: f32,
+    /// Validation loss of the final evaluation.
+    pub final_val_loss: f32,
+    /// Exact-match accuracy of the final evaluation (arithmetic corpus only).
+    pub final_accuracy: Option<f64>,
+    /// Steps skipped for non-finite gradients.
+    pub skipped_steps: u64,
+    /// The loss scale at the end.
+    pub final_scale: f32,
+    /// Mean over logged steps of the fraction of non-zero gradients that underflow in FP16
+    /// at scale 1.
+    pub fp16_underflow_at_1: f64,
+    /// The same at the run's loss scale.
+    pub fp16_underflow_at_scale: f64,
+    /// Mean fraction of exactly-zero gradient values.
+    pub zero_grad_fraction: f64,
+    /// Device memory by category.
+    pub memory: MemoryBreakdown,
+    /// The last checkpoint written, if any.
+    pub last_checkpoint: Option<PathBuf>,
+}
+
+/// Files a run folder may hold; `--overwrite` only clears folders made of these.
+const RUN_FILES: &[&str] = &[
+    "config.toml",
+    "metrics.jsonl",
+    "eval.jsonl",
+    "summary.json",
+    "loss.png",
+    "loss_scale.png",
+    "grad_exponents.png",
+];
+
+fn looks_like_run_dir(dir: &Path) -> Result<bool> {
+    let entries = std::fs::read_dir(dir).map_err(TrainError::io("listing", dir))?;
+    for e in entries.flatten() {
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let known = RUN_FILES.contains(&name.as_str())
+            || checkpoint::step_of(&p).is_some()
+            || name.starts_with(".checkpoint-")
+            || (p.is_dir() && p.join("summary.json").exists());
+        if !known {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Prepares the run folder: creates it, or refuses a non-empty one unless resuming into it or
+/// `overwrite` (which clears only a folder that looks like a run folder).
+pub fn prepare_out_dir(opts: &RunOptions, resuming_here: bool) -> Result<()> {
+    let dir = &opts.out_dir;
+    if !resuming_here && !fsutil::is_empty_or_missing(dir)? {
+        if !opts.overwrite {
+            return Err(TrainError::OutDirNotEmpty { path: dir.clone() });
+        }
+        if !looks_like_run_dir(dir)? {
+            return Err(TrainError::Io {
+                op: "refusing to --overwrite (it holds files that are not from a run)",
+                path: dir.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "not a run folder"),
+            });
+        }
+        std::fs::remove_dir_all(dir).map_err(TrainError::io("clearing", dir))?;
+    }
+    std::fs::create_dir_all(dir).map_err(TrainError::io("creating", dir))
+}
+
+/// Trains `cfg` (resuming if `opts.resume` says so) and returns the summary.
+pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunSummary> {
+    cfg.validate()?;
+    let resume = match &opts.resume {
+        Some(path) => {
+            let (dir, state, warnings) = checkpoint::resolve(path)?;
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            checkpoint::check_model(&dir, &cfg.model)?;
+            Some((dir, state))
+        }
+        None => None,
+    };
+    let resuming_here = resume.as_ref().is_some_and(|(dir, _)| {
+        let parent = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+        same_path(&parent, &opts.out_dir)
+    });
+    let data = Dataset::from_config(&cfg.data, cfg.seed, cfg.model.n_positions)?;
+    prepare_out_dir(&opts, resuming_here)?;
+    if let Some((_, state)) = &resume
+        && resuming_here
+    {
+        metrics::truncate_after(&opts.out_dir.join("metrics.jsonl"), state.global_step)?;
+        metrics::truncate_after(&opts.out_dir.join("eval.jsonl"), state.global_step)?;
+    }
+    fsutil::write_atomic(&opts.out_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+    device::dispatch(
+        cfg.backend,
+        cfg.threads,
+        TrainJob {
+            cfg: cfg.clone(),
+            opts,
+            data,
+            resume,
+        },
+    )
+}
+
+fn same_path(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+struct TrainJob {
+    cfg: TrainConfig,
+    opts: RunOptions,
+    data: Dataset,
+    resume: Option<(PathBuf, TrainerState)>,
+}
+
+impl BackendJob for TrainJob {
+    type Output = RunSummary;
+    fn run<B: Backend>(self, be: B) -> Result<RunSummary> {
+        let device = be.name();
+        let mut tr = Trainer::new(be, self.cfg, self.data)?;
+        if let Some((dir, state)) = &self.resume {
+            tr.restore(dir, state)?;
+        }
+        run_loop(&mut tr, &self.opts, device)
+    }
+}
+
+/// Shows progress as a bar (terminal) or plain lines.
+struct Reporter {
+    bar: Option<indicatif::ProgressBar>,
+    plain: bool,
+}
+
+impl Reporter {
+    fn new(mode: Progress, start: u64, max: u64) -> Self {
+        let tty = std::io::stderr().is_terminal();
+        match mode {
+            Progress::Auto if tty => {
+                let bar = indicatif::ProgressBar::new(max);
+                let style = indicatif::ProgressStyle::with_template(
+                    "{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+                bar.set_style(style);
+                bar.set_position(start);
+                Reporter {
+                    bar: Some(bar),
+                    plain: false,
+                }
+            }
+            Progress::Auto | Progress::Plain => Reporter {
+                bar: None,
+                plain: true,
+            },
+            Progress::Quiet => Reporter {
+                bar: None,
+                plain: false,
+            },
+        }
+    }
+    fn step(&self, rec: &StepRecord, max: u64, eta_s: f64) {
+        let msg = format!(
+            "loss {:.4} | {:.0} tok/s | scale {} | lr {:.2e}{}",
+            rec.loss,
+            rec.tokens_per_s,
+            rec.scale,
+            rec.lr,
+            if rec.skipped { " | skipped" } else { "" }
+        );
+        if let Some(bar) = &self.bar {
+            bar.set_position(rec.step);
+            bar.set_message(msg);
+        } else if self.plain {
+            println!("step {:>6}/{max} | {msg} | eta {:.0}s", rec.step, eta_s);
+        }
+    }
+    fn line(&self, s: &str) {
+        if let Some(bar) = &self.bar {
+            bar.println(s);
+        } else if self.plain {
+            println!("{s}");
+        }
+    }
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn eval_line(e: &EvalRecord) -> String {
+    match e.accuracy {
+        Some(a) => format!(
+            "eval step {}: val_loss {:.4}, exact-match accuracy {:.1}% ({} problems)",
+            e.step,
+            e.val_loss,
+            100.0 * a,
+            e.problems
+        ),
+        None => format!("eval step {}: val_loss {:.4}", e.step, e.val_loss),
+    }
+}
+
+/// The loop: steps, logging, evaluation, checkpoints; then plots and the summary.
+pub fn run_loop<B: Backend>(
+    tr: &mut Trainer<B>,
+    opts: &RunOptions,
+    device: String,
+) -> Result<RunSummary> {
+    let cfg = tr.cfg.clone();
+    let out = &opts.out_dir;
+    let started = Instant::now();
+    let start_step = tr.step;
+    let mut log = JsonlWriter::append(&out.join("metrics.jsonl"))?;
+    let mut evals = JsonlWriter::append(&out.join("eval.jsonl"))?;
+    let rep = Reporter::new(opts.progress, start_step, cfg.max_steps);
+    rep.line(&format!(
+        "training {} params, {} on {device}, {} steps of {} tokens; data: {}; out: {}",
+        crate::memory::num_params(&cfg),
+        cfg.precision,
+        cfg.max_steps,
+        cfg.tokens_per_step(),
+        tr.data.describe(),
+        out.display()
+    ));
+    let (mut train_s, mut window_s, mut window_tokens) = (0.0f64, 0.0f64, 0u64);
+    let mut window_losses: Vec<f32> = Vec::new();
+    let mut last_window_loss = f32::NAN;
+    let mut hist = vec![0u64; RangeStats::HISTOGRAM_BINS];
+    let (mut probes, mut under_1, mut under_s, mut zeros) = (0u32, 0.0, 0.0, 0.0);
+    let mut last_eval: Option<EvalRecord> = None;
+    let mut last_ckpt = None;
+    let mut consecutive_skips = 0u64;
+    while tr.step < cfg.max_steps {
+        let t0 = Instant::now();
+        let s = tr.step()?;
+        let dt = t0.elapsed().as_secs_f64();
+        train_s += dt;
+        window_s += dt;
+        window_tokens += cfg.tokens_per_step() as u64;
+        window_losses.push(s.loss);
+        consecutive_skips = if s.skipped { consecutive_skips + 1 } else { 0 };
+        if consecutive_skips >= 100 || (!s.loss.is_finite() && !s.skipped) {
+            rep.finish();
+            return Err(TrainError::Diverged {
+                step: tr.step,
+                loss: s.loss,
+                precision: format!("{}, loss scaling {:?}", cfg.precision, cfg.scaling_mode()),
+            });
+        }
+        let step = tr.step;
+        let last = step == cfg.max_steps;
+        if step.is_multiple_of(cfg.logging_steps) || last {
+            let probe = tr.probe_grads(s.scale)?;
+            probes += 1;
+            under_1 += probe.underflow_at_1;
+            under_s += probe.underflow_at_scale;
+            zeros += probe.zero_fraction;
+            hist.iter_mut()
+                .zip(&probe.histogram)
+                .for_each(|(a, b)| *a += b);
+            let rec = StepRecord {
+                step,
+                loss: s.loss,
+                lr: s.lr,
+                scale: s.scale,
+                grad_norm: s.grad_norm,
+                skipped: s.skipped,
+                skipped_total: tr.skipped,
+                tokens_per_s: window_tokens as f64 / window_s.max(1e-9),
+                tokens: tr.tokens,
+                elapsed_s: started.elapsed().as_secs_f64(),
+                fp16_underflow_at_1: Some(probe.underflow_at_1),
+                fp16_underflow_at_scale: Some(probe.underflow_at_scale),
+            };
+            log.write(&rec)?;
+            let eta = (cfg.max_steps - step) as f64 * train_s / (step - start_step) as f64;
+            rep.step(&rec, cfg.max_steps, eta);
+            last_window_loss = window_losses.iter().sum::<f32>() / window_losses.len() as f32;
+            (window_s, window_tokens) = (0.0, 0);
+            window_losses.clear();
+        }
+        if last || (cfg.eval_steps > 0 && step.is_multiple_of(cfg.eval_steps)) {
+            let e = tr.evaluate()?;
+            evals.write(&e)?;
+            rep.line(&eval_line(&e));
+            last_eval = Some(e);
+        }
+        if opts.checkpoints && (last || (cfg.save_steps > 0 && step.is_multiple_of(cfg.save_steps))) {
+            let path = tr.save_checkpoint(out, last_eval.as_ref())?;
+            rep.line(&format!("saved {}", path.display()));
+            last_ckpt = Some(path);
+        }
+    }
+    rep.finish();
+    let final_eval = match last_eval {
+        Some(e) if e.step == tr.step => e,
+        _ => {
+            let e = tr.evaluate()?;
+            evals.write(&e)?;
+            e
+        }
+    };
+    if opts.plots {
+        draw_run_plots(out, &cfg, &hist, tr.scaler.get_scale())?;
+    }
+    let n = f64::from(probes.max(1));
+    let summary = RunSummary {
+        out_dir: out.clone(),
+        precision: cfg.precision.name().into(),
+        loss_scaling: format!("{:?}", cfg.scaling_mode()).to_lowercase(),
+        device,
+        num_params: crate::memory::num_params(&cfg),
+        steps: tr.step,
+        resumed_from: start_step,
+        tokens: tr.tokens,
+        train_seconds: train_s,
+        wall_seconds: started.elapsed().as_secs_f64(),
+        tokens_per_s: ((tr.step - start_step) as usize * cfg.tokens_per_step()) as f64
+            / train_s.max(1e-9),
+        final_train_loss: last_window_loss,
+        final_val_loss: final_eval.val_loss,
+        final_accuracy: final_eval.accuracy,
+        skipped_steps: tr.skipped,
+        final_scale: tr.scaler.get_scale(),
+        fp16_underflow_at_1: under_1 / n,
+        fp16_underflow_at_scale: under_s / n,
+        zero_grad_fraction: zeros / n,
+        memory: tr.memory(),
+        last_checkpoint: last_ckpt,
+    };
+    let json = serde_json::to_string_pretty(&summary).map_err(|source| TrainError::Json {
+        path: out.join("summary.json"),
+        source,
+    })?;
+    fsutil::write_atomic(&out.join("summary.json"), json.as_bytes())?;
+    Ok(summary)
+}
+
+/// The exponent range of a format as chart markers.
+pub fn format_markers(dtype: DType) -> Vec<Marker> {
+    vec![
+        Marker {
+            name: format!("{dtype} smallest subnormal"),
+            exponent: f64::from(dtype.min_subnormal()).log2(),
+        },
+        Marker {
+            name: format!("{dtype} smallest normal"),
+            exponent: f64::from(dtype.min_normal()).log2(),
+        },
+        Marker {
+            name: format!("{dtype} max"),
+            exponent: f64::from(dtype.max()).log2(),
+        },
+    ]
+}
+
+/// `loss.png`, `loss_scale.png` and `grad_exponents.png` from the run folder's records and the
+/// accumulated gradient-exponent histogram.
+pub fn draw_run_plots(out: &Path, cfg: &TrainConfig, hist: &[u64], scale: f32) -> Result<()> {
+    let steps: Vec<StepRecord> = metrics::read_jsonl(&out.join("metrics.jsonl"))?;
+    let evals: Vec<EvalRecord> = metrics::read_jsonl(&out.join("eval.jsonl"))?;
+    let title = format!("{} ({})", cfg.precision, cfg.model_summary());
+    plot::line_chart(
+        &out.join("loss.png"),
+        &format!("loss, {title}"),
+        "step",
+        "cross-entropy",
+        &[
+            Series {
+                name: "train".into(),
+                points: steps
+                    .iter()
+                    .map(|r| (r.step as f64, f64::from(r.loss)))
+                    .collect(),
+                markers: false,
+            },
+            Series {
+                name: "validation".into(),
+                points: evals
+                    .iter()
+                    .map(|r| (r.step as f64, f64::from(r.val_loss)))
+                    .collect(),
+                markers: true,
+            },
+        ],
+        false,
+    )?;
+    plot::line_chart(
+        &out.join("loss_scale.png"),
+        &format!("loss scale, {title}"),
+        "step",
+        "scale (log2 axis)",
+        &[
+            Series {
+                name: "loss scale".into(),
+                points: steps
+                    .iter()
+                    .map(|r| (r.step as f64, f64::from(r.scale)))
+                    .collect(),
+                markers: false,
+            },
+            Series {
+                name: "skipped step".into(),
+                points: steps
+                    .iter()
+                    .filter(|r| r.skipped)
+                    .map(|r| (r.step as f64, f64::from(r.scale)))
+                    .collect(),
+                markers: true,
+            },
+        ],
+        true,
+    )?;
+    let dtype = match cfg.precision {
+        Precision::Fp32 => DType::F16,
+        p => p.compute_dtype(),
+    };
+    let (lo, counts) = train::trim_histogram(hist);
+    let mut hists = vec![ExponentHistogram {
+        name: "gradients (unscaled)".into(),
+        lo,
+        counts: counts.clone(),
+    }];
+    if scale != 1.0 {
+        hists.push(ExponentHistogram {
+            name: format!("gradients x final loss scale {scale}"),
+            lo: lo + scale.log2().round() as i32,
+            counts,
+        });
+    }
+    plot::exponent_chart(
+        &out.join("grad_exponents.png"),
+        &format!("gradient exponents vs {dtype} range, {title}"),
+        &hists,
+        &format_markers(dtype),
+    )
+}
+
+impl TrainConfig {
+    /// `"4x128, ctx 64"`: the model in a few characters.
+    pub fn model_summary(&self) -> String {
+        format!(
+            "GPT {}x{}, {} heads, ctx {}",
+            self.model.n_layer, self.model.n_embd, self.model.n_head, self.model.n_positions
+        )
+    }
+}

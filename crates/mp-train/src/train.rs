@@ -1,0 +1,471 @@
+//! The training loop, generic over the backend.
+//!
+//! [`Trainer`] owns the model, optimizer, loss scaler and data of a run; [`Trainer::step`] is
+//! one optimizer step (llm.c's loop body):
+//!
+//! ```text
+//! zero grads
+//! for each micro-batch: forward, loss * (scale / accum), backward (adds into the flat arena)
+//! one read pass over the gradients: non-finite? global norm of the unscaled gradients
+//! overflow: skip (nothing changes but the scale) | else one fused AdamW pass with
+//!     grad_mult = clip / scale, writing the low-precision model copy
+//! scaler update
+//! ```
+
+use crate::checkpoint::{self, TrainerState};
+use crate::config::{Precision, ScalingMode, TrainConfig};
+use crate::data::Dataset;
+use crate::error::{Result, TrainError};
+use crate::memory::{self, MemoryBreakdown};
+use crate::metrics::EvalRecord;
+use crate::model::{Gpt, GptConfig};
+use crate::schedule;
+use mp_autograd::Autocast;
+use mp_dtype::{DType, RangeStats, Rounding};
+use mp_kernels::{Backend, BufferExt, DeviceBuffer};
+use mp_optim::{AdamW, AdamWConfig, OptimizerState, ParamGroup};
+use mp_scaler::{GradScaler, ScalerConfig};
+use std::path::{Path, PathBuf};
+
+/// What one optimizer step did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepOutcome {
+    /// Mean loss of the step's micro-batches (unscaled).
+    pub loss: f32,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Loss scale used by the backward pass.
+    pub scale: f32,
+    /// Global norm of the unscaled gradients before clipping (`None` when skipped).
+    pub grad_norm: Option<f64>,
+    /// True when the update was skipped (non-finite gradients).
+    pub skipped: bool,
+}
+
+/// What the gradients look like in FP16 (the Micikevicius et al. 2018 histogram).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GradProbe {
+    /// Fraction of non-zero unscaled gradient values that round to zero in FP16 at scale 1.
+    pub underflow_at_1: f64,
+    /// The same fraction at the step's loss scale.
+    pub underflow_at_scale: f64,
+    /// Fraction of gradient values that are exactly zero in the arena.
+    pub zero_fraction: f64,
+    /// Histogram of `floor(log2 |g|)` of the unscaled gradients (see [`RangeStats`]).
+    pub histogram: Vec<u64>,
+}
+
+/// The GPT config of a run config.
+pub fn gpt_config(cfg: &TrainConfig) -> GptConfig {
+    let m = &cfg.model;
+    GptConfig {
+        vocab_size: m.vocab_size,
+        n_positions: m.n_positions,
+        n_embd: m.n_embd,
+        n_layer: m.n_layer,
+        n_head: m.n_head,
+        layer_norm_epsilon: 1e-5,
+    }
+}
+
+/// The loss scaler a config asks for. `none` is a static scale of 1, so steps with
+/// non-finite gradients are still skipped.
+pub fn scaler_config(cfg: &TrainConfig) -> ScalerConfig {
+    let s = &cfg.loss_scaling;
+    match cfg.scaling_mode() {
+        ScalingMode::Dynamic | ScalingMode::Auto => ScalerConfig {
+            enabled: true,
+            dynamic: true,
+            init_scale: s.init_scale,
+            growth_factor: f64::from(s.growth_factor),
+            backoff_factor: f64::from(s.backoff_factor),
+            growth_interval: s.growth_interval,
+            hysteresis: s.hysteresis,
+            consecutive_hysteresis: false,
+            min_scale: Some(s.min_scale),
+            max_scale: Some(s.max_scale),
+        },
+        ScalingMode::Static => ScalerConfig::static_scale(s.init_scale),
+        ScalingMode::None => ScalerConfig::static_scale(1.0),
+    }
+}
+
+/// A run in progress: model, optimizer, scaler, data and counters.
+pub struct Trainer<B: Backend> {
+    /// The run config.
+    pub cfg: TrainConfig,
+    /// The device.
+    pub be: B,
+    /// The model (master weights, gradients, model copy).
+    pub gpt: Gpt<B>,
+    /// AdamW (FP32 moments; weight decay on 2-D parameters only).
+    pub opt: AdamW<B>,
+    /// The loss scaler.
+    pub scaler: GradScaler,
+    /// The data.
+    pub data: Dataset,
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Training tokens seen.
+    pub tokens: u64,
+    /// Steps skipped for non-finite gradients.
+    pub skipped: u64,
+    autocast: Autocast,
+}
+
+impl<B: Backend> Trainer<B> {
+    /// A fresh run: weights initialised from the seed, zero optimizer state.
+    pub fn new(be: B, cfg: TrainConfig, data: Dataset) -> Result<Self> {
+        let mut gpt = Gpt::new(&be, gpt_config(&cfg), cfg.seed)?;
+        let autocast = match cfg.precision {
+            Precision::Fp32 => Autocast::OFF,
+            p => Autocast::to(p.compute_dtype()),
+        };
+        match cfg.precision {
+            Precision::Fp32 => {}
+            Precision::Bf16 | Precision::Fp16 => {
+                gpt.enable_model_copy(&be, cfg.precision.compute_dtype())?
+            }
+            Precision::Bf16Sr => to_pure_bf16(&be, &mut gpt)?,
+        }
+        let groups = ParamGroup::decay_by_ndim(
+            gpt.layout
+                .entries()
+                .iter()
+                .map(|e| (e.offset..e.offset + e.numel(), e.shape.len())),
+            cfg.weight_decay as f32,
+        );
+        let opt = AdamW::with_groups(
+            &be,
+            gpt.num_params(),
+            AdamWConfig {
+                lr: cfg.learning_rate as f32,
+                beta1: cfg.adam_beta1 as f32,
+                beta2: cfg.adam_beta2 as f32,
+                eps: cfg.adam_epsilon as f32,
+                weight_decay: cfg.weight_decay as f32,
+                rounding: match cfg.precision {
+                    // A base seed: the optimizer draws a fresh stream every step.
+                    Precision::Bf16Sr => Rounding::Stochastic { seed: cfg.seed },
+                    _ => Rounding::NearestEven,
+                },
+            },
+            groups,
+        )?;
+        let scaler = GradScaler::new(scaler_config(&cfg))?;
+        Ok(Trainer {
+            cfg,
+            be,
+            gpt,
+            opt,
+            scaler,
+            data,
+            step: 0,
+            tokens: 0,
+            skipped: 0,
+            autocast,
+        })
+    }
+
+    /// Restores weights, optimizer, scaler and counters from a verified checkpoint folder.
+    pub fn restore(&mut self, dir: &Path, state: &TrainerState) -> Result<()> {
+        checkpoint::check_model(dir, &self.cfg.model)?;
+        self.gpt
+            .load_safetensors(&self.be, &dir.join(checkpoint::MODEL_FILE))?;
+        if self.cfg.precision == Precision::Bf16Sr {
+            to_pure_bf16(&self.be, &mut self.gpt)?;
+        }
+        let meta_path = dir.join(checkpoint::OPTIMIZER_META_FILE);
+        let tensors_path = dir.join(checkpoint::OPTIMIZER_FILE);
+        let meta =
+            std::fs::read_to_string(&meta_path).map_err(TrainError::io("reading", &meta_path))?;
+        let tensors =
+            std::fs::read(&tensors_path).map_err(TrainError::io("reading", &tensors_path))?;
+        let opt_state = OptimizerState::from_parts(&meta, &tensors)
+            .map_err(|e| TrainError::checkpoint(&tensors_path, e.to_string()))?;
+        self.opt
+            .load_state(&self.be, &opt_state)
+            .map_err(|e| TrainError::checkpoint(&tensors_path, e.to_string()))?;
+        let scaler_path = dir.join(checkpoint::SCALER_FILE);
+        let json = std::fs::read_to_string(&scaler_path)
+            .map_err(TrainError::io("reading", &scaler_path))?;
+        if json.trim() != "null" {
+            self.scaler
+                .load_state_dict_json(&json)
+                .map_err(|e| TrainError::checkpoint(&scaler_path, e.to_string()))?;
+        }
+        self.step = state.global_step;
+        self.tokens = state.tokens_seen;
+        self.skipped = state.skipped_steps;
+        Ok(())
+    }
+
+    /// Loads only the weights of a checkpoint (for evaluation and sampling).
+    pub fn load_weights(&mut self, dir: &Path) -> Result<()> {
+        checkpoint::check_model(dir, &self.cfg.model)?;
+        self.gpt
+            .load_safetensors(&self.be, &dir.join(checkpoint::MODEL_FILE))?;
+        if self.cfg.precision == Precision::Bf16Sr {
+            to_pure_bf16(&self.be, &mut self.gpt)?;
+        }
+        Ok(())
+    }
+
+    /// Sequence length of training batches.
+    pub fn seq_len(&self) -> usize {
+        self.cfg.model.n_positions
+    }
+
+    /// One optimizer step over `grad_accum_steps` micro-batches.
+    pub fn step(&mut self) -> Result<StepOutcome> {
+        let (cfg, be) = (&self.cfg, &self.be);
+        let (rows, t, accum) = (cfg.batch_size, self.seq_len(), cfg.grad_accum_steps);
+        let lr = schedule::learning_rate(cfg, self.step);
+        let scale = self.scaler.get_scale();
+        self.gpt.zero_grads(be)?;
+        let mut loss_sum = 0.0f64;
+        for k in 0..accum as u64 {
+            let micro = self.step * accum as u64 + k;
+            let host = self.data.train_batch(cfg.seed, micro, rows, t);
+            let batch = self
+                .gpt
+                .batch(be, &host.inputs, Some(&host.targets), rows, t)?;
+            let loss =
+                self.gpt
+                    .forward_backward(be, &batch, self.autocast, scale / accum as f32)?;
+            loss_sum += f64::from(loss);
+        }
+        let check = self.scaler.check(be, self.gpt.grads.view())?;
+        let skipped = check.found_inf;
+        if skipped {
+            self.skipped += 1;
+        } else {
+            let clip = check.clip_factor(cfg.max_grad_norm);
+            self.opt.set_lr(lr as f32)?;
+            self.opt.step(
+                be,
+                self.gpt.params.view_mut(),
+                self.gpt.grads.view(),
+                self.gpt.model_copy.as_mut().map(|c| c.view_mut()),
+                check.grad_mult(clip),
+            )?;
+        }
+        self.scaler.update(None)?;
+        self.step += 1;
+        self.tokens += (rows * t * accum) as u64;
+        Ok(StepOutcome {
+            loss: (loss_sum / accum as f64) as f32,
+            lr,
+            scale,
+            grad_norm: (!skipped).then_some(check.grad_norm),
+            skipped,
+        })
+    }
+
+    /// Looks at the gradients of the last step (before the next zeroing): how many would
+    /// underflow in FP16 at scale 1 and at `scale`, and their exponent histogram. The arena
+    /// holds `g * scale`.
+    pub fn probe_grads(&self, scale: f32) -> Result<GradProbe> {
+        let host = self.be.download_f32(self.gpt.grads.view())?;
+        let inv = 1.0 / scale;
+        let at_1 = mp_dtype::range_stats(&host, DType::F16, inv);
+        let at_s = mp_dtype::range_stats(&host, DType::F16, 1.0);
+        let nonzero = (at_1.total - at_1.zero - at_1.non_finite).max(1) as f64;
+        Ok(GradProbe {
+            underflow_at_1: at_1.underflow_to_zero as f64 / nonzero,
+            underflow_at_scale: at_s.underflow_to_zero as f64 / nonzero,
+            zero_fraction: at_1.zero as f64 / at_1.total.max(1) as f64,
+            histogram: at_1.exponent_histogram,
+        })
+    }
+
+    /// Validation loss over `eval_batches` fixed batches, and exact-match accuracy on
+    /// `eval_problems` held-out arithmetic problems (greedy decoding).
+    pub fn evaluate(&self) -> Result<EvalRecord> {
+        let cfg = &self.cfg;
+        let t = self.seq_len();
+        let mut sum = 0.0f64;
+        for i in 0..cfg.eval_batches {
+            let host = self.data.val_batch(i, cfg.eval_batches, cfg.batch_size, t);
+            let batch =
+                self.gpt
+                    .batch(&self.be, &host.inputs, Some(&host.targets), host.rows, t)?;
+            let (_, loss) = self.gpt.evaluate(&self.be, &batch, self.autocast)?;
+            sum += f64::from(loss.unwrap_or(f32::NAN));
+        }
+        let val_loss = (sum / cfg.eval_batches as f64) as f32;
+        let (accuracy, problems) = match self.data.arithmetic_task() {
+            Some(task) if cfg.eval_problems > 0 => {
+                let prompt_len = (4 * task.line_len())
+                    .min(t - task.answer_len())
+                    .max(task.prompt_len());
+                let probs = self.data.eval_problems(cfg.eval_problems, prompt_len);
+                let mut correct = 0usize;
+                for chunk in probs.chunks(64) {
+                    let prompts: Vec<Vec<u32>> = chunk.iter().map(|(p, _)| p.clone()).collect();
+                    let outs = self.generate_greedy(&prompts, task.answer_len())?;
+                    correct += chunk
+                        .iter()
+                        .zip(&outs)
+                        .filter(|((_, want), got)| {
+                            got.iter().map(|&b| char::from(b as u8)).collect::<String>() == *want
+                        })
+                        .count();
+                }
+                (
+                    Some(correct as f64 / probs.len().max(1) as f64),
+                    probs.len(),
+                )
+            }
+            _ => (None, 0),
+        };
+        Ok(EvalRecord {
+            step: self.step,
+            val_loss,
+            accuracy,
+            problems,
+        })
+    }
+
+    /// Greedy continuation of equally long prompts by `n` tokens each (the window slides
+    /// when it would exceed the context).
+    pub fn generate_greedy(&self, prompts: &[Vec<u32>], n: usize) -> Result<Vec<Vec<u32>>> {
+        generate(&self.be, &self.gpt, self.autocast, prompts, n, |logits| {
+            argmax(logits)
+        })
+    }
+
+    /// The trainer state of a checkpoint of this run now.
+    pub fn trainer_state(&self, last_eval: Option<&EvalRecord>) -> TrainerState {
+        TrainerState {
+            format_version: checkpoint::FORMAT_VERSION,
+            global_step: self.step,
+            tokens_seen: self.tokens,
+            skipped_steps: self.skipped,
+            seed: self.cfg.seed,
+            micro_batches: self.step * self.cfg.grad_accum_steps as u64,
+            precision: self.cfg.precision.name().into(),
+            last_eval: last_eval.map(|e| (e.val_loss, e.accuracy)),
+            writer: format!("mp-train {}", env!("CARGO_PKG_VERSION")),
+            files: Default::default(),
+        }
+    }
+
+    /// Writes `checkpoint-{step}` into `run_dir` and deletes the oldest beyond the limit.
+    pub fn save_checkpoint(
+        &self,
+        run_dir: &Path,
+        last_eval: Option<&EvalRecord>,
+    ) -> Result<PathBuf> {
+        let state = self.trainer_state(last_eval);
+        let path = checkpoint::save(run_dir, state, &self.cfg, |dir| {
+            self.gpt
+                .save_safetensors(&self.be, &dir.join(checkpoint::MODEL_FILE))?;
+            let state = self.opt.state(&self.be)?;
+            crate::fsutil::write_synced(
+                &dir.join(checkpoint::OPTIMIZER_FILE),
+                &state.tensors_safetensors()?,
+            )?;
+            crate::fsutil::write_synced(
+                &dir.join(checkpoint::OPTIMIZER_META_FILE),
+                state.meta_json().as_bytes(),
+            )?;
+            let scaler = self.scaler.state_dict_json();
+            crate::fsutil::write_synced(&dir.join(checkpoint::SCALER_FILE), scaler.as_bytes())
+        })?;
+        checkpoint::rotate(run_dir, self.cfg.save_total_limit)?;
+        Ok(path)
+    }
+
+    /// Device memory by category for this run's config.
+    pub fn memory(&self) -> MemoryBreakdown {
+        memory::estimate(&self.cfg)
+    }
+
+    /// The autocast setting of the run.
+    pub fn autocast(&self) -> Autocast {
+        self.autocast
+    }
+}
+
+/// Replaces the FP32 master arena by BF16 parameters (pure-BF16 mode), rounded to nearest.
+fn to_pure_bf16<B: Backend>(be: &B, gpt: &mut Gpt<B>) -> Result<()> {
+    if gpt.params.dtype() == DType::BF16 {
+        return Ok(());
+    }
+    let mut p = be.zeros(DType::BF16, gpt.params.len())?;
+    be.cast(gpt.params.view(), p.view_mut(), Rounding::NearestEven)?;
+    gpt.params = p;
+    gpt.model_copy = None;
+    Ok(())
+}
+
+/// Index of the largest logit (the first on ties; NaN never wins).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0usize;
+    for (i, &x) in logits.iter().enumerate() {
+        if x > logits[best] || logits[best].is_nan() {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Continues each prompt (all of one length) by `n` tokens chosen by `pick` from the
+/// last position's logits; the window keeps the last `n_positions` tokens.
+pub fn generate<B: Backend>(
+    be: &B,
+    gpt: &Gpt<B>,
+    autocast: Autocast,
+    prompts: &[Vec<u32>],
+    n: usize,
+    mut pick: impl FnMut(&[f32]) -> u32,
+) -> Result<Vec<Vec<u32>>> {
+    let rows = prompts.len();
+    if rows == 0 || n == 0 {
+        return Ok(vec![Vec::new(); rows]);
+    }
+    let len = prompts[0].len();
+    if len == 0 || prompts.iter().any(|p| p.len() != len) {
+        return Err(TrainError::invalid(
+            "prompt",
+            len,
+            "prompts must be non-empty and of one length",
+        ));
+    }
+    let ctx = gpt.config.n_positions;
+    let vocab = gpt.config.vocab_size;
+    let mut seqs: Vec<Vec<u32>> = prompts.to_vec();
+    let mut out = vec![Vec::with_capacity(n); rows];
+    for _ in 0..n {
+        let t = seqs[0].len().min(ctx);
+        let ids: Vec<u32> = seqs
+            .iter()
+            .flat_map(|s| s[s.len() - t..].iter().copied())
+            .collect();
+        let batch = gpt.batch(be, &ids, None, rows, t)?;
+        let (logits, _) = gpt.evaluate(be, &batch, autocast)?;
+        for (r, seq) in seqs.iter_mut().enumerate() {
+            let last = &logits[(r * t + t - 1) * vocab..(r * t + t) * vocab];
+            let tok = pick(last);
+            seq.push(tok);
+            out[r].push(tok);
+        }
+    }
+    Ok(out)
+}
+
+/// Exponent bins of a [`RangeStats`] histogram as `(lowest exponent, counts)` trimmed to the
+/// non-empty range (the zero bin and the f32-overflow bin dropped).
+pub fn trim_histogram(hist: &[u64]) -> (i32, Vec<u64>) {
+    if hist.len() < 3 {
+        return (0, Vec::new());
+    }
+    let exps = &hist[1..hist.len() - 1];
+    let first = exps.iter().position(|&c| c > 0);
+    let last = exps.iter().rposition(|&c| c > 0);
+    match (first, last) {
+        (Some(a), Some(b)) => (RangeStats::MIN_EXPONENT + a as i32, exps[a..=b].to_vec()),
+        _ => (0, Vec::new()),
+    }
+}

@@ -1,0 +1,255 @@
+//! Bad input through the binary: a clear error naming the problem, a non-zero exit, no panic,
+//! nothing overwritten.
+
+use crate::common::{scratch, tiny_args};
+use std::path::Path;
+use std::process::Command;
+
+fn mp_train(args: &[String], cwd: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mp-train"))
+        .args(args)
+        .current_dir(cwd)
+        .env("MP_TRAIN_FONT", "none")
+        .output()
+        .expect("running mp-train");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+fn train_args(dir: &Path, out: &str, extra: &[&str]) -> Vec<String> {
+    let mut a = s(&["train", "--plain", "--out"]);
+    a.push(dir.join(out).display().to_string());
+    a.extend(tiny_args(4));
+    a.extend(s(extra));
+    a
+}
+
+/// Runs `args` and checks failure with every `expected` fragment in the message.
+fn expect_error(dir: &Path, name: &str, args: Vec<String>, expected: &[&str]) {
+    let (ok, text) = mp_train(&args, dir);
+    assert!(!ok, "{name}: succeeded but should fail:\n{text}");
+    assert!(!text.contains("panicked"), "{name}: panicked:\n{text}");
+    assert!(text.contains("error:"), "{name}: no error line:\n{text}");
+    for e in expected {
+        assert!(text.contains(e), "{name}: message lacks {e:?}:\n{text}");
+    }
+}
+
+#[test]
+fn bad_input_table() {
+    let dir = scratch("bad-input");
+    let w = |name: &str, content: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, content).unwrap();
+        p.display().to_string()
+    };
+    let bad_toml = w("bad.toml", "precision = \n");
+    let unknown = w("unknown.toml", "learning_rat = 0.1\n");
+    let unknown_nested = w("nested.toml", "[model]\nwidth = 3\n");
+    let bad_type = w("type.toml", "seed = \"eight\"\n");
+    let empty = w("empty.txt", "");
+    let short = w("short.txt", "0123456789");
+
+    type Case<'a> = (&'a str, Vec<String>, Vec<&'a str>);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "missing config",
+            train_args(&dir, "o1", &["--config", "/nonexistent/cfg.toml"]),
+            vec!["/nonexistent/cfg.toml"],
+        ),
+        (
+            "invalid toml",
+            train_args(&dir, "o2", &["--config", &bad_toml]),
+            vec!["bad.toml"],
+        ),
+        (
+            "unknown field",
+            train_args(&dir, "o3", &["--config", &unknown]),
+            vec!["learning_rat", "unknown.toml"],
+        ),
+        (
+            "unknown nested field",
+            train_args(&dir, "o4", &["--config", &unknown_nested]),
+            vec!["width"],
+        ),
+        (
+            "wrong type",
+            train_args(&dir, "o5", &["--config", &bad_type]),
+            vec!["seed", "type.toml"],
+        ),
+        (
+            "invalid value",
+            train_args(&dir, "o6", &["--set", "model.n_head=3"]),
+            vec!["model.n_head", "3", "n_embd"],
+        ),
+        (
+            "unknown override",
+            train_args(&dir, "o7", &["--set", "model.widht=3"]),
+            vec!["widht"],
+        ),
+        (
+            "malformed override",
+            train_args(&dir, "o8", &["--set", "novalue"]),
+            vec!["novalue", "key=value"],
+        ),
+        (
+            "unknown precision",
+            train_args(&dir, "o9", &["--set", "precision=fp8"]),
+            vec!["fp8"],
+        ),
+        (
+            "empty data",
+            train_args(&dir, "o10", &["--data", &empty]),
+            vec!["empty.txt", "empty"],
+        ),
+        (
+            "data shorter than context",
+            train_args(&dir, "o11", &["--data", &short]),
+            vec!["short.txt", "too short", "context 32"],
+        ),
+        (
+            "missing data",
+            train_args(&dir, "o12", &["--data", "/nonexistent/data.txt"]),
+            vec!["/nonexistent/data.txt"],
+        ),
+        (
+            "unknown backend",
+            train_args(&dir, "o13", &["--backend", "tpu"]),
+            vec!["tpu", "cpu", "cuda", "wgpu"],
+        ),
+        (
+            "cuda without device",
+            train_args(&dir, "o14", &["--backend", "cuda"]),
+            vec!["cuda"],
+        ),
+        (
+            "wgpu without device",
+            train_args(&dir, "o15", &["--backend", "wgpu"]),
+            vec!["wgpu"],
+        ),
+        (
+            "missing checkpoint",
+            s(&["eval", "/nonexistent/checkpoint-3"]),
+            vec!["/nonexistent/checkpoint-3"],
+        ),
+        (
+            "inspect a non-checkpoint",
+            s(&["inspect", &dir.display().to_string()]),
+            vec!["trainer_state.json"],
+        ),
+        (
+            "negative temperature",
+            s(&["sample", "/nonexistent/checkpoint-3", "--temperature=-1"]),
+            vec!["temperature"],
+        ),
+    ];
+    for (name, args, expected) in cases {
+        expect_error(&dir, name, args, &expected);
+    }
+    // No run of the table trained anything silently on the CPU.
+    for i in 13..=15 {
+        assert!(!dir.join(format!("o{i}")).join("metrics.jsonl").exists());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn checkpoints_of_another_model_truncated_ones_and_full_out_dirs_are_refused() {
+    let dir = scratch("bad-ckpt");
+    let (ok, text) = mp_train(&train_args(&dir, "run", &["--save-steps", "2"]), &dir);
+    assert!(ok, "{text}");
+    let run = dir.join("run");
+    let ck2 = run.join("checkpoint-2").display().to_string();
+    let ck4 = run.join("checkpoint-4");
+
+    // Another model config.
+    let mut args = train_args(&dir, "other", &["--resume", &ck2]);
+    args.extend(s(&["--set", "model.n_embd=64"]));
+    expect_error(
+        &dir,
+        "another model",
+        args,
+        &["another model", "model.n_embd", "64", "32"],
+    );
+
+    // A non-empty out dir is never overwritten without --overwrite.
+    let before = std::fs::read(run.join("metrics.jsonl")).unwrap();
+    expect_error(
+        &dir,
+        "non-empty out",
+        train_args(&dir, "run", &[]),
+        &["not empty", "--overwrite"],
+    );
+    assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), before);
+
+    // Truncate the newest checkpoint's weights.
+    let model = ck4.join("model.safetensors");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
+    let ck4s = ck4.display().to_string();
+    expect_error(
+        &dir,
+        "truncated (resume)",
+        train_args(&dir, "r2", &["--resume", &ck4s]),
+        &["model.safetensors", "truncated"],
+    );
+    expect_error(
+        &dir,
+        "truncated (eval)",
+        s(&["eval", &ck4s]),
+        &["model.safetensors", "truncated"],
+    );
+    expect_error(
+        &dir,
+        "truncated (inspect)",
+        s(&["inspect", &ck4s]),
+        &["truncated"],
+    );
+
+    // A corrupt (same-size) optimizer file is caught by the checksum.
+    let opt = run.join("checkpoint-2").join("optimizer.safetensors");
+    let mut ob = std::fs::read(&opt).unwrap();
+    let last = ob.len() - 1;
+    ob[last] ^= 0x40;
+    std::fs::write(&opt, &ob).unwrap();
+    expect_error(
+        &dir,
+        "corrupt",
+        s(&["inspect", &ck2]),
+        &["optimizer.safetensors", "corrupt"],
+    );
+    ob[last] ^= 0x40;
+    std::fs::write(&opt, &ob).unwrap();
+
+    // The previous checkpoint is still usable: resuming from the run folder skips the broken
+    // newest one, says so, and continues from checkpoint-2.
+    let mut args = s(&[
+        "train",
+        "--plain",
+        "--resume",
+        &run.display().to_string(),
+        "--out",
+    ]);
+    args.push(dir.join("continued").display().to_string());
+    let (ok, text) = mp_train(&args, &dir);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("skipping") && text.contains("checkpoint-4"),
+        "{text}"
+    );
+    assert!(text.contains("2 -> 4"), "{text}");
+    let (ok, text) = mp_train(&s(&["inspect", &ck2]), &dir);
+    assert!(
+        ok && text.contains("transformer.h.0.attn.c_attn.weight"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

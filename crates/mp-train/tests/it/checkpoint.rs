@@ -1,0 +1,122 @@
+//! Checkpoints: weights load back with identical logits, the HF config, rotation.
+
+use crate::common::{scratch, tiny};
+use mp_kernels::CpuBackend;
+use mp_train::checkpoint::{self, HfGpt2Config};
+use mp_train::config::Precision;
+use mp_train::data::Dataset;
+use mp_train::train::Trainer;
+
+fn logits(tr: &Trainer<CpuBackend>, ds: &Dataset) -> Vec<u32> {
+    let b = ds.val_batch(0, 1, 2, 32);
+    let batch = tr.gpt.batch(&tr.be, &b.inputs, None, 2, 32).unwrap();
+    let (l, _) = tr.gpt.evaluate(&tr.be, &batch, tr.autocast()).unwrap();
+    l.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn checkpoint_loads_back_with_identical_logits() {
+    for precision in [
+        Precision::Fp32,
+        Precision::Bf16,
+        Precision::Fp16,
+        Precision::Bf16Sr,
+    ] {
+        let dir = scratch(&format!("ckpt-logits-{precision}"));
+        let mut cfg = tiny(3);
+        cfg.precision = precision;
+        let ds = Dataset::from_config(&cfg.data, cfg.seed, 32).unwrap();
+        let mut tr = Trainer::new(CpuBackend::new(), cfg.clone(), ds.clone()).unwrap();
+        for _ in 0..3 {
+            tr.step().unwrap();
+        }
+        let before = logits(&tr, &ds);
+        let path = tr.save_checkpoint(&dir, None).unwrap();
+        assert_eq!(path.file_name().unwrap(), "checkpoint-3");
+        let state = checkpoint::verify(&path).unwrap();
+        assert_eq!(state.global_step, 3);
+        let mut fresh = Trainer::new(CpuBackend::new(), cfg.clone(), ds.clone()).unwrap();
+        assert_ne!(
+            logits(&fresh, &ds),
+            before,
+            "{precision}: training changed nothing"
+        );
+        fresh.load_weights(&path).unwrap();
+        assert_eq!(
+            logits(&fresh, &ds),
+            before,
+            "{precision}: logits differ after reload"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
+fn hf_config_describes_the_model() {
+    let dir = scratch("ckpt-hf");
+    let cfg = tiny(1);
+    let ds = Dataset::from_config(&cfg.data, cfg.seed, 32).unwrap();
+    let tr = Trainer::new(CpuBackend::new(), cfg.clone(), ds).unwrap();
+    let path = tr.save_checkpoint(&dir, None).unwrap();
+    let text = std::fs::read_to_string(path.join("config.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for (k, v) in [
+        ("model_type", serde_json::json!("gpt2")),
+        ("n_embd", serde_json::json!(cfg.model.n_embd)),
+        ("n_layer", serde_json::json!(cfg.model.n_layer)),
+        ("n_head", serde_json::json!(cfg.model.n_head)),
+        ("n_positions", serde_json::json!(cfg.model.n_positions)),
+        ("vocab_size", serde_json::json!(cfg.model.vocab_size)),
+        ("activation_function", serde_json::json!("gelu_new")),
+        ("tie_word_embeddings", serde_json::json!(true)),
+    ] {
+        assert_eq!(json[k], v, "config.json field {k}");
+    }
+    let hf: HfGpt2Config = serde_json::from_str(&text).unwrap();
+    assert_eq!(hf.model(), cfg.model);
+    // Every HF GPT-2 tensor name is present with HF's Conv1D [in, out] layout.
+    let bytes = std::fs::read(path.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let c = cfg.model.n_embd;
+    assert_eq!(
+        st.tensor("transformer.h.0.attn.c_attn.weight")
+            .unwrap()
+            .shape(),
+        [c, 3 * c]
+    );
+    assert_eq!(
+        st.tensor("transformer.wte.weight").unwrap().shape(),
+        [256, c]
+    );
+    assert_eq!(
+        st.tensor("transformer.ln_f.bias").unwrap().dtype(),
+        safetensors::Dtype::F32
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn only_the_last_k_checkpoints_are_kept() {
+    let dir = scratch("ckpt-rotate");
+    let mut cfg = tiny(1);
+    cfg.save_total_limit = 2;
+    let ds = Dataset::from_config(&cfg.data, cfg.seed, 32).unwrap();
+    let mut tr = Trainer::new(CpuBackend::new(), cfg, ds).unwrap();
+    for _ in 0..4 {
+        tr.step().unwrap();
+        tr.save_checkpoint(&dir, None).unwrap();
+    }
+    let kept: Vec<u64> = checkpoint::list(&dir)
+        .unwrap()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(kept, [3, 4]);
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary folders left behind");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
