@@ -212,9 +212,14 @@ pub(crate) fn sr_threshold(rem: u32, s: u32) -> u32 {
 /// ```
 #[inline]
 pub fn f32_to_bits(x: f32, dtype: DType, saturate: bool) -> u32 {
+    // One arm per format so each call of `narrow` sees a constant layout.
+    let mode = Mode::NearestEven;
     match dtype {
         DType::F32 => x.to_bits(),
-        _ => narrow(x, Layout::of(dtype), saturate, Mode::NearestEven),
+        DType::F16 => narrow(x, Layout::of(DType::F16), saturate, mode),
+        DType::BF16 => narrow(x, Layout::of(DType::BF16), saturate, mode),
+        DType::F8E4M3 => narrow(x, Layout::of(DType::F8E4M3), saturate, mode),
+        DType::F8E5M2 => narrow(x, Layout::of(DType::F8E5M2), saturate, mode),
     }
 }
 
@@ -227,9 +232,13 @@ pub fn f32_to_bits(x: f32, dtype: DType, saturate: bool) -> u32 {
 /// `saturate` behave as in [`f32_to_bits`]; the exact rule is in the [module docs](self).
 #[inline]
 pub fn f32_to_bits_sr(x: f32, dtype: DType, saturate: bool, random: u32) -> u32 {
+    let mode = Mode::Stochastic(random);
     match dtype {
         DType::F32 => x.to_bits(),
-        _ => narrow(x, Layout::of(dtype), saturate, Mode::Stochastic(random)),
+        DType::F16 => narrow(x, Layout::of(DType::F16), saturate, mode),
+        DType::BF16 => narrow(x, Layout::of(DType::BF16), saturate, mode),
+        DType::F8E4M3 => narrow(x, Layout::of(DType::F8E4M3), saturate, mode),
+        DType::F8E5M2 => narrow(x, Layout::of(DType::F8E5M2), saturate, mode),
     }
 }
 
@@ -244,7 +253,6 @@ pub fn f32_to_bits_sr(x: f32, dtype: DType, saturate: bool, random: u32) -> u32 
 /// ```
 #[inline]
 pub fn bits_to_f32(bits: u32, dtype: DType) -> f32 {
-    let l = Layout::of(dtype);
     match dtype {
         DType::F32 => f32::from_bits(bits),
         DType::BF16 => {
@@ -255,7 +263,9 @@ pub fn bits_to_f32(bits: u32, dtype: DType) -> f32 {
                 f32::from_bits(h << 16)
             }
         }
-        _ => widen(bits, l),
+        DType::F16 => widen(bits, Layout::of(DType::F16)),
+        DType::F8E4M3 => widen(bits, Layout::of(DType::F8E4M3)),
+        DType::F8E5M2 => widen(bits, Layout::of(DType::F8E5M2)),
     }
 }
 

@@ -6,21 +6,44 @@
 
 use crate::DTypeError;
 
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
 /// An instruction-set path for the bulk conversions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Isa {
     /// Plain Rust, any target (the compiler may auto-vectorise it).
     Portable,
+    /// x86-64 AVX2 + F16C: BF16 by integer rounding, F16 by `vcvtps2ph`/`vcvtph2ps`.
+    Avx2,
+    /// x86-64 AVX-512F: BF16 by integer rounding, F16 by the 512-bit `vcvtps2ph`/`vcvtph2ps`.
+    Avx512,
+    /// x86-64 AVX-512F + AVX-512 BF16: f32 -> BF16 by `vcvtne2ps2bf16` (blocks holding f32
+    /// subnormals, which the instruction flushes, take the integer path); everything else as
+    /// [`Isa::Avx512`].
+    Avx512Bf16,
 }
 
 impl Isa {
     /// Every path this crate has, whether or not the CPU supports it.
-    pub const ALL: [Isa; 1] = [Isa::Portable];
+    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16];
 
     /// Whether this CPU can run the path.
     pub fn is_available(self) -> bool {
-        match self {
-            Isa::Portable => true,
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Isa::Portable => true,
+                Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c"),
+                Isa::Avx512 => is_x86_feature_detected!("avx512f"),
+                Isa::Avx512Bf16 => {
+                    is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Isa::Portable
         }
     }
 
@@ -31,18 +54,27 @@ impl Isa {
 
     /// The path the bulk conversions use for f32 -> BF16 and BF16 -> f32 on this CPU.
     pub fn best_for_bf16() -> Isa {
-        Isa::Portable
+        [Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2]
+            .into_iter()
+            .find(|i| i.is_available())
+            .unwrap_or(Isa::Portable)
     }
 
     /// The path the bulk conversions use for f32 -> F16 and F16 -> f32 on this CPU.
     pub fn best_for_f16() -> Isa {
-        Isa::Portable
+        [Isa::Avx512, Isa::Avx2]
+            .into_iter()
+            .find(|i| i.is_available())
+            .unwrap_or(Isa::Portable)
     }
 
     /// A short name for reports (`"avx2"`).
     pub const fn name(self) -> &'static str {
         match self {
             Isa::Portable => "portable",
+            Isa::Avx2 => "avx2+f16c",
+            Isa::Avx512 => "avx512f",
+            Isa::Avx512Bf16 => "avx512bf16",
         }
     }
 
@@ -83,6 +115,17 @@ pub fn f32_to_bf16_with(isa: Isa, src: &[f32], dst: &mut [u16]) -> Result<(), DT
     isa.check(OP)?;
     match isa {
         Isa::Portable => portable::f32_to_bf16(src, dst),
+        // SAFETY: `isa.check` verified the CPU features; the lengths are equal.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::f32_to_bf16_avx2(src, dst) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::f32_to_bf16_avx512(src, dst) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Bf16 => unsafe { x86::f32_to_bf16_avx512bf16(src, dst) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("isa.check admits only the portable path off x86-64"),
     }
     Ok(())
 }
@@ -97,6 +140,17 @@ pub fn bf16_to_f32_with(isa: Isa, src: &[u16], dst: &mut [f32]) -> Result<(), DT
     isa.check(OP)?;
     match isa {
         Isa::Portable => portable::bf16_to_f32(src, dst),
+        // SAFETY: `isa.check` verified the CPU features; the lengths are equal.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::bf16_to_f32_avx2(src, dst) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::bf16_to_f32_avx512(src, dst) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Bf16 => unsafe { x86::bf16_to_f32_avx512(src, dst) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("isa.check admits only the portable path off x86-64"),
     }
     Ok(())
 }
@@ -111,6 +165,17 @@ pub fn f32_to_f16_with(isa: Isa, src: &[f32], dst: &mut [u16]) -> Result<(), DTy
     isa.check(OP)?;
     match isa {
         Isa::Portable => portable::f32_to_f16(src, dst),
+        // SAFETY: `isa.check` verified the CPU features; the lengths are equal.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::f32_to_f16_f16c(src, dst) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::f32_to_f16_avx512(src, dst) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Bf16 => unsafe { x86::f32_to_f16_avx512(src, dst) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("isa.check admits only the portable path off x86-64"),
     }
     Ok(())
 }
@@ -125,6 +190,17 @@ pub fn f16_to_f32_with(isa: Isa, src: &[u16], dst: &mut [f32]) -> Result<(), DTy
     isa.check(OP)?;
     match isa {
         Isa::Portable => portable::f16_to_f32(src, dst),
+        // SAFETY: `isa.check` verified the CPU features; the lengths are equal.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::f16_to_f32_f16c(src, dst) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::f16_to_f32_avx512(src, dst) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Bf16 => unsafe { x86::f16_to_f32_avx512(src, dst) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("isa.check admits only the portable path off x86-64"),
     }
     Ok(())
 }
