@@ -29,6 +29,7 @@
 
 use super::CpuBuffer;
 use super::check::{bytes, bytes_mut, dtype_err, expect_dtype, expect_len, shape_err};
+use super::math::simd_dispatch;
 use crate::Result;
 use crate::backend::{AdamW, GradStats, Rounding, Sgd, View, ViewMut};
 use mp_dtype::{DType, EncodeOptions};
@@ -102,10 +103,17 @@ fn store(
     rounding: Rounding,
     index: usize,
 ) -> Result<()> {
-    if dtype == DType::F32 {
-        let d: &mut [f32] = bytemuck::cast_slice_mut(dst);
-        d.copy_from_slice(src);
-        return Ok(());
+    match (dtype, rounding) {
+        (DType::F32, _) => {
+            let d: &mut [f32] = bytemuck::cast_slice_mut(dst);
+            d.copy_from_slice(src);
+            return Ok(());
+        }
+        (DType::BF16, Rounding::NearestEven) => {
+            to_bf16_rne(src, bytemuck::cast_slice_mut(dst));
+            return Ok(());
+        }
+        _ => {}
     }
     let opts = EncodeOptions {
         rounding,
@@ -116,31 +124,78 @@ fn store(
     Ok(())
 }
 
-/// One block's gradient statistics: `(any non-finite, sum of squares)`.
-fn stats_block(g: Grads<'_>, len: usize, mult: f32) -> Result<(bool, f64)> {
-    let mut acc = [0.0f32; LANES];
-    // `g * 0` is 0 for every finite g and NaN for +-inf and NaN: a branch-free flag that
-    // a huge but finite gradient (whose square overflows) cannot trip.
-    let mut bad = [0.0f32; LANES];
-    let mut tile = [0.0f32; TILE];
-    let mut t0 = 0;
-    while t0 < len {
-        let n = TILE.min(len - t0);
-        let x = g.sub(t0, n).load(&mut tile, n)?;
-        let mut chunks = x.chunks_exact(LANES);
-        for c in &mut chunks {
-            for l in 0..LANES {
-                let y = c[l] * mult;
-                acc[l] += y * y;
-                bad[l] += c[l] * 0.0;
-            }
-        }
-        for (l, &v) in chunks.remainder().iter().enumerate() {
+/// Adds `(x * mult)^2` and `x * 0` of every element to the lanes (element `i` to lane
+/// `i % LANES`). `x * 0` is 0 for every finite x and NaN for +-inf and NaN: a branch-free
+/// flag that a huge but finite gradient (whose square overflows) cannot trip.
+#[inline(always)]
+fn stats_lanes<T: Copy>(
+    x: &[T],
+    widen: impl Fn(T) -> f32,
+    mult: f32,
+    acc: &mut [f32; LANES],
+    bad: &mut [f32; LANES],
+) {
+    let (chunks, rest) = x.as_chunks::<LANES>();
+    for c in chunks {
+        for l in 0..LANES {
+            let v = widen(c[l]);
             let y = v * mult;
             acc[l] += y * y;
             bad[l] += v * 0.0;
         }
-        t0 += n;
+    }
+    for (l, &v) in rest.iter().enumerate() {
+        let v = widen(v);
+        let y = v * mult;
+        acc[l] += y * y;
+        bad[l] += v * 0.0;
+    }
+}
+
+simd_dispatch! {
+    /// [`stats_lanes`] over F32 gradients.
+    fn stats_f32(x: &[f32], mult: f32, acc: &mut [f32; LANES], bad: &mut [f32; LANES]) {
+        stats_lanes(x, |v| v, mult, acc, bad)
+    }
+}
+
+simd_dispatch! {
+    /// [`stats_lanes`] over BF16 gradients (bit patterns).
+    fn stats_bf16(x: &[u16], mult: f32, acc: &mut [f32; LANES], bad: &mut [f32; LANES]) {
+        stats_lanes(x, |h| f32::from_bits(u32::from(h) << 16), mult, acc, bad)
+    }
+}
+
+simd_dispatch! {
+    /// f32 -> BF16 bits, round to nearest even, branch-free (vectorises); bit for bit
+    /// `mp_dtype::f32_to_bits(x, BF16, false)`: NaN stays a quiet NaN of the same sign.
+    fn to_bf16_rne(src: &[f32], dst: &mut [u16]) {
+        for (o, &x) in dst.iter_mut().zip(src) {
+            let b = x.to_bits();
+            let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
+            let nan = ((b >> 16) as u16) | 0x0040;
+            *o = if b & 0x7fff_ffff > 0x7f80_0000 { nan } else { rounded };
+        }
+    }
+}
+
+/// One block's gradient statistics: `(any non-finite, sum of squares)`.
+fn stats_block(g: Grads<'_>, len: usize, mult: f32) -> Result<(bool, f64)> {
+    let mut acc = [0.0f32; LANES];
+    let mut bad = [0.0f32; LANES];
+    match g {
+        Grads::F32(x) => stats_f32(x, mult, &mut acc, &mut bad),
+        Grads::Bf16(x) => stats_bf16(x, mult, &mut acc, &mut bad),
+        Grads::Other(..) => {
+            let mut tile = [0.0f32; TILE];
+            let mut t0 = 0;
+            while t0 < len {
+                let n = TILE.min(len - t0);
+                let x = g.sub(t0, n).load(&mut tile, n)?;
+                stats_f32(x, mult, &mut acc, &mut bad);
+                t0 += n;
+            }
+        }
     }
     let sum: f32 = pairwise(&mut acc);
     let flag: f32 = pairwise(&mut bad);
@@ -386,31 +441,45 @@ impl AdamCoef {
     }
 }
 
-/// PyTorch's `lerp(start, end, weight)` for f32 (`at::native::lerp`, scalar form).
-#[inline(always)]
-fn lerp(start: f32, end: f32, weight: f32) -> f32 {
-    if weight.abs() < 0.5 {
-        start + weight * (end - start)
-    } else {
-        end - (end - start) * (1.0 - weight)
+simd_dispatch! {
+    /// The AdamW update of one tile; all slices have the same length.
+    fn adamw_tile(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: &AdamCoef) {
+        let n = p.len();
+        let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+        // PyTorch's lerp takes one of two forms depending on the (loop-invariant) weight.
+        if c.w1.abs() < 0.5 {
+            for i in 0..n {
+                let gi = g[i] * c.grad_mult;
+                let mi = m[i] + c.w1 * (gi - m[i]);
+                adam_finish(p, m, v, i, gi, mi, c);
+            }
+        } else {
+            for i in 0..n {
+                let gi = g[i] * c.grad_mult;
+                let mi = gi - (gi - m[i]) * (1.0 - c.w1);
+                adam_finish(p, m, v, i, gi, mi, c);
+            }
+        }
     }
 }
 
-/// The AdamW update of one tile; all slices have the same length.
+/// The rest of the AdamW update of element `i` once its new first moment `mi` is known.
 #[inline(always)]
-fn adamw_tile(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: &AdamCoef) {
-    let n = p.len();
-    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
-    for i in 0..n {
-        let gi = g[i] * c.grad_mult;
-        let pi = p[i] * c.decay;
-        let mi = lerp(m[i], gi, c.w1);
-        let vi = v[i] * c.beta2 + c.w2 * gi * gi;
-        let denom = vi.sqrt() / c.bc2_sqrt + c.eps;
-        p[i] = pi + c.neg_step_size * mi / denom;
-        m[i] = mi;
-        v[i] = vi;
-    }
+fn adam_finish(
+    p: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    i: usize,
+    gi: f32,
+    mi: f32,
+    c: &AdamCoef,
+) {
+    let pi = p[i] * c.decay;
+    let vi = v[i] * c.beta2 + c.w2 * gi * gi;
+    let denom = vi.sqrt() / c.bc2_sqrt + c.eps;
+    p[i] = pi + c.neg_step_size * mi / denom;
+    m[i] = mi;
+    v[i] = vi;
 }
 
 /// One fused AdamW step over a flat range (see [`AdamW`]): gradients of any dtype times
@@ -433,9 +502,9 @@ pub(crate) fn adamw(
     pass.run(hp.rounding, |p, g, m, v| adamw_tile(p, g, m, v, &c))
 }
 
-/// The SGD update of one tile (`torch.optim.SGD`); all slices have the same length.
-#[inline(always)]
-fn sgd_tile(p: &mut [f32], g: &[f32], buf: &mut [f32], hp: &Sgd) {
+simd_dispatch! {
+    /// The SGD update of one tile (`torch.optim.SGD`); all slices have the same length.
+    fn sgd_tile(p: &mut [f32], g: &[f32], buf: &mut [f32], hp: &Sgd) {
     let n = p.len();
     let g = &g[..n];
     let neg_lr = -hp.lr;
@@ -459,6 +528,7 @@ fn sgd_tile(p: &mut [f32], g: &[f32], buf: &mut [f32], hp: &Sgd) {
         let d = if hp.nesterov { gi + hp.momentum * b } else { b };
         p[i] += neg_lr * d;
     }
+}
 }
 
 /// One fused SGD-with-momentum step over a flat range (see [`Sgd`]); `momentum_buf` is FP32
@@ -735,6 +805,35 @@ mod tests {
             grad_stats(CpuBuffer::zeros(DType::F32, 0).view(), 1.0).unwrap(),
             GradStats::default()
         );
+    }
+
+    #[test]
+    fn bf16_rne_matches_mp_dtype_bit_for_bit() {
+        let mut xs: Vec<f32> = (0..1u32 << 20)
+            .map(|i| f32::from_bits(mp_dtype::mix32(i)))
+            .collect();
+        xs.extend([
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            f32::from_bits(0x7f80_0001),
+            f32::from_bits(0xff80_0001),
+            f32::MAX,
+            f32::MIN_POSITIVE,
+            f32::from_bits(1),
+            f32::from_bits(0x3f80_8000),
+            f32::from_bits(0x3f81_8000),
+            f32::from_bits(0x7f7f_ffff),
+        ]);
+        let mut ours = vec![0u16; xs.len()];
+        to_bf16_rne(&xs, &mut ours);
+        for (x, o) in xs.iter().zip(&ours) {
+            let want = mp_dtype::f32_to_bits(*x, DType::BF16, false) as u16;
+            assert_eq!(*o, want, "{:#010x}", x.to_bits());
+        }
     }
 
     #[test]
