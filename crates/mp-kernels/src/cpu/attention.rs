@@ -12,30 +12,11 @@ use super::check::{bytes, bytes_mut, expect_len, mul, shape_err};
 use super::convert::{narrow, widen, with_f32_mut};
 use super::gemm::matmul;
 use super::norm::softmax_row;
+use super::reduce::dot;
 use crate::Result;
 use crate::backend::{Attention, View, ViewMut};
 use mp_dtype::DType;
 use rayon::prelude::*;
-
-/// Dot product with eight f32 accumulators.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let mut ia = a.chunks_exact(8);
-    let mut ib = b.chunks_exact(8);
-    for (x, y) in (&mut ia).zip(&mut ib) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    let tail: f32 = ia
-        .remainder()
-        .iter()
-        .zip(ib.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
-}
 
 /// Validated sizes: `(t, c, heads, head size)`.
 fn check(op: &'static str, s: &Attention) -> Result<(usize, usize, usize, usize)> {

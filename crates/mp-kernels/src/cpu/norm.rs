@@ -4,9 +4,9 @@
 use super::CpuBuffer;
 use super::check::{bytes, bytes_mut, expect_dtype, expect_len, shape_err};
 use super::convert::{as_f32, as_f32_mut, load, with_f32_mut};
-use super::math::exp_sub;
+use super::math::{exp_sub, simd_dispatch};
 use super::pointwise::CHUNK;
-use super::reduce::{max, sum};
+use super::reduce::{dot, max, sum};
 use crate::Result;
 use crate::backend::{View, ViewMut};
 use mp_dtype::DType;
@@ -126,37 +126,97 @@ pub(crate) fn layer_norm(
             |(tx, to), (((oc, xc), mc), rc)| {
                 let xc = load(dx, xc, tx);
                 with_f32_mut(dout, oc, to, false, |o| {
-                    for (((orow, xrow), m), r) in o
-                        .chunks_exact_mut(c)
-                        .zip(xc.chunks_exact(c))
-                        .zip(mc.iter_mut())
-                        .zip(rc.iter_mut())
-                    {
-                        let mu = sum(xrow) / c as f32;
-                        let mut var = 0.0f32;
-                        let mut acc = [0.0f32; 8];
-                        let mut it = xrow.chunks_exact(8);
-                        for ch in &mut it {
-                            for k in 0..8 {
-                                let d = ch[k] - mu;
-                                acc[k] += d * d;
-                            }
-                        }
-                        for &v in it.remainder() {
-                            var += (v - mu) * (v - mu);
-                        }
-                        var += acc.iter().sum::<f32>();
-                        let rs = 1.0 / (var / c as f32 + eps).sqrt();
-                        *m = mu;
-                        *r = rs;
-                        for (((o, &v), &w), &b) in orow.iter_mut().zip(xrow).zip(w).zip(b) {
-                            *o = (v - mu) * rs * w + b;
-                        }
-                    }
+                    layer_norm_rows(xc, w, b, eps, o, mc, rc)
                 });
             },
         );
     Ok(())
+}
+
+simd_dispatch! {
+    /// Layer norm of rows of `c = w.len()` elements: `o`, and each row's `mean` and `rstd`.
+    fn layer_norm_rows(
+        x: &[f32],
+        w: &[f32],
+        b: &[f32],
+        eps: f32,
+        o: &mut [f32],
+        mean: &mut [f32],
+        rstd: &mut [f32],
+    ) {
+        let c = w.len();
+        for (((orow, xrow), m), r) in o
+            .chunks_exact_mut(c)
+            .zip(x.chunks_exact(c))
+            .zip(mean.iter_mut())
+            .zip(rstd.iter_mut())
+        {
+            let mu = sum(xrow) / c as f32;
+            let mut acc = [0.0f32; 8];
+            let mut it = xrow.chunks_exact(8);
+            for ch in &mut it {
+                for k in 0..8 {
+                    let d = ch[k] - mu;
+                    acc[k] += d * d;
+                }
+            }
+            let tail: f32 = it.remainder().iter().map(|&v| (v - mu) * (v - mu)).sum();
+            let var = ((acc[0] + acc[4]) + (acc[1] + acc[5]))
+                + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+                + tail;
+            let rs = 1.0 / (var / c as f32 + eps).sqrt();
+            *m = mu;
+            *r = rs;
+            for (((o, &v), &w), &b) in orow.iter_mut().zip(xrow).zip(w).zip(b) {
+                *o = (v - mu) * rs * w + b;
+            }
+        }
+    }
+}
+
+simd_dispatch! {
+    /// Layer-norm backward of rows of `c = w.len()` elements: `dx += ..` per row, and this
+    /// block's `(dweight, dbias)` partial sums; `scratch` holds `2c` elements.
+    fn layer_norm_backward_rows(
+        dy: &[f32],
+        x: &[f32],
+        w: &[f32],
+        stats: (&[f32], &[f32]),
+        dx: &mut [f32],
+        dwb: (&mut Vec<f32>, &mut Vec<f32>),
+        scratch: &mut [f32],
+    ) {
+        let c = w.len();
+        let (mean, rstd) = stats;
+        let (dw, db) = dwb;
+        let (dxhat, xhat) = scratch.split_at_mut(c);
+        for ((((dxrow, dyrow), xrow), &mu), &rs) in dx
+            .chunks_exact_mut(c)
+            .zip(dy.chunks_exact(c))
+            .zip(x.chunks_exact(c))
+            .zip(mean)
+            .zip(rstd)
+        {
+            for (((((xh, d), &x), &g), &w), (dw, db)) in xhat
+                .iter_mut()
+                .zip(dxhat.iter_mut())
+                .zip(xrow)
+                .zip(dyrow)
+                .zip(w)
+                .zip(dw.iter_mut().zip(db.iter_mut()))
+            {
+                *xh = (x - mu) * rs;
+                *db += g;
+                *dw += g * *xh;
+                *d = g * w;
+            }
+            let m1 = sum(dxhat) / c as f32;
+            let m2 = dot(dxhat, xhat) / c as f32;
+            for ((o, &d), &xh) in dxrow.iter_mut().zip(dxhat.iter()).zip(xhat.iter()) {
+                *o += rs * (d - m1 - xh * m2);
+            }
+        }
+    }
 }
 
 /// Layer-norm backward: `dx += ..`, `dweight += ..`, `dbias += ..`.
@@ -211,37 +271,15 @@ pub(crate) fn layer_norm_backward(
         .zip(mean.par_chunks(rows_per))
         .zip(rstd.par_chunks(rows_per))
         .map_init(
-            || (Vec::new(), Vec::new(), Vec::new(), vec![0.0f32; c]),
-            |(tdyv, txv, tdxv, dxhat), ((((dxc, dyc), xc), mc), rc)| {
+            || (Vec::new(), Vec::new(), Vec::new(), vec![0.0f32; 2 * c]),
+            |(tdyv, txv, tdxv, scratch), ((((dxc, dyc), xc), mc), rc)| {
                 let dyc = load(tdy, dyc, tdyv);
                 let xc = load(tx, xc, txv);
                 let mut dw = vec![0.0f32; c];
                 let mut db = vec![0.0f32; c];
                 with_f32_mut(tdx, dxc, tdxv, true, |dxo| {
-                    for ((((dxrow, dyrow), xrow), &mu), &rs) in dxo
-                        .chunks_exact_mut(c)
-                        .zip(dyc.chunks_exact(c))
-                        .zip(xc.chunks_exact(c))
-                        .zip(mc)
-                        .zip(rc)
-                    {
-                        let (mut s1, mut s2) = (0.0f32, 0.0f32);
-                        for j in 0..c {
-                            let xh = (xrow[j] - mu) * rs;
-                            let g = dyrow[j];
-                            db[j] += g;
-                            dw[j] += g * xh;
-                            let d = g * w[j];
-                            dxhat[j] = d;
-                            s1 += d;
-                            s2 += d * xh;
-                        }
-                        let (m1, m2) = (s1 / c as f32, s2 / c as f32);
-                        for j in 0..c {
-                            let xh = (xrow[j] - mu) * rs;
-                            dxrow[j] += rs * (dxhat[j] - m1 - xh * m2);
-                        }
-                    }
+                    let stats = (mc, rc);
+                    layer_norm_backward_rows(dyc, xc, w, stats, dxo, (&mut dw, &mut db), scratch)
                 });
                 (dw, db)
             },

@@ -13,7 +13,7 @@ use crate::backend::{ReduceOp, View, ViewMut};
 use rayon::prelude::*;
 
 /// Sum with eight independent f32 accumulators (vectorises; also more accurate than one).
-#[inline]
+#[inline(always)]
 pub(crate) fn sum(x: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let mut it = x.chunks_exact(8);
@@ -23,6 +23,26 @@ pub(crate) fn sum(x: &[f32]) -> f32 {
         }
     }
     let tail: f32 = it.remainder().iter().sum();
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// Dot product with eight independent f32 accumulators.
+#[inline(always)]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut ia = a.chunks_exact(8);
+    let mut ib = b.chunks_exact(8);
+    for (x, y) in (&mut ia).zip(&mut ib) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let tail: f32 = ia
+        .remainder()
+        .iter()
+        .zip(ib.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 

@@ -179,3 +179,68 @@ fn layer_norm_forward_backward() {
         }
     });
 }
+
+/// Softmax / log-softmax backward against the float64 formula, from the f64 forward.
+fn softmax_backward_matches_reference(dt: DType) {
+    for (rows, cols) in [(1, 1), (12, 6), (256, 64), (2, 9000)] {
+        let x = quantize(
+            &random_vec(rows * cols, 33)
+                .iter()
+                .map(|v| 4.0 * v)
+                .collect::<Vec<_>>(),
+            dt,
+        );
+        let (dy, dyr) = crate::common::input(rows * cols, 34, dt);
+        let (dx0, dx0r) = crate::common::input(rows * cols, 35, dt);
+        for causal in [false, true] {
+            for log in [false, true] {
+                // The kernel takes y as stored (rounded to dt); the reference uses the same y.
+                let mut y = CpuBuffer::zeros(dt, rows * cols);
+                cpu()
+                    .softmax(up(&x, dt).view(), cols, causal, log, y.view_mut())
+                    .unwrap();
+                let yr = f64s(&down(&y));
+                let mut dx = up(&dx0, dt);
+                cpu()
+                    .softmax_backward(y.view(), up(&dy, dt).view(), cols, log, dx.view_mut())
+                    .unwrap();
+                let mut want = dx0r.clone();
+                for r in 0..rows {
+                    let (yrow, grow) = (
+                        &yr[r * cols..(r + 1) * cols],
+                        &dyr[r * cols..(r + 1) * cols],
+                    );
+                    let live = |j: usize| {
+                        if log {
+                            yrow[j].is_finite()
+                        } else {
+                            yrow[j] != 0.0
+                        }
+                    };
+                    let s: f64 = (0..cols)
+                        .filter(|&j| live(j))
+                        .map(|j| if log { grow[j] } else { grow[j] * yrow[j] })
+                        .sum();
+                    for j in (0..cols).filter(|&j| live(j)) {
+                        want[r * cols + j] += if log {
+                            grow[j] - yrow[j].exp() * s
+                        } else {
+                            yrow[j] * (grow[j] - s)
+                        };
+                    }
+                }
+                let (abs, k) = mp_kernels::testing::tolerance(dt);
+                let abs = abs + 4.0 * (cols as f64).sqrt() * f64::from(f32::EPSILON);
+                mp_kernels::testing::assert_close_tol(
+                    &format!("softmax_backward {rows}x{cols} causal={causal} log={log}"),
+                    &down(&dx),
+                    &want,
+                    dt,
+                    abs,
+                    k,
+                );
+            }
+        }
+    }
+}
+mp_kernels::test_per_dtype!(softmax_backward_matches_reference: f32, f16, bf16);
