@@ -23,6 +23,13 @@ pub mod backend;
 pub mod cpu;
 pub mod error;
 pub mod testing;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
+/// The wgpu backend's stand-in without the `wgpu` feature (constructors return
+/// [`KernelError::NotCompiled`]).
+#[cfg(not(feature = "wgpu"))]
+#[path = "wgpu/stub.rs"]
+pub mod wgpu;
 
 pub use backend::*;
 pub use cpu::{CpuBackend, CpuBuffer};

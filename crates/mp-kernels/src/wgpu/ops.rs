@@ -1,0 +1,1321 @@
+//! [`Backend`] for [`WgpuBackend`]: argument validation (the same rules and messages as the
+//! CPU oracle) and the dispatches of every op.
+
+use mp_dtype::DType;
+
+use super::codegen::{Shader, Slot, shaders};
+use super::{Pass, Tensor, WgpuBackend, WgpuBuffer, WgpuIndex, fb, grid};
+use crate::backend::*;
+use crate::{KernelError, Result};
+
+/// Elements one invocation of the flat kernels handles, times the workgroup size.
+const WG: u64 = 256;
+/// Elements one workgroup of the gradient check reads.
+const STATS_BLOCK: u64 = 4096;
+
+/// A tensor argument before binding: a view's buffer, element offset and length.
+#[derive(Clone, Copy)]
+struct Arg<'a> {
+    name: &'static str,
+    buf: &'a ::wgpu::Buffer,
+    slot: Slot,
+    offset: u64,
+    len: u64,
+    /// Split with the flat chunks (else bound whole in every chunk).
+    chunked: bool,
+}
+
+impl<'a> Arg<'a> {
+    fn tensor(&self, start: u64, len: u64) -> Tensor<'a> {
+        let elem_bytes = match self.slot {
+            Slot::Data { dtype, .. } => dtype.size_in_bytes() as u64,
+            _ => 4,
+        };
+        if self.chunked {
+            Tensor {
+                name: self.name,
+                buf: self.buf,
+                elem_bytes,
+                offset: self.offset + start,
+                len,
+            }
+        } else {
+            Tensor {
+                name: self.name,
+                buf: self.buf,
+                elem_bytes,
+                offset: self.offset,
+                len: self.len,
+            }
+        }
+    }
+    fn elem_bytes(&self) -> u64 {
+        match self.slot {
+            Slot::Data { dtype, .. } => dtype.size_in_bytes() as u64,
+            _ => 4,
+        }
+    }
+}
+
+impl WgpuBackend {
+    fn shape_err(&self, op: &'static str, msg: impl Into<String>) -> KernelError {
+        KernelError::Shape {
+            op,
+            device: self.name.clone(),
+            msg: msg.into(),
+        }
+    }
+
+    fn dtype_err(&self, op: &'static str, dtype: DType, detail: &str) -> KernelError {
+        KernelError::UnsupportedDType {
+            op,
+            device: self.name.clone(),
+            dtype,
+            detail: if detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {detail}")
+            },
+        }
+    }
+
+    fn expect_len(&self, op: &'static str, name: &str, got: usize, want: usize) -> Result<()> {
+        if got == want {
+            Ok(())
+        } else {
+            Err(self.shape_err(op, format!("{name} has {got} elements, expected {want}")))
+        }
+    }
+
+    fn expect_dtype(&self, op: &'static str, name: &str, got: DType, want: DType) -> Result<()> {
+        if got == want {
+            Ok(())
+        } else {
+            Err(self.dtype_err(op, got, &format!("{name} must be {want}")))
+        }
+    }
+
+    fn mul(&self, op: &'static str, a: usize, b: usize) -> Result<usize> {
+        a.checked_mul(b)
+            .ok_or_else(|| self.shape_err(op, format!("{a} x {b} elements overflow")))
+    }
+
+    fn in_bounds(
+        &self,
+        op: &'static str,
+        name: &str,
+        off: usize,
+        len: usize,
+        of: usize,
+    ) -> Result<()> {
+        match off.checked_add(len) {
+            Some(end) if end <= of => Ok(()),
+            _ => Err(self.shape_err(
+                op,
+                format!("{name}: view {off}+{len} is outside its buffer of {of} elements"),
+            )),
+        }
+    }
+
+    /// A read-only tensor argument from a view (bounds-checked).
+    fn arg<'a>(
+        &self,
+        op: &'static str,
+        name: &'static str,
+        v: View<'a, WgpuBuffer>,
+    ) -> Result<Arg<'a>> {
+        self.in_bounds(op, name, v.offset, v.len, v.buf.len)?;
+        Ok(Arg {
+            name,
+            buf: v.buf.raw(),
+            slot: Slot::Data {
+                dtype: v.buf.dtype,
+                rw: false,
+            },
+            offset: v.offset as u64,
+            len: v.len as u64,
+            chunked: true,
+        })
+    }
+
+    /// A writable tensor argument from a view (bounds-checked).
+    fn arg_mut<'a>(
+        &self,
+        op: &'static str,
+        name: &'static str,
+        v: &'a ViewMut<'_, WgpuBuffer>,
+    ) -> Result<Arg<'a>> {
+        self.in_bounds(op, name, v.offset, v.len, v.buf.len)?;
+        Ok(Arg {
+            name,
+            buf: v.buf.raw(),
+            slot: Slot::Data {
+                dtype: v.buf.dtype,
+                rw: true,
+            },
+            offset: v.offset as u64,
+            len: v.len as u64,
+            chunked: true,
+        })
+    }
+
+    /// An index-buffer argument.
+    fn arg_index<'a>(name: &'static str, buf: &'a ::wgpu::Buffer, len: usize) -> Arg<'a> {
+        Arg {
+            name,
+            buf,
+            slot: Slot::Index,
+            offset: 0,
+            len: len as u64,
+            chunked: false,
+        }
+    }
+
+    /// The slots of `shader` for `args` (absent where no argument names a tensor) and the
+    /// arguments in binding order.
+    fn order<'a>(shader: &Shader, args: &[Arg<'a>]) -> (Vec<Slot>, Vec<Arg<'a>>) {
+        let mut slots = vec![Slot::Absent; shader.tensors.len()];
+        let mut ordered = Vec::with_capacity(args.len());
+        for (k, name) in shader.tensors.iter().enumerate() {
+            if let Some(a) = args.iter().find(|a| a.name == *name) {
+                slots[k] = a.slot;
+                ordered.push(*a);
+            }
+        }
+        debug_assert_eq!(
+            ordered.len(),
+            args.len(),
+            "{}: unknown tensor name",
+            shader.name
+        );
+        (slots, ordered)
+    }
+
+    /// Runs a flat kernel over `n` elements in chunks whose bindings fit the device:
+    /// `params(start, len)` gives each chunk's parameter block, `per_group` elements per
+    /// workgroup.
+    #[allow(clippy::too_many_arguments)]
+    fn flat(
+        &self,
+        op: &'static str,
+        shader: &Shader,
+        entry: &str,
+        consts: &[(&str, u32)],
+        args: &[Arg<'_>],
+        n: u64,
+        per_group: u64,
+        params: impl Fn(u64, u64) -> Vec<u32>,
+    ) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let (slots, args) = Self::order(shader, args);
+        let pipeline = self.pipeline(op, shader, entry, &slots, consts)?;
+        let budget = self.max_binding.saturating_sub(self.align + 4);
+        let mut chunk = args
+            .iter()
+            .filter(|a| a.chunked)
+            .map(|a| budget / a.elem_bytes())
+            .min()
+            .unwrap_or(n);
+        chunk = (chunk / STATS_BLOCK * STATS_BLOCK).clamp(STATS_BLOCK, u64::from(u32::MAX) / 2);
+        let mut blocks = Vec::new();
+        let mut start = 0;
+        while start < n {
+            let len = chunk.min(n - start);
+            blocks.push((start, len, params(start, len)));
+            start += len;
+        }
+        let passes: Vec<Pass<'_>> = blocks
+            .iter()
+            .map(|(start, len, p)| Pass {
+                pipeline: pipeline.clone(),
+                tensors: args.iter().map(|a| a.tensor(*start, *len)).collect(),
+                params: p,
+                grid: grid(len.div_ceil(per_group)),
+            })
+            .collect();
+        self.submit(op, &passes)
+    }
+
+    /// One dispatch of `entry` of `shader` over `groups` workgroups (linearised), with every
+    /// argument bound whole.
+    #[allow(clippy::too_many_arguments)]
+    fn whole(
+        &self,
+        op: &'static str,
+        shader: &Shader,
+        entries: &[(&str, u64)],
+        consts: &[(&str, u32)],
+        args: &[Arg<'_>],
+        params: &[u32],
+    ) -> Result<()> {
+        let (slots, args) = Self::order(shader, args);
+        let mut passes = Vec::new();
+        for &(entry, groups) in entries {
+            if groups == 0 {
+                continue;
+            }
+            passes.push(Pass {
+                pipeline: self.pipeline(op, shader, entry, &slots, consts)?,
+                tensors: args.iter().map(|a| a.tensor(0, a.len)).collect(),
+                params,
+                grid: grid(groups),
+            });
+        }
+        if passes.is_empty() {
+            return Ok(());
+        }
+        self.submit(op, &passes)
+    }
+
+    /// Rows of `cols` in a view of `len` elements, or a shape error.
+    fn rows_of(
+        &self,
+        op: &'static str,
+        what: &str,
+        len: usize,
+        cols: usize,
+        cname: &str,
+    ) -> Result<usize> {
+        if cols == 0 || !len.is_multiple_of(cols) {
+            return Err(self.shape_err(
+                op,
+                format!("{what} has {len} elements, not a whole number of rows of {cname}{cols}"),
+            ));
+        }
+        Ok(len / cols)
+    }
+
+    fn check_ids(&self, op: &'static str, name: &str, ids: &[u32], limit: usize) -> Result<()> {
+        match ids.iter().position(|&i| i as usize >= limit) {
+            None => Ok(()),
+            Some(p) => Err(self.shape_err(
+                op,
+                format!(
+                    "{name}[{p}] = {} is out of range (must be < {limit})",
+                    ids[p]
+                ),
+            )),
+        }
+    }
+
+    /// A u32 parameter, or a shape error when it does not fit.
+    fn u32p(&self, op: &'static str, what: &str, v: usize) -> Result<u32> {
+        u32::try_from(v).map_err(|_| self.shape_err(op, format!("{what} = {v} exceeds u32")))
+    }
+
+    /// An F32 scratch buffer of `len` elements (contents unspecified).
+    fn scratch_f32(&self, len: usize) -> WgpuBuffer {
+        let b = self.raw_buffer((len.max(1) * 4) as u64);
+        self.wrap(b, DType::F32, len)
+    }
+
+    /// The pointwise kernel `C_OP = code` over `n` elements.
+    #[allow(clippy::too_many_arguments)]
+    fn pointwise(
+        &self,
+        op: &'static str,
+        code: u32,
+        a: Option<View<'_, WgpuBuffer>>,
+        b: Option<(View<'_, WgpuBuffer>, bool)>,
+        out: &ViewMut<'_, WgpuBuffer>,
+        alpha: f32,
+        cols: u32,
+    ) -> Result<()> {
+        let mut args = Vec::new();
+        if let Some(a) = a {
+            args.push(self.arg(op, "a", a)?);
+        }
+        if let Some((b, chunked)) = b {
+            let mut bb = self.arg(op, "b", b)?;
+            bb.chunked = chunked;
+            args.push(bb);
+        }
+        args.push(self.arg_mut(op, "out", out)?);
+        self.flat(
+            op,
+            &shaders::POINTWISE,
+            "main",
+            &[("C_OP", code)],
+            &args,
+            out.len as u64,
+            WG,
+            |start, len| vec![len as u32, cols, start as u32, fb(alpha)],
+        )
+    }
+
+    /// Rounding parameters: (C_SR, seed key).
+    fn rounding(r: Rounding) -> (u32, u32) {
+        match r {
+            Rounding::NearestEven => (0, 0),
+            Rounding::Stochastic { seed } => (1, seed_key(seed)),
+        }
+    }
+}
+
+/// mp-dtype's per-seed key of the stochastic-rounding generator.
+fn seed_key(seed: u64) -> u32 {
+    mp_dtype::mix32((seed as u32) ^ mp_dtype::mix32(((seed >> 32) as u32) ^ 0x9e37_79b9))
+}
+
+/// `(lo, hi)` words of an absolute element index.
+fn split64(v: u64) -> (u32, u32) {
+    (v as u32, (v >> 32) as u32)
+}
+
+impl Backend for WgpuBackend {
+    type Buffer = WgpuBuffer;
+    type Index = WgpuIndex;
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn zeros(&self, dtype: DType, len: usize) -> Result<WgpuBuffer> {
+        const OP: &str = "zeros";
+        let bytes = self.check_alloc(OP, self.mul(OP, len, dtype.size_in_bytes())?)?;
+        let buf = self.raw_buffer(bytes);
+        let mut enc = self
+            .device
+            .create_command_encoder(&::wgpu::CommandEncoderDescriptor { label: Some(OP) });
+        enc.clear_buffer(&buf, 0, None);
+        self.queue.submit([enc.finish()]);
+        Ok(self.wrap(buf, dtype, len))
+    }
+
+    fn upload_f32(&self, data: &[f32], dtype: DType) -> Result<WgpuBuffer> {
+        let mut bytes = vec![0u8; data.len() * dtype.size_in_bytes()];
+        if dtype == DType::F32 {
+            bytes.copy_from_slice(bytemuck::cast_slice(data));
+        } else {
+            mp_dtype::encode(data, &mut bytes, dtype, &mp_dtype::EncodeOptions::default())?;
+        }
+        self.upload_bytes(&bytes, dtype)
+    }
+
+    fn upload_bytes(&self, bytes: &[u8], dtype: DType) -> Result<WgpuBuffer> {
+        const OP: &str = "upload_bytes";
+        let size = dtype.size_in_bytes();
+        if !bytes.len().is_multiple_of(size) {
+            return Err(KernelError::DType(mp_dtype::DTypeError::RaggedBytes {
+                op: OP,
+                bytes: bytes.len(),
+                dtype,
+            }));
+        }
+        self.check_alloc(OP, bytes.len())?;
+        let buf = self.raw_buffer(bytes.len() as u64);
+        let whole = bytes.len() / 4 * 4;
+        if whole > 0 {
+            self.queue.write_buffer(&buf, 0, &bytes[..whole]);
+        }
+        if whole < bytes.len() {
+            let mut tail = [0u8; 4];
+            tail[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
+            self.queue.write_buffer(&buf, whole as u64, &tail);
+        }
+        Ok(self.wrap(buf, dtype, bytes.len() / size))
+    }
+
+    fn download_f32(&self, src: View<'_, WgpuBuffer>) -> Result<Vec<f32>> {
+        let dtype = src.buf.dtype;
+        let bytes = self.download_bytes(src)?;
+        let mut out = vec![0.0f32; src.len];
+        if dtype == DType::F32 {
+            out.copy_from_slice(bytemuck::cast_slice(&bytes));
+        } else {
+            mp_dtype::decode(&bytes, dtype, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn download_bytes(&self, src: View<'_, WgpuBuffer>) -> Result<Vec<u8>> {
+        const OP: &str = "download_bytes";
+        self.in_bounds(OP, "src", src.offset, src.len, src.buf.len)?;
+        let s = src.buf.dtype.size_in_bytes() as u64;
+        let first = src.offset as u64 * s;
+        let end = first + src.len as u64 * s;
+        let start = first / 4 * 4;
+        let stop = end.div_ceil(4) * 4;
+        let raw = self.read_back(OP, src.buf.raw(), start, stop - start)?;
+        let lo = (first - start) as usize;
+        Ok(raw[lo..lo + (end - first) as usize].to_vec())
+    }
+
+    fn upload_index(&self, data: &[u32]) -> Result<WgpuIndex> {
+        Ok(WgpuIndex {
+            buf: self.temp_u32(data),
+            host: data.to_vec(),
+        })
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        const OP: &str = "synchronize";
+        self.device
+            .poll(::wgpu::PollType::wait_indefinitely())
+            .map_err(|e| self.device_err(OP, format!("waiting for the device: {e}")))?;
+        self.take_errors(OP)
+    }
+
+    fn cast(
+        &self,
+        src: View<'_, WgpuBuffer>,
+        dst: ViewMut<'_, WgpuBuffer>,
+        rounding: Rounding,
+    ) -> Result<()> {
+        const OP: &str = "cast";
+        self.expect_len(OP, "dst", dst.len, src.len)?;
+        let (ds, dd) = (src.buf.dtype, dst.buf.dtype);
+        let (mode, key) = if ds == dd {
+            (0, 0)
+        } else {
+            match rounding {
+                Rounding::NearestEven => (1, 0),
+                Rounding::Stochastic { .. } if dd == DType::F32 => (1, 0),
+                Rounding::Stochastic { seed } => (2, seed_key(seed)),
+            }
+        };
+        let base = dst.offset as u64;
+        let args = [self.arg(OP, "src", src)?, self.arg_mut(OP, "dst", &dst)?];
+        self.flat(
+            OP,
+            &shaders::CAST,
+            "main",
+            &[("C_MODE", mode)],
+            &args,
+            src.len as u64,
+            WG,
+            |start, len| {
+                let (lo, hi) = split64(base + start);
+                vec![len as u32, key, lo, hi]
+            },
+        )
+    }
+
+    fn fill(&self, dst: ViewMut<'_, WgpuBuffer>, value: f32) -> Result<()> {
+        self.pointwise("fill", 7, None, None, &dst, value, 1)
+    }
+
+    fn gemm(
+        &self,
+        a: View<'_, WgpuBuffer>,
+        b: View<'_, WgpuBuffer>,
+        c: ViewMut<'_, WgpuBuffer>,
+        spec: &Gemm,
+    ) -> Result<()> {
+        const OP: &str = "gemm";
+        let Gemm { m, n, k, batch, .. } = *spec;
+        if a.buf.dtype != b.buf.dtype {
+            return Err(self.dtype_err(
+                OP,
+                b.buf.dtype,
+                &format!("A and B must share a dtype (A is {})", a.buf.dtype),
+            ));
+        }
+        let span = |stride: usize, size: usize| -> Result<usize> {
+            if batch == 0 || size == 0 {
+                return Ok(0);
+            }
+            self.mul(OP, batch - 1, stride)?
+                .checked_add(size)
+                .ok_or_else(|| self.shape_err(OP, "operand span overflows"))
+        };
+        let (size_a, size_b, size_c) = (
+            self.mul(OP, m, k)?,
+            self.mul(OP, k, n)?,
+            self.mul(OP, m, n)?,
+        );
+        let span_a = span(spec.stride_a, size_a)?;
+        let span_b = span(spec.stride_b, size_b)?;
+        let span_c = span(spec.stride_c, size_c)?;
+        for (name, have, need) in [
+            ("A", a.len, span_a),
+            ("B", b.len, span_b),
+            ("C", c.len, span_c),
+        ] {
+            if have < need {
+                return Err(self.shape_err(
+                    OP,
+                    format!(
+                        "{name} has {have} elements but m={m} n={n} k={k} batch={batch} with its \
+                         stride needs {need}"
+                    ),
+                ));
+            }
+        }
+        if batch > 1 && spec.stride_c < size_c && size_c > 0 {
+            return Err(self.shape_err(
+                OP,
+                format!(
+                    "stride_c {} < m*n = {size_c}: batch outputs would overlap",
+                    spec.stride_c
+                ),
+            ));
+        }
+        if span_c == 0 {
+            return Ok(());
+        }
+        let mut aa = self.arg(OP, "a", a)?;
+        let mut bb = self.arg(OP, "b", b)?;
+        let mut cc = self.arg_mut(OP, "c", &c)?;
+        // Bind only the spans the product touches.
+        aa.len = span_a.max(1).min(a.len) as u64;
+        bb.len = span_b.max(1).min(b.len) as u64;
+        cc.len = span_c as u64;
+        let args = [aa, bb, cc];
+        let (slots, args) = Self::order(&shaders::GEMM, &args);
+        let pipeline = self.pipeline(OP, &shaders::GEMM, "main", &slots, &[])?;
+        let tiles_x = n.div_ceil(64) as u64;
+        let tiles_y = m.div_ceil(64) as u64;
+        if tiles_x > 65535 || tiles_y > 65535 {
+            return Err(self.shape_err(OP, format!("m={m} n={n}: more than 65535 tiles of 64")));
+        }
+        let base = [
+            self.u32p(OP, "m", m)?,
+            self.u32p(OP, "n", n)?,
+            self.u32p(OP, "k", k)?,
+            u32::from(spec.trans_a),
+            u32::from(spec.trans_b),
+            self.u32p(OP, "stride_a", spec.stride_a)?,
+            self.u32p(OP, "stride_b", spec.stride_b)?,
+            self.u32p(OP, "stride_c", spec.stride_c)?,
+        ];
+        let mut blocks = Vec::new();
+        let mut b0 = 0usize;
+        while b0 < batch {
+            let nb = (batch - b0).min(65535);
+            let mut p = base.to_vec();
+            p.extend([b0 as u32, fb(spec.alpha), fb(spec.beta), 0]);
+            blocks.push((nb, p));
+            b0 += nb;
+        }
+        let passes: Vec<Pass<'_>> = blocks
+            .iter()
+            .map(|(nb, p)| Pass {
+                pipeline: pipeline.clone(),
+                tensors: args.iter().map(|a| a.tensor(0, a.len)).collect(),
+                params: p,
+                grid: (tiles_x as u32, tiles_y as u32, *nb as u32),
+            })
+            .collect();
+        self.submit(OP, &passes)
+    }
+
+    fn binary(
+        &self,
+        op: BinaryOp,
+        a: View<'_, WgpuBuffer>,
+        b: View<'_, WgpuBuffer>,
+        out: ViewMut<'_, WgpuBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "binary";
+        self.expect_len(OP, "b", b.len, a.len)?;
+        self.expect_len(OP, "out", out.len, a.len)?;
+        let code = match op {
+            BinaryOp::Add => 0,
+            BinaryOp::Mul => 1,
+        };
+        self.pointwise(OP, code, Some(a), Some((b, true)), &out, 0.0, 1)
+    }
+
+    fn scale(
+        &self,
+        x: View<'_, WgpuBuffer>,
+        alpha: f32,
+        out: ViewMut<'_, WgpuBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "scale";
+        self.expect_len(OP, "out", out.len, x.len)?;
+        self.pointwise(OP, 2, Some(x), None, &out, alpha, 1)
+    }
+
+    fn axpy(
+        &self,
+        alpha: f32,
+        x: View<'_, WgpuBuffer>,
+        dst: ViewMut<'_, WgpuBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "axpy";
+        self.expect_len(OP, "dst", dst.len, x.len)?;
+        self.pointwise(OP, 3, Some(x), None, &dst, alpha, 1)
+    }
+
+    fn bias_add(
+        &self,
+        x: View<'_, WgpuBuffer>,
+        bias: View<'_, WgpuBuffer>,
+        out: ViewMut<'_, WgpuBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "bias_add";
+        let n = bias.len;
+        self.rows_of(OP, "x", x.len, n, "bias length ")?;
+        self.expect_len(OP, "out", out.len, x.len)?;
+        let cols = self.u32p(OP, "bias length", n)?;
+        self.pointwise(OP, 4, Some(x), Some((bias, false)), &out, 0.0, cols)
+    }
+
+    fn gelu(&self, x: View<'_, WgpuBuffer>, out: ViewMut<'_, WgpuBuffer>) -> Result<()> {
+        const OP: &str = "gelu";
+        self.expect_len(OP, "out", out.len, x.len)?;
+        self.pointwise(OP, 5, Some(x), None, &out, 0.0, 1)
+    }
+
+    fn gelu_backward(
+        &self,
+        x: View<'_, WgpuBuffer>,
+        dy: View<'_, WgpuBuffer>,
+        dx: ViewMut<'_, WgpuBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "gelu_backward";
+        self.expect_len(OP, "dy", dy.len, x.len)?;
+        self.expect_len(OP, "dx", dx.len, x.len)?;
+        self.pointwise(OP, 6, Some(x), Some((dy, true)), &dx, 0.0, 1)
+    }
+
+    fn reduce_rows(
+        &self,
+        op: ReduceOp,
+        x: View<'_, WgpuBuffer>,
+        cols: usize,
+        out: ViewMut<'_, WgpuBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "reduce_rows";
+        let rows = self.rows_of(OP, "x", x.len, cols, "")?;
+        self.expect_len(OP, "out", out.len, rows)?;
+        let code = match op {
+            ReduceOp::Sum => 0,
+            ReduceOp::Mean => 1,
+            ReduceOp::Max => 2,
+            ReduceOp::SumSq => 3,
+        };
+        let args = [self.arg(OP, "x", x)?, self.arg_mut(OP, "out", &out)?];
+        let params = [self.u32p(OP, "rows", rows)?, self.u32p(OP, "cols", cols)?];
+        self.whole(
+            OP,
+            &shaders::REDUCE,
+            &[("main", rows as u64)],
+            &[("C_OP", code)],
+            &args,
+            &params,
+        )
+    }
+
+    fn sum_cols_acc(&self, x: View<'_, WgpuBuffer>, out: ViewMut<'_, WgpuBuffer>) -> Result<()> {
+        const OP: &str = "sum_cols_acc";
+        let cols = out.len;
+        let rows = self.rows_of(OP, "x", x.len, cols, "out length ")?;
+        let args = [self.arg(OP, "x", x)?, self.arg_mut(OP, "out", &out)?];
+        let params = [self.u32p(OP, "rows", rows)?, self.u32p(OP, "cols", cols)?];
+        self.whole(
+            OP,
+            &shaders::REDUCE,
+            &[("cols", (cols as u64).div_ceil(WG))],
+            &[],
+            &args,
+            &params,
+        )
+    }
+
+    fn softmax(
+        &self,
+        x: View<'_, WgpuBuffer>,
+        cols: usize,
+        causal: bool,
+        log: bool,
+        out: ViewMut<'_, WgpuBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "softmax";
+        let rows = self.rows_of(OP, "x", x.len, cols, "")?;
+        self.expect_len(OP, "out", out.len, x.len)?;
+        let args = [self.arg(OP, "x", x)?, self.arg_mut(OP, "out", &out)?];
+        let params = [
+            self.u32p(OP, "rows", rows)?,
+            self.u32p(OP, "cols", cols)?,
+            0,
+            0,
+        ];
+        self.whole(
+            OP,
+            &shaders::ROWS,
+            &[("softmax", rows as u64)],
+            &[("C_LOG", u32::from(log)), ("C_CAUSAL", u32::from(causal))],
+            &args,
+            &params,
+        )
+    }
+
+    fn softmax_backward(
+        &self,
+        y: View<'_, WgpuBuffer>,
+        dy: View<'_, WgpuBuffer>,
+        cols: usize,
+        log: bool,
+        dx: ViewMut<'_, WgpuBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "softmax_backward";
+        let rows = self.rows_of(OP, "y", y.len, cols, "")?;
+        self.expect_len(OP, "dy", dy.len, y.len)?;
+        self.expect_len(OP, "dx", dx.len, y.len)?;
+        let args = [
+            self.arg(OP, "y", y)?,
+            self.arg(OP, "dy", dy)?,
+            self.arg_mut(OP, "dx", &dx)?,
+        ];
+        let params = [
+            self.u32p(OP, "rows", rows)?,
+            self.u32p(OP, "cols", cols)?,
+            0,
+            0,
+        ];
+        self.whole(
+            OP,
+            &shaders::ROWS,
+            &[("softmax_bwd", rows as u64)],
+            &[("C_LOG", u32::from(log))],
+            &args,
+            &params,
+        )
+    }
+
+    fn layer_norm(
+        &self,
+        x: View<'_, WgpuBuffer>,
+        weight: View<'_, WgpuBuffer>,
+        bias: View<'_, WgpuBuffer>,
+        eps: f32,
+        out: ViewMut<'_, WgpuBuffer>,
+        mean: ViewMut<'_, WgpuBuffer>,
+        rstd: ViewMut<'_, WgpuBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "layer_norm";
+        let c = weight.len;
+        let rows = self.rows_of(OP, "x", x.len, c, "weight length ")?;
+        self.expect_len(OP, "bias", bias.len, c)?;
+        self.expect_len(OP, "out", out.len, x.len)?;
+        self.expect_len(OP, "mean", mean.len, rows)?;
+        self.expect_len(OP, "rstd", rstd.len, rows)?;
+        self.expect_dtype(OP, "mean", mean.buf.dtype, DType::F32)?;
+        self.expect_dtype(OP, "rstd", rstd.buf.dtype, DType::F32)?;
+        let args = [
+            self.arg(OP, "x", x)?,
+            self.arg(OP, "w", weight)?,
+            self.arg(OP, "b", bias)?,
+            self.arg_mut(OP, "out", &out)?,
+            self.arg_mut(OP, "mean", &mean)?,
+            self.arg_mut(OP, "rstd", &rstd)?,
+        ];
+        let params = [
+            self.u32p(OP, "rows", rows)?,
+            self.u32p(OP, "c", c)?,
+            fb(eps),
+            0,
+        ];
+        self.whole(
+            OP,
+            &shaders::ROWS,
+            &[("ln_fwd", rows as u64)],
+            &[],
+            &args,
+            &params,
+        )
+    }
+
+    fn layer_norm_backward(
+        &self,
+        dy: View<'_, WgpuBuffer>,
+        x: View<'_, WgpuBuffer>,
+        weight: View<'_, WgpuBuffer>,
+        mean: View<'_, WgpuBuffer>,
+        rstd: View<'_, WgpuBuffer>,
+        dx: ViewMut<'_, WgpuBuffer>,
+        dweight: ViewMut<'_, WgpuBuffer>,
+        dbias: ViewMut<'_, WgpuBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "layer_norm_backward";
+        let c = weight.len;
+        let rows = self.rows_of(OP, "x", x.len, c, "weight length ")?;
+        self.expect_len(OP, "dy", dy.len, x.len)?;
+        self.expect_len(OP, "dx", dx.len, x.len)?;
+        self.expect_len(OP, "mean", mean.len, rows)?;
+        self.expect_len(OP, "rstd", rstd.len, rows)?;
+        self.expect_len(OP, "dweight", dweight.len, c)?;
+        self.expect_len(OP, "dbias", dbias.len, c)?;
+        self.expect_dtype(OP, "mean", mean.buf.dtype, DType::F32)?;
+        self.expect_dtype(OP, "rstd", rstd.buf.dtype, DType::F32)?;
+        let args = [
+            self.arg(OP, "dy", dy)?,
+            self.arg(OP, "x", x)?,
+            self.arg(OP, "w", weight)?,
+            self.arg(OP, "mean", mean)?,
+            self.arg(OP, "rstd", rstd)?,
+            self.arg_mut(OP, "dx", &dx)?,
+            self.arg_mut(OP, "dweight", &dweight)?,
+            self.arg_mut(OP, "dbias", &dbias)?,
+        ];
+        let params = [self.u32p(OP, "rows", rows)?, self.u32p(OP, "c", c)?, 0, 0];
+        self.whole(
+            OP,
+            &shaders::ROWS,
+            &[
+                ("ln_bwd_dx", rows as u64),
+                ("ln_bwd_dw", (c as u64).div_ceil(WG)),
+            ],
+            &[],
+            &args,
+            &params,
+        )
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: View<'_, WgpuBuffer>,
+        targets: &WgpuIndex,
+        vocab: usize,
+        losses: ViewMut<'_, WgpuBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "cross_entropy";
+        let rows = self.rows_of(OP, "logits", logits.len, vocab, "vocab ")?;
+        self.expect_len(OP, "targets", targets.len(), rows)?;
+        self.check_ids(OP, "targets", &targets.host, vocab)?;
+        self.expect_len(OP, "losses", losses.len, rows)?;
+        self.expect_dtype(OP, "losses", losses.buf.dtype, DType::F32)?;
+        let args = [
+            self.arg(OP, "x", logits)?,
+            Self::arg_index("tg", &targets.buf, targets.len()),
+            self.arg_mut(OP, "out", &losses)?,
+        ];
+        let params = [
+            self.u32p(OP, "rows", rows)?,
+            self.u32p(OP, "vocab", vocab)?,
+            0,
+            0,
+        ];
+        self.whole(
+            OP,
+            &shaders::ROWS,
+            &[("ce_fwd", rows as u64)],
+            &[],
+            &args,
+            &params,
+        )
+    }
+
+    fn cross_entropy_backward(
+        &self,
+        logits: View<'_, WgpuBuffer>,
+        targets: &WgpuIndex,
+        vocab: usize,
+        dloss: f32,
+        dlogits: ViewMut<'_, WgpuBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "cross_entropy_backward";
+        let rows = self.rows_of(OP, "logits", logits.len, vocab, "vocab ")?;
+        self.expect_len(OP, "targets", targets.len(), rows)?;
+        self.check_ids(OP, "targets", &targets.host, vocab)?;
+        self.expect_len(OP, "dlogits", dlogits.len, logits.len)?;
+        let args = [
+            self.arg(OP, "x", logits)?,
+            Self::arg_index("tg", &targets.buf, targets.len()),
+            self.arg_mut(OP, "out", &dlogits)?,
+        ];
+        let params = [
+            self.u32p(OP, "rows", rows)?,
+            self.u32p(OP, "vocab", vocab)?,
+            0,
+            fb(dloss),
+        ];
+        self.whole(
+            OP,
+            &shaders::ROWS,
+            &[("ce_bwd", rows as u64)],
+            &[],
+            &args,
+            &params,
+        )
+    }
+
+    fn embedding(
+        &self,
+        table: View<'_, WgpuBuffer>,
+        ids: &WgpuIndex,
+        c: usize,
+        out: ViewMut<'_, WgpuBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "embedding";
+        let vocab = self.rows_of(OP, "table", table.len, c, "")?;
+        self.expect_len(OP, "positions", out.len, self.mul(OP, ids.len(), c)?)?;
+        self.check_ids(OP, "ids", &ids.host, vocab)?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let copy = u32::from(table.buf.dtype == out.buf.dtype);
+        let args = [
+            self.arg(OP, "table", table)?,
+            Self::arg_index("ids", &ids.buf, ids.len()),
+            self.arg_mut(OP, "out", &out)?,
+        ];
+        let n = out.len;
+        let params = [self.u32p(OP, "elements", n)?, self.u32p(OP, "c", c)?, 0, 0];
+        self.whole(
+            OP,
+            &shaders::EMBED,
+            &[("gather", (n as u64).div_ceil(WG))],
+            &[("C_COPY", copy)],
+            &args,
+            &params,
+        )
+    }
+
+    fn embedding_backward(
+        &self,
+        dout: View<'_, WgpuBuffer>,
+        ids: &WgpuIndex,
+        c: usize,
+        dtable: ViewMut<'_, WgpuBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "embedding_backward";
+        let vocab = self.rows_of(OP, "table", dtable.len, c, "")?;
+        self.expect_len(OP, "positions", dout.len, self.mul(OP, ids.len(), c)?)?;
+        self.check_ids(OP, "ids", &ids.host, vocab)?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        // Group positions by id (a counting sort on the host copy): starts, rows, positions.
+        let mut order: Vec<u32> = (0..ids.len() as u32).collect();
+        order.sort_by_key(|&i| ids.host[i as usize]);
+        let mut starts = vec![0u32];
+        let mut rows = Vec::new();
+        for (k, &i) in order.iter().enumerate() {
+            let id = ids.host[i as usize];
+            if rows.last() != Some(&id) {
+                if k > 0 {
+                    starts.push(k as u32);
+                }
+                rows.push(id);
+            }
+        }
+        starts.push(order.len() as u32);
+        let nu = rows.len();
+        let mut csr = starts;
+        csr.extend(&rows);
+        csr.extend(&order);
+        let csr_buf = self.temp_u32(&csr);
+        let args = [
+            self.arg(OP, "dout", dout)?,
+            Self::arg_index("csr", &csr_buf, csr.len()),
+            self.arg_mut(OP, "dtable", &dtable)?,
+        ];
+        let n = self.mul(OP, nu, c)?;
+        let params = [
+            self.u32p(OP, "elements", n)?,
+            self.u32p(OP, "c", c)?,
+            nu as u32,
+            0,
+        ];
+        self.whole(
+            OP,
+            &shaders::EMBED,
+            &[("scatter", (n as u64).div_ceil(WG))],
+            &[],
+            &args,
+            &params,
+        )
+    }
+
+    fn attention(
+        &self,
+        qkv: View<'_, WgpuBuffer>,
+        shape: &Attention,
+        out: ViewMut<'_, WgpuBuffer>,
+        probs: ViewMut<'_, WgpuBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "attention";
+        let (params, bht) = self.attention_shape(OP, shape, qkv.len, Some(out.len), probs.len)?;
+        if bht == 0 {
+            return Ok(());
+        }
+        let args = [
+            self.arg(OP, "qkv", qkv)?,
+            self.arg_mut(OP, "out", &out)?,
+            self.arg_mut(OP, "probs", &probs)?,
+        ];
+        self.whole(
+            OP,
+            &shaders::ATTENTION,
+            &[("fwd", bht)],
+            &[],
+            &args,
+            &params,
+        )
+    }
+
+    fn attention_backward(
+        &self,
+        dout: View<'_, WgpuBuffer>,
+        qkv: View<'_, WgpuBuffer>,
+        probs: View<'_, WgpuBuffer>,
+        shape: &Attention,
+        dqkv: ViewMut<'_, WgpuBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "attention_backward";
+        let (params, bht) = self.attention_shape(OP, shape, qkv.len, Some(dout.len), probs.len)?;
+        self.expect_len(OP, "dqkv", dqkv.len, qkv.len)?;
+        if bht == 0 {
+            return Ok(());
+        }
+        let mut dsum = self.scratch_f32(bht as usize);
+        let ds = dsum.view_mut();
+        let args = [
+            self.arg(OP, "qkv", qkv)?,
+            self.arg(OP, "dout", dout)?,
+            self.arg(OP, "probs", probs)?,
+            self.arg_mut(OP, "dqkv", &dqkv)?,
+            self.arg_mut(OP, "dsum", &ds)?,
+        ];
+        self.whole(
+            OP,
+            &shaders::ATTENTION,
+            &[("bwd_q", bht), ("bwd_kv", bht)],
+            &[],
+            &args,
+            &params,
+        )
+    }
+
+    fn grad_stats(&self, grads: View<'_, WgpuBuffer>, grad_mult: f32) -> Result<GradStats> {
+        const OP: &str = "grad_stats";
+        let n = grads.len as u64;
+        if n == 0 {
+            self.synchronize()?;
+            return Ok(GradStats::default());
+        }
+        let nparts = n.div_ceil(STATS_BLOCK) as usize;
+        let mut part = self.scratch_f32(2 * nparts);
+        {
+            let pv = part.view_mut();
+            let mut parg = self.arg_mut(OP, "part", &pv)?;
+            parg.chunked = false;
+            let args = [self.arg(OP, "g", grads)?, parg];
+            self.flat(
+                OP,
+                &shaders::STATS,
+                "main",
+                &[],
+                &args,
+                n,
+                STATS_BLOCK,
+                |start, len| vec![len as u32, (start / STATS_BLOCK) as u32, fb(grad_mult), 0],
+            )?;
+        }
+        let raw = self.read_back(OP, part.raw(), 0, (2 * nparts * 4) as u64)?;
+        let vals: &[f32] = bytemuck::cast_slice(&raw);
+        let mut out = GradStats::default();
+        for pair in vals.chunks_exact(2) {
+            out.sum_sq += f64::from(pair[0]);
+            out.non_finite |= pair[1] != 0.0;
+        }
+        Ok(out)
+    }
+
+    fn adamw(
+        &self,
+        params: ViewMut<'_, WgpuBuffer>,
+        grads: View<'_, WgpuBuffer>,
+        m: ViewMut<'_, WgpuBuffer>,
+        v: ViewMut<'_, WgpuBuffer>,
+        model: Option<ViewMut<'_, WgpuBuffer>>,
+        hp: &AdamW,
+    ) -> Result<()> {
+        const OP: &str = "adamw";
+        if hp.step == 0 {
+            return Err(self.shape_err(OP, "the step number is 1-based; got 0"));
+        }
+        let step = hp.step as f64;
+        let (beta1, beta2, lr) = (f64::from(hp.beta1), f64::from(hp.beta2), f64::from(hp.lr));
+        let bc1 = 1.0 - beta1.powf(step);
+        let bc2 = 1.0 - beta2.powf(step);
+        let coef = [
+            (1.0 - lr * f64::from(hp.weight_decay)) as f32,
+            (1.0 - beta1) as f32,
+            hp.beta2,
+            (1.0 - beta2) as f32,
+            bc2.sqrt() as f32,
+            hp.eps,
+            (-(lr / bc1)) as f32,
+        ];
+        self.optim(
+            OP,
+            0,
+            params,
+            grads,
+            m,
+            Some(v),
+            model,
+            hp.grad_mult,
+            coef,
+            hp.rounding,
+        )
+    }
+
+    fn sgd(
+        &self,
+        params: ViewMut<'_, WgpuBuffer>,
+        grads: View<'_, WgpuBuffer>,
+        momentum_buf: ViewMut<'_, WgpuBuffer>,
+        model: Option<ViewMut<'_, WgpuBuffer>>,
+        hp: &Sgd,
+    ) -> Result<()> {
+        const OP: &str = "sgd";
+        let coef = [
+            -hp.lr,
+            hp.momentum,
+            1.0 - hp.dampening,
+            hp.weight_decay,
+            f32::from(u8::from(hp.nesterov)),
+            f32::from(u8::from(hp.first_step)),
+            f32::from(u8::from(hp.momentum != 0.0)),
+        ];
+        self.optim(
+            OP,
+            1,
+            params,
+            grads,
+            momentum_buf,
+            None,
+            model,
+            hp.grad_mult,
+            coef,
+            hp.rounding,
+        )
+    }
+}
+
+impl WgpuBackend {
+    /// Validates an attention shape; returns the kernel parameters and `b * heads * t`.
+    fn attention_shape(
+        &self,
+        op: &'static str,
+        s: &Attention,
+        qkv_len: usize,
+        out_len: Option<usize>,
+        probs_len: usize,
+    ) -> Result<([u32; 6], u64)> {
+        if s.heads == 0 || !s.c.is_multiple_of(s.heads) {
+            return Err(self.shape_err(
+                op,
+                format!("width c={} is not divisible by heads={}", s.c, s.heads),
+            ));
+        }
+        let hs = s.c / s.heads;
+        let bt = self.mul(op, s.b, s.t)?;
+        self.expect_len(op, "qkv", qkv_len, self.mul(op, bt, 3 * s.c)?)?;
+        if let Some(o) = out_len {
+            let name = if op == "attention" { "out" } else { "dout" };
+            self.expect_len(op, name, o, self.mul(op, bt, s.c)?)?;
+        }
+        let bh = self.mul(op, s.b, s.heads)?;
+        self.expect_len(
+            op,
+            "probs",
+            probs_len,
+            self.mul(op, self.mul(op, bh, s.t)?, s.t)?,
+        )?;
+        if hs > 256 {
+            return Err(self.shape_err(
+                op,
+                format!("head size {hs} exceeds the kernel's maximum of 256"),
+            ));
+        }
+        let bht = self.mul(op, bh, s.t)?;
+        if bt == 0 || s.c == 0 {
+            return Ok(([0; 6], 0));
+        }
+        let scale = 1.0 / (hs as f32).sqrt();
+        Ok((
+            [
+                self.u32p(op, "t", s.t)?,
+                self.u32p(op, "c", s.c)?,
+                self.u32p(op, "heads", s.heads)?,
+                hs as u32,
+                fb(scale),
+                self.u32p(op, "b * heads * t", bht)?,
+            ],
+            bht as u64,
+        ))
+    }
+
+    /// The fused optimizer pass (`opt` 0 AdamW, 1 SGD) over a flat range.
+    #[allow(clippy::too_many_arguments)]
+    fn optim(
+        &self,
+        op: &'static str,
+        opt: u32,
+        params: ViewMut<'_, WgpuBuffer>,
+        grads: View<'_, WgpuBuffer>,
+        s1: ViewMut<'_, WgpuBuffer>,
+        s2: Option<ViewMut<'_, WgpuBuffer>>,
+        model: Option<ViewMut<'_, WgpuBuffer>>,
+        grad_mult: f32,
+        coef: [f32; 7],
+        rounding: Rounding,
+    ) -> Result<()> {
+        let n = params.len;
+        let pd = params.buf.dtype;
+        if matches!(pd, DType::F8E4M3 | DType::F8E5M2) {
+            return Err(self.dtype_err(
+                op,
+                pd,
+                "parameters must be F32 (master weights) or BF16/F16 (pure low-precision mode)",
+            ));
+        }
+        self.expect_len(op, "grads", grads.len, n)?;
+        let s1_name = if opt == 0 { "m" } else { "momentum_buf" };
+        self.expect_len(op, s1_name, s1.len, n)?;
+        self.expect_dtype(op, s1_name, s1.buf.dtype, DType::F32)?;
+        if let Some(v) = &s2 {
+            self.expect_len(op, "v", v.len, n)?;
+            self.expect_dtype(op, "v", v.buf.dtype, DType::F32)?;
+        }
+        if let Some(mv) = &model {
+            self.expect_len(op, "model", mv.len, n)?;
+        }
+        let (sr, key) = Self::rounding(rounding);
+        let (p0, m0) = (
+            params.offset as u64,
+            model.as_ref().map_or(0, |m| m.offset as u64),
+        );
+        let mut args = vec![
+            self.arg_mut(op, "params", &params)?,
+            self.arg(op, "grads", grads)?,
+            self.arg_mut(op, "s1", &s1)?,
+        ];
+        if let Some(v) = &s2 {
+            args.push(self.arg_mut(op, "s2", v)?);
+        }
+        if let Some(mv) = &model {
+            args.push(self.arg_mut(op, "model", mv)?);
+        }
+        let consts = [
+            ("C_OPT", opt),
+            ("C_SR", sr),
+            ("C_MODEL", u32::from(model.is_some())),
+        ];
+        self.flat(
+            op,
+            &shaders::OPTIM,
+            "main",
+            &consts,
+            &args,
+            n as u64,
+            WG,
+            |start, len| {
+                let (plo, phi) = split64(p0 + start);
+                let (mlo, mhi) = split64(m0 + start);
+                let mut p = vec![len as u32, key, plo, phi, mlo, mhi, fb(grad_mult)];
+                p.extend(coef.iter().map(|&c| fb(c)));
+                p
+            },
+        )
+    }
+}
