@@ -2,11 +2,14 @@
 //!
 //! - `cargo xtask test`: format check, clippy with `-D warnings`, every test in release mode.
 //! - `cargo xtask bench [FILTER]`: the criterion benches, then a summary table.
-//! - `cargo xtask test-gpu`: the GPU test suite (reserved until a GPU backend lands).
+//! - `cargo xtask test-gpu [--build-only]`, `cargo xtask bench --gpu`: the CUDA backend's
+//!   GPU run (see [`gpu`]).
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+mod gpu;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -16,8 +19,9 @@ fn main() -> Result<()> {
         .unwrap_or(("help", &[]));
     match cmd {
         "test" => test(rest),
+        "bench" if rest.iter().any(|a| a == "--gpu") => gpu::bench(rest),
         "bench" => bench(rest),
-        "test-gpu" => test_gpu(rest),
+        "test-gpu" => gpu::test_gpu(rest),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
             Ok(())
@@ -31,7 +35,9 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   test        cargo fmt --check, clippy -D warnings, all tests in release mode
   bench [F]   run the criterion benches (optionally only those matching F), print a summary
-  test-gpu    run the GPU test suite on a machine with a GPU";
+  bench --gpu the CUDA benchmark on this machine's GPU
+  test-gpu    build the CUDA tests + benchmark and run them on this machine's GPU
+              (--build-only: just bundle them into .gpu/ for `bash .gpu/run.sh` elsewhere)";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -121,11 +127,4 @@ fn collect(dir: &Path, rows: &mut Vec<(String, f64, Option<f64>)>) -> Result<()>
         }
     }
     Ok(())
-}
-
-fn test_gpu(_rest: &[String]) -> Result<()> {
-    bail!(
-        "no GPU backend exists yet: `cargo xtask test-gpu` will build and run the CUDA and wgpu \
-         test suites once those backends land"
-    )
 }

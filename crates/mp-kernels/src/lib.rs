@@ -21,6 +21,13 @@
 
 pub mod backend;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+/// The CUDA backend's stand-in without the `cuda` feature (constructors return
+/// [`KernelError::NotCompiled`]).
+#[cfg(not(feature = "cuda"))]
+#[path = "cuda/stub.rs"]
+pub mod cuda;
 pub mod error;
 pub mod testing;
 #[cfg(feature = "wgpu")]

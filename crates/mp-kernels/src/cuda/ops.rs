@@ -1,0 +1,1332 @@
+//! [`Backend`] for [`CudaBackend`]: argument checks on the host, then one or a few launches.
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use mp_dtype::DType;
+
+use super::gemm::{self, Problem};
+use super::kernels::module_of;
+use super::{Arg, CudaBackend, CudaBuffer, CudaIndex, Pw, dt_code};
+use crate::Result;
+use crate::backend::*;
+
+/// One kernel argument by value (pushed by reference for the launch).
+#[derive(Clone, Copy, Debug)]
+enum K {
+    U64(u64),
+    I32(i32),
+    F32(f32),
+}
+impl From<u64> for K {
+    fn from(v: u64) -> Self {
+        K::U64(v)
+    }
+}
+impl From<i32> for K {
+    fn from(v: i32) -> Self {
+        K::I32(v)
+    }
+}
+impl From<f32> for K {
+    fn from(v: f32) -> Self {
+        K::F32(v)
+    }
+}
+/// `[K; N]` from values of the kernel's parameter types, in order.
+macro_rules! kargs {
+    ($($x:expr),* $(,)?) => { [$(K::from($x)),*] };
+}
+
+const ROW_BLOCK: u32 = 256;
+const WIDE_ROW_BLOCK: u32 = 1024;
+
+impl CudaBackend {
+    fn same_len(&self, op: &'static str, lens: &[(&str, usize)]) -> Result<usize> {
+        let n = lens[0].1;
+        for &(what, len) in &lens[1..] {
+            self.check_len(op, what, len, n)?;
+        }
+        Ok(n)
+    }
+
+    fn rows_of(&self, op: &'static str, what: &str, len: usize, cols: usize) -> Result<usize> {
+        if cols == 0 || !len.is_multiple_of(cols) {
+            return Err(self.shape_err(
+                op,
+                format!("{what} has {len} elements, not a multiple of {cols}"),
+            ));
+        }
+        Ok(len / cols)
+    }
+
+    /// GEMM into an FP32 staging copy of C when cuBLASLt has no kernel for (A/B, C) directly.
+    fn gemm_staged(
+        &self,
+        a: View<'_, CudaBuffer>,
+        b: View<'_, CudaBuffer>,
+        c: ViewMut<'_, CudaBuffer>,
+        spec: &Gemm,
+    ) -> Result<()> {
+        const OP: &str = "gemm";
+        let ab = a.dtype();
+        let cdt = c.dtype();
+        // inputs: cast to f32 when cuBLASLt cannot take them as they are
+        let in_dt = if matches!(ab, DType::F32 | DType::F16 | DType::BF16) {
+            ab
+        } else {
+            DType::F32
+        };
+        let stage_in = |v: View<'_, CudaBuffer>| -> Result<Option<super::Temp>> {
+            if in_dt == v.dtype() {
+                return Ok(None);
+            }
+            let t = self.temp(OP, v.len * 4)?;
+            let dst = Arg {
+                ptr: self.temp_ptr(&t),
+                dt: dt_code(DType::F32),
+            };
+            self.pointwise(
+                OP,
+                Pw::Cast,
+                Some(self.arg(v)),
+                None,
+                dst,
+                v.len,
+                0.0,
+                Rounding::NearestEven,
+                0,
+            )?;
+            Ok(Some(t))
+        };
+        let ta = stage_in(a)?;
+        let tb = stage_in(b)?;
+        let out_dt = if gemm::supported(in_dt, cdt) {
+            cdt
+        } else {
+            DType::F32
+        };
+        let tc = if out_dt == cdt {
+            None
+        } else {
+            let t = self.temp(OP, c.len * 4)?;
+            if spec.beta != 0.0 {
+                let dst = Arg {
+                    ptr: self.temp_ptr(&t),
+                    dt: dt_code(DType::F32),
+                };
+                self.pointwise(
+                    OP,
+                    Pw::Cast,
+                    Some(self.arg_mut(&c)),
+                    None,
+                    dst,
+                    c.len,
+                    0.0,
+                    Rounding::NearestEven,
+                    0,
+                )?;
+            }
+            Some(t)
+        };
+        let pa = ta
+            .as_ref()
+            .map_or_else(|| self.addr(a.buf, a.offset), |t| self.temp_ptr(t));
+        let pb = tb
+            .as_ref()
+            .map_or_else(|| self.addr(b.buf, b.offset), |t| self.temp_ptr(t));
+        let pc = tc
+            .as_ref()
+            .map_or_else(|| self.addr(c.buf, c.offset), |t| self.temp_ptr(t));
+        self.gemm_raw(in_dt, out_dt, pa, pb, pc, spec)?;
+        if let Some(t) = &tc {
+            let src = Arg {
+                ptr: self.temp_ptr(t),
+                dt: dt_code(DType::F32),
+            };
+            let dst = self.arg_mut(&c);
+            self.pointwise(
+                OP,
+                Pw::Cast,
+                Some(src),
+                None,
+                dst,
+                c.len,
+                0.0,
+                Rounding::NearestEven,
+                0,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn gemm_raw(&self, ab: DType, cdt: DType, pa: u64, pb: u64, pc: u64, s: &Gemm) -> Result<()> {
+        const OP: &str = "gemm";
+        let (sa, sb, sc) = (
+            s.stride_a * ab.size_in_bytes(),
+            s.stride_b * ab.size_in_bytes(),
+            s.stride_c * cdt.size_in_bytes(),
+        );
+        // cuBLASLt's strided batches need distinct C matrices; broadcast inputs (stride 0)
+        // are fine, but a zero C stride is run as a sequence of single products.
+        let (batch, per_call) = if s.batch > 1 && s.stride_c == 0 {
+            (1usize, s.batch)
+        } else {
+            (s.batch, 1)
+        };
+        for i in 0..per_call {
+            let (pa, pb, pc) = (
+                pa + (i * sa) as u64,
+                pb + (i * sb) as u64,
+                pc + (i * sc) as u64,
+            );
+            let p = Problem {
+                ab,
+                c: cdt,
+                m: s.m as u64,
+                n: s.n as u64,
+                k: s.k as u64,
+                trans_a: s.trans_a,
+                trans_b: s.trans_b,
+                batch: batch as u64,
+                stride_a: s.stride_a as i64,
+                stride_b: s.stride_b as i64,
+                stride_c: s.stride_c as i64,
+                tf32: self.opts.allow_tf32,
+                // a batch's matrix starts at base + i * stride: both must be aligned
+                align: [
+                    gemm::alignment(pa | if batch > 1 { sa as u64 } else { 0 }),
+                    gemm::alignment(pb | if batch > 1 { sb as u64 } else { 0 }),
+                    gemm::alignment(pc | if batch > 1 { sc as u64 } else { 0 }),
+                ],
+            };
+            self.ctx.bind_to_thread().map_err(|e| self.dev_err(OP, e))?;
+            self.lt
+                .matmul(&self.stream, &p, pa, pb, pc, s.alpha, s.beta)
+                .map_err(|e| self.dev_err(OP, e))?;
+        }
+        Ok(())
+    }
+
+    fn launch_rows(
+        &self,
+        op: &'static str,
+        name: &'static str,
+        cfg: LaunchConfig,
+        args: &[K],
+    ) -> Result<()> {
+        let module =
+            module_of(name).ok_or_else(|| self.dev_err(op, format!("unknown kernel {name}")))?;
+        let f = self.func(module, name)?;
+        let mut l = self.stream.launch_builder(&f);
+        for a in args {
+            match a {
+                K::U64(v) => l.arg(v),
+                K::I32(v) => l.arg(v),
+                K::F32(v) => l.arg(v),
+            };
+        }
+        // SAFETY: each caller pushes exactly the kernel's parameter list, with addresses that
+        // cover the element counts it checked.
+        unsafe { l.launch(cfg) }
+            .map(|_| ())
+            .map_err(self.launch_err(op))
+    }
+}
+
+impl Backend for CudaBackend {
+    type Buffer = CudaBuffer;
+    type Index = CudaIndex;
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn zeros(&self, dtype: DType, len: usize) -> Result<CudaBuffer> {
+        let mut buf = self.new_buffer("zeros", dtype, len)?;
+        self.stream
+            .memset_zeros(&mut buf.data)
+            .map_err(|e| self.dev_err("zeros", e))?;
+        Ok(buf)
+    }
+
+    fn upload_f32(&self, data: &[f32], dtype: DType) -> Result<CudaBuffer> {
+        const OP: &str = "upload_f32";
+        if dtype == DType::F32 {
+            return self.upload_bytes(bytemuck::cast_slice(data), dtype);
+        }
+        let staged = self.upload_bytes(bytemuck::cast_slice(data), DType::F32)?;
+        let out = self.new_buffer(OP, dtype, data.len())?;
+        let src = self.arg(staged.view());
+        let dst = Arg {
+            ptr: self.addr(&out, 0),
+            dt: dt_code(dtype),
+        };
+        self.pointwise(
+            OP,
+            Pw::Cast,
+            Some(src),
+            None,
+            dst,
+            data.len(),
+            0.0,
+            Rounding::NearestEven,
+            0,
+        )?;
+        Ok(out)
+    }
+
+    fn upload_bytes(&self, bytes: &[u8], dtype: DType) -> Result<CudaBuffer> {
+        const OP: &str = "upload_bytes";
+        let size = dtype.size_in_bytes();
+        if !bytes.len().is_multiple_of(size) {
+            return Err(self.shape_err(
+                OP,
+                format!(
+                    "{} bytes is not a whole number of {dtype} elements",
+                    bytes.len()
+                ),
+            ));
+        }
+        let mut buf = self.new_buffer(OP, dtype, bytes.len() / size)?;
+        if !bytes.is_empty() {
+            let mut dst = buf.data.slice_mut(0..bytes.len());
+            self.stream
+                .memcpy_htod(bytes, &mut dst)
+                .map_err(|e| self.dev_err(OP, e))?;
+        }
+        Ok(buf)
+    }
+
+    fn download_f32(&self, src: View<'_, CudaBuffer>) -> Result<Vec<f32>> {
+        const OP: &str = "download_f32";
+        if src.dtype() == DType::F32 {
+            let bytes = self.download_bytes(src)?;
+            return Ok(bytemuck::pod_collect_to_vec(&bytes));
+        }
+        let staged = self.new_buffer(OP, DType::F32, src.len)?;
+        let dst = Arg {
+            ptr: self.addr(&staged, 0),
+            dt: dt_code(DType::F32),
+        };
+        self.pointwise(
+            OP,
+            Pw::Cast,
+            Some(self.arg(src)),
+            None,
+            dst,
+            src.len,
+            0.0,
+            Rounding::NearestEven,
+            0,
+        )?;
+        let bytes = self.download_bytes(staged.view())?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    fn download_bytes(&self, src: View<'_, CudaBuffer>) -> Result<Vec<u8>> {
+        const OP: &str = "download_bytes";
+        let size = src.dtype().size_in_bytes();
+        let (start, n) = (src.offset * size, src.len * size);
+        let mut out = vec![0u8; n];
+        if n > 0 {
+            let view = src.buf.data.slice(start..start + n);
+            self.stream
+                .memcpy_dtoh(&view, &mut out)
+                .map_err(|e| self.dev_err(OP, e))?;
+        }
+        self.stream.synchronize().map_err(|e| self.dev_err(OP, e))?;
+        Ok(out)
+    }
+
+    fn upload_index(&self, data: &[u32]) -> Result<CudaIndex> {
+        const OP: &str = "upload_index";
+        // a 1-element allocation when empty keeps every index address valid
+        let mut dev = unsafe { self.stream.alloc::<u32>(data.len().max(1)) }
+            .map_err(|e| self.dev_err(OP, e))?;
+        if !data.is_empty() {
+            let mut dst = dev.slice_mut(0..data.len());
+            self.stream
+                .memcpy_htod(data, &mut dst)
+                .map_err(|e| self.dev_err(OP, e))?;
+        }
+        Ok(CudaIndex {
+            data: dev,
+            host: data.to_vec(),
+        })
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(|e| self.dev_err("synchronize", e))
+    }
+
+    fn cast(
+        &self,
+        src: View<'_, CudaBuffer>,
+        dst: ViewMut<'_, CudaBuffer>,
+        rounding: Rounding,
+    ) -> Result<()> {
+        const OP: &str = "cast";
+        let n = self.same_len(OP, &[("src", src.len), ("dst", dst.len)])?;
+        let d = self.arg_mut(&dst);
+        if src.dtype() == dst.dtype() {
+            // already representable: a plain copy (bit-exact, NaN payloads included)
+            if n > 0 {
+                let bytes = n * src.dtype().size_in_bytes();
+                self.ctx.bind_to_thread().map_err(|e| self.dev_err(OP, e))?;
+                // SAFETY: both ranges are live and `bytes` long (lengths checked above).
+                unsafe {
+                    cudarc::driver::result::memcpy_dtod_async(
+                        d.ptr,
+                        self.arg(src).ptr,
+                        bytes,
+                        self.stream.cu_stream(),
+                    )
+                }
+                .map_err(|e| self.dev_err(OP, e))?;
+            }
+            return Ok(());
+        }
+        self.pointwise(
+            OP,
+            Pw::Cast,
+            Some(self.arg(src)),
+            None,
+            d,
+            n,
+            0.0,
+            rounding,
+            dst.offset,
+        )
+    }
+
+    fn fill(&self, dst: ViewMut<'_, CudaBuffer>, value: f32) -> Result<()> {
+        let d = self.arg_mut(&dst);
+        self.pointwise(
+            "fill",
+            Pw::Fill,
+            None,
+            None,
+            d,
+            dst.len,
+            value,
+            Rounding::NearestEven,
+            0,
+        )
+    }
+
+    fn gemm(
+        &self,
+        a: View<'_, CudaBuffer>,
+        b: View<'_, CudaBuffer>,
+        c: ViewMut<'_, CudaBuffer>,
+        spec: &Gemm,
+    ) -> Result<()> {
+        const OP: &str = "gemm";
+        let s = spec;
+        if a.dtype() != b.dtype() {
+            return Err(self.dtype_err(
+                OP,
+                b.dtype(),
+                &format!("A is {} and B is {}: they must match", a.dtype(), b.dtype()),
+            ));
+        }
+        if s.batch == 0 || s.m == 0 || s.n == 0 {
+            return Ok(());
+        }
+        let need = |stride: usize, one: usize| (s.batch - 1) * stride + one;
+        if need(s.stride_a, s.m * s.k) > a.len
+            || need(s.stride_b, s.k * s.n) > b.len
+            || need(s.stride_c, s.m * s.n) > c.len
+        {
+            return Err(self.shape_err(
+                OP,
+                format!(
+                    "{s:?} needs A {} / B {} / C {} elements, views have {} / {} / {}",
+                    need(s.stride_a, s.m * s.k),
+                    need(s.stride_b, s.k * s.n),
+                    need(s.stride_c, s.m * s.n),
+                    a.len,
+                    b.len,
+                    c.len
+                ),
+            ));
+        }
+        let too_big = [s.m, s.n, s.k, s.batch]
+            .iter()
+            .any(|&d| d > i32::MAX as usize);
+        if too_big {
+            return Err(self.shape_err(OP, format!("{s:?}: a dimension exceeds i32")));
+        }
+        if s.k == 0 {
+            // C = beta C
+            let cc = self.arg_mut(&c);
+            let n = c.len;
+            return self.pointwise(
+                OP,
+                Pw::Scale,
+                Some(cc),
+                None,
+                cc,
+                n,
+                s.beta,
+                Rounding::NearestEven,
+                0,
+            );
+        }
+        if gemm::supported(a.dtype(), c.dtype()) {
+            let (pa, pb, pc) = (
+                self.addr(a.buf, a.offset),
+                self.addr(b.buf, b.offset),
+                self.addr(c.buf, c.offset),
+            );
+            self.gemm_raw(a.dtype(), c.dtype(), pa, pb, pc, s)
+        } else {
+            self.gemm_staged(a, b, c, s)
+        }
+    }
+
+    fn binary(
+        &self,
+        op: BinaryOp,
+        a: View<'_, CudaBuffer>,
+        b: View<'_, CudaBuffer>,
+        out: ViewMut<'_, CudaBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "binary";
+        let n = self.same_len(OP, &[("a", a.len), ("b", b.len), ("out", out.len)])?;
+        let pw = match op {
+            BinaryOp::Add => Pw::Add,
+            BinaryOp::Mul => Pw::Mul,
+        };
+        let o = self.arg_mut(&out);
+        self.pointwise(
+            OP,
+            pw,
+            Some(self.arg(a)),
+            Some(self.arg(b)),
+            o,
+            n,
+            0.0,
+            Rounding::NearestEven,
+            0,
+        )
+    }
+
+    fn scale(
+        &self,
+        x: View<'_, CudaBuffer>,
+        alpha: f32,
+        out: ViewMut<'_, CudaBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "scale";
+        let n = self.same_len(OP, &[("x", x.len), ("out", out.len)])?;
+        let o = self.arg_mut(&out);
+        self.pointwise(
+            OP,
+            Pw::Scale,
+            Some(self.arg(x)),
+            None,
+            o,
+            n,
+            alpha,
+            Rounding::NearestEven,
+            0,
+        )
+    }
+
+    fn axpy(
+        &self,
+        alpha: f32,
+        x: View<'_, CudaBuffer>,
+        dst: ViewMut<'_, CudaBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "axpy";
+        let n = self.same_len(OP, &[("x", x.len), ("dst", dst.len)])?;
+        let d = self.arg_mut(&dst);
+        self.pointwise(
+            OP,
+            Pw::Axpy,
+            Some(self.arg(x)),
+            None,
+            d,
+            n,
+            alpha,
+            Rounding::NearestEven,
+            0,
+        )
+    }
+
+    fn bias_add(
+        &self,
+        x: View<'_, CudaBuffer>,
+        bias: View<'_, CudaBuffer>,
+        out: ViewMut<'_, CudaBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "bias_add";
+        let n = self.same_len(OP, &[("x", x.len), ("out", out.len)])?;
+        let cols = bias.len;
+        let rows = self.rows_of(OP, "x", n, cols)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (xa, ba, oa) = (self.arg(x), self.arg(bias), self.arg_mut(&out));
+        let vec = (cols.is_multiple_of(8) && Self::vec_ok(&[xa, ba, oa])) as i32;
+        let (r, c) = (rows as u64, cols as u64);
+        self.launch_rows(
+            OP,
+            "mp_bias_add",
+            self.grid_8(n, 256),
+            &kargs![xa.ptr, xa.dt, ba.ptr, ba.dt, oa.ptr, oa.dt, r, c, vec],
+        )
+    }
+
+    fn gelu(&self, x: View<'_, CudaBuffer>, out: ViewMut<'_, CudaBuffer>) -> Result<()> {
+        const OP: &str = "gelu";
+        let n = self.same_len(OP, &[("x", x.len), ("out", out.len)])?;
+        let o = self.arg_mut(&out);
+        self.pointwise(
+            OP,
+            Pw::Gelu,
+            Some(self.arg(x)),
+            None,
+            o,
+            n,
+            0.0,
+            Rounding::NearestEven,
+            0,
+        )
+    }
+
+    fn gelu_backward(
+        &self,
+        x: View<'_, CudaBuffer>,
+        dy: View<'_, CudaBuffer>,
+        dx: ViewMut<'_, CudaBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "gelu_backward";
+        let n = self.same_len(OP, &[("x", x.len), ("dy", dy.len), ("dx", dx.len)])?;
+        let d = self.arg_mut(&dx);
+        self.pointwise(
+            OP,
+            Pw::GeluBwd,
+            Some(self.arg(x)),
+            Some(self.arg(dy)),
+            d,
+            n,
+            0.0,
+            Rounding::NearestEven,
+            0,
+        )
+    }
+
+    fn reduce_rows(
+        &self,
+        op: ReduceOp,
+        x: View<'_, CudaBuffer>,
+        cols: usize,
+        out: ViewMut<'_, CudaBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "reduce_rows";
+        let rows = self.rows_of(OP, "x", x.len, cols)?;
+        self.check_len(OP, "out", out.len, rows)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let code: i32 = match op {
+            ReduceOp::Sum => 0,
+            ReduceOp::Mean => 1,
+            ReduceOp::Max => 2,
+            ReduceOp::SumSq => 3,
+        };
+        let (xa, oa) = (self.arg(x), self.arg_mut(&out));
+        let (r, c) = (rows as u64, cols as u64);
+        let block = if cols >= 4096 {
+            WIDE_ROW_BLOCK
+        } else {
+            ROW_BLOCK
+        };
+        self.launch_rows(
+            OP,
+            "mp_reduce_rows",
+            Self::grid_rows(rows, block),
+            &kargs![code, xa.ptr, xa.dt, r, c, oa.ptr, oa.dt],
+        )
+    }
+
+    fn sum_cols_acc(&self, x: View<'_, CudaBuffer>, out: ViewMut<'_, CudaBuffer>) -> Result<()> {
+        const OP: &str = "sum_cols_acc";
+        let cols = out.len;
+        let rows = self.rows_of(OP, "x", x.len, cols)?;
+        if rows == 0 || cols == 0 {
+            return Ok(());
+        }
+        let (per, chunks) = Self::col_chunks(rows);
+        let (_guard, part, _, _) = self.scratch(OP, chunks * cols, 1)?;
+        let (xa, oa) = (self.arg(x), self.arg_mut(&out));
+        let (r, c, per64, ch64) = (rows as u64, cols as u64, per as u64, chunks as u64);
+        let gx = cols.div_ceil(256) as u32;
+        let cfg = LaunchConfig {
+            grid_dim: (gx, chunks as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        self.launch_rows(
+            OP,
+            "mp_sum_cols_partial",
+            cfg,
+            &kargs![xa.ptr, xa.dt, r, c, per64, part],
+        )?;
+        let one = 1i32;
+        let cfg = LaunchConfig {
+            grid_dim: (gx, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        self.launch_rows(
+            OP,
+            "mp_sum_cols_final",
+            cfg,
+            &kargs![part, ch64, c, oa.ptr, oa.dt, oa.ptr, oa.dt, one],
+        )
+    }
+
+    fn softmax(
+        &self,
+        x: View<'_, CudaBuffer>,
+        cols: usize,
+        causal: bool,
+        log: bool,
+        out: ViewMut<'_, CudaBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "softmax";
+        let n = self.same_len(OP, &[("x", x.len), ("out", out.len)])?;
+        let rows = self.rows_of(OP, "x", n, cols)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let (xa, oa) = (self.arg(x), self.arg_mut(&out));
+        let (r, c, ca, lg) = (rows as u64, cols as u64, causal as i32, log as i32);
+        let block = if cols >= 4096 {
+            WIDE_ROW_BLOCK
+        } else {
+            ROW_BLOCK
+        };
+        self.launch_rows(
+            OP,
+            "mp_softmax",
+            Self::grid_rows(rows, block),
+            &kargs![xa.ptr, xa.dt, r, c, ca, lg, oa.ptr, oa.dt],
+        )
+    }
+
+    fn softmax_backward(
+        &self,
+        y: View<'_, CudaBuffer>,
+        dy: View<'_, CudaBuffer>,
+        cols: usize,
+        log: bool,
+        dx: ViewMut<'_, CudaBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "softmax_backward";
+        let n = self.same_len(OP, &[("y", y.len), ("dy", dy.len), ("dx", dx.len)])?;
+        let rows = self.rows_of(OP, "y", n, cols)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let (ya, ga, da) = (self.arg(y), self.arg(dy), self.arg_mut(&dx));
+        let (r, c, lg) = (rows as u64, cols as u64, log as i32);
+        let block = if cols >= 4096 {
+            WIDE_ROW_BLOCK
+        } else {
+            ROW_BLOCK
+        };
+        self.launch_rows(
+            OP,
+            "mp_softmax_bwd",
+            Self::grid_rows(rows, block),
+            &kargs![ya.ptr, ya.dt, ga.ptr, ga.dt, r, c, lg, da.ptr, da.dt],
+        )
+    }
+
+    fn layer_norm(
+        &self,
+        x: View<'_, CudaBuffer>,
+        weight: View<'_, CudaBuffer>,
+        bias: View<'_, CudaBuffer>,
+        eps: f32,
+        out: ViewMut<'_, CudaBuffer>,
+        mean: ViewMut<'_, CudaBuffer>,
+        rstd: ViewMut<'_, CudaBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "layer_norm";
+        let c = weight.len;
+        self.check_len(OP, "bias", bias.len, c)?;
+        let n = self.same_len(OP, &[("x", x.len), ("out", out.len)])?;
+        let rows = self.rows_of(OP, "x", n, c)?;
+        self.check_len(OP, "mean", mean.len, rows)?;
+        self.check_len(OP, "rstd", rstd.len, rows)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let (xa, wa, ba) = (self.arg(x), self.arg(weight), self.arg(bias));
+        let (oa, ma, ra) = (self.arg_mut(&out), self.arg_mut(&mean), self.arg_mut(&rstd));
+        let (r, c64) = (rows as u64, c as u64);
+        self.launch_rows(
+            OP,
+            "mp_layer_norm",
+            Self::grid_rows(rows, ROW_BLOCK),
+            &kargs![
+                xa.ptr, xa.dt, wa.ptr, wa.dt, ba.ptr, ba.dt, r, c64, eps, oa.ptr, oa.dt, ma.ptr,
+                ma.dt, ra.ptr, ra.dt
+            ],
+        )
+    }
+
+    fn layer_norm_backward(
+        &self,
+        dy: View<'_, CudaBuffer>,
+        x: View<'_, CudaBuffer>,
+        weight: View<'_, CudaBuffer>,
+        mean: View<'_, CudaBuffer>,
+        rstd: View<'_, CudaBuffer>,
+        dx: ViewMut<'_, CudaBuffer>,
+        dweight: ViewMut<'_, CudaBuffer>,
+        dbias: ViewMut<'_, CudaBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "layer_norm_backward";
+        let c = weight.len;
+        self.check_len(OP, "dweight", dweight.len, c)?;
+        self.check_len(OP, "dbias", dbias.len, c)?;
+        let n = self.same_len(OP, &[("dy", dy.len), ("x", x.len), ("dx", dx.len)])?;
+        let rows = self.rows_of(OP, "x", n, c)?;
+        self.check_len(OP, "mean", mean.len, rows)?;
+        self.check_len(OP, "rstd", rstd.len, rows)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let (ga, xa, wa, ma, ra) = (
+            self.arg(dy),
+            self.arg(x),
+            self.arg(weight),
+            self.arg(mean),
+            self.arg(rstd),
+        );
+        let (dxa, dwa, dba) = (
+            self.arg_mut(&dx),
+            self.arg_mut(&dweight),
+            self.arg_mut(&dbias),
+        );
+        let (r, c64) = (rows as u64, c as u64);
+        self.launch_rows(
+            OP,
+            "mp_layer_norm_bwd_dx",
+            Self::grid_rows(rows, ROW_BLOCK),
+            &kargs![
+                ga.ptr, ga.dt, xa.ptr, xa.dt, wa.ptr, wa.dt, ma.ptr, ma.dt, ra.ptr, ra.dt, r, c64,
+                dxa.ptr, dxa.dt
+            ],
+        )?;
+        let (per, chunks) = Self::col_chunks(rows);
+        let (_guard, part, _, _) = self.scratch(OP, 2 * chunks * c, 1)?;
+        let (per64, ch64) = (per as u64, chunks as u64);
+        let gx = c.div_ceil(256) as u32;
+        let cfg = LaunchConfig {
+            grid_dim: (gx, chunks as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        self.launch_rows(
+            OP,
+            "mp_layer_norm_bwd_dwb_partial",
+            cfg,
+            &kargs![
+                ga.ptr, ga.dt, xa.ptr, xa.dt, ma.ptr, ma.dt, ra.ptr, ra.dt, r, c64, per64, ch64,
+                part
+            ],
+        )?;
+        let two = 2i32;
+        let cfg = LaunchConfig {
+            grid_dim: (gx, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        self.launch_rows(
+            OP,
+            "mp_sum_cols_final",
+            cfg,
+            &kargs![part, ch64, c64, dwa.ptr, dwa.dt, dba.ptr, dba.dt, two],
+        )
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: View<'_, CudaBuffer>,
+        targets: &CudaIndex,
+        vocab: usize,
+        losses: ViewMut<'_, CudaBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "cross_entropy";
+        let rows = self.rows_of(OP, "logits", logits.len, vocab)?;
+        self.check_len(OP, "targets", targets.len(), rows)?;
+        self.check_len(OP, "losses", losses.len, rows)?;
+        self.check_ids(OP, targets, vocab)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let (la, oa, t) = (
+            self.arg(logits),
+            self.arg_mut(&losses),
+            self.index_ptr(targets),
+        );
+        let (r, v) = (rows as u64, vocab as u64);
+        self.launch_rows(
+            OP,
+            "mp_cross_entropy",
+            Self::grid_rows(rows, WIDE_ROW_BLOCK),
+            &kargs![la.ptr, la.dt, t, r, v, oa.ptr, oa.dt],
+        )
+    }
+
+    fn cross_entropy_backward(
+        &self,
+        logits: View<'_, CudaBuffer>,
+        targets: &CudaIndex,
+        vocab: usize,
+        dloss: f32,
+        dlogits: ViewMut<'_, CudaBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "cross_entropy_backward";
+        let n = self.same_len(OP, &[("logits", logits.len), ("dlogits", dlogits.len)])?;
+        let rows = self.rows_of(OP, "logits", n, vocab)?;
+        self.check_len(OP, "targets", targets.len(), rows)?;
+        self.check_ids(OP, targets, vocab)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let (la, da, t) = (
+            self.arg(logits),
+            self.arg_mut(&dlogits),
+            self.index_ptr(targets),
+        );
+        let (r, v) = (rows as u64, vocab as u64);
+        self.launch_rows(
+            OP,
+            "mp_cross_entropy_bwd",
+            Self::grid_rows(rows, WIDE_ROW_BLOCK),
+            &kargs![la.ptr, la.dt, t, r, v, dloss, da.ptr, da.dt],
+        )
+    }
+
+    fn embedding(
+        &self,
+        table: View<'_, CudaBuffer>,
+        ids: &CudaIndex,
+        c: usize,
+        out: ViewMut<'_, CudaBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "embedding";
+        let vocab = self.rows_of(OP, "table", table.len, c)?;
+        self.check_len(OP, "out", out.len, ids.len() * c)?;
+        self.check_ids(OP, ids, vocab)?;
+        if out.len == 0 {
+            return Ok(());
+        }
+        let (ta, oa, ip) = (self.arg(table), self.arg_mut(&out), self.index_ptr(ids));
+        let (n, c64) = (ids.len() as u64, c as u64);
+        let cfg = self.grid_1(out.len, 256);
+        self.launch_rows(
+            OP,
+            "mp_embedding",
+            cfg,
+            &kargs![ta.ptr, ta.dt, ip, n, c64, oa.ptr, oa.dt],
+        )
+    }
+
+    fn embedding_backward(
+        &self,
+        dout: View<'_, CudaBuffer>,
+        ids: &CudaIndex,
+        c: usize,
+        dtable: ViewMut<'_, CudaBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "embedding_backward";
+        let vocab = self.rows_of(OP, "dtable", dtable.len, c)?;
+        self.check_len(OP, "dout", dout.len, ids.len() * c)?;
+        self.check_ids(OP, ids, vocab)?;
+        if dout.len == 0 {
+            return Ok(());
+        }
+        let (ga, ip) = (self.arg(dout), self.index_ptr(ids));
+        let ta = self.arg_mut(&dtable);
+        // FP32 accumulation: straight into an f32 table, else into an f32 staging copy
+        let stage = if dtable.dtype() == DType::F32 {
+            None
+        } else {
+            let t = self.temp(OP, dtable.len * 4)?;
+            let dst = Arg {
+                ptr: self.temp_ptr(&t),
+                dt: dt_code(DType::F32),
+            };
+            self.pointwise(
+                OP,
+                Pw::Cast,
+                Some(ta),
+                None,
+                dst,
+                dtable.len,
+                0.0,
+                Rounding::NearestEven,
+                0,
+            )?;
+            Some((t, dst))
+        };
+        let acc = stage.as_ref().map_or(ta.ptr, |(_, d)| d.ptr);
+        let (n, c64) = (ids.len() as u64, c as u64);
+        let cfg = self.grid_1(dout.len, 256);
+        self.launch_rows(
+            OP,
+            "mp_embedding_bwd",
+            cfg,
+            &kargs![ga.ptr, ga.dt, ip, n, c64, acc],
+        )?;
+        if let Some((_t, src)) = &stage {
+            self.pointwise(
+                OP,
+                Pw::Cast,
+                Some(*src),
+                None,
+                ta,
+                dtable.len,
+                0.0,
+                Rounding::NearestEven,
+                0,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        qkv: View<'_, CudaBuffer>,
+        shape: &Attention,
+        out: ViewMut<'_, CudaBuffer>,
+        probs: ViewMut<'_, CudaBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "attention";
+        let (b, t, c, h) = self.attn_dims(OP, shape)?;
+        self.check_len(OP, "qkv", qkv.len, b * t * 3 * c)?;
+        self.check_len(OP, "out", out.len, b * t * c)?;
+        self.check_len(OP, "probs", probs.len, b * h * t * t)?;
+        if b * t == 0 {
+            return Ok(());
+        }
+        let (qa, oa, pa) = (self.arg(qkv), self.arg_mut(&out), self.arg_mut(&probs));
+        let (t64, c64, h64) = (t as u64, c as u64, h as u64);
+        let cfg = LaunchConfig {
+            grid_dim: (t as u32, h as u32, b as u32),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: ((t + c / h) * 4) as u32,
+        };
+        self.launch_rows(
+            OP,
+            "mp_attention_fwd",
+            cfg,
+            &kargs![qa.ptr, qa.dt, t64, c64, h64, oa.ptr, oa.dt, pa.ptr, pa.dt],
+        )
+    }
+
+    fn attention_backward(
+        &self,
+        dout: View<'_, CudaBuffer>,
+        qkv: View<'_, CudaBuffer>,
+        probs: View<'_, CudaBuffer>,
+        shape: &Attention,
+        dqkv: ViewMut<'_, CudaBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "attention_backward";
+        let (b, t, c, h) = self.attn_dims(OP, shape)?;
+        self.check_len(OP, "dout", dout.len, b * t * c)?;
+        self.check_len(OP, "qkv", qkv.len, b * t * 3 * c)?;
+        self.check_len(OP, "dqkv", dqkv.len, b * t * 3 * c)?;
+        self.check_len(OP, "probs", probs.len, b * h * t * t)?;
+        if b * t == 0 {
+            return Ok(());
+        }
+        let ds = self.temp(OP, b * h * t * t * 4)?;
+        let dsp = self.temp_ptr(&ds);
+        let (ga, qa, pa, gq) = (
+            self.arg(dout),
+            self.arg(qkv),
+            self.arg(probs),
+            self.arg_mut(&dqkv),
+        );
+        let (t64, c64, h64) = (t as u64, c as u64, h as u64);
+        let grid = (t as u32, h as u32, b as u32);
+        let hs = c / h;
+        let cfg = LaunchConfig {
+            grid_dim: grid,
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: (hs * 4) as u32,
+        };
+        self.launch_rows(
+            OP,
+            "mp_attention_bwd_ds",
+            cfg,
+            &kargs![
+                ga.ptr, ga.dt, qa.ptr, qa.dt, pa.ptr, pa.dt, t64, c64, h64, dsp
+            ],
+        )?;
+        let cfg = LaunchConfig {
+            grid_dim: grid,
+            block_dim: (hs.next_multiple_of(32).min(256) as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        self.launch_rows(
+            OP,
+            "mp_attention_bwd_dq",
+            cfg,
+            &kargs![dsp, qa.ptr, qa.dt, t64, c64, h64, gq.ptr, gq.dt],
+        )?;
+        self.launch_rows(
+            OP,
+            "mp_attention_bwd_dkv",
+            cfg,
+            &kargs![
+                dsp, pa.ptr, pa.dt, ga.ptr, ga.dt, qa.ptr, qa.dt, t64, c64, h64, gq.ptr, gq.dt
+            ],
+        )?;
+        drop(ds);
+        Ok(())
+    }
+
+    fn grad_stats(&self, grads: View<'_, CudaBuffer>, grad_mult: f32) -> Result<GradStats> {
+        const OP: &str = "grad_stats";
+        if grads.len == 0 {
+            return Ok(GradStats::default());
+        }
+        let ga = self.arg(grads);
+        let cfg = self.grid_8(grads.len, 256);
+        let nblocks = cfg.grid_dim.0 as usize;
+        let (guard, part, flags, out) = self.scratch(OP, nblocks, nblocks)?;
+        let (n, vec) = (grads.len as u64, Self::vec_ok(&[ga]) as i32);
+        self.launch_rows(
+            OP,
+            "mp_grad_stats_partial",
+            cfg,
+            &kargs![ga.ptr, ga.dt, n, vec, grad_mult, part, flags],
+        )?;
+        let np = nblocks as u64;
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (1024, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        self.launch_rows(
+            OP,
+            "mp_grad_stats_final",
+            cfg,
+            &kargs![part, flags, np, out],
+        )?;
+        let mut host = [0f64; 1];
+        self.ctx.bind_to_thread().map_err(|e| self.dev_err(OP, e))?;
+        // SAFETY: `out` is the live 1-element f64 scratch written by the launch above.
+        let r = unsafe {
+            cudarc::driver::result::memcpy_dtoh_async(&mut host, out, self.stream.cu_stream())
+        };
+        drop(guard);
+        r.map_err(|e| self.dev_err(OP, e))?;
+        self.stream.synchronize().map_err(|e| self.dev_err(OP, e))?;
+        let s = host[0];
+        Ok(if s.is_nan() {
+            GradStats {
+                non_finite: true,
+                sum_sq: f64::NAN,
+            }
+        } else {
+            GradStats {
+                non_finite: false,
+                sum_sq: s,
+            }
+        })
+    }
+
+    fn adamw(
+        &self,
+        params: ViewMut<'_, CudaBuffer>,
+        grads: View<'_, CudaBuffer>,
+        m: ViewMut<'_, CudaBuffer>,
+        v: ViewMut<'_, CudaBuffer>,
+        model: Option<ViewMut<'_, CudaBuffer>>,
+        hp: &AdamW,
+    ) -> Result<()> {
+        const OP: &str = "adamw";
+        let mut lens = vec![
+            ("params", params.len),
+            ("grads", grads.len),
+            ("m", m.len),
+            ("v", v.len),
+        ];
+        if let Some(md) = &model {
+            lens.push(("model", md.len));
+        }
+        let n = self.same_len(OP, &lens)?;
+        self.check_float(OP, params.dtype())?;
+        self.check_f32(OP, "m", m.dtype())?;
+        self.check_f32(OP, "v", v.dtype())?;
+        if hp.step == 0 {
+            return Err(self.shape_err(OP, "step must be >= 1 (bias corrections)"));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let (pa, ga, ma, va) = (
+            self.arg_mut(&params),
+            self.arg(grads),
+            self.arg_mut(&m),
+            self.arg_mut(&v),
+        );
+        let mo = model.as_ref().map(|md| self.arg_mut(md));
+        let mut all = vec![pa, ga, ma, va];
+        all.extend(mo);
+        let vec = Self::vec_ok(&all) as i32;
+        let (mptr, mdt) = mo.map_or((0u64, 0i32), |a| (a.ptr, a.dt));
+        let step = hp.step as i32;
+        let bc1 = 1.0 - (hp.beta1 as f64).powi(step);
+        let bc2 = 1.0 - (hp.beta2 as f64).powi(step);
+        let step_size = (hp.lr as f64 / bc1) as f32;
+        let sqrt_bc2 = bc2.sqrt() as f32;
+        let (sr, seed) = match hp.rounding {
+            Rounding::NearestEven => (0i32, 0u64),
+            Rounding::Stochastic { seed } => (1, seed),
+        };
+        let (n64, pbase, mbase) = (
+            n as u64,
+            params.offset as u64,
+            model.as_ref().map_or(0, |md| md.offset) as u64,
+        );
+        let cfg = self.grid_8(n, 256);
+        self.launch_rows(
+            OP,
+            "mp_adamw",
+            cfg,
+            &kargs![
+                pa.ptr,
+                pa.dt,
+                ga.ptr,
+                ga.dt,
+                ma.ptr,
+                va.ptr,
+                mptr,
+                mdt,
+                n64,
+                vec,
+                hp.lr,
+                hp.beta1,
+                hp.beta2,
+                hp.eps,
+                hp.weight_decay,
+                step_size,
+                sqrt_bc2,
+                hp.grad_mult,
+                sr,
+                seed,
+                pbase,
+                mbase
+            ],
+        )
+    }
+
+    fn sgd(
+        &self,
+        params: ViewMut<'_, CudaBuffer>,
+        grads: View<'_, CudaBuffer>,
+        momentum_buf: ViewMut<'_, CudaBuffer>,
+        model: Option<ViewMut<'_, CudaBuffer>>,
+        hp: &Sgd,
+    ) -> Result<()> {
+        const OP: &str = "sgd";
+        let mut lens = vec![("params", params.len), ("grads", grads.len)];
+        if hp.momentum != 0.0 {
+            lens.push(("momentum_buf", momentum_buf.len));
+            self.check_f32(OP, "momentum_buf", momentum_buf.dtype())?;
+        }
+        if let Some(md) = &model {
+            lens.push(("model", md.len));
+        }
+        let n = self.same_len(OP, &lens)?;
+        self.check_float(OP, params.dtype())?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (pa, ga, ba) = (
+            self.arg_mut(&params),
+            self.arg(grads),
+            self.arg_mut(&momentum_buf),
+        );
+        let mo = model.as_ref().map(|md| self.arg_mut(md));
+        let mut all = vec![pa, ga];
+        if hp.momentum != 0.0 {
+            all.push(ba);
+        }
+        all.extend(mo);
+        let vec = Self::vec_ok(&all) as i32;
+        let (mptr, mdt) = mo.map_or((0u64, 0i32), |a| (a.ptr, a.dt));
+        let (sr, seed) = match hp.rounding {
+            Rounding::NearestEven => (0i32, 0u64),
+            Rounding::Stochastic { seed } => (1, seed),
+        };
+        let (n64, pbase, mbase) = (
+            n as u64,
+            params.offset as u64,
+            model.as_ref().map_or(0, |md| md.offset) as u64,
+        );
+        let (nest, first) = (hp.nesterov as i32, hp.first_step as i32);
+        let cfg = self.grid_8(n, 256);
+        self.launch_rows(
+            OP,
+            "mp_sgd",
+            cfg,
+            &kargs![
+                pa.ptr,
+                pa.dt,
+                ga.ptr,
+                ga.dt,
+                ba.ptr,
+                mptr,
+                mdt,
+                n64,
+                vec,
+                hp.lr,
+                hp.momentum,
+                hp.dampening,
+                hp.weight_decay,
+                nest,
+                first,
+                hp.grad_mult,
+                sr,
+                seed,
+                pbase,
+                mbase
+            ],
+        )
+    }
+}
+
+impl CudaBackend {
+    fn attn_dims(&self, op: &'static str, s: &Attention) -> Result<(usize, usize, usize, usize)> {
+        if s.heads == 0 || !s.c.is_multiple_of(s.heads) {
+            return Err(self.shape_err(op, format!("{s:?}: width not divisible by heads")));
+        }
+        if s.t > 65535 || s.heads > 65535 || s.b > 65535 {
+            return Err(self.shape_err(op, format!("{s:?}: a dimension exceeds the grid limit")));
+        }
+        if (s.t + s.c / s.heads) * 4 > 48 * 1024 {
+            return Err(self.shape_err(
+                op,
+                format!("{s:?}: sequence too long for the explicit-probabilities kernel"),
+            ));
+        }
+        Ok((s.b, s.t, s.c, s.heads))
+    }
+}

@@ -1,0 +1,234 @@
+//! The fused scaler and optimizer passes against the CPU oracle.
+
+use mp_kernels::testing::{random_normal, random_vec};
+use mp_kernels::{AdamW, Backend, BufferExt, DType, Rounding, Sgd, test_per_dtype};
+
+use crate::common::{close, cpu, down, gpu, poisoned, up};
+
+fn grad_stats_match_cpu(dtype: DType) {
+    let Some(g) = gpu("grad_stats_match_cpu") else {
+        return;
+    };
+    let c = cpu();
+    for (n, off) in [(1_000_003usize, 0usize), (4097, 5)] {
+        let x = random_normal(n + off, 3.0, 71);
+        for mult in [1.0f32, 1.0 / 65536.0, 0.37] {
+            let (bg, bc) = (up(g, &x, dtype), up(&c, &x, dtype));
+            let sg = g.grad_stats(bg.slice(off, n), mult).expect("grad_stats");
+            let sc = c.grad_stats(bc.slice(off, n), mult).expect("grad_stats");
+            assert!(
+                !sg.non_finite && !sc.non_finite,
+                "finite data flagged: {sg:?} {sc:?}"
+            );
+            let rel = (sg.sum_sq - sc.sum_sq).abs() / sc.sum_sq;
+            assert!(
+                rel < 1e-5,
+                "grad_stats sum_sq n={n} mult={mult}: CUDA {} CPU {} (rel {rel:e})",
+                sg.sum_sq,
+                sc.sum_sq
+            );
+        }
+        for (pos, bad) in [
+            (0usize, f32::INFINITY),
+            (n / 2, f32::NAN),
+            (n - 1, f32::NEG_INFINITY),
+        ] {
+            let mut y = x.clone();
+            y[off + pos] = bad;
+            let bg = up(g, &y, dtype);
+            let sg = g.grad_stats(bg.slice(off, n), 1.0).expect("grad_stats");
+            assert!(sg.non_finite, "{bad} at {pos} of {n} not flagged");
+        }
+    }
+    // a huge but finite gradient overflows the square, not the flag
+    let big = up(g, &[3.0e38f32.min(dtype.max()), 1.0], dtype);
+    let s = g.grad_stats(big.view(), 1.0).expect("grad_stats");
+    assert!(!s.non_finite, "finite values flagged non-finite: {s:?}");
+}
+test_per_dtype!(grad_stats_match_cpu: f32, f16, bf16);
+
+struct OptimOut {
+    params: Vec<f32>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+    model: Vec<f32>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn adamw_run<B: Backend>(
+    be: &B,
+    pdt: DType,
+    gdt: DType,
+    mdt: DType,
+    p0: &[f32],
+    grads: &[Vec<f32>],
+    rounding: Rounding,
+    off: usize,
+) -> OptimOut {
+    let n = p0.len() - off;
+    let mut p = up(be, p0, pdt);
+    let mut m = be.zeros(DType::F32, p0.len()).expect("m");
+    let mut v = be.zeros(DType::F32, p0.len()).expect("v");
+    let mut model = poisoned(be, mdt, p0.len());
+    for (step, gr) in grads.iter().enumerate() {
+        let bg = up(be, gr, gdt);
+        let hp = AdamW {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            step: step as u64 + 1,
+            grad_mult: 0.5,
+            rounding,
+        };
+        be.adamw(
+            p.slice_mut(off, n),
+            bg.slice(off, n),
+            m.slice_mut(off, n),
+            v.slice_mut(off, n),
+            Some(model.slice_mut(off, n)),
+            &hp,
+        )
+        .expect("adamw");
+    }
+    OptimOut {
+        params: down(be, &p)[off..].to_vec(),
+        m: down(be, &m)[off..].to_vec(),
+        v: down(be, &v)[off..].to_vec(),
+        model: down(be, &model)[off..].to_vec(),
+    }
+}
+
+/// FP32 master weights, gradients in `gdt`, a bf16 and an f16 model copy; 3 steps.
+fn adamw_matches_cpu(gdt: DType) {
+    let Some(g) = gpu("adamw_matches_cpu") else {
+        return;
+    };
+    let c = cpu();
+    for (n, off) in [(100_003usize, 0usize), (999, 3)] {
+        let p0 = random_normal(n + off, 0.5, 81);
+        let grads: Vec<Vec<f32>> = (0..3)
+            .map(|s| random_normal(n + off, 1.0, 82 + s))
+            .collect();
+        for mdt in [DType::BF16, DType::F16] {
+            for rounding in [Rounding::NearestEven, Rounding::Stochastic { seed: 9 }] {
+                let w = adamw_run(&c, DType::F32, gdt, mdt, &p0, &grads, rounding, off);
+                let o = adamw_run(g, DType::F32, gdt, mdt, &p0, &grads, rounding, off);
+                let what = format!("adamw grads {gdt} model {mdt} {rounding:?} n={n}");
+                close(
+                    &format!("{what}: params"),
+                    &o.params,
+                    &w.params,
+                    DType::F32,
+                    1e-6,
+                    64.0,
+                );
+                close(&format!("{what}: m"), &o.m, &w.m, DType::F32, 1e-6, 64.0);
+                close(&format!("{what}: v"), &o.v, &w.v, DType::F32, 1e-6, 64.0);
+                // the copy is the rounded master: equal, or one ulp apart where the masters
+                // differ in their last bits across a rounding boundary
+                close(
+                    &format!("{what}: model"),
+                    &o.model,
+                    &w.model,
+                    mdt,
+                    1e-6,
+                    1.01,
+                );
+            }
+        }
+    }
+    // pure low-precision mode: bf16 params rounded stochastically, no separate copy
+    let p0 = random_normal(5000, 0.5, 91);
+    let grads: Vec<Vec<f32>> = (0..2).map(|s| random_normal(5000, 1.0, 92 + s)).collect();
+    let r = Rounding::Stochastic { seed: 3 };
+    let w = adamw_run(&c, DType::BF16, gdt, DType::BF16, &p0, &grads, r, 0);
+    let o = adamw_run(g, DType::BF16, gdt, DType::BF16, &p0, &grads, r, 0);
+    close(
+        "adamw pure bf16 params",
+        &o.params,
+        &w.params,
+        DType::BF16,
+        1e-6,
+        1.01,
+    );
+    close(
+        "adamw pure bf16 model",
+        &o.model,
+        &w.model,
+        DType::BF16,
+        1e-6,
+        1.01,
+    );
+}
+test_per_dtype!(adamw_matches_cpu: f32, f16, bf16);
+
+#[test]
+fn sgd_matches_cpu() {
+    let Some(g) = gpu("sgd_matches_cpu") else {
+        return;
+    };
+    let c = cpu();
+    let n = 20_011;
+    let p0 = random_normal(n, 0.5, 101);
+    let grads: Vec<Vec<f32>> = (0..3).map(|s| random_vec(n, 102 + s)).collect();
+    for (momentum, nesterov) in [(0.0f32, false), (0.9, false), (0.9, true)] {
+        fn run<B: Backend>(
+            be: &B,
+            p0: &[f32],
+            grads: &[Vec<f32>],
+            momentum: f32,
+            nesterov: bool,
+        ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+            let n = p0.len();
+            let mut p = up(be, p0, DType::F32);
+            let mut buf = be.zeros(DType::F32, n).expect("buf");
+            let mut model = poisoned(be, DType::BF16, n);
+            for (i, gr) in grads.iter().enumerate() {
+                let bg = up(be, gr, DType::BF16);
+                let hp = Sgd {
+                    lr: 0.05,
+                    momentum,
+                    dampening: 0.1,
+                    weight_decay: 0.01,
+                    nesterov,
+                    first_step: i == 0,
+                    grad_mult: 2.0,
+                    rounding: Rounding::NearestEven,
+                };
+                be.sgd(
+                    p.view_mut(),
+                    bg.view(),
+                    buf.view_mut(),
+                    Some(model.view_mut()),
+                    &hp,
+                )
+                .expect("sgd");
+            }
+            (down(be, &p), down(be, &buf), down(be, &model))
+        }
+        let w = run(&c, &p0, &grads, momentum, nesterov);
+        let o = run(g, &p0, &grads, momentum, nesterov);
+        let what = format!("sgd momentum={momentum} nesterov={nesterov}");
+        close(
+            &format!("{what}: params"),
+            &o.0,
+            &w.0,
+            DType::F32,
+            1e-6,
+            64.0,
+        );
+        if momentum != 0.0 {
+            close(&format!("{what}: buf"), &o.1, &w.1, DType::F32, 1e-6, 64.0);
+        }
+        close(
+            &format!("{what}: model"),
+            &o.2,
+            &w.2,
+            DType::BF16,
+            1e-6,
+            1.01,
+        );
+    }
+}
