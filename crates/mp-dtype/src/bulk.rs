@@ -98,7 +98,7 @@ pub fn encode(
             let mut tmp = [0u16; 1024];
             for (sc, dc) in s.chunks(tmp.len()).zip(d.chunks_mut(2 * tmp.len())) {
                 let t = &mut tmp[..sc.len()];
-                encode16_serial(sc, t, dtype);
+                encode16_serial(sc, t, dtype, false);
                 dc.copy_from_slice(bytemuck::cast_slice(t));
             }
         });
@@ -155,7 +155,7 @@ pub fn decode(src: &[u8], dtype: DType, dst: &mut [f32]) -> Result<(), DTypeErro
                 for (v, b) in t.iter_mut().zip(sc.chunks_exact(2)) {
                     *v = u16::from_le_bytes([b[0], b[1]]);
                 }
-                decode16_serial(t, dtype, dc);
+                decode16_serial(t, dtype, dc, false);
             }
         });
         return Ok(());
@@ -170,31 +170,39 @@ pub fn decode(src: &[u8], dtype: DType, dst: &mut [f32]) -> Result<(), DTypeErro
     Ok(())
 }
 
-fn encode16_serial(src: &[f32], dst: &mut [u16], dtype: DType) {
-    // Lengths match and the best path is available by construction: cannot fail.
-    let r = if dtype == DType::BF16 {
-        simd::f32_to_bf16_with(Isa::best_for_bf16(), src, dst)
+/// Destinations at least this large (bytes) are written with non-temporal stores, which skip
+/// the read-for-ownership of the destination lines and leave the caches to the source:
+/// worthwhile only far beyond the last-level cache.
+pub(crate) const STREAM_THRESHOLD_BYTES: usize = 16 << 20;
+
+fn encode16_serial(src: &[f32], dst: &mut [u16], dtype: DType, stream: bool) {
+    if dtype == DType::BF16 {
+        simd::run_f32_to_bf16(Isa::best_for_bf16(), src, dst, stream);
     } else {
-        simd::f32_to_f16_with(Isa::best_for_f16(), src, dst)
-    };
-    debug_assert!(r.is_ok());
+        simd::run_f32_to_f16(Isa::best_for_f16(), src, dst, stream);
+    }
 }
 
-fn decode16_serial(src: &[u16], dtype: DType, dst: &mut [f32]) {
-    let r = if dtype == DType::BF16 {
-        simd::bf16_to_f32_with(Isa::best_for_bf16(), src, dst)
+fn decode16_serial(src: &[u16], dtype: DType, dst: &mut [f32], stream: bool) {
+    if dtype == DType::BF16 {
+        simd::run_bf16_to_f32(Isa::best_for_bf16(), src, dst, stream);
     } else {
-        simd::f16_to_f32_with(Isa::best_for_f16(), src, dst)
-    };
-    debug_assert!(r.is_ok());
+        simd::run_f16_to_f32(Isa::best_for_f16(), src, dst, stream);
+    }
 }
 
 fn encode16(src: &[f32], dst: &mut [u16], dtype: DType) {
-    for_each_chunk(src, 1, dst, 1, |_, s, d| encode16_serial(s, d, dtype));
+    let stream = 2 * dst.len() >= STREAM_THRESHOLD_BYTES;
+    for_each_chunk(src, 1, dst, 1, |_, s, d| {
+        encode16_serial(s, d, dtype, stream)
+    });
 }
 
 fn decode16(src: &[u16], dtype: DType, dst: &mut [f32]) {
-    for_each_chunk(src, 1, dst, 1, |_, s, d| decode16_serial(s, dtype, d));
+    let stream = 4 * dst.len() >= STREAM_THRESHOLD_BYTES;
+    for_each_chunk(src, 1, dst, 1, |_, s, d| {
+        decode16_serial(s, dtype, d, stream)
+    });
 }
 
 /// f32 -> BF16, round to nearest even, SIMD and parallel; bit for bit `half::bf16::from_f32`.

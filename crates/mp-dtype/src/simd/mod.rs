@@ -113,20 +113,7 @@ pub fn f32_to_bf16_with(isa: Isa, src: &[f32], dst: &mut [u16]) -> Result<(), DT
     const OP: &str = "f32_to_bf16";
     check_len(OP, src.len(), dst.len())?;
     isa.check(OP)?;
-    match isa {
-        Isa::Portable => portable::f32_to_bf16(src, dst),
-        // SAFETY: `isa.check` verified the CPU features; the lengths are equal.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::f32_to_bf16_avx2(src, dst) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::f32_to_bf16_avx512(src, dst) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Bf16 => unsafe { x86::f32_to_bf16_avx512bf16(src, dst) },
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => unreachable!("isa.check admits only the portable path off x86-64"),
-    }
+    run_f32_to_bf16(isa, src, dst, false);
     Ok(())
 }
 
@@ -138,20 +125,7 @@ pub fn bf16_to_f32_with(isa: Isa, src: &[u16], dst: &mut [f32]) -> Result<(), DT
     const OP: &str = "bf16_to_f32";
     check_len(OP, src.len(), dst.len())?;
     isa.check(OP)?;
-    match isa {
-        Isa::Portable => portable::bf16_to_f32(src, dst),
-        // SAFETY: `isa.check` verified the CPU features; the lengths are equal.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::bf16_to_f32_avx2(src, dst) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::bf16_to_f32_avx512(src, dst) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Bf16 => unsafe { x86::bf16_to_f32_avx512(src, dst) },
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => unreachable!("isa.check admits only the portable path off x86-64"),
-    }
+    run_bf16_to_f32(isa, src, dst, false);
     Ok(())
 }
 
@@ -163,20 +137,7 @@ pub fn f32_to_f16_with(isa: Isa, src: &[f32], dst: &mut [u16]) -> Result<(), DTy
     const OP: &str = "f32_to_f16";
     check_len(OP, src.len(), dst.len())?;
     isa.check(OP)?;
-    match isa {
-        Isa::Portable => portable::f32_to_f16(src, dst),
-        // SAFETY: `isa.check` verified the CPU features; the lengths are equal.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::f32_to_f16_f16c(src, dst) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::f32_to_f16_avx512(src, dst) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Bf16 => unsafe { x86::f32_to_f16_avx512(src, dst) },
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => unreachable!("isa.check admits only the portable path off x86-64"),
-    }
+    run_f32_to_f16(isa, src, dst, false);
     Ok(())
 }
 
@@ -188,21 +149,116 @@ pub fn f16_to_f32_with(isa: Isa, src: &[u16], dst: &mut [f32]) -> Result<(), DTy
     const OP: &str = "f16_to_f32";
     check_len(OP, src.len(), dst.len())?;
     isa.check(OP)?;
+    run_f16_to_f32(isa, src, dst, false);
+    Ok(())
+}
+
+/// Runs the `f32_to_bf16` kernel of `isa` (checked by the caller) on one chunk; `stream` selects
+/// non-temporal stores for destinations much larger than the caches.
+pub(crate) fn run_f32_to_bf16(isa: Isa, src: &[f32], dst: &mut [u16], stream: bool) {
+    // Keeps this safe function sound whatever the caller passes (a cached flag test).
+    let isa = if isa.is_available() {
+        isa
+    } else {
+        Isa::Portable
+    };
+    let _ = stream; // only the x86-64 kernels stream
     match isa {
-        Isa::Portable => portable::f16_to_f32(src, dst),
-        // SAFETY: `isa.check` verified the CPU features; the lengths are equal.
+        Isa::Portable => portable::f32_to_bf16(src, dst),
+        // SAFETY: the CPU features were checked just above; the kernels stay within both
+        // slices whatever their lengths.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::f16_to_f32_f16c(src, dst) },
+        Isa::Avx2 => unsafe { x86::f32_to_bf16_avx2(src, dst, stream) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::f16_to_f32_avx512(src, dst) },
+        Isa::Avx512 => unsafe { x86::f32_to_bf16_avx512(src, dst, stream) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Bf16 => unsafe { x86::f16_to_f32_avx512(src, dst) },
+        Isa::Avx512Bf16 => unsafe { x86::f32_to_bf16_avx512bf16(src, dst, stream) },
         #[cfg(not(target_arch = "x86_64"))]
         _ => unreachable!("isa.check admits only the portable path off x86-64"),
     }
-    Ok(())
+}
+
+/// Runs the `bf16_to_f32` kernel of `isa` (checked by the caller) on one chunk; `stream` selects
+/// non-temporal stores for destinations much larger than the caches.
+pub(crate) fn run_bf16_to_f32(isa: Isa, src: &[u16], dst: &mut [f32], stream: bool) {
+    // Keeps this safe function sound whatever the caller passes (a cached flag test).
+    let isa = if isa.is_available() {
+        isa
+    } else {
+        Isa::Portable
+    };
+    let _ = stream; // only the x86-64 kernels stream
+    match isa {
+        Isa::Portable => portable::bf16_to_f32(src, dst),
+        // SAFETY: the CPU features were checked just above; the kernels stay within both
+        // slices whatever their lengths.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::bf16_to_f32_avx2(src, dst, stream) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::bf16_to_f32_avx512(src, dst, stream) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Bf16 => unsafe { x86::bf16_to_f32_avx512(src, dst, stream) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("isa.check admits only the portable path off x86-64"),
+    }
+}
+
+/// Runs the `f32_to_f16` kernel of `isa` (checked by the caller) on one chunk; `stream` selects
+/// non-temporal stores for destinations much larger than the caches.
+pub(crate) fn run_f32_to_f16(isa: Isa, src: &[f32], dst: &mut [u16], stream: bool) {
+    // Keeps this safe function sound whatever the caller passes (a cached flag test).
+    let isa = if isa.is_available() {
+        isa
+    } else {
+        Isa::Portable
+    };
+    let _ = stream; // only the x86-64 kernels stream
+    match isa {
+        Isa::Portable => portable::f32_to_f16(src, dst),
+        // SAFETY: the CPU features were checked just above; the kernels stay within both
+        // slices whatever their lengths.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::f32_to_f16_f16c(src, dst, stream) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::f32_to_f16_avx512(src, dst, stream) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Bf16 => unsafe { x86::f32_to_f16_avx512(src, dst, stream) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("isa.check admits only the portable path off x86-64"),
+    }
+}
+
+/// Runs the `f16_to_f32` kernel of `isa` (checked by the caller) on one chunk; `stream` selects
+/// non-temporal stores for destinations much larger than the caches.
+pub(crate) fn run_f16_to_f32(isa: Isa, src: &[u16], dst: &mut [f32], stream: bool) {
+    // Keeps this safe function sound whatever the caller passes (a cached flag test).
+    let isa = if isa.is_available() {
+        isa
+    } else {
+        Isa::Portable
+    };
+    let _ = stream; // only the x86-64 kernels stream
+    match isa {
+        Isa::Portable => portable::f16_to_f32(src, dst),
+        // SAFETY: the CPU features were checked just above; the kernels stay within both
+        // slices whatever their lengths.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::f16_to_f32_f16c(src, dst, stream) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::f16_to_f32_avx512(src, dst, stream) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Bf16 => unsafe { x86::f16_to_f32_avx512(src, dst, stream) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("isa.check admits only the portable path off x86-64"),
+    }
 }
 
 /// The portable kernels: branch-light integer code the compiler can vectorise.
@@ -254,6 +310,41 @@ pub(crate) mod portable {
     pub(crate) fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
         for (d, &s) in dst.iter_mut().zip(src) {
             *d = bits_to_f32(s as u32, DType::F16);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{DType, bits_to_f32, f32_to_bits};
+
+    /// The streaming (non-temporal store) variants, on every available path, at every
+    /// destination alignment, against the scalar reference.
+    #[test]
+    fn streaming_kernels_match_the_scalar_reference() {
+        let xs: Vec<f32> = (0..4133u32)
+            .map(|i| f32::from_bits(crate::mix32(i) & 0xbfff_ffff | (i % 3) << 30))
+            .collect();
+        for isa in Isa::available() {
+            for off in 0..33 {
+                let src = &xs[off..];
+                let mut h = vec![0u16; src.len() + 40];
+                let mut w = vec![0f32; src.len() + 40];
+                let (h, w) = (&mut h[off..off + src.len()], &mut w[off..off + src.len()]);
+                run_f32_to_bf16(isa, src, h, true);
+                run_bf16_to_f32(isa, h, w, true);
+                for ((x, b), y) in src.iter().zip(h.iter()).zip(w.iter()) {
+                    assert_eq!(*b as u32, f32_to_bits(*x, DType::BF16, false), "{isa}");
+                    assert_eq!(y.to_bits(), bits_to_f32(*b as u32, DType::BF16).to_bits());
+                }
+                run_f32_to_f16(isa, src, h, true);
+                run_f16_to_f32(isa, h, w, true);
+                for ((x, b), y) in src.iter().zip(h.iter()).zip(w.iter()) {
+                    assert_eq!(*b as u32, f32_to_bits(*x, DType::F16, false), "{isa}");
+                    assert_eq!(y.to_bits(), bits_to_f32(*b as u32, DType::F16).to_bits());
+                }
+            }
         }
     }
 }

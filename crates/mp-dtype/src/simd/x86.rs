@@ -8,6 +8,50 @@ use std::arch::x86_64::*;
 
 use super::portable;
 
+/// Elements to convert one by one before `dst[i..]` is `align`-byte aligned, so that the vector
+/// loop may use non-temporal stores (none when not streaming).
+fn head<T>(dst: &[T], stream: bool, n: usize, align: usize) -> usize {
+    if stream {
+        dst.as_ptr().align_offset(align).min(n)
+    } else {
+        0
+    }
+}
+
+/// Stores 32 bytes at `p`: non-temporal (`p` must then be 32-byte aligned) or plain unaligned.
+///
+/// # Safety
+/// `p` must be valid for a 32-byte write; AVX must be available.
+#[inline]
+#[target_feature(enable = "avx")]
+unsafe fn store256(p: *mut __m256i, v: __m256i, stream: bool) {
+    // SAFETY: the caller guarantees `p` is writable (and aligned when streaming).
+    unsafe {
+        if stream {
+            _mm256_stream_si256(p, v)
+        } else {
+            _mm256_storeu_si256(p, v)
+        }
+    }
+}
+
+/// Stores 64 bytes at `p`: non-temporal (`p` must then be 64-byte aligned) or plain unaligned.
+///
+/// # Safety
+/// `p` must be valid for a 64-byte write; AVX-512F must be available.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn store512(p: *mut __m512i, v: __m512i, stream: bool) {
+    // SAFETY: the caller guarantees `p` is writable (and aligned when streaming).
+    unsafe {
+        if stream {
+            _mm512_stream_si512(p.cast(), v)
+        } else {
+            _mm512_storeu_si512(p.cast(), v)
+        }
+    }
+}
+
 /// Round-to-nearest-even of eight f32 (as integers) to BF16 in the low half of each lane.
 #[inline]
 #[target_feature(enable = "avx2")]
@@ -26,9 +70,10 @@ fn bf16_round_avx2(x: __m256i) -> __m256i {
 /// # Safety
 /// The CPU must support AVX2; `src.len() == dst.len()`.
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn f32_to_bf16_avx2(src: &[f32], dst: &mut [u16]) {
+pub(crate) unsafe fn f32_to_bf16_avx2(src: &[f32], dst: &mut [u16], stream: bool) {
     let n = src.len().min(dst.len());
-    let mut i = 0;
+    let mut i = head(dst, stream, n, 32);
+    portable::f32_to_bf16(&src[..i], &mut dst[..i]);
     while i + 16 <= n {
         // SAFETY: i + 16 <= n, so both 8-lane loads and the 16-lane store are in bounds.
         unsafe {
@@ -37,9 +82,12 @@ pub(crate) unsafe fn f32_to_bf16_avx2(src: &[f32], dst: &mut [u16]) {
             let packed = _mm256_packus_epi32(bf16_round_avx2(a), bf16_round_avx2(b));
             // packus interleaves 128-bit lanes: a0..3 b0..3 a4..7 b4..7 -> a0..7 b0..7.
             let ordered = _mm256_permute4x64_epi64::<0b11_01_10_00>(packed);
-            _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), ordered);
+            store256(dst.as_mut_ptr().add(i).cast(), ordered, stream);
         }
         i += 16;
+    }
+    if stream {
+        _mm_sfence();
     }
     portable::f32_to_bf16(&src[i..n], &mut dst[i..n]);
 }
@@ -59,9 +107,10 @@ fn bf16_widen_avx2(h: __m256i) -> __m256i {
 /// # Safety
 /// The CPU must support AVX2; `src.len() == dst.len()`.
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn bf16_to_f32_avx2(src: &[u16], dst: &mut [f32]) {
+pub(crate) unsafe fn bf16_to_f32_avx2(src: &[u16], dst: &mut [f32], stream: bool) {
     let n = src.len().min(dst.len());
-    let mut i = 0;
+    let mut i = head(dst, stream, n, 32);
+    portable::bf16_to_f32(&src[..i], &mut dst[..i]);
     while i + 16 <= n {
         // SAFETY: i + 16 <= n: the two 8-element loads and stores are in bounds.
         unsafe {
@@ -69,10 +118,13 @@ pub(crate) unsafe fn bf16_to_f32_avx2(src: &[u16], dst: &mut [f32]) {
             let hi = _mm_loadu_si128(src.as_ptr().add(i + 8).cast());
             let a = bf16_widen_avx2(_mm256_cvtepu16_epi32(lo));
             let b = bf16_widen_avx2(_mm256_cvtepu16_epi32(hi));
-            _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), a);
-            _mm256_storeu_si256(dst.as_mut_ptr().add(i + 8).cast(), b);
+            store256(dst.as_mut_ptr().add(i).cast(), a, stream);
+            store256(dst.as_mut_ptr().add(i + 8).cast(), b, stream);
         }
         i += 16;
+    }
+    if stream {
+        _mm_sfence();
     }
     portable::bf16_to_f32(&src[i..n], &mut dst[i..n]);
 }
@@ -82,9 +134,10 @@ pub(crate) unsafe fn bf16_to_f32_avx2(src: &[u16], dst: &mut [f32]) {
 /// # Safety
 /// The CPU must support AVX and F16C; `src.len() == dst.len()`.
 #[target_feature(enable = "avx,f16c")]
-pub(crate) unsafe fn f32_to_f16_f16c(src: &[f32], dst: &mut [u16]) {
+pub(crate) unsafe fn f32_to_f16_f16c(src: &[f32], dst: &mut [u16], stream: bool) {
     let n = src.len().min(dst.len());
-    let mut i = 0;
+    let mut i = head(dst, stream, n, 32);
+    portable::f32_to_f16(&src[..i], &mut dst[..i]);
     while i + 16 <= n {
         // SAFETY: i + 16 <= n: the two 8-lane loads and stores are in bounds.
         unsafe {
@@ -92,10 +145,16 @@ pub(crate) unsafe fn f32_to_f16_f16c(src: &[f32], dst: &mut [u16]) {
             let b = _mm256_loadu_ps(src.as_ptr().add(i + 8));
             let ha = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(a);
             let hb = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(b);
-            _mm_storeu_si128(dst.as_mut_ptr().add(i).cast(), ha);
-            _mm_storeu_si128(dst.as_mut_ptr().add(i + 8).cast(), hb);
+            store256(
+                dst.as_mut_ptr().add(i).cast(),
+                _mm256_set_m128i(hb, ha),
+                stream,
+            );
         }
         i += 16;
+    }
+    if stream {
+        _mm_sfence();
     }
     portable::f32_to_f16(&src[i..n], &mut dst[i..n]);
 }
@@ -105,18 +164,30 @@ pub(crate) unsafe fn f32_to_f16_f16c(src: &[f32], dst: &mut [u16]) {
 /// # Safety
 /// The CPU must support AVX and F16C; `src.len() == dst.len()`.
 #[target_feature(enable = "avx,f16c")]
-pub(crate) unsafe fn f16_to_f32_f16c(src: &[u16], dst: &mut [f32]) {
+pub(crate) unsafe fn f16_to_f32_f16c(src: &[u16], dst: &mut [f32], stream: bool) {
     let n = src.len().min(dst.len());
-    let mut i = 0;
+    let mut i = head(dst, stream, n, 32);
+    portable::f16_to_f32(&src[..i], &mut dst[..i]);
     while i + 16 <= n {
         // SAFETY: i + 16 <= n: the two 8-element loads and stores are in bounds.
         unsafe {
             let a = _mm256_cvtph_ps(_mm_loadu_si128(src.as_ptr().add(i).cast()));
             let b = _mm256_cvtph_ps(_mm_loadu_si128(src.as_ptr().add(i + 8).cast()));
-            _mm256_storeu_ps(dst.as_mut_ptr().add(i), a);
-            _mm256_storeu_ps(dst.as_mut_ptr().add(i + 8), b);
+            store256(
+                dst.as_mut_ptr().add(i).cast(),
+                _mm256_castps_si256(a),
+                stream,
+            );
+            store256(
+                dst.as_mut_ptr().add(i + 8).cast(),
+                _mm256_castps_si256(b),
+                stream,
+            );
         }
         i += 16;
+    }
+    if stream {
+        _mm_sfence();
     }
     portable::f16_to_f32(&src[i..n], &mut dst[i..n]);
 }
@@ -139,18 +210,25 @@ fn bf16_round_avx512(x: __m512i) -> __m256i {
 /// # Safety
 /// The CPU must support AVX-512F; `src.len() == dst.len()`.
 #[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn f32_to_bf16_avx512(src: &[f32], dst: &mut [u16]) {
+pub(crate) unsafe fn f32_to_bf16_avx512(src: &[f32], dst: &mut [u16], stream: bool) {
     let n = src.len().min(dst.len());
-    let mut i = 0;
+    let mut i = head(dst, stream, n, 64);
+    portable::f32_to_bf16(&src[..i], &mut dst[..i]);
     while i + 32 <= n {
         // SAFETY: i + 32 <= n: two 16-lane loads and two 16-element stores in bounds.
         unsafe {
             let a = _mm512_loadu_si512(src.as_ptr().add(i).cast());
             let b = _mm512_loadu_si512(src.as_ptr().add(i + 16).cast());
-            _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), bf16_round_avx512(a));
-            _mm256_storeu_si256(dst.as_mut_ptr().add(i + 16).cast(), bf16_round_avx512(b));
+            let h = _mm512_inserti64x4::<1>(
+                _mm512_castsi256_si512(bf16_round_avx512(a)),
+                bf16_round_avx512(b),
+            );
+            store512(dst.as_mut_ptr().add(i).cast(), h, stream);
         }
         i += 32;
+    }
+    if stream {
+        _mm_sfence();
     }
     portable::f32_to_bf16(&src[i..n], &mut dst[i..n]);
 }
@@ -163,9 +241,10 @@ pub(crate) unsafe fn f32_to_bf16_avx512(src: &[f32], dst: &mut [u16]) {
 /// # Safety
 /// The CPU must support AVX-512F and AVX-512 BF16; `src.len() == dst.len()`.
 #[target_feature(enable = "avx512f,avx512bf16")]
-pub(crate) unsafe fn f32_to_bf16_avx512bf16(src: &[f32], dst: &mut [u16]) {
+pub(crate) unsafe fn f32_to_bf16_avx512bf16(src: &[f32], dst: &mut [u16], stream: bool) {
     let n = src.len().min(dst.len());
-    let mut i = 0;
+    let mut i = head(dst, stream, n, 64);
+    portable::f32_to_bf16(&src[..i], &mut dst[..i]);
     let exp = _mm512_set1_epi32(0x7f80_0000);
     let man = _mm512_set1_epi32(0x007f_ffff);
     while i + 32 <= n {
@@ -179,13 +258,19 @@ pub(crate) unsafe fn f32_to_bf16_avx512bf16(src: &[f32], dst: &mut [u16]) {
             if sub_a | sub_b == 0 {
                 // Low half of the result from the second operand.
                 let h: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(b, a));
-                _mm512_storeu_si512(dst.as_mut_ptr().add(i).cast(), h);
+                store512(dst.as_mut_ptr().add(i).cast(), h, stream);
             } else {
-                _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), bf16_round_avx512(ai));
-                _mm256_storeu_si256(dst.as_mut_ptr().add(i + 16).cast(), bf16_round_avx512(bi));
+                let h = _mm512_inserti64x4::<1>(
+                    _mm512_castsi256_si512(bf16_round_avx512(ai)),
+                    bf16_round_avx512(bi),
+                );
+                store512(dst.as_mut_ptr().add(i).cast(), h, stream);
             }
         }
         i += 32;
+    }
+    if stream {
+        _mm_sfence();
     }
     portable::f32_to_bf16(&src[i..n], &mut dst[i..n]);
 }
@@ -195,9 +280,10 @@ pub(crate) unsafe fn f32_to_bf16_avx512bf16(src: &[f32], dst: &mut [u16]) {
 /// # Safety
 /// The CPU must support AVX-512F; `src.len() == dst.len()`.
 #[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn bf16_to_f32_avx512(src: &[u16], dst: &mut [f32]) {
+pub(crate) unsafe fn bf16_to_f32_avx512(src: &[u16], dst: &mut [f32], stream: bool) {
     let n = src.len().min(dst.len());
-    let mut i = 0;
+    let mut i = head(dst, stream, n, 64);
+    portable::bf16_to_f32(&src[..i], &mut dst[..i]);
     let absmask = _mm512_set1_epi32(0x7fff_ffff);
     let inf = _mm512_set1_epi32(0x7f80_0000);
     let quiet = _mm512_set1_epi32(0x0040_0000);
@@ -208,9 +294,12 @@ pub(crate) unsafe fn bf16_to_f32_avx512(src: &[u16], dst: &mut [f32]) {
             let w = _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h));
             let is_nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(w, absmask), inf);
             let w = _mm512_mask_or_epi32(w, is_nan, w, quiet);
-            _mm512_storeu_si512(dst.as_mut_ptr().add(i).cast(), w);
+            store512(dst.as_mut_ptr().add(i).cast(), w, stream);
         }
         i += 16;
+    }
+    if stream {
+        _mm_sfence();
     }
     portable::bf16_to_f32(&src[i..n], &mut dst[i..n]);
 }
@@ -220,17 +309,21 @@ pub(crate) unsafe fn bf16_to_f32_avx512(src: &[u16], dst: &mut [f32]) {
 /// # Safety
 /// The CPU must support AVX-512F; `src.len() == dst.len()`.
 #[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn f32_to_f16_avx512(src: &[f32], dst: &mut [u16]) {
+pub(crate) unsafe fn f32_to_f16_avx512(src: &[f32], dst: &mut [u16], stream: bool) {
     let n = src.len().min(dst.len());
-    let mut i = 0;
+    let mut i = head(dst, stream, n, 32);
+    portable::f32_to_f16(&src[..i], &mut dst[..i]);
     while i + 16 <= n {
         // SAFETY: i + 16 <= n: one 16-lane load and one 16-element store in bounds.
         unsafe {
             let a = _mm512_loadu_ps(src.as_ptr().add(i));
             let h = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(a);
-            _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), h);
+            store256(dst.as_mut_ptr().add(i).cast(), h, stream);
         }
         i += 16;
+    }
+    if stream {
+        _mm_sfence();
     }
     portable::f32_to_f16(&src[i..n], &mut dst[i..n]);
 }
@@ -240,16 +333,21 @@ pub(crate) unsafe fn f32_to_f16_avx512(src: &[f32], dst: &mut [u16]) {
 /// # Safety
 /// The CPU must support AVX-512F; `src.len() == dst.len()`.
 #[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn f16_to_f32_avx512(src: &[u16], dst: &mut [f32]) {
+pub(crate) unsafe fn f16_to_f32_avx512(src: &[u16], dst: &mut [f32], stream: bool) {
     let n = src.len().min(dst.len());
-    let mut i = 0;
+    let mut i = head(dst, stream, n, 64);
+    portable::f16_to_f32(&src[..i], &mut dst[..i]);
     while i + 16 <= n {
         // SAFETY: i + 16 <= n: one 16-element load and one 16-lane store in bounds.
         unsafe {
             let h = _mm256_loadu_si256(src.as_ptr().add(i).cast());
-            _mm512_storeu_ps(dst.as_mut_ptr().add(i), _mm512_cvtph_ps(h));
+            let w = _mm512_castps_si512(_mm512_cvtph_ps(h));
+            store512(dst.as_mut_ptr().add(i).cast(), w, stream);
         }
         i += 16;
+    }
+    if stream {
+        _mm_sfence();
     }
     portable::f16_to_f32(&src[i..n], &mut dst[i..n]);
 }

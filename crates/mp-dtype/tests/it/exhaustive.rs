@@ -110,8 +110,9 @@ fn exhaustive_f32_to_f16_matches_half() {
 
 #[test]
 fn exhaustive_typed_bulk_paths_match_half() {
-    // The typed `half` API on one large slice (parallel) per direction.
-    let xs: Vec<f32> = (0..1u32 << 22)
+    // The typed API on one slice large enough for the parallel split and the non-temporal
+    // stores (destinations of 16 MiB and more), per direction.
+    let xs: Vec<f32> = (0..1u32 << 23)
         .map(|k| f32::from_bits(k.wrapping_mul(1021)))
         .collect();
     let mut b = vec![bf16::ZERO; xs.len()];
