@@ -317,7 +317,9 @@ impl GradScaler {
         Ok(())
     }
 
-    /// `torch._amp_update_scale_` with the hysteresis and bounds options.
+    /// `torch._amp_update_scale_` with the hysteresis and bounds options. Growth happens when
+    /// the incremented tracker *equals* the interval, as in PyTorch (a loaded tracker beyond
+    /// the interval keeps counting, as it does there).
     fn apply_rule(&mut self, found_inf: bool) {
         let c = &self.config;
         if !c.dynamic {
@@ -339,7 +341,7 @@ impl GradScaler {
                 self.hysteresis_left = c.hysteresis;
             }
             let successful = self.growth_tracker + 1;
-            if successful >= c.growth_interval {
+            if successful == c.growth_interval {
                 let grown = (f64::from(self.scale) * c.growth_factor) as f32;
                 if grown.is_finite() {
                     self.scale = match c.max_scale {
