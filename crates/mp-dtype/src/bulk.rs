@@ -8,7 +8,7 @@
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use crate::rng::{keyed_random, seed_key};
+use crate::rng::{mix32, seed_key};
 use crate::simd::{self, Isa};
 use crate::{DType, DTypeError, Rounding, bits_to_f32, f32_to_bits, f32_to_bits_sr};
 
@@ -122,15 +122,68 @@ pub fn encode(
             let offset = opts.index_offset;
             for_each_chunk(src, 1, dst, size, |first, s, d| {
                 let start = offset.wrapping_add(first as u64);
-                for (i, (&x, o)) in s.iter().zip(d.chunks_exact_mut(size)).enumerate() {
-                    let r = keyed_random(key, start.wrapping_add(i as u64));
-                    let b = f32_to_bits_sr(x, dtype, saturate, r).to_le_bytes();
-                    o.copy_from_slice(&b[..size]);
+                if dtype == DType::BF16
+                    && cfg!(target_endian = "little")
+                    && let Ok(d16) = bytemuck::try_cast_slice_mut::<u8, u16>(d)
+                {
+                    for_each_random(key, start, s.len(), |i0, i1, lo, hi_key| {
+                        let out = d16[i0..i1].iter_mut().zip(&s[i0..i1]);
+                        for ((o, &x), k) in out.zip(0u32..) {
+                            let r = mix32(lo.wrapping_add(k) ^ hi_key);
+                            *o = bf16_sr(x, r, saturate);
+                        }
+                    });
+                    return;
                 }
+                for_each_random(key, start, s.len(), |i0, i1, lo, hi_key| {
+                    let out = d[i0 * size..i1 * size].chunks_exact_mut(size);
+                    for ((o, &x), k) in out.zip(&s[i0..i1]).zip(0u32..) {
+                        let r = mix32(lo.wrapping_add(k) ^ hi_key);
+                        let b = f32_to_bits_sr(x, dtype, saturate, r).to_le_bytes();
+                        o.copy_from_slice(&b[..size]);
+                    }
+                });
             })
         }
     }
     Ok(())
+}
+
+/// Splits elements `0..n` (absolute indices `start..start + n`) into runs whose index has a
+/// constant high word, and calls `f(i0, i1, lo, hi_key)` per run: the random bits of element
+/// `i0 + k` are `mix32(lo.wrapping_add(k) ^ hi_key)` = `sr_random(seed, start + i0 + k)`, the
+/// parts constant over the run hoisted (one `mix32` per element, which vectorises).
+#[inline(always)]
+fn for_each_random(key: u32, start: u64, n: usize, mut f: impl FnMut(usize, usize, u32, u32)) {
+    let mut i0 = 0usize;
+    while i0 < n {
+        let idx = start.wrapping_add(i0 as u64);
+        // Elements left before the low word wraps (at least 1).
+        let to_wrap = (1u64 << 32) - (idx & 0xffff_ffff);
+        let i1 = n.min(i0.saturating_add(usize::try_from(to_wrap).unwrap_or(usize::MAX)));
+        let hi_key = mix32(((idx >> 32) as u32) ^ key);
+        let lo = idx as u32;
+        f(i0, i1, lo, hi_key);
+        i0 = i1;
+    }
+}
+
+/// Stochastic rounding f32 -> BF16, branch-free; bit for bit [`f32_to_bits_sr`] for BF16
+/// (`s = 16`: up iff `(r >> 16) < (bits & 0xffff)`, and a carry into the exponent field
+/// reaches exactly the next value, infinity included).
+#[inline(always)]
+fn bf16_sr(x: f32, r: u32, saturate: bool) -> u16 {
+    let b = x.to_bits();
+    let a = b & 0x7fff_ffff;
+    let up = ((r >> 16) < (b & 0xffff)) as u32;
+    let mut h = (b >> 16) + up;
+    if saturate && h & 0x7fff >= 0x7f80 && a <= 0x7f80_0000 {
+        h = ((b >> 16) & 0x8000) | 0x7f7f;
+    }
+    if a > 0x7f80_0000 {
+        h = (b >> 16) | 0x0040;
+    }
+    h as u16
 }
 
 /// Decodes little-endian `dtype` elements from `src` into `dst`
@@ -243,4 +296,44 @@ pub fn f16_to_f32(src: &[f16], dst: &mut [f32]) -> Result<(), DTypeError> {
     check_len("f16_to_f32", src.len(), dst.len())?;
     decode16(bytemuck::cast_slice(src), DType::F16, dst);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sr_random;
+
+    #[test]
+    fn branch_free_bf16_sr_is_the_scalar_reference() {
+        for i in 0..1u32 << 20 {
+            // Every exponent (NaN, inf, subnormals included), random mantissas and bits.
+            let x = f32::from_bits(mix32(i) ^ (i << 23));
+            let r = mix32(!i);
+            for saturate in [false, true] {
+                let want = f32_to_bits_sr(x, DType::BF16, saturate, r);
+                assert_eq!(
+                    bf16_sr(x, r, saturate) as u32,
+                    want,
+                    "{:#010x}",
+                    x.to_bits()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn hoisted_randoms_equal_sr_random() {
+        let key = seed_key(5);
+        for start in [0u64, (1 << 32) - 7, u64::MAX - 3, 1 << 40] {
+            let mut seen = 0;
+            for_each_random(key, start, 20, |i0, i1, lo, hi_key| {
+                for k in 0..(i1 - i0) as u32 {
+                    let idx = start.wrapping_add((i0 as u64) + k as u64);
+                    assert_eq!(mix32(lo.wrapping_add(k) ^ hi_key), sr_random(5, idx));
+                    seen += 1;
+                }
+            });
+            assert_eq!(seen, 20);
+        }
+    }
 }

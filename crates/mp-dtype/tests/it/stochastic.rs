@@ -184,3 +184,33 @@ fn different_seeds_give_different_streams() {
     assert_eq!(enc(1), enc(1));
     assert_ne!(enc(1), enc(2));
 }
+
+#[test]
+fn bulk_matches_scalar_across_index_word_boundaries_and_saturation() {
+    let xs = test_values(1000, 29);
+    for dtype in DType::ALL {
+        let size = dtype.size_in_bytes();
+        for saturate in [false, true] {
+            // The stream index crosses 2^32 (low word wraps) and 2^64 (the index wraps).
+            for offset in [0u64, (1 << 32) - 300, u64::MAX - 500] {
+                let opts = EncodeOptions {
+                    rounding: Rounding::Stochastic { seed: 77 },
+                    saturate,
+                    index_offset: offset,
+                };
+                let mut out = vec![0u8; xs.len() * size];
+                encode(&xs, &mut out, dtype, &opts).expect("encode");
+                for (i, &x) in xs.iter().enumerate() {
+                    let r = sr_random(77, offset.wrapping_add(i as u64));
+                    let mut le = [0u8; 4];
+                    le[..size].copy_from_slice(&out[i * size..(i + 1) * size]);
+                    assert_eq!(
+                        u32::from_le_bytes(le),
+                        f32_to_bits_sr(x, dtype, saturate, r),
+                        "{dtype} saturate={saturate} offset={offset} x={x:e}"
+                    );
+                }
+            }
+        }
+    }
+}
