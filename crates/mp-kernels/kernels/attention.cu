@@ -54,10 +54,13 @@ extern "C" __global__ void mp_attention_fwd(const void* qkv, int qdt, u64 T, u64
     sum = block_sum(sum);
     float inv = 1.0f / sum;
     u64 poff = ((b * H + h) * T + i) * T;
+    Rnd rd = rne();
     for (u64 j = threadIdx.x; j < T; j += blockDim.x) {
         float p = j <= i ? s[j] * inv : 0.0f;
-        if (j <= i) s[j] = p;
+        u32 bits = f32_to_bits(p, pdt, rd, 0);
         st_rne(probs, poff + j, pdt, p);
+        // P V uses the stored (rounded) probabilities, which the backward differentiates
+        if (j <= i) s[j] = bits_to_f32(bits, pdt);
     }
     __syncthreads();
     for (u64 d = threadIdx.x; d < hs; d += blockDim.x) {

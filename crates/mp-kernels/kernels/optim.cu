@@ -82,14 +82,9 @@ extern "C" __global__ void mp_adamw(void* p, int pdt, const void* g, int gdt, fl
         st8(m, i, DT_F32, n, vec, vm, rp);
         st8(v, i, DT_F32, n, vec, vv, rp);
         st8(p, i, pdt, n, vec, vp, rp);
-        if (model) {
-            if (pdt != DT_F32) {
-                // the stored (rounded) params are what the model copy must hold
-#pragma unroll
-                for (int k = 0; k < 8; k++) vp[k] = i + k < n ? ld(p, i + k, pdt) : 0.0f;
-            }
-            st8(model, i, mdt, n, vec, vp, rm);
-        }
+        // the copy rounds the updated FP32 value (as the CPU oracle does, also when the
+        // params themselves are stored low-precision)
+        if (model) st8(model, i, mdt, n, vec, vp, rm);
     }
 }
 
@@ -120,12 +115,8 @@ extern "C" __global__ void mp_sgd(void* p, int pdt, const void* g, int gdt, floa
         }
         if (momentum != 0.0f) st8(buf, i, DT_F32, n, vec, vb, rp);
         st8(p, i, pdt, n, vec, vp, rp);
-        if (model) {
-            if (pdt != DT_F32) {
-#pragma unroll
-                for (int k = 0; k < 8; k++) vp[k] = i + k < n ? ld(p, i + k, pdt) : 0.0f;
-            }
-            st8(model, i, mdt, n, vec, vp, rm);
-        }
+        // the copy rounds the updated FP32 value (as the CPU oracle does, also when the
+        // params themselves are stored low-precision)
+        if (model) st8(model, i, mdt, n, vec, vp, rm);
     }
 }

@@ -12,6 +12,7 @@ mkdir -p "$OUT"
 export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 export MP_REQUIRE_CUDA=1
+export RUST_BACKTRACE=0
 export OUT
 START=$(date +%s)
 SUMMARY="$OUT/summary.txt"
