@@ -165,9 +165,11 @@ impl CudaBackend {
             s.stride_b * ab.size_in_bytes(),
             s.stride_c * cdt.size_in_bytes(),
         );
-        // cuBLASLt's strided batches need distinct C matrices; broadcast inputs (stride 0)
-        // are fine, but a zero C stride is run as a sequence of single products.
-        let (batch, per_call) = if s.batch > 1 && s.stride_c == 0 {
+        // A zero stride (a broadcast operand, or every product into one C) runs as a sequence of
+        // single products: always correct, and cuBLASLt's strided batches are only relied on
+        // for distinct matrices.
+        let broadcast = s.batch > 1 && (s.stride_a == 0 || s.stride_b == 0 || s.stride_c == 0);
+        let (batch, per_call) = if broadcast {
             (1usize, s.batch)
         } else {
             (s.batch, 1)
