@@ -25,7 +25,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv
 
 say ""
 say "== 1/3 CUDA tests (every op x dtype vs the CPU oracle; NaN-poisoned outputs)"
-timeout 240 "$HERE/cuda-tests" --test-threads=1 > "$OUT/cuda_tests.log" 2>&1
+timeout 200 "$HERE/cuda-tests" --test-threads=1 > "$OUT/cuda_tests.log" 2>&1
 TEST_RC=$?
 grep -E '^test .* (ok|FAILED|ignored)$' "$OUT/cuda_tests.log" | sed 's/^/   /'
 PASSED=$(grep -cE '^test .* ok$' "$OUT/cuda_tests.log")
@@ -45,14 +45,14 @@ say "   tests: $PASSED passed, $FAILED failed ($(( $(date +%s) - START )) s)"
 
 say ""
 say "== 2/3 CUDA benchmark (events, warm-up, median; random data)"
-timeout 180 "$HERE/cuda_bench" > "$OUT/cuda_bench.log" 2>&1
+timeout 150 "$HERE/cuda_bench" > "$OUT/cuda_bench.log" 2>&1
 BENCH_RC=$?
 cat "$OUT/cuda_bench.log" | sed 's/^/   /'
 if [ "$BENCH_RC" -eq 0 ]; then PASSED=$((PASSED + 1)); else FAILED=$((FAILED + 1)); say "   benchmark FAILED with status $BENCH_RC"; fi
 
 say ""
 say "== 3/3 PyTorch reference on the same GPU"
-timeout 150 python3 "$HERE/torch_gpu_reference.py" > "$OUT/torch_reference.log" 2>&1
+timeout 120 python3 "$HERE/torch_gpu_reference.py" > "$OUT/torch_reference.log" 2>&1
 TORCH_RC=$?
 [ "$TORCH_RC" -eq 0 ] || say "   torch_gpu_reference.py exited with status $TORCH_RC (see torch_reference.log)"
 
