@@ -1,4 +1,4 @@
-//! One GPT training step (forward + backward + fused AdamW) on the CPU backend, config
+//! One GPT training step (forward + backward + `mp_optim::AdamW`, one fused pass) on the CPU backend, config
 //! `gpt-cpu` (4 layers, 128 wide, 4 heads, context 64, vocabulary 256) at batch 16, in FP32
 //! and under BF16 autocast (forward from the optimizer's BF16 model copy, and from FP32 master
 //! weights with per-step cached casts). Throughput is in tokens; compare with
@@ -8,7 +8,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mp_autograd::Autocast;
 use mp_dtype::DType;
 use mp_kernels::cpu::CpuBackend;
-use mp_kernels::{AdamW, Backend, BufferExt, Rounding};
+use mp_kernels::{BufferExt, Rounding};
+use mp_optim::{AdamW, AdamWConfig};
 use mp_train::model::{Gpt, GptConfig};
 
 fn step(c: &mut Criterion) {
@@ -40,37 +41,20 @@ fn step(c: &mut Criterion) {
             gpt.enable_model_copy(&be, dt).expect("model copy");
         }
         let batch = gpt.batch(&be, &ids, Some(&targets), b, t).expect("batch");
-        let n = gpt.num_params();
-        let (mut m, mut v) = (
-            be.zeros(DType::F32, n).unwrap(),
-            be.zeros(DType::F32, n).unwrap(),
-        );
-        let mut hp = AdamW {
+        let config = AdamWConfig {
             lr: 3e-4,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-            step: 0,
-            grad_mult: 1.0,
             rounding: Rounding::NearestEven,
+            ..AdamWConfig::default()
         };
+        let mut opt = AdamW::new(&be, gpt.num_params(), config).expect("optimizer");
         let autocast = Autocast { dtype: low };
         group.bench_function(name, |bench| {
             bench.iter(|| {
                 gpt.zero_grads(&be).unwrap();
                 let loss = gpt.forward_backward(&be, &batch, autocast, 1.0).unwrap();
-                hp.step += 1;
                 let model = gpt.model_copy.as_mut().map(|c| c.view_mut());
-                be.adamw(
-                    gpt.params.view_mut(),
-                    gpt.grads.view(),
-                    m.view_mut(),
-                    v.view_mut(),
-                    model,
-                    &hp,
-                )
-                .unwrap();
+                opt.step(&be, gpt.params.view_mut(), gpt.grads.view(), model, 1.0)
+                    .unwrap();
                 loss
             })
         });

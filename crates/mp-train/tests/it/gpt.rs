@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use mp_autograd::Autocast;
 use mp_dtype::DType;
 use mp_kernels::cpu::CpuBackend;
-use mp_kernels::{AdamW, Backend, BufferExt, Rounding};
+use mp_kernels::{BufferExt, Rounding};
+use mp_optim::{AdamW, AdamWConfig};
 use mp_train::model::{Batch, Gpt, GptConfig};
 use serde_json::Value;
 
@@ -197,17 +198,14 @@ fn golden_gpt_bf16_and_fp16_autocast_logits() {
 fn golden_gpt_fp32_adamw_training_losses() {
     let be = CpuBackend::new();
     let Some(mut g) = load(&be) else { return };
-    let hp_json = &g.json["adamw"];
-    let f = |k: &str| hp_json[k].as_f64().unwrap() as f32;
-    let betas = hp_json["betas"].as_array().unwrap();
-    let mut hp = AdamW {
-        lr: f("lr"),
-        beta1: betas[0].as_f64().unwrap() as f32,
-        beta2: betas[1].as_f64().unwrap() as f32,
-        eps: f("eps"),
-        weight_decay: f("weight_decay"),
-        step: 0,
-        grad_mult: 1.0,
+    let hp = &g.json["adamw"];
+    let f = |v: &Value| v.as_f64().unwrap() as f32;
+    let config = AdamWConfig {
+        lr: f(&hp["lr"]),
+        beta1: f(&hp["betas"][0]),
+        beta2: f(&hp["betas"][1]),
+        eps: f(&hp["eps"]),
+        weight_decay: f(&hp["weight_decay"]),
         rounding: Rounding::NearestEven,
     };
     let want: Vec<f64> = g.json["train_losses_fp32"]
@@ -216,11 +214,8 @@ fn golden_gpt_fp32_adamw_training_losses() {
         .iter()
         .map(|x| x.as_f64().unwrap())
         .collect();
-    let n = g.gpt.num_params();
-    let (mut m, mut v) = (
-        be.zeros(DType::F32, n).unwrap(),
-        be.zeros(DType::F32, n).unwrap(),
-    );
+    // Weight decay on every parameter, as torch.optim.AdamW(model.parameters()).
+    let mut opt = AdamW::new(&be, g.gpt.num_params(), config).unwrap();
     for (i, &w) in want.iter().enumerate() {
         g.gpt.zero_grads(&be).unwrap();
         let loss = g
@@ -232,15 +227,7 @@ fn golden_gpt_fp32_adamw_training_losses() {
             (loss as f64 - w).abs() < 1e-4,
             "step {i}: loss {loss} vs {w}"
         );
-        hp.step += 1;
-        be.adamw(
-            g.gpt.params.view_mut(),
-            g.gpt.grads.view(),
-            m.view_mut(),
-            v.view_mut(),
-            None,
-            &hp,
-        )
-        .unwrap();
+        opt.step(&be, g.gpt.params.view_mut(), g.gpt.grads.view(), None, 1.0)
+            .unwrap();
     }
 }
