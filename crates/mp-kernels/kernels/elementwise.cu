@@ -10,17 +10,20 @@
 #define OP_GELU 6
 #define OP_GELU_BWD 7
 
+// GELU, tanh approximation, in the cancellation-free form 0.5 (1 + tanh u) = sigmoid(2u):
+// gelu(x) = x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3).
 __device__ __forceinline__ float gelu_f(float x) {
     const float k0 = 0.7978845608028654f; // sqrt(2/pi)
     float u = k0 * (x + 0.044715f * x * x * x);
-    return 0.5f * x * (1.0f + tanhf(u));
+    return x / (1.0f + expf(-2.0f * u));
 }
+// d/dx: s + x * 2 s (1 - s) * du/dx with s = sigmoid(2u) (1 - tanh^2 u = 4 s (1 - s)).
 __device__ __forceinline__ float gelu_grad(float x) {
     const float k0 = 0.7978845608028654f;
     float x2 = x * x;
     float u = k0 * (x + 0.044715f * x2 * x);
-    float t = tanhf(u);
-    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k0 * (1.0f + 3.0f * 0.044715f * x2);
+    float s = 1.0f / (1.0f + expf(-2.0f * u));
+    return s + x * 2.0f * s * (1.0f - s) * k0 * (1.0f + 3.0f * 0.044715f * x2);
 }
 
 // c = op(a, b, c, alpha) over n elements.
