@@ -241,3 +241,82 @@ macro_rules! test_per_dtype {
         }
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_is_deterministic_and_never_all_zero() {
+        assert_eq!(random_vec(100, 7), random_vec(100, 7));
+        assert_ne!(random_vec(100, 7), random_vec(100, 8));
+        assert!(random_vec(1, 0).iter().all(|&v| v != 0.0));
+        assert!(random_vec(1000, 3).iter().all(|v| (-1.0..1.0).contains(v)));
+        assert!(random_ids(1000, 17, 1).iter().all(|&i| i < 17));
+        let n = random_normal(10_000, 2.0, 5);
+        let var = n.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / n.len() as f64;
+        assert!((var - 4.0).abs() < 0.3, "variance {var}");
+    }
+
+    #[test]
+    fn check_close_reports_the_worst_element() {
+        let want = [1.0f64, 2.0, 3.0, f64::NAN];
+        assert!(
+            check_close(
+                "ok",
+                &[1.0, 2.0, 3.0, f32::NAN],
+                &want,
+                DType::F32,
+                0.0,
+                1.0
+            )
+            .is_ok()
+        );
+        let err = check_close(
+            "x",
+            &[1.0, 2.5, 3.1, f32::NAN],
+            &want,
+            DType::F32,
+            1e-3,
+            1.0,
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("2 of 4") && err.contains("worst at [1]"),
+            "{err}"
+        );
+        assert!(check_close("n", &[1.0], &[f64::NAN], DType::F32, 1.0, 1.0).is_err());
+        assert!(check_close("len", &[1.0], &want, DType::F32, 1.0, 1.0).is_err());
+    }
+
+    #[test]
+    fn quantize_rounds_to_the_dtype() {
+        let x = [1.0 + 1.0 / 512.0, 0.1];
+        assert_eq!(quantize(&x, DType::F32), x.to_vec());
+        assert_eq!(quantize(&x, DType::BF16)[0], 1.0);
+        assert!(eps(DType::BF16) > eps(DType::F16) && eps(DType::F16) > eps(DType::F32));
+    }
+
+    fn passes_for_wide_types(dtype: DType) {
+        assert!(dtype.size_in_bytes() >= 2);
+    }
+    crate::test_per_dtype!(passes_for_wide_types: f32, f16, bf16);
+
+    #[test]
+    fn for_each_dtype_names_every_failure() {
+        let r = std::panic::catch_unwind(|| {
+            for_each_dtype(&DType::ALL, |dt| {
+                assert!(dt.size_in_bytes() > 1, "too narrow")
+            })
+        });
+        let msg = r
+            .unwrap_err()
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            msg.contains("2 dtype(s)") && msg.contains("[f8e4m3]"),
+            "{msg}"
+        );
+    }
+}
