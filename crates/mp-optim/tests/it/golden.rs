@@ -50,15 +50,20 @@ pub fn flat(v: &Value) -> Vec<f32> {
         .collect()
 }
 
-/// Asserts `|ours - ref| <= 1e-6 + 1e-6 |ref|` elementwise.
-pub fn assert_close(what: &str, ours: &[f32], reference: &[f32]) {
+/// Asserts `|ours - ref| <= 1e-6 + 1e-6 |ref|` elementwise; returns the largest fraction of
+/// that bound used.
+pub fn assert_close(what: &str, ours: &[f32], reference: &[f32]) -> f64 {
     assert_eq!(ours.len(), reference.len(), "{what}: length");
+    let mut worst = 0.0f64;
     for (i, (&o, &r)) in ours.iter().zip(reference).enumerate() {
         let (o, r) = (f64::from(o), f64::from(r));
+        let bound = 1e-6 + 1e-6 * r.abs();
         assert!(
-            (o - r).abs() <= 1e-6 + 1e-6 * r.abs(),
+            (o - r).abs() <= bound,
             "{what}[{i}]: ours {o} vs reference {r} (diff {})",
             (o - r).abs()
         );
+        worst = worst.max((o - r).abs() / bound);
     }
+    worst
 }
