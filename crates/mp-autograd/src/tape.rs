@@ -251,6 +251,27 @@ impl<'a, B: Backend> Tape<'a, B> {
         Ok(self.be.download_f32(self.val(t.0))?)
     }
 
+    /// Bytes of device memory the tape holds: activations plus what ops saved for backward
+    /// (layer-norm statistics, attention probabilities); parameters are not counted.
+    pub fn activation_bytes(&self) -> usize {
+        let bytes = |b: &B::Buffer| b.len() * b.dtype().size_in_bytes();
+        self.nodes
+            .iter()
+            .map(|n| {
+                let value = match &n.value {
+                    Value::Owned(b) => bytes(b),
+                    _ => 0,
+                };
+                let saved = match &n.op {
+                    Some(Op::LayerNorm { mean, rstd, .. }) => bytes(mean) + bytes(rstd),
+                    Some(Op::Attention { probs, .. }) => bytes(probs),
+                    _ => 0,
+                };
+                value + saved
+            })
+            .sum()
+    }
+
     /// A leaf tensor holding `buffer` (data: no gradient).
     pub fn input(&mut self, buffer: B::Buffer, shape: &[usize]) -> Result<Tensor> {
         if buffer.len() != numel(shape) {

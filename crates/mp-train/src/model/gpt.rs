@@ -697,6 +697,30 @@ mod tests {
     }
 
     #[test]
+    fn autocast_halves_the_activation_memory() {
+        let be = CpuBackend::new();
+        let mut g = Gpt::new(&be, GptConfig::GPT_CPU, 1).unwrap();
+        // Weights from the BF16 model copy: the tape holds activations only.
+        g.enable_model_copy(&be, DType::BF16).unwrap();
+        let (b, t) = (8, 64);
+        let ids: Vec<u32> = (0..b * t).map(|i| (i * 7 % 256) as u32).collect();
+        let batch = g.batch(&be, &ids, Some(&ids), b, t).unwrap();
+        let bytes = |ac| {
+            let mut tape = g.tape(&be, ac).unwrap();
+            let logits = g.forward(&mut tape, &batch).unwrap();
+            g.loss(&mut tape, logits, &batch).unwrap();
+            tape.activation_bytes()
+        };
+        let (f32b, bf16b) = (bytes(Autocast::OFF), bytes(Autocast::to(DType::BF16)));
+        // The FP32 residual stream and the FP32 loss inputs stay FP32.
+        eprintln!("saved activations: fp32 {f32b} bytes, bf16 {bf16b} bytes");
+        assert!(
+            (bf16b as f64) < 0.6 * f32b as f64,
+            "fp32 {f32b} bytes, bf16 {bf16b} bytes"
+        );
+    }
+
+    #[test]
     fn training_steps_lower_the_loss() {
         let be = CpuBackend::new();
         let mut g = Gpt::new(&be, tiny(), 1).unwrap();
