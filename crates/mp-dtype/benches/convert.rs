@@ -84,6 +84,26 @@ fn bench(c: &mut Criterion) {
         }
         g.finish();
     }
+
+    // Stochastic rounding to BF16 (what an optimizer's model-copy write does); `half` has none.
+    let mut bytes = vec![0u8; 2 * N];
+    let opts = mp_dtype::EncodeOptions {
+        rounding: mp_dtype::Rounding::Stochastic { seed: 42 },
+        ..Default::default()
+    };
+    let mut g = c.benchmark_group("f32_to_bf16_stochastic");
+    g.throughput(Throughput::Bytes(F32_BYTES as u64));
+    g.sample_size(10);
+    g.bench_function("copy", |b| {
+        b.iter(|| copy_dst.copy_from_slice(black_box(&src)));
+    });
+    g.bench_function("mp-dtype", |b| {
+        b.iter(|| {
+            mp_dtype::encode(black_box(&src), &mut bytes, mp_dtype::DType::BF16, &opts)
+                .expect("lengths")
+        })
+    });
+    g.finish();
 }
 
 criterion_group!(benches, bench);

@@ -127,11 +127,7 @@ pub fn encode(
                     && let Ok(d16) = bytemuck::try_cast_slice_mut::<u8, u16>(d)
                 {
                     for_each_random(key, start, s.len(), |i0, i1, lo, hi_key| {
-                        let out = d16[i0..i1].iter_mut().zip(&s[i0..i1]);
-                        for ((o, &x), k) in out.zip(0u32..) {
-                            let r = mix32(lo.wrapping_add(k) ^ hi_key);
-                            *o = bf16_sr(x, r, saturate);
-                        }
+                        bf16_sr_run(&s[i0..i1], &mut d16[i0..i1], lo, hi_key, saturate);
                     });
                     return;
                 }
@@ -184,6 +180,35 @@ fn bf16_sr(x: f32, r: u32, saturate: bool) -> u16 {
         h = (b >> 16) | 0x0040;
     }
     h as u16
+}
+
+/// Stochastic rounding of a run to BF16, element `k` drawing `mix32((lo + k) ^ hi_key)`;
+/// compiled for AVX2 too (it then vectorises, `vpmulld` doing the hash) and dispatched at run
+/// time.
+fn bf16_sr_run(src: &[f32], dst: &mut [u16], lo: u32, hi_key: u32, saturate: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is available, checked just above.
+        unsafe { bf16_sr_run_avx2(src, dst, lo, hi_key, saturate) };
+        return;
+    }
+    bf16_sr_run_body(src, dst, lo, hi_key, saturate);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn bf16_sr_run_avx2(src: &[f32], dst: &mut [u16], lo: u32, hi_key: u32, saturate: bool) {
+    bf16_sr_run_body(src, dst, lo, hi_key, saturate);
+}
+
+#[inline(always)]
+fn bf16_sr_run_body(src: &[f32], dst: &mut [u16], lo: u32, hi_key: u32, saturate: bool) {
+    let n = src.len().min(dst.len());
+    let (src, dst) = (&src[..n], &mut dst[..n]);
+    for k in 0..n {
+        let r = mix32(lo.wrapping_add(k as u32) ^ hi_key);
+        dst[k] = bf16_sr(src[k], r, saturate);
+    }
 }
 
 /// Decodes little-endian `dtype` elements from `src` into `dst`
