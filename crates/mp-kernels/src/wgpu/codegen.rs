@@ -248,7 +248,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_shader_parses_for_every_slot_kind() {
+    fn every_shader_validates_for_every_dtype_and_slot_kind() {
         let all = [
             shaders::CAST,
             shaders::POINTWISE,
@@ -274,8 +274,15 @@ mod tests {
                     })
                     .collect();
                 let src = source(sh, &slots, &[]);
-                let module = ::wgpu::naga::front::wgsl::parse_str(&src);
-                if let Err(e) = module {
+                let module = match ::wgpu::naga::front::wgsl::parse_str(&src) {
+                    Ok(m) => m,
+                    Err(e) => panic!("{} [{dtype}]: {}", sh.name, e.emit_to_string(&src)),
+                };
+                let mut v = ::wgpu::naga::valid::Validator::new(
+                    ::wgpu::naga::valid::ValidationFlags::all(),
+                    ::wgpu::naga::valid::Capabilities::empty(),
+                );
+                if let Err(e) = v.validate(&module) {
                     panic!("{} [{dtype}]: {}", sh.name, e.emit_to_string(&src));
                 }
             }
