@@ -214,6 +214,9 @@ pub struct DataConfig {
     pub digits: u32,
     /// Problems in the embedded corpus's training text.
     pub problems: usize,
+    /// Write answers least-significant digit first (`07+45=250`): the carry order, which small
+    /// transformers learn much faster.
+    pub reverse_answer: bool,
 }
 
 impl Default for DataConfig {
@@ -223,6 +226,7 @@ impl Default for DataConfig {
             val_fraction: 0.1,
             digits: 2,
             problems: 50_000,
+            reverse_answer: true,
         }
     }
 }
@@ -310,7 +314,7 @@ impl Default for TrainConfig {
             logging_steps: 10,
             eval_steps: 100,
             eval_batches: 8,
-            eval_problems: 200,
+            eval_problems: 100,
             save_steps: 200,
             save_total_limit: 2,
             loss_scaling: LossScaling::default(),
@@ -651,6 +655,8 @@ val_fraction = {val_fraction}
 digits = {digits}
 # Problems in the arithmetic corpus's training text.
 problems = {problems}
+# Answers least-significant digit first (07+45=250), the order small transformers learn fast.
+reverse_answer = {reverse_answer}
 "#,
         precision = c.precision,
         backend = c.backend,
@@ -688,6 +694,7 @@ problems = {problems}
         val_fraction = d.val_fraction,
         digits = d.digits,
         problems = d.problems,
+        reverse_answer = d.reverse_answer,
     )
 }
 

@@ -6,7 +6,10 @@
 //! run is just its step count: a resumed run sees exactly the batches the uninterrupted run saw.
 //!
 //! The embedded corpus is generated from the seed: addition problems with zero-padded operands
-//! (`07+45=052\n`). A fraction of all operand pairs is held out; the validation text and the
+//! (`07+45=052\n`), by default with the answer written least-significant digit first
+//! (`07+45=250\n`), the order in which the carries are computed: small transformers learn
+//! addition far faster that way (Lee et al. 2023, "Teaching arithmetic to small
+//! transformers"). A fraction of all operand pairs is held out; the validation text and the
 //! exact-match accuracy use only held-out pairs, so accuracy measures generalisation.
 
 use crate::config::DataConfig;
@@ -33,6 +36,8 @@ fn draw(seed: u64, a: u64, b: u64, n: u64) -> u64 {
 pub struct Arithmetic {
     /// Operand digits.
     pub digits: u32,
+    /// The answer is written least-significant digit first.
+    pub reversed: bool,
 }
 
 impl Arithmetic {
@@ -55,7 +60,13 @@ impl Arithmetic {
     /// The problem line for `a + b`.
     pub fn line(&self, a: u64, b: u64) -> String {
         let d = self.digits as usize;
-        format!("{a:0d$}+{b:0d$}={c:0w$}\n", c = a + b, w = d + 1)
+        let c = format!("{:0w$}", a + b, w = d + 1);
+        let c: String = if self.reversed {
+            c.chars().rev().collect()
+        } else {
+            c
+        };
+        format!("{a:0d$}+{b:0d$}={c}\n")
     }
 
     fn operands(&self) -> u64 {
@@ -148,7 +159,10 @@ impl Dataset {
     /// The embedded arithmetic corpus: `cfg.problems` training problems over the pairs not
     /// held out, and `cfg.problems * val_fraction` (at least 64) over the held-out pairs.
     pub fn arithmetic(cfg: &DataConfig, seed: u64) -> Self {
-        let task = Arithmetic { digits: cfg.digits };
+        let task = Arithmetic {
+            digits: cfg.digits,
+            reversed: cfg.reverse_answer,
+        };
         let n = task.operands();
         let mut train_pairs = Vec::new();
         let mut val_pairs = Vec::new();
@@ -190,6 +204,18 @@ impl Dataset {
         }
     }
 
+    /// The longest prompt that starts at a line boundary, ends with a problem's `=` and
+    /// leaves room for the answer within `context` tokens (0 for text files).
+    pub fn prompt_len(&self, context: usize) -> usize {
+        match self.arithmetic_task() {
+            Some(task) => {
+                let room = context.saturating_sub(task.answer_len() + task.prompt_len());
+                (room / task.line_len()) * task.line_len() + task.prompt_len()
+            }
+            None => 0,
+        }
+    }
+
     /// A short description for logs and reports.
     pub fn describe(&self) -> String {
         match &self.source {
@@ -200,8 +226,9 @@ impl Dataset {
                 self.val.len()
             ),
             Source::Arithmetic(a) => format!(
-                "embedded arithmetic corpus, {}-digit addition ({} train / {} validation bytes)",
+                "embedded arithmetic corpus, {}-digit addition{} ({} train / {} validation bytes)",
                 a.digits,
+                if a.reversed { ", answers reversed" } else { "" },
                 self.train.len(),
                 self.val.len()
             ),
@@ -210,22 +237,38 @@ impl Dataset {
 
     /// Training micro-batch number `micro` (`step * grad_accum + k`): `rows` random windows.
     pub fn train_batch(&self, seed: u64, micro: u64, rows: usize, t: usize) -> Batch {
-        let span = (self.train.len() - t) as u64; // >= 1: checked at construction
-        let offsets = (0..rows as u64).map(|r| draw(seed ^ 0x7EA1, micro, r, span) as usize);
+        let align = self.alignment();
+        // Window starts: multiples of `align` with room for t + 1 tokens (>= 1 of them:
+        // checked at construction).
+        let starts = ((self.train.len() - t - 1) / align + 1) as u64;
+        let offsets =
+            (0..rows as u64).map(|r| draw(seed ^ 0x7EA1, micro, r, starts) as usize * align);
         window_batch(&self.train, offsets, rows, t)
+    }
+
+    /// Windows start at multiples of this: one problem line for the arithmetic corpus (so
+    /// every digit place sits at the same positions modulo the line length, which the learned
+    /// position embedding picks up at once), one byte for text files.
+    pub fn alignment(&self) -> usize {
+        match self.source {
+            Source::Arithmetic(a) => a.line_len(),
+            Source::File(_) => 1,
+        }
     }
 
     /// Validation batch number `index` of `count`: evenly spaced, fixed windows, the same in
     /// every evaluation and every run.
     pub fn val_batch(&self, index: usize, count: usize, rows: usize, t: usize) -> Batch {
-        let span = self.val.len() - t;
+        let align = self.alignment();
+        let starts = (self.val.len() - t - 1) / align + 1;
         let total = (count * rows).max(1);
-        let offsets = (0..rows).map(|r| ((index * rows + r) * span) / total);
+        let offsets = (0..rows).map(|r| ((index * rows + r) * starts) / total * align);
         window_batch(&self.val, offsets, rows, t)
     }
 
     /// Up to `count` held-out problems as `(prompt tokens, expected answer)`: each prompt is
-    /// the `prompt_tokens` validation tokens ending with a problem's `=`.
+    /// the `prompt_tokens` validation tokens ending with a problem's `=` (use
+    /// [`Dataset::prompt_len`] to start prompts at a line, as training windows do).
     pub fn eval_problems(&self, count: usize, prompt_tokens: usize) -> Vec<(Vec<u32>, String)> {
         let Some(task) = self.arithmetic_task() else {
             return Vec::new();
@@ -290,6 +333,7 @@ mod tests {
                 .map(|l| {
                     let (q, c) = l.split_once('=').unwrap();
                     let (a, b) = q.split_once('+').unwrap();
+                    let c: String = c.chars().rev().collect();
                     assert_eq!(
                         a.parse::<u64>().unwrap() + b.parse::<u64>().unwrap(),
                         c.parse::<u64>().unwrap()
@@ -303,6 +347,17 @@ mod tests {
         let val = parse(&ds.val);
         assert!(val.iter().all(|p| !train.contains(p)));
         assert_eq!(ds.train.len(), 2000 * task.line_len());
+    }
+
+    #[test]
+    fn answers_are_reversed_on_request() {
+        let mut t = Arithmetic {
+            digits: 2,
+            reversed: false,
+        };
+        assert_eq!(t.line(7, 45), "07+45=052\n");
+        t.reversed = true;
+        assert_eq!(t.line(7, 45), "07+45=250\n");
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! ```
 
 use crate::checkpoint::{self, TrainerState};
-use crate::config::{Precision, TrainConfig};
+use crate::config::TrainConfig;
 use crate::data::Dataset;
 use crate::device::{self, BackendJob};
 use crate::error::{Result, TrainError};
@@ -391,7 +391,8 @@ pub fn run_loop<B: Backend>(
             rep.line(&eval_line(&e));
             last_eval = Some(e);
         }
-        if opts.checkpoints && (last || (cfg.save_steps > 0 && step.is_multiple_of(cfg.save_steps))) {
+        if opts.checkpoints && (last || (cfg.save_steps > 0 && step.is_multiple_of(cfg.save_steps)))
+        {
             let path = tr.save_checkpoint(out, last_eval.as_ref())?;
             rep.line(&format!("saved {}", path.display()));
             last_ckpt = Some(path);
@@ -517,10 +518,7 @@ pub fn draw_run_plots(out: &Path, cfg: &TrainConfig, hist: &[u64], scale: f32) -
         ],
         true,
     )?;
-    let dtype = match cfg.precision {
-        Precision::Fp32 => DType::F16,
-        p => p.compute_dtype(),
-    };
+    let dtype = cfg.precision.compute_dtype();
     let (lo, counts) = train::trim_histogram(hist);
     let mut hists = vec![ExponentHistogram {
         name: "gradients (unscaled)".into(),
@@ -534,11 +532,16 @@ pub fn draw_run_plots(out: &Path, cfg: &TrainConfig, hist: &[u64], scale: f32) -
             counts,
         });
     }
+    // Against FP16's range too when the run's format is wider: what loss scaling is for.
+    let mut markers = format_markers(dtype);
+    if dtype != DType::F16 {
+        markers.extend(format_markers(DType::F16));
+    }
     plot::exponent_chart(
         &out.join("grad_exponents.png"),
         &format!("gradient exponents vs {dtype} range, {title}"),
         &hists,
-        &format_markers(dtype),
+        &markers,
     )
 }
 

@@ -296,9 +296,7 @@ impl<B: Backend> Trainer<B> {
         let val_loss = (sum / cfg.eval_batches as f64) as f32;
         let (accuracy, problems) = match self.data.arithmetic_task() {
             Some(task) if cfg.eval_problems > 0 => {
-                let prompt_len = (4 * task.line_len())
-                    .min(t - task.answer_len())
-                    .max(task.prompt_len());
+                let prompt_len = self.data.prompt_len(t);
                 let probs = self.data.eval_problems(cfg.eval_problems, prompt_len);
                 let mut correct = 0usize;
                 for chunk in probs.chunks(64) {

@@ -120,3 +120,57 @@ fn only_the_last_k_checkpoints_are_kept() {
     assert!(leftovers.is_empty(), "temporary folders left behind");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The golden folder (`../shared/golden` beside the repository), if present.
+fn golden_dir() -> Option<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden");
+    if dir.join("gpt2_tiny.safetensors").exists() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "SKIPPED: golden_checkpoint_matches_hf_gpt2_layout: golden folder absent ({})",
+            dir.display()
+        );
+        None
+    }
+}
+
+#[test]
+fn golden_checkpoint_matches_hf_gpt2_layout() {
+    let Some(golden) = golden_dir() else { return };
+    let spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden.join("gpt2_tiny.json")).unwrap())
+            .unwrap();
+    let c = &spec["config"];
+    let get = |k: &str| {
+        c[k].as_u64()
+            .unwrap_or_else(|| panic!("golden config lacks {k}")) as usize
+    };
+    let mut cfg = tiny(1);
+    cfg.model.vocab_size = get("vocab_size");
+    cfg.model.n_positions = get("n_positions");
+    cfg.model.n_embd = get("n_embd");
+    cfg.model.n_layer = get("n_layer");
+    cfg.model.n_head = get("n_head");
+    let dir = scratch("ckpt-golden");
+    let ds = Dataset::from_config(&cfg.data, cfg.seed, cfg.model.n_positions).unwrap();
+    let tr = Trainer::new(CpuBackend::new(), cfg, ds).unwrap();
+    let path = tr.save_checkpoint(&dir, None).unwrap();
+    let describe = |bytes: &[u8]| {
+        let st = safetensors::SafeTensors::deserialize(bytes).unwrap();
+        let mut v: Vec<(String, Vec<usize>, String)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, t)| (n, t.shape().to_vec(), format!("{:?}", t.dtype())))
+            .collect();
+        v.sort();
+        v
+    };
+    let ours = describe(&std::fs::read(path.join("model.safetensors")).unwrap());
+    let hf = describe(&std::fs::read(golden.join("gpt2_tiny.safetensors")).unwrap());
+    assert_eq!(
+        ours, hf,
+        "tensor names, shapes and dtypes differ from transformers' GPT2LMHeadModel file"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
