@@ -115,6 +115,51 @@ pub fn compare(
     Ok((path, results))
 }
 
+/// Reads a finished study back from its folder (each arm's `summary.json`; an arm without
+/// one is reported as not finished), with the base config taken from the first arm's
+/// `config.toml`.
+pub fn load(out: &Path) -> Result<(TrainConfig, Vec<ArmResult>)> {
+    let mut base = None;
+    let mut results = Vec::new();
+    for v in VARIANTS {
+        let dir = out.join(v.name);
+        if base.is_none() && dir.join("config.toml").exists() {
+            base = Some(TrainConfig::load(Some(&dir.join("config.toml")), &[])?);
+        }
+        let path = dir.join("summary.json");
+        let outcome = match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(
+                serde_json::from_str(&text).map_err(|source| TrainError::Json {
+                    path: path.clone(),
+                    source,
+                })?,
+            ),
+            Err(_) => Err(format!("no {} (the run did not finish)", path.display())),
+        };
+        results.push(ArmResult {
+            variant: v,
+            dir,
+            outcome,
+        });
+    }
+    let base = base.ok_or_else(|| TrainError::Data {
+        path: out.to_path_buf(),
+        reason: "not a precision-study folder (no <arm>/config.toml)".into(),
+    })?;
+    Ok((base, results))
+}
+
+/// Redraws the comparison plots of a finished study folder and rewrites its `report.md`.
+pub fn rerender(out: &Path) -> Result<(TrainConfig, Vec<ArmResult>)> {
+    let (base, results) = load(out)?;
+    draw_compare_plots(out, &results)?;
+    fsutil::write_atomic(
+        &out.join("report.md"),
+        report_markdown(&base, &results, "").as_bytes(),
+    )?;
+    Ok((base, results))
+}
+
 fn draw_compare_plots(out: &Path, results: &[ArmResult]) -> Result<()> {
     let mut train = Vec::new();
     let mut val = Vec::new();

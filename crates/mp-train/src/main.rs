@@ -114,6 +114,9 @@ struct CompareArgs {
     /// (e.g. `docs/precision-study.md`).
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// Do not train: re-render the report and plots of a finished study folder.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["config", "set", "max_steps", "data", "backend", "overwrite"])]
+    from: Option<PathBuf>,
 }
 
 fn quote(s: &str) -> String {
