@@ -336,7 +336,17 @@ fn main() -> std::process::ExitCode {
     match run_cli(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // The chain of causes, leaving out a cause the message before it already quotes.
+            let mut msg = String::new();
+            for cause in e.chain().map(ToString::to_string) {
+                if !msg.contains(&cause) {
+                    if !msg.is_empty() {
+                        msg.push_str(": ");
+                    }
+                    msg.push_str(&cause);
+                }
+            }
+            eprintln!("error: {msg}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -184,14 +184,12 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunSummary> {
         same_path(&parent, &opts.out_dir)
     });
     let data = Dataset::from_config(&cfg.data, cfg.seed, cfg.model.n_positions)?;
-    prepare_out_dir(&opts, resuming_here)?;
-    if let Some((_, state)) = &resume
-        && resuming_here
-    {
-        metrics::truncate_after(&opts.out_dir.join("metrics.jsonl"), state.global_step)?;
-        metrics::truncate_after(&opts.out_dir.join("eval.jsonl"), state.global_step)?;
+    if !resuming_here && !opts.overwrite && !fsutil::is_empty_or_missing(&opts.out_dir)? {
+        // Refuse before opening the device, so the message does not wait for it.
+        return Err(TrainError::OutDirNotEmpty {
+            path: opts.out_dir.clone(),
+        });
     }
-    fsutil::write_atomic(&opts.out_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
     device::dispatch(
         cfg.backend,
         cfg.threads,
@@ -221,11 +219,27 @@ struct TrainJob {
 impl BackendJob for TrainJob {
     type Output = RunSummary;
     fn run<B: Backend>(self, be: B) -> Result<RunSummary> {
+        // The backend is open: only now is the run folder created or changed, so a run that
+        // cannot start (no device, bad checkpoint) leaves nothing behind.
         let device = be.name();
         let mut tr = Trainer::new(be, self.cfg, self.data)?;
+        let resuming_here = self.resume.as_ref().is_some_and(|(dir, _)| {
+            let parent = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+            same_path(&parent, &self.opts.out_dir)
+        });
         if let Some((dir, state)) = &self.resume {
             tr.restore(dir, state)?;
         }
+        prepare_out_dir(&self.opts, resuming_here)?;
+        if let Some((_, state)) = &self.resume
+            && resuming_here
+        {
+            let out = &self.opts.out_dir;
+            metrics::truncate_after(&out.join("metrics.jsonl"), state.global_step)?;
+            metrics::truncate_after(&out.join("eval.jsonl"), state.global_step)?;
+        }
+        let config = tr.cfg.to_toml();
+        fsutil::write_atomic(&self.opts.out_dir.join("config.toml"), config.as_bytes())?;
         run_loop(&mut tr, &self.opts, device)
     }
 }

@@ -152,11 +152,18 @@ fn bad_input_table() {
         ),
     ];
     for (name, args, expected) in cases {
+        if name.ends_with("without device") {
+            let (_, text) = mp_train(&args, &dir);
+            assert!(
+                text.contains("not compiled in") || text.contains("no device"),
+                "{name}: neither NotCompiled nor NoDevice:\n{text}"
+            );
+        }
         expect_error(&dir, name, args, &expected);
     }
-    // No run of the table trained anything silently on the CPU.
-    for i in 13..=15 {
-        assert!(!dir.join(format!("o{i}")).join("metrics.jsonl").exists());
+    // No failed run left a run folder behind (and none trained silently on the CPU).
+    for i in 1..=15 {
+        assert!(!dir.join(format!("o{i}")).exists(), "o{i} was created");
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
