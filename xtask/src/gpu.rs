@@ -104,6 +104,35 @@ fn build_bundle() -> Result<PathBuf> {
     std::fs::create_dir_all(&dir).context("creating .gpu/")?;
     copy_stripped(&tests, &dir.join("cuda-tests"))?;
     copy_stripped(&bench, &dir.join("cuda_bench"))?;
+    // The trainer with the CUDA backend: training runs on the GPU, tracked against the CPU.
+    let trainer = build_executable(
+        &[
+            "build",
+            "-p",
+            "mp-train",
+            "--features",
+            "cuda",
+            "--release",
+            "--bin",
+            "mp-train",
+        ],
+        "mp-train with the CUDA backend",
+    )?;
+    copy_stripped(&trainer, &dir.join("mp-train"))?;
+    // mp-dtype's tests: the GPU machine's CPU may have the AVX-512 paths this one lacks.
+    let dtype_tests = build_executable(
+        &[
+            "test",
+            "-p",
+            "mp-dtype",
+            "--release",
+            "--test",
+            "it",
+            "--no-run",
+        ],
+        "the mp-dtype tests",
+    )?;
+    copy_stripped(&dtype_tests, &dir.join("dtype-tests"))?;
     let torch = root().join("../shared/bench/torch_gpu_reference.py");
     if torch.is_file() {
         copy(&torch, &dir.join("torch_gpu_reference.py"))?;

@@ -395,10 +395,6 @@ pub trait Backend: Send + Sync + 'static {
     /// Backward of [`Backend::softmax`] from its output `y` (same `cols` and `log`):
     /// `dx += y * (dy - sum_j dy_j y_j)` for softmax, `dx += dy - exp(y) * sum_j dy_j` for
     /// log-softmax; causally masked entries (`y` = 0, resp. -inf) receive and pass no gradient.
-    ///
-    /// Added after the first version of the trait, so it has a default body that returns
-    /// [`KernelError::Device`](crate::KernelError::Device) ("not implemented by this backend");
-    /// every backend should override it.
     fn softmax_backward(
         &self,
         y: View<'_, Self::Buffer>,
@@ -406,14 +402,7 @@ pub trait Backend: Send + Sync + 'static {
         cols: usize,
         log: bool,
         dx: ViewMut<'_, Self::Buffer>,
-    ) -> Result<()> {
-        let _ = (y, dy, cols, log, dx);
-        Err(crate::KernelError::Device {
-            op: "softmax_backward",
-            device: self.name(),
-            msg: "not implemented by this backend".to_string(),
-        })
-    }
+    ) -> Result<()>;
     /// Layer norm over rows of `c = weight.len` elements:
     /// `out = (x - mean) * rstd * weight + bias`; saves FP32 `mean` and `rstd` per row.
     #[allow(clippy::too_many_arguments)]

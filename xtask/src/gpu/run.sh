@@ -25,7 +25,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv
 
 say ""
 say "== 1/3 CUDA tests (every op x dtype vs the CPU oracle; NaN-poisoned outputs)"
-timeout 200 "$HERE/cuda-tests" --test-threads=1 > "$OUT/cuda_tests.log" 2>&1
+timeout 150 "$HERE/cuda-tests" --test-threads=1 > "$OUT/cuda_tests.log" 2>&1
 TEST_RC=$?
 grep -E '^test .* (ok|FAILED|ignored)$' "$OUT/cuda_tests.log" | sed 's/^/   /'
 PASSED=$(grep -cE '^test .* ok$' "$OUT/cuda_tests.log")
@@ -45,14 +45,14 @@ say "   tests: $PASSED passed, $FAILED failed ($(( $(date +%s) - START )) s)"
 
 say ""
 say "== 2/3 CUDA benchmark (events, warm-up, median; random data)"
-timeout 150 "$HERE/cuda_bench" > "$OUT/cuda_bench.log" 2>&1
+timeout 90 "$HERE/cuda_bench" > "$OUT/cuda_bench.log" 2>&1
 BENCH_RC=$?
 cat "$OUT/cuda_bench.log" | sed 's/^/   /'
 if [ "$BENCH_RC" -eq 0 ]; then PASSED=$((PASSED + 1)); else FAILED=$((FAILED + 1)); say "   benchmark FAILED with status $BENCH_RC"; fi
 
 say ""
 say "== 3/3 PyTorch reference on the same GPU"
-timeout 120 python3 "$HERE/torch_gpu_reference.py" > "$OUT/torch_reference.log" 2>&1
+timeout 110 python3 "$HERE/torch_gpu_reference.py" > "$OUT/torch_reference.log" 2>&1
 TORCH_RC=$?
 [ "$TORCH_RC" -eq 0 ] || say "   torch_gpu_reference.py exited with status $TORCH_RC (see torch_reference.log)"
 
@@ -103,6 +103,62 @@ if gs: print(f"   target gradient check <= 0.08 ms: {gs:.3f} ms (host-timed, inc
 PY
 
 say ""
-say "elapsed $(( $(date +%s) - START )) s; logs in $OUT: summary.txt cuda_tests.log cuda_bench.log cuda_bench.json torch_reference.log anchors.json"
+say "== 4/5 mp-dtype on this machine's CPU (exhaustive + every SIMD path it has, AVX-512 included)"
+grep -oE 'avx512[a-z0-9_]*' /proc/cpuinfo | sort -u | tr '\n' ' ' | sed 's/^/   cpu flags: /' | tee -a "$SUMMARY"; echo | tee -a "$SUMMARY"
+timeout 60 "$HERE/dtype-tests" > "$OUT/dtype_tests.log" 2>&1
+DT_RC=$?
+grep -iE 'exercised paths|not available' "$OUT/dtype_tests.log" | sort -u | head -4 | sed 's/^/   /' | tee -a "$SUMMARY"
+DT_PASSED=$(grep -cE '^test .* ok$' "$OUT/dtype_tests.log")
+DT_FAILED=$(grep -cE '^test .* FAILED$' "$OUT/dtype_tests.log")
+if [ "$DT_RC" -ne 0 ] && [ "$DT_FAILED" -eq 0 ]; then DT_FAILED=1; say "   dtype tests exited with $DT_RC"; tail -5 "$OUT/dtype_tests.log" | sed 's/^/   | /'; fi
+say "   dtype tests: $DT_PASSED passed, $DT_FAILED failed"
+PASSED=$((PASSED + DT_PASSED)); FAILED=$((FAILED + DT_FAILED))
+
+say ""
+say "== 5/5 training: 50 bf16 steps on CUDA vs the CPU backend; GPT-2-small step throughput"
+RUNS=/tmp/mp-runs; rm -rf "$RUNS"; mkdir -p "$RUNS"
+COMMON="--max-steps 50 --precision bf16 --plain --set logging_steps=1 --set eval_steps=0 --set eval_problems=10 --set save_steps=0"
+timeout 60 "$HERE/mp-train" train $COMMON --backend cuda --out "$RUNS/cuda" > "$OUT/train.log" 2>&1; TR_CUDA=$?
+timeout 60 "$HERE/mp-train" train $COMMON --backend cpu --out "$RUNS/cpu" >> "$OUT/train.log" 2>&1; TR_CPU=$?
+python3 - "$RUNS" <<'PY' 2>&1 | tee -a "$SUMMARY"
+import json, sys
+runs = sys.argv[1]
+def losses(name):
+    out = {}
+    try:
+        for line in open(f"{runs}/{name}/metrics.jsonl"):
+            r = json.loads(line)
+            if "loss" in r and "step" in r:
+                out[r["step"]] = r["loss"]
+    except Exception as e:
+        print(f"   {name}: no metrics ({e})")
+    return out
+a, b = losses("cuda"), losses("cpu")
+common = sorted(set(a) & set(b))
+if not common:
+    print("   training: FAILED (no common logged steps)"); sys.exit(1)
+worst = max(abs(a[s] - b[s]) / abs(b[s]) for s in common)
+for s in common[:: max(1, len(common) // 6)] + [common[-1]]:
+    print(f"   step {s:4d}  loss cuda {a[s]:.5f}  cpu {b[s]:.5f}")
+ok = worst < 0.02 and common[-1] >= 50 and a[common[-1]] < a[common[0]]
+print(f"   worst relative loss difference {worst:.2e} over {len(common)} steps (limit 2e-2): {'ok' if ok else 'FAILED'}")
+sys.exit(0 if ok else 1)
+PY
+TRACK_RC=${PIPESTATUS[0]}
+if [ "$TR_CUDA" -eq 0 ] && [ "$TR_CPU" -eq 0 ] && [ "$TRACK_RC" -eq 0 ]; then PASSED=$((PASSED + 1)); else FAILED=$((FAILED + 1)); say "   training check FAILED (cuda rc $TR_CUDA, cpu rc $TR_CPU); see train.log"; tail -15 "$OUT/train.log" | sed 's/^/   | /' | tee -a "$SUMMARY"; fi
+GPT2="--set model.n_layer=12 --set model.n_embd=768 --set model.n_head=12 --set model.n_positions=1024 --set model.vocab_size=50304 --set batch_size=16 --set logging_steps=1 --set eval_batches=1 --set eval_problems=1 --set data.problems=200000"
+for P in bf16 fp16 fp32; do
+  timeout 45 "$HERE/mp-train" train --max-steps 6 --precision $P --plain --set eval_steps=0 --set save_steps=0 $GPT2 --backend cuda --out "$RUNS/gpt2-$P" >> "$OUT/train.log" 2>&1
+  python3 - "$RUNS/gpt2-$P/metrics.jsonl" "$P" <<'PY' 2>&1 | tee -a "$SUMMARY"
+import json, sys
+rs = [json.loads(l) for l in open(sys.argv[1])] if __import__("os").path.exists(sys.argv[1]) else []
+tps = [r.get("tokens_per_s") for r in rs if r.get("step", 0) >= 3 and r.get("tokens_per_s")]
+print(f"   gpt2-small {sys.argv[2]:5s} steps 3-6 tokens/s: {sorted(tps)[len(tps)//2]:.0f}" if tps else f"   gpt2-small {sys.argv[2]}: no throughput (see train.log)")
+PY
+done
+nvidia-smi --query-gpu=memory.used --format=csv,noheader | sed 's/^/   gpu memory in use now: /'
+
+say ""
+say "elapsed $(( $(date +%s) - START )) s; logs in $OUT: summary.txt cuda_tests.log cuda_bench.log cuda_bench.json torch_reference.log anchors.json dtype_tests.log train.log"
 say "$PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]

@@ -15,8 +15,10 @@ fn gemm_run<B: Backend>(
     s: &Gemm,
 ) -> Vec<f32> {
     let (ba, bb) = (up(be, a, ab), up(be, b, ab));
+    // C spans every batch's output (a beta = 0 test may pass no initial C at all)
+    let c_len = c0.len().max(s.stride_c * (s.batch - 1) + s.m * s.n);
     let mut bc = if s.beta == 0.0 {
-        poisoned(be, cdt, c0.len())
+        poisoned(be, cdt, c_len)
     } else {
         up(be, c0, cdt)
     };
