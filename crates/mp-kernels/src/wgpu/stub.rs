@@ -151,6 +151,16 @@ impl Backend for WgpuBackend {
     ) -> Result<()> {
         match *self {}
     }
+    fn softmax_backward(
+        &self,
+        _: View<'_, WgpuBuffer>,
+        _: View<'_, WgpuBuffer>,
+        _: usize,
+        _: bool,
+        _: ViewMut<'_, WgpuBuffer>,
+    ) -> Result<()> {
+        match *self {}
+    }
     fn layer_norm(
         &self,
         _: View<'_, WgpuBuffer>,
