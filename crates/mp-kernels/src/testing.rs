@@ -221,9 +221,14 @@ pub fn for_each_dtype(dtypes: &[DType], mut f: impl FnMut(DType)) {
 /// Declares one `#[test]` per dtype for a function `fn name(dtype: DType)`: a module `name`
 /// holding tests named after each dtype (`name::f32`, `name::bf16`, ...).
 ///
-/// ```ignore
-/// fn gelu_matches_reference(dtype: DType) { /* ... */ }
-/// mp_kernels::test_per_dtype!(gelu_matches_reference: f32, f16, bf16);
+/// ```
+/// use mp_kernels::DType;
+///
+/// fn storage_is_narrower_than_f32(dtype: DType) {
+///     assert!(dtype.size_in_bytes() <= 4);
+/// }
+/// mp_kernels::test_per_dtype!(storage_is_narrower_than_f32: f32, f16, bf16);
+/// # fn main() {}
 /// ```
 #[macro_export]
 macro_rules! test_per_dtype {
