@@ -11,7 +11,8 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
 "$VENV/bin/pip" install -q nvidia-cuda-nvrtc==13.0.88 nvidia-cuda-runtime==13.0.96
-SP=$(echo "$VENV"/lib/python3.*/site-packages/nvidia/cu13)
+# absolute: the test binary runs from the crate folder, not from here
+SP=$(cd "$(echo "$VENV"/lib/python3.*/site-packages/nvidia/cu13)" && pwd)
 if [ ! -f "$SP/lib/libnvrtc.so.13" ] || [ ! -f "$SP/include/cuda_bf16.h" ]; then
     echo "nvrtc-check: the wheels did not provide libnvrtc.so.13 and cuda_bf16.h under $SP" >&2
     exit 1
