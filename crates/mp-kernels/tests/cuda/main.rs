@@ -9,7 +9,9 @@
 mod cast;
 mod common;
 mod dense;
+#[path = "../conformance/fused.rs"]
 mod fused;
+#[path = "../conformance/rows.rs"]
 mod rows;
 
 #[test]

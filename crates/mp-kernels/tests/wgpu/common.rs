@@ -3,6 +3,9 @@
 
 use std::sync::OnceLock;
 
+/// The backend under test, for messages.
+pub const BACKEND: &str = "wgpu";
+
 use mp_kernels::testing::check_close;
 use mp_kernels::wgpu::WgpuBackend;
 use mp_kernels::{Backend, BufferExt, CpuBackend, DType};

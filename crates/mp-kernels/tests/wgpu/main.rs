@@ -15,9 +15,9 @@ mod common;
 mod wgpu_cast;
 #[path = "dense.rs"]
 mod wgpu_dense;
-#[path = "fused.rs"]
+#[path = "../conformance/fused.rs"]
 mod wgpu_fused;
-#[path = "rows.rs"]
+#[path = "../conformance/rows.rs"]
 mod wgpu_rows;
 
 use mp_kernels::testing::{random_normal, random_vec};

@@ -1,5 +1,6 @@
 //! Row kernels (reductions, softmax, layer norm, cross-entropy), embeddings and attention
-//! against the CPU oracle.
+//! against the CPU oracle (shared by the CUDA and wgpu suites: `crate::common` supplies the
+//! backend).
 
 use mp_kernels::testing::{random_ids, random_normal, random_vec, tolerance};
 use mp_kernels::{Attention, Backend, BufferExt, DType, ReduceOp, test_per_dtype};

@@ -1,4 +1,5 @@
-//! The fused scaler and optimizer passes against the CPU oracle.
+//! The fused scaler and optimizer passes against the CPU oracle (shared by the CUDA and wgpu
+//! suites: `crate::common` supplies the backend).
 
 use mp_kernels::testing::{random_normal, random_vec};
 use mp_kernels::{AdamW, Backend, BufferExt, DType, Rounding, Sgd, test_per_dtype};
@@ -23,7 +24,8 @@ fn grad_stats_match_cpu(dtype: DType) {
             let rel = (sg.sum_sq - sc.sum_sq).abs() / sc.sum_sq;
             assert!(
                 rel < 1e-5,
-                "grad_stats sum_sq n={n} mult={mult}: wgpu {} CPU {} (rel {rel:e})",
+                "grad_stats sum_sq n={n} mult={mult}: {} {} CPU {} (rel {rel:e})",
+                crate::common::BACKEND,
                 sg.sum_sq,
                 sc.sum_sq
             );
