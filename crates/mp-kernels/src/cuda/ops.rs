@@ -280,13 +280,11 @@ impl Backend for CudaBackend {
         const OP: &str = "upload_bytes";
         let size = dtype.size_in_bytes();
         if !bytes.len().is_multiple_of(size) {
-            return Err(self.shape_err(
-                OP,
-                format!(
-                    "{} bytes is not a whole number of {dtype} elements",
-                    bytes.len()
-                ),
-            ));
+            return Err(crate::KernelError::DType(mp_dtype::DTypeError::RaggedBytes {
+                op: OP,
+                bytes: bytes.len(),
+                dtype,
+            }));
         }
         let mut buf = self.new_buffer(OP, dtype, bytes.len() / size)?;
         if !bytes.is_empty() {
