@@ -1,10 +1,20 @@
-//! Batched GEMM with transposes, alpha/beta and broadcast strides, through the `gemm` crate's
-//! f32 kernels (packed, cache-blocked, AVX2/FMA or AVX-512 micro-kernels chosen at run time).
+//! Batched GEMM with transposes, alpha/beta and broadcast strides.
 //!
-//! Low-precision operands are widened to f32 once per call (exact: every F16/BF16/FP8 value is
-//! an f32), so accumulation is always FP32; a non-F32 C is computed in an f32 scratch and
-//! rounded to nearest even once. Many small products (attention heads) run one per thread;
-//! large ones use the crate's own rayon parallelism.
+//! Two routes, chosen per call:
+//! - BF16 A and B on a CPU with AVX-512 BF16: our own packed, cache-blocked `vdpbf16ps` kernel
+//!   ([`bf16`]), reading BF16 directly with FP32 accumulation (its numerics, which differ
+//!   slightly from the f32 route, are documented there). `MP_CPU_BF16_GEMM=widen` in the
+//!   environment turns it off (for A/B measurements).
+//! - Everything else: the `gemm` crate's f32 kernels (packed, cache-blocked, AVX2/FMA or
+//!   AVX-512 micro-kernels chosen at run time). Low-precision operands are widened to f32 once
+//!   per call (exact: every F16/BF16/FP8 value is an f32) into per-thread scratch reused across
+//!   calls, so accumulation is always FP32; a non-F32 C is computed in an f32 scratch and
+//!   rounded to nearest even once. Many small products (attention heads) run one per thread;
+//!   large ones use the crate's own rayon parallelism.
+
+// Only the tests reach the driver on other architectures (through the emulated primitive).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+mod bf16;
 
 use super::CpuBuffer;
 use super::check::{bytes, bytes_mut, dtype_err, mul, shape_err};
@@ -15,6 +25,7 @@ use crate::backend::{Gemm, View, ViewMut};
 use gemm::Parallelism;
 use mp_dtype::DType;
 use rayon::prelude::*;
+use std::cell::Cell;
 
 /// Products of at most this many multiply-adds run one per thread when batched.
 const SMALL_PRODUCT: usize = 1 << 21;
@@ -29,17 +40,57 @@ fn span(op: &'static str, batch: usize, stride: usize, size: usize) -> Result<us
         .ok_or_else(|| shape_err(op, "operand span overflows"))
 }
 
-/// A view's first `n` elements as f32: borrowed for F32, widened (in parallel) otherwise.
-fn f32_operand<'a>(dtype: DType, src: &'a [u8], tmp: &'a mut Vec<f32>) -> &'a [f32] {
+/// Scratch vectors longer than this (elements) are freed after use instead of kept.
+const SCRATCH_KEEP: usize = 1 << 24;
+
+thread_local! {
+    /// Per-thread f32 scratch for widened A, B and C, reused across calls (no allocation or
+    /// zero-filling per call once warm).
+    static WIDE: [Cell<Vec<f32>>; 3] = const {
+        [Cell::new(Vec::new()), Cell::new(Vec::new()), Cell::new(Vec::new())]
+    };
+}
+
+/// Takes this thread's scratch vector `slot` with at least `len` elements (contents
+/// unspecified); hand it back with [`put_scratch`]. Taking (not borrowing) keeps a nested call
+/// (rayon work stealing) from aliasing it: that one gets a fresh vector.
+fn take_scratch(slot: usize, len: usize) -> Vec<f32> {
+    let mut v = WIDE.with(|w| w[slot].take());
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    v
+}
+
+/// Returns a vector taken with [`take_scratch`] (dropped when very large).
+fn put_scratch(slot: usize, v: Vec<f32>) {
+    if v.len() <= SCRATCH_KEEP {
+        WIDE.with(|w| w[slot].set(v));
+    }
+}
+
+/// A view's elements as f32: borrowed for F32, widened into `tmp` otherwise (SIMD, parallel).
+fn f32_operand<'a>(dtype: DType, src: &'a [u8], tmp: &'a mut [f32]) -> &'a [f32] {
     if dtype == DType::F32 {
         return as_f32(src);
     }
-    let s = dtype.size_in_bytes();
-    tmp.resize(src.len() / s, 0.0);
-    tmp.par_chunks_mut(CHUNK)
-        .zip(src.par_chunks(CHUNK * s))
-        .for_each(|(o, i)| widen(dtype, i, o));
+    let tmp = &mut tmp[..src.len() / dtype.size_in_bytes()];
+    // Lengths match by construction: cannot fail (checked in debug builds). NaNs come out
+    // quiet, which a product could not tell apart.
+    let r = mp_dtype::decode(src, dtype, tmp);
+    debug_assert!(r.is_ok(), "{r:?}");
     tmp
+}
+
+/// The AVX-512 BF16 kernel, when this CPU has it and `MP_CPU_BF16_GEMM` is not `widen`.
+#[cfg(target_arch = "x86_64")]
+fn native_bf16() -> Option<bf16::Avx512Bf16> {
+    use std::sync::OnceLock;
+    static NATIVE: OnceLock<Option<bf16::Avx512Bf16>> = OnceLock::new();
+    *NATIVE.get_or_init(|| {
+        let off = std::env::var("MP_CPU_BF16_GEMM").is_ok_and(|v| v == "widen");
+        bf16::Avx512Bf16::detect().filter(|_| !off)
+    })
 }
 
 /// One product `c = alpha * op(a) op(b) + beta * c` on f32 slices starting at one batch
@@ -178,19 +229,51 @@ pub(crate) fn gemm(
     let a = &bytes(OP, "A", a)?[..span_a * sa];
     let b = &bytes(OP, "B", b)?[..span_b * sa];
     let c = &mut bytes_mut(OP, "C", c)?[..span_c * sc];
-    let (mut ta, mut tb, mut tc) = (Vec::new(), Vec::new(), Vec::new());
+    #[cfg(target_arch = "x86_64")]
+    if da == DType::BF16
+        && k > 0
+        && spec.alpha != 0.0
+        && let Some(p) = native_bf16()
+    {
+        bf16::gemm(p, spec, a, b, c, dc, SMALL_PRODUCT);
+        return Ok(());
+    }
+    gemm_widened(spec, da, a, b, dc, c);
+    Ok(())
+}
+
+/// The f32 route of [`gemm`] on validated operands: `a`, `b` (elements of `da`) and `c`
+/// (elements of `dc`) span exactly the batch entries `spec` addresses.
+fn gemm_widened(spec: &Gemm, da: DType, a: &[u8], b: &[u8], dc: DType, c: &mut [u8]) {
+    let Gemm { m, n, k, batch, .. } = *spec;
+    let sc = dc.size_in_bytes();
+    let size_c = m * n;
+    let span_c = c.len() / sc;
+    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    if da != DType::F32 {
+        ta = take_scratch(0, a.len() / da.size_in_bytes());
+        tb = take_scratch(1, b.len() / da.size_in_bytes());
+    }
+    let mut tc = if dc == DType::F32 {
+        Vec::new()
+    } else {
+        take_scratch(2, span_c)
+    };
     let af = f32_operand(da, a, &mut ta);
     let bf = f32_operand(da, b, &mut tb);
     let cf: &mut [f32] = if dc == DType::F32 {
         as_f32_mut(c)
     } else {
-        // Widened even when beta = 0: the gaps between strided batch outputs must survive the
-        // final rounding pass unchanged (widening then rounding is exact).
-        tc.resize(span_c, 0.0);
-        tc.par_chunks_mut(CHUNK)
-            .zip(c.par_chunks(CHUNK * sc))
-            .for_each(|(o, i)| widen(dc, i, o));
-        &mut tc
+        let tc = &mut tc[..span_c];
+        // Read unless every element is overwritten: with beta = 0 and no gaps between batch
+        // outputs (gaps must survive the final rounding pass unchanged; widening then
+        // rounding is exact).
+        if spec.beta != 0.0 || span_c != batch * size_c {
+            tc.par_chunks_mut(CHUNK)
+                .zip(c.par_chunks(CHUNK * sc))
+                .for_each(|(o, i)| widen(dc, i, o));
+        }
+        tc
     };
 
     let a_at = |i: usize| &af[i * spec.stride_a..];
@@ -209,8 +292,12 @@ pub(crate) fn gemm(
     }
     if dc != DType::F32 {
         c.par_chunks_mut(CHUNK * sc)
-            .zip(tc.par_chunks(CHUNK))
+            .zip(tc[..span_c].par_chunks(CHUNK))
             .for_each(|(o, i)| narrow(dc, i, o));
+        put_scratch(2, tc);
     }
-    Ok(())
+    if da != DType::F32 {
+        put_scratch(0, ta);
+        put_scratch(1, tb);
+    }
 }
