@@ -215,6 +215,89 @@ pub struct Attention {
     pub heads: usize,
 }
 
+/// One part (q, k, v, or an attention output) of token-major attention rows seen as head-major
+/// matrices: element `d` of head `h` at position `i` of batch entry `n` is element
+/// `(n * t + i) * row + col + h * hs + d` of the token-major buffer (`b x t x row`) and element
+/// `((n * heads + h) * t + i) * hs + d` of the head-major one (`b x heads x t x hs`).
+///
+/// For HF GPT-2's fused `c_attn` output (`row = 3c`), q, k and v start at `col = 0, c, 2c`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heads {
+    /// Batch size.
+    pub b: usize,
+    /// Sequence length.
+    pub t: usize,
+    /// Number of heads.
+    pub heads: usize,
+    /// Head size.
+    pub hs: usize,
+    /// Elements per token row of the token-major buffer.
+    pub row: usize,
+    /// First column of the part within a token row.
+    pub col: usize,
+}
+
+impl Heads {
+    /// Part `part` (0 = q, 1 = k, 2 = v) of an attention's `b x t x 3c` qkv rows.
+    pub fn qkv(s: &Attention, part: usize) -> Self {
+        let hs = s.c / s.heads.max(1);
+        Heads {
+            b: s.b,
+            t: s.t,
+            heads: s.heads,
+            hs,
+            row: 3 * s.c,
+            col: part * s.c,
+        }
+    }
+
+    /// The `b x t x c` rows of an attention's output (or its gradient).
+    pub fn out(s: &Attention) -> Self {
+        Heads {
+            row: s.c,
+            col: 0,
+            ..Heads::qkv(s, 0)
+        }
+    }
+
+    /// Elements of the head-major side.
+    pub fn head_major_len(&self) -> usize {
+        self.b * self.heads * self.t * self.hs
+    }
+
+    /// Elements of the token-major side.
+    pub fn token_major_len(&self) -> usize {
+        self.b * self.t * self.row
+    }
+
+    /// Checks that the part fits in a token row and that the two sides have the lengths the
+    /// layout implies; the message names what is wrong.
+    pub fn check(&self, token_major: usize, head_major: usize) -> std::result::Result<(), String> {
+        let part = self
+            .heads
+            .checked_mul(self.hs)
+            .and_then(|w| w.checked_add(self.col));
+        if part.is_none_or(|end| end > self.row) {
+            return Err(format!(
+                "{} heads of {} from column {} do not fit in rows of {}",
+                self.heads, self.hs, self.col, self.row
+            ));
+        }
+        let (tm, hm) = (self.token_major_len(), self.head_major_len());
+        if token_major != tm {
+            return Err(format!(
+                "token-major side has {token_major} elements, expected {tm}"
+            ));
+        }
+        if head_major != hm {
+            return Err(format!(
+                "head-major side has {head_major} elements, expected {hm}"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Hyper-parameters of one fused AdamW step (`torch.optim.AdamW` order: decoupled decay
 /// `p *= 1 - lr * wd` first, then moments, bias corrections, `denom = sqrt(v)/sqrt(bc2) + eps`,
 /// `p -= lr / bc1 * m / denom`).
@@ -289,6 +372,12 @@ pub trait Backend: Send + Sync + 'static {
 
     /// A zero-filled buffer of `len` elements.
     fn zeros(&self, dtype: DType, len: usize) -> Result<Self::Buffer>;
+    /// A buffer of `len` elements for scratch results that every element is written to before
+    /// it is read: its contents are unspecified (devices skip the zero fill; the default
+    /// returns [`Backend::zeros`]).
+    fn uninit(&self, dtype: DType, len: usize) -> Result<Self::Buffer> {
+        self.zeros(dtype, len)
+    }
     /// A buffer of `dtype` holding `data` rounded to nearest even.
     fn upload_f32(&self, data: &[f32], dtype: DType) -> Result<Self::Buffer>;
     /// A buffer whose raw little-endian element bytes are `bytes`.
@@ -491,6 +580,25 @@ pub trait Backend: Send + Sync + 'static {
         probs: View<'_, Self::Buffer>,
         shape: &Attention,
         dqkv: ViewMut<'_, Self::Buffer>,
+    ) -> Result<()>;
+
+    /// Gathers one part of token-major attention rows into head-major order (see [`Heads`]),
+    /// rounded to `dst`'s dtype: `src` is `b x t x row`, `dst` is `b x heads x t x hs`.
+    fn split_heads(
+        &self,
+        src: View<'_, Self::Buffer>,
+        layout: &Heads,
+        dst: ViewMut<'_, Self::Buffer>,
+    ) -> Result<()>;
+    /// Scatters head-major `src` (`b x heads x t x hs`) into one part of token-major rows
+    /// `dst` (`b x t x row`), overwriting it or, with `accumulate`, adding to it (FP32, one
+    /// rounding to `dst`'s dtype). Elements of `dst` outside the part are left as they are.
+    fn merge_heads(
+        &self,
+        src: View<'_, Self::Buffer>,
+        layout: &Heads,
+        dst: ViewMut<'_, Self::Buffer>,
+        accumulate: bool,
     ) -> Result<()>;
 
     // ----- fused scaler and optimizer passes -----------------------------------------------

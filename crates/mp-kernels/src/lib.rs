@@ -29,6 +29,7 @@ pub mod cuda;
 #[path = "cuda/stub.rs"]
 pub mod cuda;
 pub mod error;
+pub mod gemm_attention;
 pub mod testing;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;

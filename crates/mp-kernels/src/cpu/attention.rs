@@ -14,7 +14,7 @@ use super::gemm::matmul;
 use super::norm::softmax_row;
 use super::reduce::dot;
 use crate::Result;
-use crate::backend::{Attention, View, ViewMut};
+use crate::backend::{Attention, Heads, View, ViewMut};
 use mp_dtype::DType;
 use rayon::prelude::*;
 
@@ -240,5 +240,83 @@ pub(crate) fn attention_backward(
                 });
             }
         });
+    Ok(())
+}
+
+/// [`Backend::split_heads`](crate::Backend::split_heads): one head row (`hs` elements) per
+/// task, widened and rounded to `dst`'s dtype (copied when the dtypes agree).
+pub(crate) fn split_heads(
+    src: View<'_, CpuBuffer>,
+    l: &Heads,
+    dst: ViewMut<'_, CpuBuffer>,
+) -> Result<()> {
+    const OP: &str = "split_heads";
+    l.check(src.len, dst.len).map_err(|m| shape_err(OP, m))?;
+    let (ds, dd) = (src.dtype(), dst.dtype());
+    let (ss, sd) = (ds.size_in_bytes(), dd.size_in_bytes());
+    let src = bytes(OP, "src", src)?;
+    let dst = bytes_mut(OP, "dst", dst)?;
+    if l.hs == 0 {
+        return Ok(());
+    }
+    dst.par_chunks_mut(l.hs * sd)
+        .enumerate()
+        .for_each_init(Vec::new, |tmp, (r, d)| {
+            let (i, nh) = (r % l.t, r / l.t);
+            let (h, n) = (nh % l.heads, nh / l.heads);
+            let at = ((n * l.t + i) * l.row + l.col + h * l.hs) * ss;
+            let s = &src[at..at + l.hs * ss];
+            if ds == dd {
+                d.copy_from_slice(s);
+            } else {
+                tmp.resize(l.hs, 0.0);
+                widen(ds, s, tmp);
+                narrow(dd, tmp, d);
+            }
+        });
+    Ok(())
+}
+
+/// [`Backend::merge_heads`](crate::Backend::merge_heads): one token row per task, each head's
+/// slice written (or added in f32 and rounded once) in place.
+pub(crate) fn merge_heads(
+    src: View<'_, CpuBuffer>,
+    l: &Heads,
+    dst: ViewMut<'_, CpuBuffer>,
+    accumulate: bool,
+) -> Result<()> {
+    const OP: &str = "merge_heads";
+    l.check(dst.len, src.len).map_err(|m| shape_err(OP, m))?;
+    let (ds, dd) = (src.dtype(), dst.dtype());
+    let (ss, sd) = (ds.size_in_bytes(), dd.size_in_bytes());
+    let src = bytes(OP, "src", src)?;
+    let dst = bytes_mut(OP, "dst", dst)?;
+    if l.row == 0 || l.hs == 0 {
+        return Ok(());
+    }
+    let width = l.heads * l.hs;
+    dst.par_chunks_mut(l.row * sd).enumerate().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(a, b), (r, row)| {
+            let (i, n) = (r % l.t, r / l.t);
+            let part = &mut row[l.col * sd..(l.col + width) * sd];
+            a.resize(width, 0.0);
+            b.resize(l.hs, 0.0);
+            if accumulate {
+                widen(dd, part, a);
+            }
+            for (h, a) in a.chunks_exact_mut(l.hs).enumerate() {
+                let at = ((n * l.heads + h) * l.t + i) * l.hs * ss;
+                let s = &src[at..at + l.hs * ss];
+                if accumulate {
+                    widen(ds, s, b);
+                    a.iter_mut().zip(b.iter()).for_each(|(a, b)| *a += b);
+                } else {
+                    widen(ds, s, a);
+                }
+            }
+            narrow(dd, a, part);
+        },
+    );
     Ok(())
 }

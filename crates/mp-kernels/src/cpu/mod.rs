@@ -20,8 +20,8 @@ mod pointwise;
 mod reduce;
 
 use crate::backend::{
-    AdamW, Attention, Backend, BinaryOp, DeviceBuffer, Gemm, GradStats, ReduceOp, Rounding, Sgd,
-    View, ViewMut,
+    AdamW, Attention, Backend, BinaryOp, DeviceBuffer, Gemm, GradStats, Heads, ReduceOp, Rounding,
+    Sgd, View, ViewMut,
 };
 use crate::{KernelError, Result};
 use mp_dtype::DType;
@@ -380,6 +380,25 @@ impl Backend for CpuBackend {
         dqkv: ViewMut<'_, CpuBuffer>,
     ) -> Result<()> {
         attention::attention_backward(dout, qkv, probs, shape, dqkv)
+    }
+
+    fn split_heads(
+        &self,
+        src: View<'_, CpuBuffer>,
+        layout: &Heads,
+        dst: ViewMut<'_, CpuBuffer>,
+    ) -> Result<()> {
+        attention::split_heads(src, layout, dst)
+    }
+
+    fn merge_heads(
+        &self,
+        src: View<'_, CpuBuffer>,
+        layout: &Heads,
+        dst: ViewMut<'_, CpuBuffer>,
+        accumulate: bool,
+    ) -> Result<()> {
+        attention::merge_heads(src, layout, dst, accumulate)
     }
 
     fn grad_stats(&self, grads: View<'_, CpuBuffer>, grad_mult: f32) -> Result<GradStats> {

@@ -22,7 +22,7 @@ pub enum KernelModule {
     Elementwise,
     /// Row reductions, column sums, softmax, layer norm, cross-entropy.
     Rows,
-    /// Embeddings and attention.
+    /// Embeddings and the attention head layout copies.
     Attention,
     /// The fused gradient check, AdamW and SGD passes.
     Optim,
@@ -83,10 +83,7 @@ pub const KERNELS: &[(&str, KernelModule)] = &[
     ("mp_cross_entropy_bwd", KernelModule::Rows),
     ("mp_embedding", KernelModule::Attention),
     ("mp_embedding_bwd", KernelModule::Attention),
-    ("mp_attention_fwd", KernelModule::Attention),
-    ("mp_attention_bwd_ds", KernelModule::Attention),
-    ("mp_attention_bwd_dq", KernelModule::Attention),
-    ("mp_attention_bwd_dkv", KernelModule::Attention),
+    ("mp_heads", KernelModule::Attention),
     ("mp_grad_stats_partial", KernelModule::Optim),
     ("mp_grad_stats_final", KernelModule::Optim),
     ("mp_adamw", KernelModule::Optim),

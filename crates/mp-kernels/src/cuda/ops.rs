@@ -250,6 +250,11 @@ impl Backend for CudaBackend {
         Ok(buf)
     }
 
+    fn uninit(&self, dtype: DType, len: usize) -> Result<CudaBuffer> {
+        // no fill: the stream-ordered pool hands back cached memory as it is
+        self.new_buffer("uninit", dtype, len)
+    }
+
     fn upload_f32(&self, data: &[f32], dtype: DType) -> Result<CudaBuffer> {
         const OP: &str = "upload_f32";
         if dtype == DType::F32 {
@@ -280,11 +285,13 @@ impl Backend for CudaBackend {
         const OP: &str = "upload_bytes";
         let size = dtype.size_in_bytes();
         if !bytes.len().is_multiple_of(size) {
-            return Err(crate::KernelError::DType(mp_dtype::DTypeError::RaggedBytes {
-                op: OP,
-                bytes: bytes.len(),
-                dtype,
-            }));
+            return Err(crate::KernelError::DType(
+                mp_dtype::DTypeError::RaggedBytes {
+                    op: OP,
+                    bytes: bytes.len(),
+                    dtype,
+                },
+            ));
         }
         let mut buf = self.new_buffer(OP, dtype, bytes.len() / size)?;
         if !bytes.is_empty() {
@@ -1013,27 +1020,7 @@ impl Backend for CudaBackend {
         out: ViewMut<'_, CudaBuffer>,
         probs: ViewMut<'_, CudaBuffer>,
     ) -> Result<()> {
-        const OP: &str = "attention";
-        let (b, t, c, h) = self.attn_dims(OP, shape)?;
-        self.check_len(OP, "qkv", qkv.len, b * t * 3 * c)?;
-        self.check_len(OP, "out", out.len, b * t * c)?;
-        self.check_len(OP, "probs", probs.len, b * h * t * t)?;
-        if b * t == 0 {
-            return Ok(());
-        }
-        let (qa, oa, pa) = (self.arg(qkv), self.arg_mut(&out), self.arg_mut(&probs));
-        let (t64, c64, h64) = (t as u64, c as u64, h as u64);
-        let cfg = LaunchConfig {
-            grid_dim: (t as u32, h as u32, b as u32),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: ((t + c / h) * 4) as u32,
-        };
-        self.launch_rows(
-            OP,
-            "mp_attention_fwd",
-            cfg,
-            &kargs![qa.ptr, qa.dt, t64, c64, h64, oa.ptr, oa.dt, pa.ptr, pa.dt],
-        )
+        crate::gemm_attention::forward(self, qkv, shape, out, probs)
     }
 
     fn attention_backward(
@@ -1044,60 +1031,36 @@ impl Backend for CudaBackend {
         shape: &Attention,
         dqkv: ViewMut<'_, CudaBuffer>,
     ) -> Result<()> {
-        const OP: &str = "attention_backward";
-        let (b, t, c, h) = self.attn_dims(OP, shape)?;
-        self.check_len(OP, "dout", dout.len, b * t * c)?;
-        self.check_len(OP, "qkv", qkv.len, b * t * 3 * c)?;
-        self.check_len(OP, "dqkv", dqkv.len, b * t * 3 * c)?;
-        self.check_len(OP, "probs", probs.len, b * h * t * t)?;
-        if b * t == 0 {
-            return Ok(());
-        }
-        let ds = self.temp(OP, b * h * t * t * 4)?;
-        let dsp = self.temp_ptr(&ds);
-        let (ga, qa, pa, gq) = (
-            self.arg(dout),
-            self.arg(qkv),
-            self.arg(probs),
-            self.arg_mut(&dqkv),
-        );
-        let (t64, c64, h64) = (t as u64, c as u64, h as u64);
-        let grid = (t as u32, h as u32, b as u32);
-        let hs = c / h;
-        let cfg = LaunchConfig {
-            grid_dim: grid,
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: (hs * 4) as u32,
-        };
-        self.launch_rows(
-            OP,
-            "mp_attention_bwd_ds",
-            cfg,
-            &kargs![
-                ga.ptr, ga.dt, qa.ptr, qa.dt, pa.ptr, pa.dt, t64, c64, h64, dsp
-            ],
-        )?;
-        let cfg = LaunchConfig {
-            grid_dim: grid,
-            block_dim: (hs.next_multiple_of(32).min(256) as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        self.launch_rows(
-            OP,
-            "mp_attention_bwd_dq",
-            cfg,
-            &kargs![dsp, qa.ptr, qa.dt, t64, c64, h64, gq.ptr, gq.dt],
-        )?;
-        self.launch_rows(
-            OP,
-            "mp_attention_bwd_dkv",
-            cfg,
-            &kargs![
-                dsp, pa.ptr, pa.dt, ga.ptr, ga.dt, qa.ptr, qa.dt, t64, c64, h64, gq.ptr, gq.dt
-            ],
-        )?;
-        drop(ds);
-        Ok(())
+        crate::gemm_attention::backward(self, dout, qkv, probs, shape, dqkv)
+    }
+
+    fn split_heads(
+        &self,
+        src: View<'_, CudaBuffer>,
+        layout: &Heads,
+        dst: ViewMut<'_, CudaBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "split_heads";
+        layout
+            .check(src.len, dst.len)
+            .map_err(|m| self.shape_err(OP, m))?;
+        let (sa, da) = (self.arg(src), self.arg_mut(&dst));
+        self.launch_heads(OP, sa, da, layout, false, false)
+    }
+
+    fn merge_heads(
+        &self,
+        src: View<'_, CudaBuffer>,
+        layout: &Heads,
+        dst: ViewMut<'_, CudaBuffer>,
+        accumulate: bool,
+    ) -> Result<()> {
+        const OP: &str = "merge_heads";
+        layout
+            .check(dst.len, src.len)
+            .map_err(|m| self.shape_err(OP, m))?;
+        let (sa, da) = (self.arg(src), self.arg_mut(&dst));
+        self.launch_heads(OP, sa, da, layout, true, accumulate)
     }
 
     fn grad_stats(&self, grads: View<'_, CudaBuffer>, grad_mult: f32) -> Result<GradStats> {
@@ -1314,19 +1277,41 @@ impl Backend for CudaBackend {
 }
 
 impl CudaBackend {
-    fn attn_dims(&self, op: &'static str, s: &Attention) -> Result<(usize, usize, usize, usize)> {
-        if s.heads == 0 || !s.c.is_multiple_of(s.heads) {
-            return Err(self.shape_err(op, format!("{s:?}: width not divisible by heads")));
+    /// Launches `mp_heads` over a validated layout (`merge`: head-major `src` into token-major
+    /// `dst`, else the reverse).
+    fn launch_heads(
+        &self,
+        op: &'static str,
+        src: Arg,
+        dst: Arg,
+        l: &Heads,
+        merge: bool,
+        accumulate: bool,
+    ) -> Result<()> {
+        let n = l.head_major_len();
+        if n == 0 {
+            return Ok(());
         }
-        if s.t > 65535 || s.heads > 65535 || s.b > 65535 {
-            return Err(self.shape_err(op, format!("{s:?}: a dimension exceeds the grid limit")));
-        }
-        if (s.t + s.c / s.heads) * 4 > 48 * 1024 {
-            return Err(self.shape_err(
-                op,
-                format!("{s:?}: sequence too long for the explicit-probabilities kernel"),
-            ));
-        }
-        Ok((s.b, s.t, s.c, s.heads))
+        let dims = [l.b, l.t, l.heads, l.hs, l.row, l.col].map(|v| v as u64);
+        let [b, t, h, hs, row, col] = dims;
+        self.launch_rows(
+            op,
+            "mp_heads",
+            self.grid_1(n, 256),
+            &kargs![
+                src.ptr,
+                src.dt,
+                dst.ptr,
+                dst.dt,
+                b,
+                t,
+                h,
+                hs,
+                row,
+                col,
+                merge as i32,
+                accumulate as i32
+            ],
+        )
     }
 }

@@ -244,6 +244,23 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         match *self {}
     }
+    fn split_heads(
+        &self,
+        _: View<'_, CudaBuffer>,
+        _: &Heads,
+        _: ViewMut<'_, CudaBuffer>,
+    ) -> Result<()> {
+        match *self {}
+    }
+    fn merge_heads(
+        &self,
+        _: View<'_, CudaBuffer>,
+        _: &Heads,
+        _: ViewMut<'_, CudaBuffer>,
+        _: bool,
+    ) -> Result<()> {
+        match *self {}
+    }
     fn grad_stats(&self, _: View<'_, CudaBuffer>, _: f32) -> Result<GradStats> {
         match *self {}
     }

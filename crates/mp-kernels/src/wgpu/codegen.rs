@@ -220,6 +220,13 @@ pub(crate) mod shaders {
         tensors: &["qkv", "dout", "probs", "out", "dqkv", "dsum"],
         consts: &[],
     };
+    /// Head-major <-> token-major copies of attention rows.
+    pub(crate) const HEADS: Shader = Shader {
+        name: "heads",
+        body: include_str!("../../shaders/heads.wgsl"),
+        tensors: &["src", "dst"],
+        consts: &["C_COPY", "C_ACC"],
+    };
     /// The fused gradient check.
     pub(crate) const STATS: Shader = Shader {
         name: "stats",
@@ -256,6 +263,7 @@ mod tests {
             shaders::ROWS,
             shaders::EMBED,
             shaders::ATTENTION,
+            shaders::HEADS,
             shaders::STATS,
             shaders::OPTIM,
             shaders::GEMM,

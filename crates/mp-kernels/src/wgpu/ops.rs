@@ -1083,6 +1083,37 @@ impl Backend for WgpuBackend {
         )
     }
 
+    fn split_heads(
+        &self,
+        src: View<'_, WgpuBuffer>,
+        layout: &Heads,
+        dst: ViewMut<'_, WgpuBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "split_heads";
+        layout
+            .check(src.len, dst.len)
+            .map_err(|m| self.shape_err(OP, m))?;
+        let copy = u32::from(src.buf.dtype == dst.buf.dtype);
+        let args = [self.arg(OP, "src", src)?, self.arg_mut(OP, "dst", &dst)?];
+        self.heads(OP, "split", layout, &args, copy, 0)
+    }
+
+    fn merge_heads(
+        &self,
+        src: View<'_, WgpuBuffer>,
+        layout: &Heads,
+        dst: ViewMut<'_, WgpuBuffer>,
+        accumulate: bool,
+    ) -> Result<()> {
+        const OP: &str = "merge_heads";
+        layout
+            .check(dst.len, src.len)
+            .map_err(|m| self.shape_err(OP, m))?;
+        let copy = u32::from(src.buf.dtype == dst.buf.dtype && !accumulate);
+        let args = [self.arg(OP, "src", src)?, self.arg_mut(OP, "dst", &dst)?];
+        self.heads(OP, "merge", layout, &args, copy, u32::from(accumulate))
+    }
+
     fn grad_stats(&self, grads: View<'_, WgpuBuffer>, grad_mult: f32) -> Result<GradStats> {
         const OP: &str = "grad_stats";
         let n = grads.len as u64;
@@ -1192,6 +1223,38 @@ impl Backend for WgpuBackend {
 }
 
 impl WgpuBackend {
+    /// Runs entry `entry` of the heads shader over a validated layout.
+    fn heads(
+        &self,
+        op: &'static str,
+        entry: &str,
+        l: &Heads,
+        args: &[Arg<'_>],
+        copy: u32,
+        acc: u32,
+    ) -> Result<()> {
+        let n = l.head_major_len();
+        let params = [
+            self.u32p(op, "elements", n)?,
+            self.u32p(op, "t", l.t)?,
+            self.u32p(op, "heads", l.heads)?,
+            self.u32p(op, "head size", l.hs)?,
+            self.u32p(op, "row", l.row)?,
+            self.u32p(op, "col", l.col)?,
+            0,
+            0,
+        ];
+        self.u32p(op, "token-major elements", l.token_major_len())?;
+        self.whole(
+            op,
+            &shaders::HEADS,
+            &[(entry, (n as u64).div_ceil(WG))],
+            &[("C_COPY", copy), ("C_ACC", acc)],
+            args,
+            &params,
+        )
+    }
+
     /// Validates an attention shape; returns the kernel parameters and `b * heads * t`.
     fn attention_shape(
         &self,

@@ -242,6 +242,23 @@ impl Backend for WgpuBackend {
     ) -> Result<()> {
         match *self {}
     }
+    fn split_heads(
+        &self,
+        _: View<'_, WgpuBuffer>,
+        _: &Heads,
+        _: ViewMut<'_, WgpuBuffer>,
+    ) -> Result<()> {
+        match *self {}
+    }
+    fn merge_heads(
+        &self,
+        _: View<'_, WgpuBuffer>,
+        _: &Heads,
+        _: ViewMut<'_, WgpuBuffer>,
+        _: bool,
+    ) -> Result<()> {
+        match *self {}
+    }
     fn grad_stats(&self, _: View<'_, WgpuBuffer>, _: f32) -> Result<GradStats> {
         match *self {}
     }

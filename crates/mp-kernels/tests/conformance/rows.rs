@@ -3,7 +3,9 @@
 //! backend).
 
 use mp_kernels::testing::{random_ids, random_normal, random_vec, tolerance};
-use mp_kernels::{Attention, Backend, BufferExt, DType, ReduceOp, test_per_dtype};
+use mp_kernels::{
+    Attention, Backend, BufferExt, DType, Heads, ReduceOp, gemm_attention, test_per_dtype,
+};
 
 use crate::common::{close, cpu, down, gpu, poisoned, up};
 
@@ -276,6 +278,36 @@ fn loss_and_embeddings_match_cpu(dtype: DType) {
 }
 test_per_dtype!(loss_and_embeddings_match_cpu: f32, f16, bf16);
 
+/// Forward and backward of attention on `be` through its own `attention` ops, or through
+/// `mp_kernels::gemm_attention` on its GEMMs: (out, probs, dqkv).
+fn attention_run<B: Backend>(
+    be: &B,
+    via_gemm: bool,
+    dt: DType,
+    s: &Attention,
+    (qkv, dout, dq0): (&[f32], &[f32], &[f32]),
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let bq = up(be, qkv, dt);
+    let mut out = poisoned(be, dt, s.b * s.t * s.c);
+    let mut probs = poisoned(be, dt, s.b * s.heads * s.t * s.t);
+    let bd = up(be, dout, dt);
+    let mut dq = up(be, dq0, dt);
+    if via_gemm {
+        gemm_attention::forward(be, bq.view(), s, out.view_mut(), probs.view_mut())
+            .expect("gemm attention");
+        gemm_attention::backward(be, bd.view(), bq.view(), probs.view(), s, dq.view_mut())
+            .expect("gemm attention backward");
+    } else {
+        be.attention(bq.view(), s, out.view_mut(), probs.view_mut())
+            .expect("attention");
+        be.attention_backward(bd.view(), bq.view(), probs.view(), s, dq.view_mut())
+            .expect("attention_backward");
+    }
+    (down(be, &out), down(be, &probs), down(be, &dq))
+}
+
+/// The device's attention (and, separately, the shared GEMM formulation on its ops) against
+/// the CPU backend's fused kernel.
 fn attention_matches_cpu(dtype: DType) {
     let Some(g) = gpu("attention_matches_cpu") else {
         return;
@@ -291,36 +323,70 @@ fn attention_matches_cpu(dtype: DType) {
     let qkv = random_normal(s.b * s.t * 3 * s.c, 1.0, 61);
     let dout = random_vec(s.b * s.t * s.c, 62);
     let dq0 = random_vec(qkv.len(), 63);
-    fn run<B: Backend>(
-        be: &B,
-        dt: DType,
-        s: &Attention,
-        qkv: &[f32],
-        dout: &[f32],
-        dq0: &[f32],
-    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let bq = up(be, qkv, dt);
-        let mut out = poisoned(be, dt, s.b * s.t * s.c);
-        let mut probs = poisoned(be, dt, s.b * s.heads * s.t * s.t);
-        be.attention(bq.view(), s, out.view_mut(), probs.view_mut())
-            .expect("attention");
-        let bd = up(be, dout, dt);
-        let mut dq = up(be, dq0, dt);
-        be.attention_backward(bd.view(), bq.view(), probs.view(), s, dq.view_mut())
-            .expect("attention_backward");
-        (down(be, &out), down(be, &probs), down(be, &dq))
+    let inputs = (&qkv[..], &dout[..], &dq0[..]);
+    let want = attention_run(&c, false, dtype, &s, inputs);
+    for via_gemm in [false, true] {
+        let got = attention_run(g, via_gemm, dtype, &s, inputs);
+        let what = if via_gemm {
+            "gemm attention"
+        } else {
+            "attention"
+        };
+        close(
+            &format!("{what} probs"),
+            &got.1,
+            &want.1,
+            dtype,
+            abs,
+            k * 2.0,
+        );
+        close(
+            &format!("{what} out"),
+            &got.0,
+            &want.0,
+            dtype,
+            abs * 10.0,
+            k * 4.0,
+        );
+        let dqkv = format!("{what} dqkv");
+        close(&dqkv, &got.2, &want.2, dtype, abs * 30.0, k * 4.0);
     }
-    let want = run(&c, dtype, &s, &qkv, &dout, &dq0);
-    let got = run(g, dtype, &s, &qkv, &dout, &dq0);
-    close("attention probs", &got.1, &want.1, dtype, abs, k * 2.0);
-    close("attention out", &got.0, &want.0, dtype, abs * 10.0, k * 4.0);
-    close(
-        "attention dqkv",
-        &got.2,
-        &want.2,
-        dtype,
-        abs * 30.0,
-        k * 4.0,
-    );
 }
 test_per_dtype!(attention_matches_cpu: f32, f16, bf16);
+
+/// Head layout copies, bit for bit: every part of qkv rows to head-major `dtype` and F32 and
+/// back, overwriting and accumulating.
+fn heads_match_cpu(dtype: DType) {
+    let Some(g) = gpu("heads_match_cpu") else {
+        return;
+    };
+    let c = cpu();
+    let s = Attention {
+        b: 3,
+        t: 5,
+        c: 12,
+        heads: 3,
+    };
+    let qkv = random_normal(s.b * s.t * 3 * s.c, 1.0, 64);
+    let base = random_vec(qkv.len(), 65);
+    fn run<B: Backend>(be: &B, dt: DType, s: &Attention, qkv: &[f32], base: &[f32]) -> Vec<u8> {
+        let src = up(be, qkv, dt);
+        let mut dst = up(be, base, dt);
+        let mut bytes = Vec::new();
+        for (part, hdt) in [(0, DType::F32), (1, dt), (2, DType::F32)] {
+            let l = Heads::qkv(s, part);
+            let mut hm = poisoned(be, hdt, l.head_major_len());
+            be.split_heads(src.view(), &l, hm.view_mut())
+                .expect("split_heads");
+            bytes.extend(be.download_bytes(hm.view()).expect("download"));
+            be.merge_heads(hm.view(), &l, dst.view_mut(), part != 1)
+                .expect("merge_heads");
+        }
+        bytes.extend(be.download_bytes(dst.view()).expect("download"));
+        bytes
+    }
+    let want = run(&c, dtype, &s, &qkv, &base);
+    let got = run(g, dtype, &s, &qkv, &base);
+    assert!(got == want, "split/merge heads differ from the CPU's bits");
+}
+test_per_dtype!(heads_match_cpu: f32, f16, bf16);

@@ -146,3 +146,115 @@ fn attention_forward_backward() {
         }
     });
 }
+
+/// The GEMM formulation the device backends use (`mp_kernels::gemm_attention`), run on the
+/// CPU backend's ops, against the same float64 reference and tolerances as the CPU kernel
+/// (plus the one extra rounding of `dS` to the compute dtype in the backward).
+#[test]
+fn gemm_attention_forward_backward() {
+    use mp_kernels::gemm_attention;
+    for_each_dtype(&TEST_DTYPES, |dt| {
+        for s in SHAPES {
+            let n3 = s.b * s.t * 3 * s.c;
+            let (qkv, qr) = input(n3, 71, dt);
+            let qb = up(&qkv, dt);
+            let (want_out, want_p) = attention_ref(&qr, &s);
+            for dp in [DType::F32, dt] {
+                let be = cpu();
+                let mut out = up(&vec![f32::NAN; s.b * s.t * s.c], dt);
+                let mut probs = up(&vec![f32::NAN; s.b * s.heads * s.t * s.t], dp);
+                gemm_attention::forward(&be, qb.view(), &s, out.view_mut(), probs.view_mut())
+                    .unwrap();
+                let what = format!("gemm attention {s:?} probs {dp}");
+                assert_close(&format!("{what} probs"), &down(&probs), &want_p, dp);
+                // P V multiplies P rounded to the compute dtype
+                let (abs, k) = tolerance(dt);
+                let pe = eps(dp).max(eps(dt));
+                assert_close_tol(
+                    &format!("{what} out"),
+                    &down(&out),
+                    &want_out,
+                    dt,
+                    abs + pe,
+                    k,
+                );
+
+                let (g, gr) = input(s.b * s.t * s.c, 72, dt);
+                let (d0, d0r) = input(n3, 73, dt);
+                let mut dqkv = up(&d0, dt);
+                gemm_attention::backward(
+                    &be,
+                    up(&g, dt).view(),
+                    qb.view(),
+                    probs.view(),
+                    &s,
+                    dqkv.view_mut(),
+                )
+                .unwrap();
+                let want: Vec<f64> = attention_backward_ref(&gr, &qr, &s)
+                    .iter()
+                    .zip(&d0r)
+                    .map(|(a, b)| a + b)
+                    .collect();
+                let abs = abs + 4.0 * pe * (s.t as f64).sqrt();
+                assert_close_tol(&format!("{what} dqkv"), &down(&dqkv), &want, dt, abs, k);
+            }
+        }
+    });
+}
+
+#[test]
+fn split_and_merge_heads_round_trip_every_part() {
+    use mp_kernels::Heads;
+    let s = SHAPES[1];
+    for_each_dtype(&TEST_DTYPES, |dt| {
+        let n3 = s.b * s.t * 3 * s.c;
+        let (qkv, _) = input(n3, 5, dt);
+        let src = up(&qkv, dt);
+        let mut back = up(&vec![f32::NAN; n3], dt);
+        for part in 0..3 {
+            let l = Heads::qkv(&s, part);
+            let mut hm = CpuBuffer::zeros(DType::F32, l.head_major_len());
+            cpu().split_heads(src.view(), &l, hm.view_mut()).unwrap();
+            let hmv = down(&hm);
+            // element d of head h at position i of batch n
+            for (idx, &v) in hmv.iter().enumerate() {
+                let (d, r) = (idx % l.hs, idx / l.hs);
+                let (i, r) = (r % s.t, r / s.t);
+                let (h, n) = (r % s.heads, r / s.heads);
+                let want = qkv[(n * s.t + i) * l.row + l.col + h * l.hs + d];
+                assert_eq!(v.to_bits(), want.to_bits(), "{dt} part {part} at {idx}");
+            }
+            cpu()
+                .merge_heads(hm.view(), &l, back.view_mut(), false)
+                .unwrap();
+        }
+        let got = down(&back);
+        assert!(
+            got.iter()
+                .zip(&qkv)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        );
+        // accumulate: every element of the part doubles, the rest is untouched
+        let l = Heads::qkv(&s, 1);
+        let mut hm = CpuBuffer::zeros(dt, l.head_major_len());
+        cpu().split_heads(src.view(), &l, hm.view_mut()).unwrap();
+        cpu()
+            .merge_heads(hm.view(), &l, back.view_mut(), true)
+            .unwrap();
+        for (j, (&g, &w)) in down(&back).iter().zip(&qkv).enumerate() {
+            let in_part = (l.col..l.col + s.c).contains(&(j % l.row));
+            let want = if in_part { 2.0 * w } else { w };
+            assert_eq!(g, want, "{dt} accumulate at {j}");
+        }
+        // a layout that does not fit is a shape error naming it
+        let bad = Heads {
+            col: 2 * s.c + 1,
+            ..l
+        };
+        let e = cpu()
+            .split_heads(src.view(), &bad, hm.view_mut())
+            .unwrap_err();
+        assert!(e.to_string().contains("do not fit"), "{e}");
+    });
+}
