@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests: a tiny config and scratch folders.
+//! Helpers shared by the integration tests: a tiny config, scratch folders, and the GPU
+//! backends (one per process, or a loud skip).
 
 use mp_train::config::{ModelConfig, TrainConfig};
 use std::path::PathBuf;
@@ -60,4 +61,45 @@ pub fn scratch(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("creating a scratch folder");
     dir
+}
+
+/// Prints the loud skip line of a GPU test, or panics when `require_var=1` is set (where the
+/// device is known to exist, as in CI for wgpu on lavapipe, so a missing one fails).
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub fn skip_or_fail(test: &str, backend: &str, require_var: &str, hint: &str, reason: &str) {
+    if std::env::var(require_var).is_ok_and(|v| v == "1") {
+        panic!("{require_var}=1 but no {backend} device: {test}: {reason}");
+    }
+    eprintln!("SKIPPED (no {backend} device{hint}): {test}: {reason}");
+}
+
+/// The process-wide wgpu backend, or `None` after printing why there is none (a panic under
+/// `MP_REQUIRE_WGPU=1`).
+#[cfg(feature = "wgpu")]
+pub fn wgpu_backend(test: &str) -> Option<&'static mp_kernels::wgpu::WgpuBackend> {
+    use mp_kernels::wgpu::WgpuBackend;
+    static GPU: std::sync::OnceLock<Result<WgpuBackend, String>> = std::sync::OnceLock::new();
+    match GPU.get_or_init(|| WgpuBackend::new().map_err(|e| e.to_string())) {
+        Ok(be) => Some(be),
+        Err(reason) => {
+            let hint = "; install mesa-vulkan-drivers, set WGPU_BACKEND=vulkan";
+            skip_or_fail(test, "wgpu", "MP_REQUIRE_WGPU", hint, reason);
+            None
+        }
+    }
+}
+
+/// The process-wide CUDA backend, or `None` after printing why there is none (a panic under
+/// `MP_REQUIRE_CUDA=1`).
+#[cfg(feature = "cuda")]
+pub fn cuda_backend(test: &str) -> Option<&'static mp_kernels::cuda::CudaBackend> {
+    use mp_kernels::cuda::CudaBackend;
+    static GPU: std::sync::OnceLock<Result<CudaBackend, String>> = std::sync::OnceLock::new();
+    match GPU.get_or_init(|| CudaBackend::new().map_err(|e| e.to_string())) {
+        Ok(be) => Some(be),
+        Err(reason) => {
+            skip_or_fail(test, "CUDA", "MP_REQUIRE_CUDA", "", reason);
+            None
+        }
+    }
 }

@@ -3,13 +3,17 @@
 //! Everything (model config, inputs, targets, expected logits, loss, gradients, AdamW
 //! hyper-parameters, training losses, PyTorch's own BF16 autocast error) is read from the
 //! files, so another golden file of the same format tests the same code.
+//!
+//! Each check is one function generic over the backend; the CPU tests call it with the CPU
+//! backend, the `*_wgpu` tests (feature `wgpu`) and `*_cuda` tests (feature `cuda`) with a GPU
+//! backend, against the same golden values and the same bounds.
 
 use std::path::{Path, PathBuf};
 
 use mp_autograd::Autocast;
 use mp_dtype::DType;
 use mp_kernels::cpu::CpuBackend;
-use mp_kernels::{BufferExt, Rounding};
+use mp_kernels::{Backend, BufferExt, Rounding};
 use mp_optim::{AdamW, AdamWConfig};
 use mp_train::model::{Batch, Gpt, GptConfig};
 use serde_json::Value;
@@ -25,11 +29,11 @@ fn golden_dir() -> Option<PathBuf> {
 }
 
 /// The golden model, its batch and the json record.
-struct Golden {
+struct Golden<B: Backend> {
     dir: PathBuf,
     json: Value,
-    gpt: Gpt<CpuBackend>,
-    batch: Batch<CpuBackend>,
+    gpt: Gpt<B>,
+    batch: Batch<B>,
 }
 
 fn ids(v: &Value) -> (Vec<u32>, usize, usize) {
@@ -47,7 +51,7 @@ fn ids(v: &Value) -> (Vec<u32>, usize, usize) {
     (flat.clone(), b, flat.len() / b)
 }
 
-fn load(be: &CpuBackend) -> Option<Golden> {
+fn load<B: Backend>(be: &B) -> Option<Golden<B>> {
     let dir = golden_dir()?;
     let json: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("gpt2_tiny.json")).unwrap())
@@ -96,7 +100,7 @@ fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
     (num / den).sqrt()
 }
 
-fn reference_logits(g: &Golden) -> Vec<f32> {
+fn reference_logits<B: Backend>(g: &Golden<B>) -> Vec<f32> {
     let mut t = read_tensors(&g.dir.join("gpt2_tiny.logits.safetensors"));
     let (_, shape, logits) = t.remove(t.iter().position(|(n, ..)| n == "logits").unwrap());
     let v = g.gpt.config.vocab_size;
@@ -104,35 +108,40 @@ fn reference_logits(g: &Golden) -> Vec<f32> {
     logits
 }
 
-#[test]
-fn golden_gpt_fp32_logits_loss_and_every_gradient() {
-    let be = CpuBackend::new();
-    let Some(mut g) = load(&be) else { return };
+/// FP32 logits (rel L2 < 1e-5), loss (1e-5) and every parameter gradient (rel L2 < 1e-4)
+/// against PyTorch.
+fn fp32_logits_loss_and_every_gradient<B: Backend>(be: &B) {
+    let Some(mut g) = load(be) else { return };
+    let be_name = be.name();
     let want = reference_logits(&g);
-    let (logits, eval_loss) = g.gpt.evaluate(&be, &g.batch, Autocast::OFF).unwrap();
+    let (logits, eval_loss) = g.gpt.evaluate(be, &g.batch, Autocast::OFF).unwrap();
     let err = rel_l2(&logits, &want);
-    eprintln!("fp32 logits rel L2 {err:.3e}");
-    assert!(err < 1e-5, "fp32 logits rel L2 {err}");
+    eprintln!("{be_name}: fp32 logits rel L2 {err:.3e}");
+    assert!(err < 1e-5, "{be_name}: fp32 logits rel L2 {err}");
 
     let want_loss = g.json["loss"].as_f64().unwrap();
-    g.gpt.zero_grads(&be).unwrap();
+    g.gpt.zero_grads(be).unwrap();
     let loss = g
         .gpt
-        .forward_backward(&be, &g.batch, Autocast::OFF, 1.0)
+        .forward_backward(be, &g.batch, Autocast::OFF, 1.0)
         .unwrap();
-    eprintln!("fp32 loss {loss} (reference {want_loss})");
+    eprintln!("{be_name}: fp32 loss {loss} (reference {want_loss})");
     assert!(
         (loss as f64 - want_loss).abs() < 1e-5,
-        "loss {loss} vs {want_loss}"
+        "{be_name}: loss {loss} vs {want_loss}"
     );
-    assert_eq!(eval_loss.unwrap().to_bits(), loss.to_bits());
+    assert_eq!(
+        eval_loss.unwrap().to_bits(),
+        loss.to_bits(),
+        "{be_name}: evaluate and forward_backward losses"
+    );
 
-    let grads = g.gpt.named_grads(&be).unwrap();
+    let grads = g.gpt.named_grads(be).unwrap();
     let reference = read_tensors(&g.dir.join("gpt2_tiny.grads.safetensors"));
     assert_eq!(
         reference.len(),
         grads.len(),
-        "one reference gradient per parameter"
+        "{be_name}: one reference gradient per parameter"
     );
     let mut worst = (0.0f64, String::new());
     for (name, shape, want) in &reference {
@@ -144,60 +153,68 @@ fn golden_gpt_fp32_logits_loss_and_every_gradient() {
         assert_eq!(&entry.shape, shape, "{name}");
         let got = &grads.iter().find(|(n, _)| n == name).unwrap().1;
         let err = rel_l2(got, want);
-        assert!(err < 1e-4, "gradient of {name}: rel L2 {err}");
+        assert!(err < 1e-4, "{be_name}: gradient of {name}: rel L2 {err}");
         if err > worst.0 {
             worst = (err, name.clone());
         }
     }
-    eprintln!("worst gradient rel L2 {:.3e} ({})", worst.0, worst.1);
+    eprintln!(
+        "{be_name}: worst gradient rel L2 {:.3e} ({})",
+        worst.0, worst.1
+    );
 }
 
-#[test]
-fn golden_gpt_bf16_and_fp16_autocast_logits() {
-    let be = CpuBackend::new();
-    let Some(mut g) = load(&be) else { return };
+/// BF16 and FP16 autocast logits within twice PyTorch's own BF16 autocast error, FP16 more
+/// accurate than BF16, and the optimizer's BF16 model copy giving the same logits bit for bit.
+fn bf16_and_fp16_autocast_logits<B: Backend>(be: &B) {
+    let Some(mut g) = load(be) else { return };
+    let be_name = be.name();
     let want = reference_logits(&g);
     let torch_bf16 = g.json["torch_cpu_bf16_autocast_logits_rel_err"]
         .as_f64()
         .unwrap();
-    let err = |gpt: &Gpt<CpuBackend>, dt| {
-        let (l, _) = gpt.evaluate(&be, &g.batch, Autocast::to(dt)).unwrap();
+    let err = |gpt: &Gpt<B>, dt| {
+        let (l, _) = gpt.evaluate(be, &g.batch, Autocast::to(dt)).unwrap();
         (rel_l2(&l, &want), l)
     };
     let (bf16, bf16_logits) = err(&g.gpt, DType::BF16);
     let (f16, _) = err(&g.gpt, DType::F16);
     eprintln!(
-        "autocast logits rel L2: bf16 {bf16:.3e}, f16 {f16:.3e}, torch bf16 {torch_bf16:.3e}"
+        "{be_name}: autocast logits rel L2: bf16 {bf16:.3e}, f16 {f16:.3e}, torch bf16 {torch_bf16:.3e}"
     );
     assert!(
         bf16 <= 2.0 * torch_bf16,
-        "bf16 {bf16} vs torch {torch_bf16}"
+        "{be_name}: bf16 {bf16} vs torch {torch_bf16}"
     );
     assert!(
         f16 <= 2.0 * torch_bf16,
-        "f16 {f16} vs torch bf16 {torch_bf16}"
+        "{be_name}: f16 {f16} vs torch bf16 {torch_bf16}"
     );
     assert!(
         f16 < bf16,
-        "fp16 ({f16}) must be more accurate than bf16 ({bf16})"
+        "{be_name}: fp16 ({f16}) must be more accurate than bf16 ({bf16})"
     );
 
     // Forward from the optimizer's BF16 model copy: no weight cast, same numbers.
-    g.gpt.enable_model_copy(&be, DType::BF16).unwrap();
+    g.gpt.enable_model_copy(be, DType::BF16).unwrap();
     let (from_copy, copy_logits) = err(&g.gpt, DType::BF16);
-    assert_eq!(from_copy, bf16);
+    assert_eq!(
+        from_copy, bf16,
+        "{be_name}: logits from the BF16 model copy"
+    );
     assert!(
         copy_logits
             .iter()
             .zip(&bf16_logits)
-            .all(|(a, b)| a.to_bits() == b.to_bits())
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "{be_name}: logits from the BF16 model copy differ from the cast master's"
     );
 }
 
-#[test]
-fn golden_gpt_fp32_adamw_training_losses() {
-    let be = CpuBackend::new();
-    let Some(mut g) = load(&be) else { return };
+/// Eight FP32 AdamW steps: every loss within 1e-4 of PyTorch's.
+fn fp32_adamw_training_losses<B: Backend>(be: &B) {
+    let Some(mut g) = load(be) else { return };
+    let be_name = be.name();
     let hp = &g.json["adamw"];
     let f = |v: &Value| v.as_f64().unwrap() as f32;
     let config = AdamWConfig {
@@ -215,19 +232,84 @@ fn golden_gpt_fp32_adamw_training_losses() {
         .map(|x| x.as_f64().unwrap())
         .collect();
     // Weight decay on every parameter, as torch.optim.AdamW(model.parameters()).
-    let mut opt = AdamW::new(&be, g.gpt.num_params(), config).unwrap();
+    let mut opt = AdamW::new(be, g.gpt.num_params(), config).unwrap();
     for (i, &w) in want.iter().enumerate() {
-        g.gpt.zero_grads(&be).unwrap();
+        g.gpt.zero_grads(be).unwrap();
         let loss = g
             .gpt
-            .forward_backward(&be, &g.batch, Autocast::OFF, 1.0)
+            .forward_backward(be, &g.batch, Autocast::OFF, 1.0)
             .unwrap();
-        eprintln!("step {i}: loss {loss} (reference {w})");
+        eprintln!("{be_name}: step {i}: loss {loss} (reference {w})");
         assert!(
             (loss as f64 - w).abs() < 1e-4,
-            "step {i}: loss {loss} vs {w}"
+            "{be_name}: step {i}: loss {loss} vs {w}"
         );
-        opt.step(&be, g.gpt.params.view_mut(), g.gpt.grads.view(), None, 1.0)
+        opt.step(be, g.gpt.params.view_mut(), g.gpt.grads.view(), None, 1.0)
             .unwrap();
+    }
+}
+
+#[test]
+fn golden_gpt_fp32_logits_loss_and_every_gradient() {
+    fp32_logits_loss_and_every_gradient(&CpuBackend::new());
+}
+
+#[test]
+fn golden_gpt_bf16_and_fp16_autocast_logits() {
+    bf16_and_fp16_autocast_logits(&CpuBackend::new());
+}
+
+#[test]
+fn golden_gpt_fp32_adamw_training_losses() {
+    fp32_adamw_training_losses(&CpuBackend::new());
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn golden_gpt_fp32_logits_loss_and_every_gradient_wgpu() {
+    let test = "golden_gpt_fp32_logits_loss_and_every_gradient_wgpu";
+    if let Some(be) = crate::common::wgpu_backend(test) {
+        fp32_logits_loss_and_every_gradient(be);
+    }
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn golden_gpt_bf16_and_fp16_autocast_logits_wgpu() {
+    if let Some(be) = crate::common::wgpu_backend("golden_gpt_bf16_and_fp16_autocast_logits_wgpu") {
+        bf16_and_fp16_autocast_logits(be);
+    }
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn golden_gpt_fp32_adamw_training_losses_wgpu() {
+    if let Some(be) = crate::common::wgpu_backend("golden_gpt_fp32_adamw_training_losses_wgpu") {
+        fp32_adamw_training_losses(be);
+    }
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn golden_gpt_fp32_logits_loss_and_every_gradient_cuda() {
+    let test = "golden_gpt_fp32_logits_loss_and_every_gradient_cuda";
+    if let Some(be) = crate::common::cuda_backend(test) {
+        fp32_logits_loss_and_every_gradient(be);
+    }
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn golden_gpt_bf16_and_fp16_autocast_logits_cuda() {
+    if let Some(be) = crate::common::cuda_backend("golden_gpt_bf16_and_fp16_autocast_logits_cuda") {
+        bf16_and_fp16_autocast_logits(be);
+    }
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn golden_gpt_fp32_adamw_training_losses_cuda() {
+    if let Some(be) = crate::common::cuda_backend("golden_gpt_fp32_adamw_training_losses_cuda") {
+        fp32_adamw_training_losses(be);
     }
 }

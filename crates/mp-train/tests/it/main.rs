@@ -4,5 +4,7 @@ mod gpt;
 mod bad_input;
 mod checkpoint;
 mod common;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod gpu_training;
 mod precisions;
 mod resume;
