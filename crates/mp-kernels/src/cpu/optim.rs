@@ -9,13 +9,14 @@
 //! gradients is widened to f32 on the stack (F32 gradients are read in place), the update runs
 //! as one branch-free loop over equal-length slices (so LLVM vectorises it), and the model copy
 //! of the tile is rounded straight from the updated master values. Every byte is read and
-//! written once; nothing is allocated per block.
+//! written once; nothing is allocated per block. The gradient check ([`stats`]) reads its
+//! blocks in place with AVX2 kernels where the CPU has them.
 //!
 //! # Determinism
 //!
 //! Every element's result depends only on its own inputs, so the updates are bit-identical
-//! whatever the thread count. The gradient check sums each block in f32 (16 lanes, combined in
-//! a fixed order) and the blocks in f64 in index order, so its result is reproducible too.
+//! whatever the thread count. The gradient check ([`stats`]) adds fixed blocks in f64 in index
+//! order, so its result is reproducible too.
 //! Stochastic rounding draws element `i` of a view from the counter at `view.offset + i`
 //! ([`mp_dtype::sr_random`]), independent of blocking.
 //!
@@ -31,16 +32,18 @@ use super::CpuBuffer;
 use super::check::{bytes, bytes_mut, dtype_err, expect_dtype, expect_len, shape_err};
 use super::math::simd_dispatch;
 use crate::Result;
-use crate::backend::{AdamW, GradStats, Rounding, Sgd, View, ViewMut};
+use crate::backend::{AdamW, Rounding, Sgd, View, ViewMut};
 use mp_dtype::{DType, EncodeOptions};
 use rayon::prelude::*;
+
+mod stats;
+
+pub(crate) use stats::grad_stats;
 
 /// Elements per parallel task.
 const BLOCK: usize = 1 << 15;
 /// Elements per L1-resident tile inside a block.
 const TILE: usize = 1024;
-/// Accumulator lanes of the gradient check.
-const LANES: usize = 16;
 
 /// Gradients of one dtype, borrowed as their natural element type.
 #[derive(Clone, Copy)]
@@ -124,48 +127,6 @@ fn store(
     Ok(())
 }
 
-/// Adds `(x * mult)^2` and `x * 0` of every element to the lanes (element `i` to lane
-/// `i % LANES`). `x * 0` is 0 for every finite x and NaN for +-inf and NaN: a branch-free
-/// flag that a huge but finite gradient (whose square overflows) cannot trip.
-#[inline(always)]
-fn stats_lanes<T: Copy>(
-    x: &[T],
-    widen: impl Fn(T) -> f32,
-    mult: f32,
-    acc: &mut [f32; LANES],
-    bad: &mut [f32; LANES],
-) {
-    let (chunks, rest) = x.as_chunks::<LANES>();
-    for c in chunks {
-        for l in 0..LANES {
-            let v = widen(c[l]);
-            let y = v * mult;
-            acc[l] += y * y;
-            bad[l] += v * 0.0;
-        }
-    }
-    for (l, &v) in rest.iter().enumerate() {
-        let v = widen(v);
-        let y = v * mult;
-        acc[l] += y * y;
-        bad[l] += v * 0.0;
-    }
-}
-
-simd_dispatch! {
-    /// [`stats_lanes`] over F32 gradients.
-    fn stats_f32(x: &[f32], mult: f32, acc: &mut [f32; LANES], bad: &mut [f32; LANES]) {
-        stats_lanes(x, |v| v, mult, acc, bad)
-    }
-}
-
-simd_dispatch! {
-    /// [`stats_lanes`] over BF16 gradients (bit patterns).
-    fn stats_bf16(x: &[u16], mult: f32, acc: &mut [f32; LANES], bad: &mut [f32; LANES]) {
-        stats_lanes(x, |h| f32::from_bits(u32::from(h) << 16), mult, acc, bad)
-    }
-}
-
 simd_dispatch! {
     /// f32 -> BF16 bits, round to nearest even, branch-free (vectorises); bit for bit
     /// `mp_dtype::f32_to_bits(x, BF16, false)`: NaN stays a quiet NaN of the same sign.
@@ -177,62 +138,6 @@ simd_dispatch! {
             *o = if b & 0x7fff_ffff > 0x7f80_0000 { nan } else { rounded };
         }
     }
-}
-
-/// One block's gradient statistics: `(any non-finite, sum of squares)`.
-fn stats_block(g: Grads<'_>, len: usize, mult: f32) -> Result<(bool, f64)> {
-    let mut acc = [0.0f32; LANES];
-    let mut bad = [0.0f32; LANES];
-    match g {
-        Grads::F32(x) => stats_f32(x, mult, &mut acc, &mut bad),
-        Grads::Bf16(x) => stats_bf16(x, mult, &mut acc, &mut bad),
-        Grads::Other(..) => {
-            let mut tile = [0.0f32; TILE];
-            let mut t0 = 0;
-            while t0 < len {
-                let n = TILE.min(len - t0);
-                let x = g.sub(t0, n).load(&mut tile, n)?;
-                stats_f32(x, mult, &mut acc, &mut bad);
-                t0 += n;
-            }
-        }
-    }
-    let sum: f32 = pairwise(&mut acc);
-    let flag: f32 = pairwise(&mut bad);
-    Ok((flag.is_nan(), f64::from(sum)))
-}
-
-/// Sums the lanes in a fixed tree order.
-fn pairwise(a: &mut [f32; LANES]) -> f32 {
-    let mut w = LANES;
-    while w > 1 {
-        w /= 2;
-        for i in 0..w {
-            a[i] += a[i + w];
-        }
-    }
-    a[0]
-}
-
-/// Non-finite flag and `sum((g * grad_mult)^2)` over `grads` (any dtype): f32 per block, f64
-/// across blocks, in a fixed order.
-pub(crate) fn grad_stats(grads: View<'_, CpuBuffer>, grad_mult: f32) -> Result<GradStats> {
-    const OP: &str = "grad_stats";
-    let n = grads.len;
-    let g = Grads::new(grads.dtype(), bytes(OP, "grads", grads)?);
-    let parts: Vec<(bool, f64)> = (0..n.div_ceil(BLOCK))
-        .into_par_iter()
-        .map(|bi| {
-            let len = BLOCK.min(n - bi * BLOCK);
-            stats_block(g.sub(bi * BLOCK, len), len, grad_mult)
-        })
-        .collect::<Result<_>>()?;
-    let mut out = GradStats::default();
-    for (bad, s) in parts {
-        out.non_finite |= bad;
-        out.sum_sq += s;
-    }
-    Ok(out)
 }
 
 /// The parameters of a step: FP32 master weights (updated in place) or a low-precision
@@ -764,47 +669,6 @@ mod tests {
             p.as_u16().unwrap().to_vec()
         };
         assert_ne!(a, rne, "stochastic rounding differs from RNE somewhere");
-    }
-
-    #[test]
-    fn grad_stats_flags_non_finite_and_sums_squares() {
-        let n = 3 * BLOCK + 11;
-        let x = data(n, 7);
-        let want: f64 = x
-            .iter()
-            .map(|&v| f64::from(v * 0.25) * f64::from(v * 0.25))
-            .sum();
-        for d in [DType::F32, DType::BF16, DType::F16] {
-            let b = buf(&x, d);
-            let xs = b.to_f32_vec();
-            let want_d: f64 = xs.iter().map(|&v| f64::from(v * 0.25).powi(2)).sum();
-            let s = grad_stats(b.view(), 0.25).unwrap();
-            assert!(!s.non_finite);
-            assert!(
-                (s.sum_sq - want_d).abs() <= 1e-5 * want_d,
-                "{d}: {} vs {want_d}",
-                s.sum_sq
-            );
-            if d == DType::F32 {
-                assert!((s.sum_sq - want).abs() <= 1e-5 * want);
-            }
-            for bad in [f32::INFINITY, f32::NEG_INFINITY, f32::NAN] {
-                let mut y = x.clone();
-                y[n - 1] = bad;
-                assert!(
-                    grad_stats(buf(&y, d).view(), 0.25).unwrap().non_finite,
-                    "{d} {bad}"
-                );
-            }
-        }
-        // A finite gradient whose square overflows is not flagged.
-        let big = buf(&[3e38, 1.0], DType::F32);
-        let s = grad_stats(big.view(), 1.0).unwrap();
-        assert!(!s.non_finite && s.sum_sq.is_infinite());
-        assert_eq!(
-            grad_stats(CpuBuffer::zeros(DType::F32, 0).view(), 1.0).unwrap(),
-            GradStats::default()
-        );
     }
 
     #[test]
