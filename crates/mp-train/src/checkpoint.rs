@@ -34,8 +34,9 @@ pub const SCALER_FILE: &str = "scaler.json";
 pub const RUN_CONFIG_FILE: &str = "run_config.toml";
 /// Step, data position, manifest (written last).
 pub const STATE_FILE: &str = "trainer_state.json";
-/// Version of the checkpoint layout.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the checkpoint layout (2: the parameter arena holds the matrices first, so the
+/// flat optimizer state of version 1 does not line up).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// An HF `GPT2Config` (`config.json`); unknown fields are ignored when reading, since HF
 /// writes many.

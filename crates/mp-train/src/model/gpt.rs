@@ -92,7 +92,10 @@ impl GptConfig {
         Ok(())
     }
 
-    /// The parameter layout: HF names, shapes and arena offsets, in HF's module order.
+    /// The parameter layout: HF names, shapes and arena offsets. The matrices (embeddings,
+    /// then each block's four projections) come first and the vectors (layer norms, biases)
+    /// after them, so the decay and no-decay parameter groups are one contiguous range each
+    /// and every fused optimizer pass is two launches whatever the depth.
     pub fn layout(&self) -> ParamLayout {
         let (c, v) = (self.n_embd, self.vocab_size);
         let mut l = ParamLayout::new();
@@ -100,17 +103,20 @@ impl GptConfig {
         l.push("transformer.wpe.weight", &[self.n_positions, c]);
         for i in 0..self.n_layer {
             let p = format!("transformer.h.{i}");
+            l.push(format!("{p}.attn.c_attn.weight"), &[c, 3 * c]);
+            l.push(format!("{p}.attn.c_proj.weight"), &[c, c]);
+            l.push(format!("{p}.mlp.c_fc.weight"), &[c, 4 * c]);
+            l.push(format!("{p}.mlp.c_proj.weight"), &[4 * c, c]);
+        }
+        for i in 0..self.n_layer {
+            let p = format!("transformer.h.{i}");
             l.push(format!("{p}.ln_1.weight"), &[c]);
             l.push(format!("{p}.ln_1.bias"), &[c]);
-            l.push(format!("{p}.attn.c_attn.weight"), &[c, 3 * c]);
             l.push(format!("{p}.attn.c_attn.bias"), &[3 * c]);
-            l.push(format!("{p}.attn.c_proj.weight"), &[c, c]);
             l.push(format!("{p}.attn.c_proj.bias"), &[c]);
             l.push(format!("{p}.ln_2.weight"), &[c]);
             l.push(format!("{p}.ln_2.bias"), &[c]);
-            l.push(format!("{p}.mlp.c_fc.weight"), &[c, 4 * c]);
             l.push(format!("{p}.mlp.c_fc.bias"), &[4 * c]);
-            l.push(format!("{p}.mlp.c_proj.weight"), &[4 * c, c]);
             l.push(format!("{p}.mlp.c_proj.bias"), &[c]);
         }
         l.push("transformer.ln_f.weight", &[c]);
@@ -631,6 +637,18 @@ mod tests {
             l.get("transformer.h.0.mlp.c_proj.weight").unwrap().shape,
             [4 * c, c]
         );
+        // matrices first, vectors after: two weight-decay groups, two optimizer launches
+        let ndims: Vec<usize> = l.entries().iter().map(|e| e.shape.len()).collect();
+        let first_vector = ndims.iter().position(|&d| d == 1).unwrap();
+        assert!(ndims[..first_vector].iter().all(|&d| d == 2));
+        assert!(ndims[first_vector..].iter().all(|&d| d == 1));
+        let groups = mp_optim::ParamGroup::decay_by_ndim(
+            l.entries()
+                .iter()
+                .map(|e| (e.offset..e.offset + e.numel(), e.shape.len())),
+            0.1,
+        );
+        assert_eq!(groups.len(), 2);
     }
 
     #[test]
@@ -690,7 +708,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("missing tensor transformer.h.2.ln_1.weight"),
+            err.contains("missing tensor transformer.h.2.attn.c_attn.weight"),
             "{err}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
