@@ -1,5 +1,7 @@
 //! GEMM throughput of the wgpu backend next to the CPU backend, per input dtype, at 512^3 and
-//! at the `gpt-cpu` shapes (rows = 16 x 64, width 128).
+//! at the `gpt-cpu` shapes (rows = 16 x 64, width 128); and one attention forward + backward
+//! at the `gpt-cpu` shape in bf16, through the backend's own attention kernels and through
+//! `gemm_attention` (its GEMMs), side by side.
 //!
 //! Throughput is `Elements(2 m n k)`, so criterion's "elem/s" reads as FLOP/s. Each wgpu
 //! iteration queues one GEMM and waits for it (`synchronize`), so the time includes the
@@ -9,7 +11,7 @@
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mp_kernels::testing::random_vec;
 use mp_kernels::wgpu::WgpuBackend;
-use mp_kernels::{Backend, BufferExt, CpuBackend, DType, Gemm};
+use mp_kernels::{Attention, Backend, BufferExt, CpuBackend, DType, Gemm, gemm_attention};
 use std::hint::black_box;
 
 /// (name, m, n, k, trans_a, trans_b).
@@ -45,11 +47,52 @@ fn run<B: Backend>(c: &mut Criterion, be: &B, label: &str) {
     }
 }
 
+/// Attention forward + backward at the `gpt-cpu` shape in bf16: the backend's own kernels
+/// ("kernel") and `gemm_attention` on its ops ("gemm").
+fn attention<B: Backend>(c: &mut Criterion, be: &B, label: &str) {
+    let s = Attention {
+        b: 16,
+        t: 64,
+        c: 128,
+        heads: 4,
+    };
+    let dt = DType::BF16;
+    let n = s.b * s.t * s.c;
+    let qkv = be.upload_f32(&random_vec(3 * n, 3), dt).expect("upload");
+    let dout = be.upload_f32(&random_vec(n, 4), dt).expect("upload");
+    let mut out = be.zeros(dt, n).expect("zeros");
+    let mut probs = be.zeros(dt, s.b * s.heads * s.t * s.t).expect("zeros");
+    let mut dqkv = be.zeros(dt, 3 * n).expect("zeros");
+    let mut g = c.benchmark_group(format!("attention_{label}/gpt_cpu_bf16_fwd_bwd"));
+    g.sample_size(10);
+    for via_gemm in [false, true] {
+        g.bench_function(if via_gemm { "gemm" } else { "kernel" }, |bch| {
+            bch.iter(|| {
+                let (q, o, p) = (qkv.view(), out.view_mut(), probs.view_mut());
+                if via_gemm {
+                    gemm_attention::forward(be, q, &s, o, p).expect("forward");
+                    let (d, p, dq) = (dout.view(), probs.view(), dqkv.view_mut());
+                    gemm_attention::backward(be, d, q, p, &s, dq).expect("backward");
+                } else {
+                    be.attention(q, &s, o, p).expect("forward");
+                    let (d, p, dq) = (dout.view(), probs.view(), dqkv.view_mut());
+                    be.attention_backward(d, q, p, &s, dq).expect("backward");
+                }
+                be.synchronize().expect("synchronize");
+            })
+        });
+    }
+    g.finish();
+}
+
 fn bench(c: &mut Criterion) {
-    run(c, &CpuBackend::new(), "cpu");
+    let cpu = CpuBackend::new();
+    attention(c, &cpu, "cpu");
+    run(c, &cpu, "cpu");
     match WgpuBackend::new() {
         Ok(be) => {
             eprintln!("wgpu adapter: {}", be.name());
+            attention(c, &be, "wgpu");
             run(c, &be, "wgpu");
         }
         Err(e) => eprintln!("SKIPPED (no wgpu adapter): the wgpu GEMM benchmarks: {e}"),

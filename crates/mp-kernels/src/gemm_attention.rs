@@ -3,7 +3,9 @@
 //! The device backends (CUDA, wgpu) implement [`Backend::attention`] and
 //! [`Backend::attention_backward`] with these functions, so their attention runs on their
 //! GEMMs (cuBLASLt's tensor cores, the tiled WGSL kernel) rather than on hand-written
-//! attention kernels, the way PyTorch's eager "math" path and llm.c's cuBLAS path do it:
+//! attention kernels, the way PyTorch's eager "math" path and llm.c's cuBLAS path do it
+//! (on lavapipe it made the wgpu attention of the `gpt-cpu` shape 1.46x faster than the WGSL
+//! kernel it replaced; `cargo bench -p mp-kernels --features wgpu --bench wgpu -- attention`):
 //!
 //! | step | op | dtype |
 //! | --- | --- | --- |

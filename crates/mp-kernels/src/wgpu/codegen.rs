@@ -213,13 +213,6 @@ pub(crate) mod shaders {
         tensors: &["table", "ids", "out", "dout", "csr", "dtable"],
         consts: &["C_COPY"],
     };
-    /// Attention forward and backward.
-    pub(crate) const ATTENTION: Shader = Shader {
-        name: "attention",
-        body: include_str!("../../shaders/attention.wgsl"),
-        tensors: &["qkv", "dout", "probs", "out", "dqkv", "dsum"],
-        consts: &[],
-    };
     /// Head-major <-> token-major copies of attention rows.
     pub(crate) const HEADS: Shader = Shader {
         name: "heads",
@@ -262,7 +255,6 @@ mod tests {
             shaders::REDUCE,
             shaders::ROWS,
             shaders::EMBED,
-            shaders::ATTENTION,
             shaders::HEADS,
             shaders::STATS,
             shaders::OPTIM,

@@ -1030,24 +1030,7 @@ impl Backend for WgpuBackend {
         out: ViewMut<'_, WgpuBuffer>,
         probs: ViewMut<'_, WgpuBuffer>,
     ) -> Result<()> {
-        const OP: &str = "attention";
-        let (params, bht) = self.attention_shape(OP, shape, qkv.len, Some(out.len), probs.len)?;
-        if bht == 0 {
-            return Ok(());
-        }
-        let args = [
-            self.arg(OP, "qkv", qkv)?,
-            self.arg_mut(OP, "out", &out)?,
-            self.arg_mut(OP, "probs", &probs)?,
-        ];
-        self.whole(
-            OP,
-            &shaders::ATTENTION,
-            &[("fwd", bht)],
-            &[],
-            &args,
-            &params,
-        )
+        crate::gemm_attention::forward(self, qkv, shape, out, probs)
     }
 
     fn attention_backward(
@@ -1058,29 +1041,7 @@ impl Backend for WgpuBackend {
         shape: &Attention,
         dqkv: ViewMut<'_, WgpuBuffer>,
     ) -> Result<()> {
-        const OP: &str = "attention_backward";
-        let (params, bht) = self.attention_shape(OP, shape, qkv.len, Some(dout.len), probs.len)?;
-        self.expect_len(OP, "dqkv", dqkv.len, qkv.len)?;
-        if bht == 0 {
-            return Ok(());
-        }
-        let mut dsum = self.scratch_f32(bht as usize);
-        let ds = dsum.view_mut();
-        let args = [
-            self.arg(OP, "qkv", qkv)?,
-            self.arg(OP, "dout", dout)?,
-            self.arg(OP, "probs", probs)?,
-            self.arg_mut(OP, "dqkv", &dqkv)?,
-            self.arg_mut(OP, "dsum", &ds)?,
-        ];
-        self.whole(
-            OP,
-            &shaders::ATTENTION,
-            &[("bwd_q", bht), ("bwd_kv", bht)],
-            &[],
-            &args,
-            &params,
-        )
+        crate::gemm_attention::backward(self, dout, qkv, probs, shape, dqkv)
     }
 
     fn split_heads(
@@ -1253,59 +1214,6 @@ impl WgpuBackend {
             args,
             &params,
         )
-    }
-
-    /// Validates an attention shape; returns the kernel parameters and `b * heads * t`.
-    fn attention_shape(
-        &self,
-        op: &'static str,
-        s: &Attention,
-        qkv_len: usize,
-        out_len: Option<usize>,
-        probs_len: usize,
-    ) -> Result<([u32; 6], u64)> {
-        if s.heads == 0 || !s.c.is_multiple_of(s.heads) {
-            return Err(self.shape_err(
-                op,
-                format!("width c={} is not divisible by heads={}", s.c, s.heads),
-            ));
-        }
-        let hs = s.c / s.heads;
-        let bt = self.mul(op, s.b, s.t)?;
-        self.expect_len(op, "qkv", qkv_len, self.mul(op, bt, 3 * s.c)?)?;
-        if let Some(o) = out_len {
-            let name = if op == "attention" { "out" } else { "dout" };
-            self.expect_len(op, name, o, self.mul(op, bt, s.c)?)?;
-        }
-        let bh = self.mul(op, s.b, s.heads)?;
-        self.expect_len(
-            op,
-            "probs",
-            probs_len,
-            self.mul(op, self.mul(op, bh, s.t)?, s.t)?,
-        )?;
-        if hs > 256 {
-            return Err(self.shape_err(
-                op,
-                format!("head size {hs} exceeds the kernel's maximum of 256"),
-            ));
-        }
-        let bht = self.mul(op, bh, s.t)?;
-        if bt == 0 || s.c == 0 {
-            return Ok(([0; 6], 0));
-        }
-        let scale = 1.0 / (hs as f32).sqrt();
-        Ok((
-            [
-                self.u32p(op, "t", s.t)?,
-                self.u32p(op, "c", s.c)?,
-                self.u32p(op, "heads", s.heads)?,
-                hs as u32,
-                fb(scale),
-                self.u32p(op, "b * heads * t", bht)?,
-            ],
-            bht as u64,
-        ))
     }
 
     /// The fused optimizer pass (`opt` 0 AdamW, 1 SGD) over a flat range.
