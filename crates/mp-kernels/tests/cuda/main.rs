@@ -5,17 +5,25 @@
 //! Built only with `--features cuda`. Without a device every test prints a loud
 //! `SKIPPED (no CUDA device)` line and returns, unless `MP_REQUIRE_CUDA=1` (set by
 //! `cargo xtask test-gpu`'s runner), which turns a missing device into a failure.
+//!
+//! The op-by-op comparisons are the conformance suite in `tests/conformance/`, shared with the
+//! wgpu target; `gemm.rs` holds the check only CUDA has (TF32). Every module is `cuda_*`, so
+//! every test path names the backend.
 
-mod cast;
 mod common;
-mod dense;
+#[path = "../conformance/cast.rs"]
+mod cuda_cast;
+#[path = "../conformance/dense.rs"]
+mod cuda_dense;
 #[path = "../conformance/fused.rs"]
-mod fused;
+mod cuda_fused;
+#[path = "gemm.rs"]
+mod cuda_gemm;
 #[path = "../conformance/rows.rs"]
-mod rows;
+mod cuda_rows;
 
 #[test]
-fn backend_reports_its_device_or_a_typed_error() {
+fn cuda_backend_reports_its_device_or_a_typed_error() {
     match mp_kernels::cuda::CudaBackend::new() {
         Ok(be) => {
             use mp_kernels::Backend;
@@ -29,7 +37,7 @@ fn backend_reports_its_device_or_a_typed_error() {
                 "expected NoDevice, got {e}"
             );
             common::skip_or_fail(
-                "backend_reports_its_device_or_a_typed_error",
+                "cuda_backend_reports_its_device_or_a_typed_error",
                 &e.to_string(),
             );
         }
@@ -40,7 +48,7 @@ fn backend_reports_its_device_or_a_typed_error() {
 /// headers, no GPU). With `MP_NVRTC_CHECK=1` (the CI check, `.ci/nvrtc-check.sh`) a missing
 /// NVRTC is a failure; otherwise it is a loud skip.
 #[test]
-fn nvrtc_compiles_every_kernel_for_sm_90() {
+fn cuda_nvrtc_compiles_every_kernel_for_sm_90() {
     use mp_kernels::cuda::kernels;
     let required = std::env::var("MP_NVRTC_CHECK").is_ok_and(|v| v == "1");
     // SAFETY: only probes whether the dynamic library loads.
@@ -52,7 +60,7 @@ fn nvrtc_compiles_every_kernel_for_sm_90() {
             "libnvrtc.so.13 not found on LD_LIBRARY_PATH"
         };
         assert!(!required, "MP_NVRTC_CHECK=1 but {why}");
-        eprintln!("SKIPPED (no NVRTC): nvrtc_compiles_every_kernel_for_sm_90: {why}");
+        eprintln!("SKIPPED (no NVRTC): cuda_nvrtc_compiles_every_kernel_for_sm_90: {why}");
         return;
     }
     match kernels::compile_all("sm_90") {

@@ -7,16 +7,19 @@
 //! `MP_REQUIRE_WGPU=1`, which turns a missing adapter into a failure. Every test path names
 //! `wgpu` (the modules are `wgpu_*`).
 //!
-//! The op-by-op comparisons follow the CUDA suite (`tests/cuda/`) so both GPU backends are
-//! held to the same checks.
+//! The op-by-op comparisons are the conformance suite in `tests/conformance/`, shared with the
+//! CUDA target, so both GPU backends are held to the same checks; `gemm.rs` and the tests below
+//! are the checks only wgpu needs (many kernel tiles, binding-size limits).
 
 mod common;
-#[path = "cast.rs"]
+#[path = "../conformance/cast.rs"]
 mod wgpu_cast;
-#[path = "dense.rs"]
+#[path = "../conformance/dense.rs"]
 mod wgpu_dense;
 #[path = "../conformance/fused.rs"]
 mod wgpu_fused;
+#[path = "gemm.rs"]
+mod wgpu_gemm;
 #[path = "../conformance/rows.rs"]
 mod wgpu_rows;
 
