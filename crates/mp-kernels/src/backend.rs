@@ -565,14 +565,20 @@ pub trait Backend: Send + Sync + 'static {
     /// Causal multi-head self-attention. `qkv` is `b x t x 3c` (q, k, v concatenated, heads
     /// interleaved as in HF GPT-2's `c_attn` output); `out` is `b x t x c`; `probs` receives
     /// the softmax probabilities `b x heads x t x t` saved for the backward pass.
+    ///
+    /// The default runs [`crate::gemm_attention::forward`] on this backend's own GEMM, softmax
+    /// and head layout ops; a backend with a fused kernel overrides it.
     fn attention(
         &self,
         qkv: View<'_, Self::Buffer>,
         shape: &Attention,
         out: ViewMut<'_, Self::Buffer>,
         probs: ViewMut<'_, Self::Buffer>,
-    ) -> Result<()>;
-    /// Attention backward: `dqkv += ..` from `dout`, the inputs and the saved `probs`.
+    ) -> Result<()> {
+        crate::gemm_attention::forward(self, qkv, shape, out, probs)
+    }
+    /// Attention backward: `dqkv += ..` from `dout`, the inputs and the saved `probs`
+    /// (default: [`crate::gemm_attention::backward`]).
     fn attention_backward(
         &self,
         dout: View<'_, Self::Buffer>,
@@ -580,8 +586,9 @@ pub trait Backend: Send + Sync + 'static {
         probs: View<'_, Self::Buffer>,
         shape: &Attention,
         dqkv: ViewMut<'_, Self::Buffer>,
-    ) -> Result<()>;
-
+    ) -> Result<()> {
+        crate::gemm_attention::backward(self, dout, qkv, probs, shape, dqkv)
+    }
     /// Gathers one part of token-major attention rows into head-major order (see [`Heads`]),
     /// rounded to `dst`'s dtype: `src` is `b x t x row`, `dst` is `b x heads x t x hs`.
     fn split_heads(

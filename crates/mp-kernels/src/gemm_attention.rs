@@ -1,7 +1,7 @@
 //! Causal self-attention as batched matrix products, written once over the [`Backend`] trait.
 //!
-//! The device backends (CUDA, wgpu) implement [`Backend::attention`] and
-//! [`Backend::attention_backward`] with these functions, so their attention runs on their
+//! These are the default [`Backend::attention`] and [`Backend::attention_backward`], which the
+//! device backends (CUDA, wgpu) keep, so their attention runs on their
 //! GEMMs (cuBLASLt's tensor cores, the tiled WGSL kernel) rather than on hand-written
 //! attention kernels, the way PyTorch's eager "math" path and llm.c's cuBLAS path do it
 //! (on lavapipe it made the wgpu attention of the `gpt-cpu` shape 1.46x faster than the WGSL
@@ -29,7 +29,7 @@ use crate::backend::{Attention, Backend, BufferExt, Gemm, Heads, View, ViewMut};
 use crate::{DType, KernelError, Result};
 
 /// Validates `s` and the view lengths; returns the head size.
-fn head_size<B: Backend>(
+fn head_size<B: Backend + ?Sized>(
     be: &B,
     op: &'static str,
     s: &Attention,
@@ -64,7 +64,7 @@ fn compute_dtype(dt: DType) -> DType {
 }
 
 /// `qkv`'s three parts in head-major order, in dtype `w`.
-fn split_qkv<B: Backend>(
+fn split_qkv<B: Backend + ?Sized>(
     be: &B,
     qkv: View<'_, B::Buffer>,
     s: &Attention,
@@ -80,7 +80,7 @@ fn split_qkv<B: Backend>(
 }
 
 /// `probs` as a buffer of dtype `w` for the products: borrowed when it already is, else a copy.
-fn probs_in<'a, B: Backend>(
+fn probs_in<'a, B: Backend + ?Sized>(
     be: &B,
     probs: View<'a, B::Buffer>,
     w: DType,
@@ -103,7 +103,7 @@ fn batched(batch: usize, m: usize, n: usize, k: usize) -> Gemm {
 }
 
 /// [`Backend::attention`] through batched GEMMs (see the module docs).
-pub fn forward<B: Backend>(
+pub fn forward<B: Backend + ?Sized>(
     be: &B,
     qkv: View<'_, B::Buffer>,
     s: &Attention,
@@ -146,7 +146,7 @@ pub fn forward<B: Backend>(
 
 /// [`Backend::attention_backward`] through batched GEMMs (see the module docs):
 /// `dqkv += ..` from `dout`, `qkv` and the saved `probs`.
-pub fn backward<B: Backend>(
+pub fn backward<B: Backend + ?Sized>(
     be: &B,
     dout: View<'_, B::Buffer>,
     qkv: View<'_, B::Buffer>,

@@ -1013,27 +1013,6 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn attention(
-        &self,
-        qkv: View<'_, CudaBuffer>,
-        shape: &Attention,
-        out: ViewMut<'_, CudaBuffer>,
-        probs: ViewMut<'_, CudaBuffer>,
-    ) -> Result<()> {
-        crate::gemm_attention::forward(self, qkv, shape, out, probs)
-    }
-
-    fn attention_backward(
-        &self,
-        dout: View<'_, CudaBuffer>,
-        qkv: View<'_, CudaBuffer>,
-        probs: View<'_, CudaBuffer>,
-        shape: &Attention,
-        dqkv: ViewMut<'_, CudaBuffer>,
-    ) -> Result<()> {
-        crate::gemm_attention::backward(self, dout, qkv, probs, shape, dqkv)
-    }
-
     fn split_heads(
         &self,
         src: View<'_, CudaBuffer>,

@@ -225,25 +225,6 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         match *self {}
     }
-    fn attention(
-        &self,
-        _: View<'_, CudaBuffer>,
-        _: &Attention,
-        _: ViewMut<'_, CudaBuffer>,
-        _: ViewMut<'_, CudaBuffer>,
-    ) -> Result<()> {
-        match *self {}
-    }
-    fn attention_backward(
-        &self,
-        _: View<'_, CudaBuffer>,
-        _: View<'_, CudaBuffer>,
-        _: View<'_, CudaBuffer>,
-        _: &Attention,
-        _: ViewMut<'_, CudaBuffer>,
-    ) -> Result<()> {
-        match *self {}
-    }
     fn split_heads(
         &self,
         _: View<'_, CudaBuffer>,

@@ -1023,27 +1023,6 @@ impl Backend for WgpuBackend {
         )
     }
 
-    fn attention(
-        &self,
-        qkv: View<'_, WgpuBuffer>,
-        shape: &Attention,
-        out: ViewMut<'_, WgpuBuffer>,
-        probs: ViewMut<'_, WgpuBuffer>,
-    ) -> Result<()> {
-        crate::gemm_attention::forward(self, qkv, shape, out, probs)
-    }
-
-    fn attention_backward(
-        &self,
-        dout: View<'_, WgpuBuffer>,
-        qkv: View<'_, WgpuBuffer>,
-        probs: View<'_, WgpuBuffer>,
-        shape: &Attention,
-        dqkv: ViewMut<'_, WgpuBuffer>,
-    ) -> Result<()> {
-        crate::gemm_attention::backward(self, dout, qkv, probs, shape, dqkv)
-    }
-
     fn split_heads(
         &self,
         src: View<'_, WgpuBuffer>,

@@ -223,25 +223,6 @@ impl Backend for WgpuBackend {
     ) -> Result<()> {
         match *self {}
     }
-    fn attention(
-        &self,
-        _: View<'_, WgpuBuffer>,
-        _: &Attention,
-        _: ViewMut<'_, WgpuBuffer>,
-        _: ViewMut<'_, WgpuBuffer>,
-    ) -> Result<()> {
-        match *self {}
-    }
-    fn attention_backward(
-        &self,
-        _: View<'_, WgpuBuffer>,
-        _: View<'_, WgpuBuffer>,
-        _: View<'_, WgpuBuffer>,
-        _: &Attention,
-        _: ViewMut<'_, WgpuBuffer>,
-    ) -> Result<()> {
-        match *self {}
-    }
     fn split_heads(
         &self,
         _: View<'_, WgpuBuffer>,

@@ -3,9 +3,7 @@
 //! backend).
 
 use mp_kernels::testing::{random_ids, random_normal, random_vec, tolerance};
-use mp_kernels::{
-    Attention, Backend, BufferExt, DType, Heads, ReduceOp, gemm_attention, test_per_dtype,
-};
+use mp_kernels::{Attention, Backend, BufferExt, DType, Heads, ReduceOp, test_per_dtype};
 
 use crate::common::{close, cpu, down, gpu, poisoned, up};
 
@@ -278,11 +276,9 @@ fn loss_and_embeddings_match_cpu(dtype: DType) {
 }
 test_per_dtype!(loss_and_embeddings_match_cpu: f32, f16, bf16);
 
-/// Forward and backward of attention on `be` through its own `attention` ops, or through
-/// `mp_kernels::gemm_attention` on its GEMMs: (out, probs, dqkv).
+/// Forward and backward of attention on `be`: (out, probs, dqkv).
 fn attention_run<B: Backend>(
     be: &B,
-    via_gemm: bool,
     dt: DType,
     s: &Attention,
     (qkv, dout, dq0): (&[f32], &[f32], &[f32]),
@@ -290,24 +286,17 @@ fn attention_run<B: Backend>(
     let bq = up(be, qkv, dt);
     let mut out = poisoned(be, dt, s.b * s.t * s.c);
     let mut probs = poisoned(be, dt, s.b * s.heads * s.t * s.t);
+    be.attention(bq.view(), s, out.view_mut(), probs.view_mut())
+        .expect("attention");
     let bd = up(be, dout, dt);
     let mut dq = up(be, dq0, dt);
-    if via_gemm {
-        gemm_attention::forward(be, bq.view(), s, out.view_mut(), probs.view_mut())
-            .expect("gemm attention");
-        gemm_attention::backward(be, bd.view(), bq.view(), probs.view(), s, dq.view_mut())
-            .expect("gemm attention backward");
-    } else {
-        be.attention(bq.view(), s, out.view_mut(), probs.view_mut())
-            .expect("attention");
-        be.attention_backward(bd.view(), bq.view(), probs.view(), s, dq.view_mut())
-            .expect("attention_backward");
-    }
+    be.attention_backward(bd.view(), bq.view(), probs.view(), s, dq.view_mut())
+        .expect("attention_backward");
     (down(be, &out), down(be, &probs), down(be, &dq))
 }
 
-/// The device's attention (and, separately, the shared GEMM formulation on its ops) against
-/// the CPU backend's fused kernel.
+/// The device's attention (the trait's default, `mp_kernels::gemm_attention`, on the device's
+/// GEMMs) against the CPU backend's fused kernel.
 fn attention_matches_cpu(dtype: DType) {
     let Some(g) = gpu("attention_matches_cpu") else {
         return;
@@ -324,33 +313,18 @@ fn attention_matches_cpu(dtype: DType) {
     let dout = random_vec(s.b * s.t * s.c, 62);
     let dq0 = random_vec(qkv.len(), 63);
     let inputs = (&qkv[..], &dout[..], &dq0[..]);
-    let want = attention_run(&c, false, dtype, &s, inputs);
-    for via_gemm in [false, true] {
-        let got = attention_run(g, via_gemm, dtype, &s, inputs);
-        let what = if via_gemm {
-            "gemm attention"
-        } else {
-            "attention"
-        };
-        close(
-            &format!("{what} probs"),
-            &got.1,
-            &want.1,
-            dtype,
-            abs,
-            k * 2.0,
-        );
-        close(
-            &format!("{what} out"),
-            &got.0,
-            &want.0,
-            dtype,
-            abs * 10.0,
-            k * 4.0,
-        );
-        let dqkv = format!("{what} dqkv");
-        close(&dqkv, &got.2, &want.2, dtype, abs * 30.0, k * 4.0);
-    }
+    let want = attention_run(&c, dtype, &s, inputs);
+    let got = attention_run(g, dtype, &s, inputs);
+    close("attention probs", &got.1, &want.1, dtype, abs, k * 2.0);
+    close("attention out", &got.0, &want.0, dtype, abs * 10.0, k * 4.0);
+    close(
+        "attention dqkv",
+        &got.2,
+        &want.2,
+        dtype,
+        abs * 30.0,
+        k * 4.0,
+    );
 }
 test_per_dtype!(attention_matches_cpu: f32, f16, bf16);
 

@@ -96,8 +96,15 @@ const SHAPES: [Attention; 3] = [
     },
 ];
 
-#[test]
-fn attention_forward_backward() {
+/// Checks an attention forward + backward (`fwd`, `bwd`: the CPU kernel or the GEMM
+/// formulation run on the CPU's ops) against the float64 reference for every test dtype,
+/// shape and probabilities dtype. `gemm` adds the GEMM path's extra rounding of `P` and `dS` to
+/// the compute dtype to the tolerance.
+fn check_attention(
+    gemm: bool,
+    fwd: impl Fn(&CpuBuffer, &Attention, &mut CpuBuffer, &mut CpuBuffer),
+    bwd: impl Fn(&CpuBuffer, &CpuBuffer, &CpuBuffer, &Attention, &mut CpuBuffer),
+) {
     for_each_dtype(&TEST_DTYPES, |dt| {
         for s in SHAPES {
             let n3 = s.b * s.t * 3 * s.c;
@@ -105,92 +112,21 @@ fn attention_forward_backward() {
             let qb = up(&qkv, dt);
             let (want_out, want_p) = attention_ref(&qr, &s);
             for dp in [DType::F32, dt] {
-                let mut out = CpuBuffer::zeros(dt, s.b * s.t * s.c);
-                let mut probs = CpuBuffer::zeros(dp, s.b * s.heads * s.t * s.t);
-                cpu()
-                    .attention(qb.view(), &s, out.view_mut(), probs.view_mut())
-                    .unwrap();
-                let what = format!("attention {s:?} probs {dp}");
+                let mut out = up(&vec![f32::NAN; s.b * s.t * s.c], dt);
+                let mut probs = up(&vec![f32::NAN; s.b * s.heads * s.t * s.t], dp);
+                fwd(&qb, &s, &mut out, &mut probs);
+                let what = format!("attention (gemm: {gemm}) {s:?} probs {dp}");
                 assert_close(&format!("{what} probs"), &down(&probs), &want_p, dp);
                 // Rounded probabilities perturb out by at most eps(probs)/2 * max|v|.
                 let (abs, k) = tolerance(dt);
-                assert_close_tol(
-                    &format!("{what} out"),
-                    &down(&out),
-                    &want_out,
-                    dt,
-                    abs + eps(dp),
-                    k,
-                );
+                let pe = if gemm { eps(dp).max(eps(dt)) } else { eps(dp) };
+                let got = down(&out);
+                assert_close_tol(&format!("{what} out"), &got, &want_out, dt, abs + pe, k);
 
                 let (g, gr) = input(s.b * s.t * s.c, 72, dt);
                 let (d0, d0r) = input(n3, 73, dt);
                 let mut dqkv = up(&d0, dt);
-                cpu()
-                    .attention_backward(
-                        up(&g, dt).view(),
-                        qb.view(),
-                        probs.view(),
-                        &s,
-                        dqkv.view_mut(),
-                    )
-                    .unwrap();
-                let want: Vec<f64> = attention_backward_ref(&gr, &qr, &s)
-                    .iter()
-                    .zip(&d0r)
-                    .map(|(a, b)| a + b)
-                    .collect();
-                let abs = abs + 4.0 * eps(dp) * (s.t as f64).sqrt();
-                assert_close_tol(&format!("{what} dqkv"), &down(&dqkv), &want, dt, abs, k);
-            }
-        }
-    });
-}
-
-/// The GEMM formulation the device backends use (`mp_kernels::gemm_attention`), run on the
-/// CPU backend's ops, against the same float64 reference and tolerances as the CPU kernel
-/// (plus the one extra rounding of `dS` to the compute dtype in the backward).
-#[test]
-fn gemm_attention_forward_backward() {
-    use mp_kernels::gemm_attention;
-    for_each_dtype(&TEST_DTYPES, |dt| {
-        for s in SHAPES {
-            let n3 = s.b * s.t * 3 * s.c;
-            let (qkv, qr) = input(n3, 71, dt);
-            let qb = up(&qkv, dt);
-            let (want_out, want_p) = attention_ref(&qr, &s);
-            for dp in [DType::F32, dt] {
-                let be = cpu();
-                let mut out = up(&vec![f32::NAN; s.b * s.t * s.c], dt);
-                let mut probs = up(&vec![f32::NAN; s.b * s.heads * s.t * s.t], dp);
-                gemm_attention::forward(&be, qb.view(), &s, out.view_mut(), probs.view_mut())
-                    .unwrap();
-                let what = format!("gemm attention {s:?} probs {dp}");
-                assert_close(&format!("{what} probs"), &down(&probs), &want_p, dp);
-                // P V multiplies P rounded to the compute dtype
-                let (abs, k) = tolerance(dt);
-                let pe = eps(dp).max(eps(dt));
-                assert_close_tol(
-                    &format!("{what} out"),
-                    &down(&out),
-                    &want_out,
-                    dt,
-                    abs + pe,
-                    k,
-                );
-
-                let (g, gr) = input(s.b * s.t * s.c, 72, dt);
-                let (d0, d0r) = input(n3, 73, dt);
-                let mut dqkv = up(&d0, dt);
-                gemm_attention::backward(
-                    &be,
-                    up(&g, dt).view(),
-                    qb.view(),
-                    probs.view(),
-                    &s,
-                    dqkv.view_mut(),
-                )
-                .unwrap();
+                bwd(&up(&g, dt), &qb, &probs, &s, &mut dqkv);
                 let want: Vec<f64> = attention_backward_ref(&gr, &qr, &s)
                     .iter()
                     .zip(&d0r)
@@ -201,6 +137,35 @@ fn gemm_attention_forward_backward() {
             }
         }
     });
+}
+
+#[test]
+fn attention_forward_backward() {
+    check_attention(
+        false,
+        |q, s, o, p| {
+            cpu()
+                .attention(q.view(), s, o.view_mut(), p.view_mut())
+                .unwrap()
+        },
+        |g, q, p, s, d| {
+            let be = cpu();
+            be.attention_backward(g.view(), q.view(), p.view(), s, d.view_mut())
+                .unwrap()
+        },
+    );
+}
+
+/// The GEMM formulation the device backends use (`mp_kernels::gemm_attention`, the trait's
+/// default), run on the CPU backend's ops.
+#[test]
+fn gemm_attention_forward_backward() {
+    use mp_kernels::gemm_attention::{backward, forward};
+    check_attention(
+        true,
+        |q, s, o, p| forward(&cpu(), q.view(), s, o.view_mut(), p.view_mut()).unwrap(),
+        |g, q, p, s, d| backward(&cpu(), g.view(), q.view(), p.view(), s, d.view_mut()).unwrap(),
+    );
 }
 
 #[test]
