@@ -8,7 +8,7 @@
 //! - Everything else: the `gemm` crate's f32 kernels (packed, cache-blocked, AVX2/FMA or
 //!   AVX-512 micro-kernels chosen at run time). Low-precision operands are widened to f32 once
 //!   per call (exact: every F16/BF16/FP8 value is an f32) into per-thread scratch reused across
-//!   calls, so accumulation is always FP32; a non-F32 C is computed in an f32 scratch and
+//!   calls (no allocation or zero-filling once warm), so accumulation is always FP32; a non-F32 C is computed in an f32 scratch and
 //!   rounded to nearest even once. Many small products (attention heads) run one per thread;
 //!   large ones use the crate's own rayon parallelism.
 
@@ -69,16 +69,16 @@ fn put_scratch(slot: usize, v: Vec<f32>) {
     }
 }
 
-/// A view's elements as f32: borrowed for F32, widened into `tmp` otherwise (SIMD, parallel).
+/// A view's elements as f32: borrowed for F32, widened into `tmp` otherwise (in parallel).
 fn f32_operand<'a>(dtype: DType, src: &'a [u8], tmp: &'a mut [f32]) -> &'a [f32] {
     if dtype == DType::F32 {
         return as_f32(src);
     }
-    let tmp = &mut tmp[..src.len() / dtype.size_in_bytes()];
-    // Lengths match by construction: cannot fail (checked in debug builds). NaNs come out
-    // quiet, which a product could not tell apart.
-    let r = mp_dtype::decode(src, dtype, tmp);
-    debug_assert!(r.is_ok(), "{r:?}");
+    let s = dtype.size_in_bytes();
+    let tmp = &mut tmp[..src.len() / s];
+    tmp.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK * s))
+        .for_each(|(o, i)| widen(dtype, i, o));
     tmp
 }
 
