@@ -42,7 +42,6 @@ use crate::backend::{GradStats, View};
 use crate::cpu::CpuBuffer;
 use crate::cpu::check::bytes;
 use crate::cpu::math::simd_dispatch;
-use mp_dtype::DType;
 use rayon::prelude::*;
 
 /// Accumulator lanes of the portable path.
@@ -55,6 +54,7 @@ const TASK_BLOCKS: usize = 8;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Path {
     /// AVX2 + FMA + F16C where the dtype has a kernel, portable otherwise.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Simd,
     /// The portable path only.
     Portable,
@@ -116,7 +116,7 @@ fn simd_block(g: Grads<'_>) -> Option<f64> {
             match g {
                 Grads::F32(x) => Some(x86::sum_sq::<x86::F32>(x)),
                 Grads::Bf16(x) => Some(x86::sum_sq::<x86::Bf16>(x)),
-                Grads::Other(DType::F16, b) => bytemuck::try_cast_slice(b)
+                Grads::Other(mp_dtype::DType::F16, b) => bytemuck::try_cast_slice(b)
                     .ok()
                     .map(|x| x86::sum_sq::<x86::F16>(x)),
                 Grads::Other(..) => None,
@@ -363,6 +363,7 @@ mod x86 {
 mod tests {
     use super::*;
     use crate::backend::BufferExt;
+    use mp_dtype::DType;
 
     fn buf(data: &[f32], dtype: DType) -> CpuBuffer {
         CpuBuffer::from_f32(data, dtype)
