@@ -1,6 +1,9 @@
 //! CPU GEMM throughput per input dtype at the shapes of the `gpt-cpu` config and at 512^3.
 //!
 //! Throughput is reported as `Elements(2 m n k)`, so criterion's "elem/s" reads as FLOP/s.
+//! Each dtype writes C in its own dtype; `bf16_f32out` is BF16 A and B into an F32 C (a linear
+//! layer with bias). On a CPU with AVX-512 BF16 the BF16 rows use the `vdpbf16ps` kernel; run
+//! again with `MP_CPU_BF16_GEMM=widen` for the widen-then-f32 route on the same machine.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mp_kernels::testing::random_vec;
@@ -21,16 +24,22 @@ fn bench(c: &mut Criterion) {
     for (name, m, n, k, ta, tb) in SHAPES {
         let mut g = c.benchmark_group(format!("gemm/{name}"));
         g.throughput(Throughput::Elements((2 * m * n * k) as u64));
-        for dt in [DType::F32, DType::BF16, DType::F16] {
+        let cases = [
+            ("f32", DType::F32, DType::F32),
+            ("bf16", DType::BF16, DType::BF16),
+            ("f16", DType::F16, DType::F16),
+            ("bf16_f32out", DType::BF16, DType::F32),
+        ];
+        for (label, dt, dc) in cases {
             let a = cpu.upload_f32(&random_vec(m * k, 1), dt).expect("upload");
             let b = cpu.upload_f32(&random_vec(k * n, 2), dt).expect("upload");
-            let mut out = CpuBuffer::zeros(dt, m * n);
+            let mut out = CpuBuffer::zeros(dc, m * n);
             let spec = Gemm {
                 trans_a: ta,
                 trans_b: tb,
                 ..Gemm::new(m, n, k)
             };
-            g.bench_function(dt.name(), |bch| {
+            g.bench_function(label, |bch| {
                 bch.iter(|| {
                     cpu.gemm(a.view(), b.view(), out.view_mut(), black_box(&spec))
                         .expect("gemm")
