@@ -851,6 +851,28 @@ mod tests {
     }
 
     #[test]
+    fn bits_do_not_depend_on_thread_count() {
+        // Row tiles shrink with more threads; each sum's order must not change.
+        let spec = Gemm {
+            trans_a: true,
+            beta: 0.5,
+            ..Gemm::new(2 * MC_MAX + 7, NC + 9, 2 * KC + 3)
+        };
+        let cs = case(spec, 11);
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("thread pool");
+            pool.install(|| bits(&ours(Emulated, &cs, DType::BF16, 0)))
+        };
+        let one = on(1);
+        for threads in [2, 3, 7] {
+            assert_eq!(on(threads), one, "{threads} threads");
+        }
+    }
+
+    #[test]
     fn packing_layout() {
         // 3 x 5 row-major A (lines = rows, contiguous along k) into panels of 4 lines.
         let a: Vec<u16> = (1..=15).collect();
