@@ -8,9 +8,9 @@
 //! - Everything else: the `gemm` crate's f32 kernels (packed, cache-blocked, AVX2/FMA or
 //!   AVX-512 micro-kernels chosen at run time). Low-precision operands are widened to f32 once
 //!   per call (exact: every F16/BF16/FP8 value is an f32) into per-thread scratch reused across
-//!   calls (no allocation or zero-filling once warm), so accumulation is always FP32; a non-F32 C is computed in an f32 scratch and
-//!   rounded to nearest even once. Many small products (attention heads) run one per thread;
-//!   large ones use the crate's own rayon parallelism.
+//!   calls (no allocation or zero-filling once warm), so accumulation is always FP32; a non-F32
+//!   C is computed in an f32 scratch and rounded to nearest even once. Many small products
+//!   (attention heads) run one per thread; large ones use the crate's own rayon parallelism.
 
 // Only the tests reach the driver on other architectures (through the emulated primitive).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
@@ -40,7 +40,8 @@ fn span(op: &'static str, batch: usize, stride: usize, size: usize) -> Result<us
         .ok_or_else(|| shape_err(op, "operand span overflows"))
 }
 
-/// Scratch vectors longer than this (elements) are freed after use instead of kept.
+/// Scratch vectors longer than this (elements) are freed after use instead of kept, so a
+/// calling thread retains at most 3 x 64 MiB between calls.
 const SCRATCH_KEEP: usize = 1 << 24;
 
 thread_local! {
