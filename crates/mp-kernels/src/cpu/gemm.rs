@@ -243,7 +243,7 @@ pub(crate) fn gemm(
     Ok(())
 }
 
-/// The f32 route of [`gemm`] on validated operands: `a`, `b` (elements of `da`) and `c`
+/// The f32 route of [`gemm()`] on validated operands: `a`, `b` (elements of `da`) and `c`
 /// (elements of `dc`) span exactly the batch entries `spec` addresses.
 fn gemm_widened(spec: &Gemm, da: DType, a: &[u8], b: &[u8], dc: DType, c: &mut [u8]) {
     let Gemm { m, n, k, batch, .. } = *spec;

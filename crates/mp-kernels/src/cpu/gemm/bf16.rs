@@ -5,9 +5,9 @@
 //! `vdpbf16ps acc, a, b` adds, in each of 16 f32 lanes, the products of one *pair* of BF16
 //! values: `acc[l] += a[2l+1] * b[2l+1]; acc[l] += a[2l] * b[2l]` (two f32 FMAs in that order,
 //! round to nearest even, denormal inputs read as zero, denormal results flushed to zero, MXCSR
-//! ignored; Intel SDM, VDPBF16PS). [`DotBf16`] abstracts it: [`Emulated`] computes exactly that
-//! in portable Rust (tests), `Avx512Bf16` issues the instruction (x86-64 CPUs that report
-//! `avx512bf16`). Everything else here (packing, blocking, the micro-kernel, the epilogue) is
+//! ignored; Intel SDM, VDPBF16PS). [`DotBf16`] abstracts it: `Emulated` computes exactly that
+//! in portable Rust (compiled for tests only), `Avx512Bf16` issues the instruction (x86-64 CPUs
+//! that report `avx512bf16`). Everything else here (packing, blocking, the micro-kernel, the epilogue) is
 //! the same code for both, so tests of the emulated path on any machine cover the whole driver.
 //!
 //! # Numerics (differences from the widen-then-f32 path of the parent module)
