@@ -7,8 +7,9 @@
 //! round to nearest even, denormal inputs read as zero, denormal results flushed to zero, MXCSR
 //! ignored; Intel SDM, VDPBF16PS). [`DotBf16`] abstracts it: `Emulated` computes exactly that
 //! in portable Rust (compiled for tests only), `Avx512Bf16` issues the instruction (x86-64 CPUs
-//! that report `avx512bf16`). Everything else here (packing, blocking, the micro-kernel, the epilogue) is
-//! the same code for both, so tests of the emulated path on any machine cover the whole driver.
+//! that report `avx512bf16`). Everything else here (packing, blocking, the micro-kernel, the
+//! epilogue) is the same code for both, so tests of the emulated path on any machine cover the
+//! whole driver.
 //!
 //! # Numerics (differences from the widen-then-f32 path of the parent module)
 //! - Products of two BF16 values are exact in f32; the sums are f32 with one rounding per FMA,
