@@ -2,8 +2,9 @@
 //!
 //! The machines that build this project usually have no GPU, and the GPU machine has no Rust
 //! toolchain. So `test-gpu --build-only` builds here (release, `--features cuda`) the CUDA test
-//! binary and the benchmark, and copies them into `.gpu/` with PyTorch's reference script and
-//! `run.sh`; on the GPU machine, `bash .gpu/run.sh` runs everything in one call and ends with
+//! binary, mp-train's tests (the GPT golden tests and the training run that tracks the CPU, on
+//! CUDA) and the benchmark, and copies them into `.gpu/` with the golden files those tests
+//! read, PyTorch's reference script and `run.sh`; on the GPU machine, `bash .gpu/run.sh` runs everything in one call and ends with
 //! `N passed, N failed`. Without `--build-only`, `test-gpu` also runs it, and fails (non-zero)
 //! when this machine has no GPU: a missing device is never a pass.
 
@@ -71,6 +72,33 @@ fn copy_stripped(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The golden files mp-train's GPT tests read (`../shared/golden/gpt2_tiny.*`).
+const GOLDEN_FILES: &[&str] = &[
+    "gpt2_tiny.json",
+    "gpt2_tiny.safetensors",
+    "gpt2_tiny.logits.safetensors",
+    "gpt2_tiny.grads.safetensors",
+];
+
+/// Copies the golden files into the bundle: on the GPU machine the test binary cannot see
+/// `../shared`, and `run.sh` points `MP_GOLDEN_DIR` here. Missing files are an error, so the
+/// golden tests never pass there by skipping.
+fn copy_goldens(to: &Path) -> Result<()> {
+    let from = root().join("../shared/golden");
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for name in GOLDEN_FILES {
+        let src = from.join(name);
+        if !src.is_file() {
+            bail!(
+                "{} not found: the GPU bundle needs the golden files of ../shared/golden",
+                src.display()
+            );
+        }
+        copy(&src, &to.join(name))?;
+    }
+    Ok(())
+}
+
 /// Builds the CUDA test binary and the benchmark and fills `.gpu/`. Returns the folder.
 fn build_bundle() -> Result<PathBuf> {
     let tests = build_executable(
@@ -119,6 +147,24 @@ fn build_bundle() -> Result<PathBuf> {
         "mp-train with the CUDA backend",
     )?;
     copy_stripped(&trainer, &dir.join("mp-train"))?;
+    // mp-train's tests with the CUDA backend: the GPT golden tests and the training run that
+    // tracks the CPU (`run.sh` runs the ones named `cuda`), with the golden files they read.
+    let train_tests = build_executable(
+        &[
+            "test",
+            "-p",
+            "mp-train",
+            "--features",
+            "cuda",
+            "--release",
+            "--test",
+            "it",
+            "--no-run",
+        ],
+        "the mp-train tests with the CUDA backend",
+    )?;
+    copy_stripped(&train_tests, &dir.join("train-tests"))?;
+    copy_goldens(&dir.join("golden"))?;
     // mp-dtype's tests: the GPU machine's CPU may have the AVX-512 paths this one lacks.
     let dtype_tests = build_executable(
         &[
@@ -164,7 +210,8 @@ fn build_bundle() -> Result<PathBuf> {
     std::fs::write(dir.join("run.sh"), RUN_SH.replace("@COMMIT@", &stamp))
         .context("writing .gpu/run.sh")?;
     eprintln!(
-        "built .gpu/ (cuda-tests, cuda_bench, torch_gpu_reference.py, run.sh) at {stamp}\n\
+        "built .gpu/ (cuda-tests, train-tests, golden/, cuda_bench, mp-train, dtype-tests, \
+         torch_gpu_reference.py, run.sh) at {stamp}\n\
          on the GPU machine, from the repository root: bash .gpu/run.sh  (logs under $OUT)"
     );
     Ok(dir)

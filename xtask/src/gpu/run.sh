@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # The GPU run of mp-kernels' CUDA backend, built by `cargo xtask test-gpu --build-only`.
-# One call on the GPU machine:  bash .gpu/run.sh   (logs under $OUT, at most 7 files)
+# One call on the GPU machine:  bash .gpu/run.sh   (logs under $OUT: 8 files, the most a device call returns)
 #   1. the CUDA test binary: every op x dtype against the CPU oracle (a missing device FAILS)
-#   2. the CUDA benchmark (cast vs copy, cuBLASLt GEMMs, fused AdamW, gradient check)
-#   3. PyTorch's anchors on the same GPU (torch_gpu_reference.py), then a side-by-side table
-# Ends with one line: "N passed, N failed" (the tests, plus the benchmark as one check).
+#   2. mp-train's CUDA tests: the GPT golden tests (HF GPT-2 logits, loss, every gradient,
+#      autocast, AdamW losses) and a 50-step bf16 training run tracking the CPU run
+#   3. the CUDA benchmark (cast vs copy, cuBLASLt GEMMs, fused AdamW, gradient check)
+#   4. PyTorch's anchors on the same GPU (torch_gpu_reference.py), then a side-by-side table
+#   5. mp-dtype's tests on this machine's CPU
+#   6. the trainer: 50 bf16 steps on CUDA vs the CPU; GPT-2-small step throughput
+# Ends with one line: "N passed, N failed" (every test, plus the benchmark and the training
+# check as one check each).
 set -u
 HERE="$(cd "$(dirname "$0")" && pwd)"
 OUT="${OUT:-$HERE/out}"
@@ -24,7 +29,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv
     | sed 's/^/   gpu: /' | tee -a "$SUMMARY"
 
 say ""
-say "== 1/3 CUDA tests (every op x dtype vs the CPU oracle; NaN-poisoned outputs)"
+say "== 1/6 CUDA tests (every op x dtype vs the CPU oracle; NaN-poisoned outputs)"
 timeout 150 "$HERE/cuda-tests" --test-threads=1 > "$OUT/cuda_tests.log" 2>&1
 TEST_RC=$?
 grep -E '^test .* (ok|FAILED|ignored)$' "$OUT/cuda_tests.log" | sed 's/^/   /'
@@ -44,14 +49,45 @@ fi
 say "   tests: $PASSED passed, $FAILED failed ($(( $(date +%s) - START )) s)"
 
 say ""
-say "== 2/3 CUDA benchmark (events, warm-up, median; random data)"
+say "== 2/6 mp-train on CUDA: GPT golden tests vs PyTorch, 50 bf16 training steps vs the CPU"
+T0=$(date +%s)
+# parsed on its own, then appended to cuda_tests.log (a device call returns at most 8 files)
+TT_LOG=$(mktemp)
+MP_GOLDEN_DIR="$HERE/golden" timeout 150 "$HERE/train-tests" cuda --test-threads=1 --show-output \
+    > "$TT_LOG" 2>&1
+TT_RC=$?
+grep -E '^test .* (ok|FAILED|ignored)$' "$TT_LOG" | sed 's/^/   /'
+grep -E '(rel L2|worst relative loss|SKIPPED)' "$TT_LOG" | sed 's/^/   /' | tee -a "$SUMMARY"
+TT_PASSED=$(grep -cE '^test .* ok$' "$TT_LOG")
+TT_FAILED=$(grep -cE '^test .* FAILED$' "$TT_LOG")
+if [ "$TT_RC" -ne 0 ] && [ "$TT_FAILED" -eq 0 ]; then
+    TT_FAILED=1
+    say "   the mp-train test binary exited with status $TT_RC before reporting (124 = timeout)"
+    tail -20 "$TT_LOG" | sed 's/^/   | /'
+fi
+if [ "$TT_PASSED" -eq 0 ] && [ "$TT_FAILED" -eq 0 ]; then
+    TT_FAILED=1
+    say "   no mp-train test named cuda ran (was the binary built with --features cuda?)"
+fi
+if [ "$TT_FAILED" -ne 0 ]; then
+    say "   failures (full log: the end of cuda_tests.log):"
+    sed -n '/^failures:$/,/^test result:/p' "$TT_LOG" | grep -vE '^\s*$' | head -40 \
+        | sed 's/^/   | /' | tee -a "$SUMMARY"
+fi
+say "   mp-train tests: $TT_PASSED passed, $TT_FAILED failed ($(( $(date +%s) - T0 )) s)"
+PASSED=$((PASSED + TT_PASSED)); FAILED=$((FAILED + TT_FAILED))
+{ echo; echo "==== mp-train tests on CUDA (train-tests cuda)"; cat "$TT_LOG"; } >> "$OUT/cuda_tests.log"
+rm -f "$TT_LOG"
+
+say ""
+say "== 3/6 CUDA benchmark (events, warm-up, median; random data)"
 timeout 90 "$HERE/cuda_bench" > "$OUT/cuda_bench.log" 2>&1
 BENCH_RC=$?
 cat "$OUT/cuda_bench.log" | sed 's/^/   /'
 if [ "$BENCH_RC" -eq 0 ]; then PASSED=$((PASSED + 1)); else FAILED=$((FAILED + 1)); say "   benchmark FAILED with status $BENCH_RC"; fi
 
 say ""
-say "== 3/3 PyTorch reference on the same GPU"
+say "== 4/6 PyTorch reference on the same GPU"
 timeout 110 python3 "$HERE/torch_gpu_reference.py" > "$OUT/torch_reference.log" 2>&1
 TORCH_RC=$?
 [ "$TORCH_RC" -eq 0 ] || say "   torch_gpu_reference.py exited with status $TORCH_RC (see torch_reference.log)"
@@ -103,7 +139,7 @@ if gs: print(f"   target gradient check <= 0.08 ms: {gs:.3f} ms (host-timed, inc
 PY
 
 say ""
-say "== 4/5 mp-dtype on this machine's CPU (exhaustive + every SIMD path it has, AVX-512 included)"
+say "== 5/6 mp-dtype on this machine's CPU (exhaustive + every SIMD path it has, AVX-512 included)"
 grep -oE 'avx512[a-z0-9_]*' /proc/cpuinfo | sort -u | tr '\n' ' ' | sed 's/^/   cpu flags: /' | tee -a "$SUMMARY"; echo | tee -a "$SUMMARY"
 timeout 60 "$HERE/dtype-tests" > "$OUT/dtype_tests.log" 2>&1
 DT_RC=$?
@@ -115,7 +151,7 @@ say "   dtype tests: $DT_PASSED passed, $DT_FAILED failed"
 PASSED=$((PASSED + DT_PASSED)); FAILED=$((FAILED + DT_FAILED))
 
 say ""
-say "== 5/5 training: 50 bf16 steps on CUDA vs the CPU backend; GPT-2-small step throughput"
+say "== 6/6 training: 50 bf16 steps on CUDA vs the CPU backend; GPT-2-small step throughput"
 RUNS=/tmp/mp-runs; rm -rf "$RUNS"; mkdir -p "$RUNS"
 COMMON="--max-steps 50 --precision bf16 --plain --set logging_steps=1 --set eval_steps=0 --set eval_problems=10 --set save_steps=0"
 timeout 60 "$HERE/mp-train" train $COMMON --backend cuda --out "$RUNS/cuda" > "$OUT/train.log" 2>&1; TR_CUDA=$?
@@ -159,6 +195,6 @@ done
 nvidia-smi --query-gpu=memory.used --format=csv,noheader | sed 's/^/   gpu memory in use now: /'
 
 say ""
-say "elapsed $(( $(date +%s) - START )) s; logs in $OUT: summary.txt cuda_tests.log cuda_bench.log cuda_bench.json torch_reference.log anchors.json dtype_tests.log train.log"
+say "elapsed $(( $(date +%s) - START )) s; logs in $OUT: summary.txt cuda_tests.log (+ mp-train tests) cuda_bench.log cuda_bench.json torch_reference.log anchors.json dtype_tests.log train.log"
 say "$PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]

@@ -152,6 +152,11 @@ fn bad_input_table() {
         ),
     ];
     for (name, args, expected) in cases {
+        // Built with the wgpu feature, `--backend wgpu` finds lavapipe wherever Mesa is
+        // installed and trains instead of failing; the case holds only without the feature.
+        if name == "wgpu without device" && cfg!(feature = "wgpu") {
+            continue;
+        }
         if name.ends_with("without device") {
             let (_, text) = mp_train(&args, &dir);
             assert!(
