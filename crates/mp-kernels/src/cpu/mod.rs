@@ -5,7 +5,9 @@
 //! bit-identical from run to run whatever the thread count. Inputs of any dtype are widened
 //! to f32 block by block (F32 inputs are read in place), every dot product and reduction
 //! accumulates in f32, and outputs are rounded to nearest even into their buffer's dtype.
-//! GEMMs go through the `gemm` crate's f32 kernels (low-precision operands are widened first).
+//! GEMMs go through the `gemm` crate's f32 kernels (low-precision operands are widened first),
+//! except BF16 x BF16 products on CPUs with AVX-512 BF16, which run on `vdpbf16ps`
+//! (`gemm/bf16.rs`; `MP_CPU_BF16_GEMM=widen` forces the f32 route).
 
 mod attention;
 mod check;
