@@ -173,8 +173,8 @@ fn axpy_once<B: Backend>(be: &B, x: &[f32], y: &[f32], off: usize, n: usize) -> 
     common::down(be, &yb)
 }
 
-/// Sequences longer than the attention kernels' 256-key tiles, and a head size above the 64
-/// invocations of a workgroup (several accumulators per invocation).
+/// Attention whose products span several GEMM tiles in every dimension: a sequence of 300 and
+/// a single head of 200.
 #[test]
 fn wgpu_attention_spans_several_tiles() {
     let Some(g) = common::gpu("wgpu_attention_spans_several_tiles") else {
