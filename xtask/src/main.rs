@@ -1,7 +1,8 @@
 //! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo does.
 //!
 //! - `cargo xtask test`: format check, clippy with `-D warnings`, every test in release mode.
-//! - `cargo xtask bench [FILTER]`: the criterion benches, then a summary table.
+//! - `cargo xtask bench [--wgpu] [FILTER]`: the criterion benches (with `--wgpu`, the wgpu
+//!   backend's halves too), then a summary table.
 //! - `cargo xtask test-gpu [--build-only]`, `cargo xtask bench --gpu`: the CUDA backend's
 //!   GPU run (see [`gpu`]).
 
@@ -34,7 +35,9 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   test        cargo fmt --check, clippy -D warnings, all tests in release mode
-  bench [F]   run the criterion benches (optionally only those matching F), print a summary
+  bench [--wgpu] [F]
+              run the criterion benches (optionally only those matching F), print a summary;
+              --wgpu builds the wgpu backend in, so its GEMM/attention/step benches run too
   bench --gpu the CUDA benchmark on this machine's GPU
   test-gpu    build the CUDA tests + benchmark and run them on this machine's GPU
               (--build-only: just bundle them into .gpu/ for `bash .gpu/run.sh` elsewhere)";
@@ -79,9 +82,20 @@ fn test(rest: &[String]) -> Result<()> {
 
 fn bench(rest: &[String]) -> Result<()> {
     let mut args = vec!["bench", "--workspace", "--bench", "*"];
-    if !rest.is_empty() {
+    // `--wgpu`: build the wgpu backend in too, so the wgpu halves (GEMM, attention, training
+    // step beside the CPU) run; they need an adapter (`WGPU_BACKEND=vulkan` on lavapipe).
+    let wgpu = rest.iter().any(|a| a == "--wgpu");
+    if wgpu {
+        args.extend(["--features", "mp-kernels/wgpu,mp-train/wgpu"]);
+    }
+    let filters: Vec<&str> = rest
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "--wgpu")
+        .collect();
+    if !filters.is_empty() {
         args.push("--");
-        args.extend(rest.iter().map(String::as_str));
+        args.extend(filters);
     }
     run("cargo", &args)?;
     summary()
