@@ -179,6 +179,30 @@ fn build_bundle() -> Result<PathBuf> {
         "the mp-dtype tests",
     )?;
     copy_stripped(&dtype_tests, &dir.join("dtype-tests"))?;
+    // mp-kernels' unit tests: the AVX-512 BF16 GEMM against its emulation, on a CPU that has it.
+    let kernel_units = build_executable(
+        &["test", "-p", "mp-kernels", "--release", "--lib", "--no-run"],
+        "the mp-kernels unit tests",
+    )?;
+    copy_stripped(&kernel_units, &dir.join("kernels-units"))?;
+    // The wgpu backend's tests, for a run through Vulkan on the GPU (issue 7), with the Vulkan
+    // and EGL loaders (Debian packages, unpacked there by run.sh) when apt can fetch them here.
+    let wgpu_tests = build_executable(
+        &[
+            "test",
+            "-p",
+            "mp-kernels",
+            "--features",
+            "wgpu",
+            "--release",
+            "--test",
+            "wgpu",
+            "--no-run",
+        ],
+        "the wgpu tests",
+    )?;
+    copy_stripped(&wgpu_tests, &dir.join("wgpu-tests"))?;
+    fetch_vulkan_loaders(&dir.join("gl"));
     let torch = root().join("../shared/bench/torch_gpu_reference.py");
     if torch.is_file() {
         copy(&torch, &dir.join("torch_gpu_reference.py"))?;
@@ -211,10 +235,59 @@ fn build_bundle() -> Result<PathBuf> {
         .context("writing .gpu/run.sh")?;
     eprintln!(
         "built .gpu/ (cuda-tests, train-tests, golden/, cuda_bench, mp-train, dtype-tests, \
-         torch_gpu_reference.py, run.sh) at {stamp}\n\
+         kernels-units, wgpu-tests, gl/, torch_gpu_reference.py, run.sh) at {stamp}\n\
          on the GPU machine, from the repository root: bash .gpu/run.sh  (logs under $OUT)"
     );
     Ok(dir)
+}
+
+/// The Debian packages of the Vulkan/EGL loaders the GPU machine lacks (the device tool's
+/// README): `apt-get download` into `to`. A failure only warns: `run.sh` then reports the wgpu
+/// section as skipped for want of a loader.
+fn fetch_vulkan_loaders(to: &Path) {
+    const PACKAGES: &[&str] = &[
+        "libvulkan1",
+        "libegl1",
+        "libglvnd0",
+        "libopengl0",
+        "libgl1",
+        "libglx0",
+        "libgles2",
+    ];
+    let have_loader = |dir: &Path| {
+        std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("libvulkan1_"))
+        })
+    };
+    if have_loader(to) {
+        return;
+    }
+    let lists = std::env::temp_dir().join("mp-apt-amd64");
+    let _ = std::fs::create_dir_all(lists.join("partial"));
+    let _ = std::fs::create_dir_all(to);
+    let opts = [
+        "-oAPT::Architecture=amd64".to_string(),
+        "-oAPT::Architectures=amd64".to_string(),
+        format!("-oDir::State::Lists={}", lists.display()),
+    ];
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(&opts)
+            .args(args)
+            .current_dir(to)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if !(apt(&["update"]) && apt(&[&["download"], PACKAGES].concat()) && have_loader(to)) {
+        eprintln!(
+            "warning: could not download the Vulkan loaders into {}: the wgpu section of \
+             run.sh will report it as skipped",
+            to.display()
+        );
+    }
 }
 
 /// Why this machine cannot run CUDA, or `None` when it has an NVIDIA GPU.

@@ -8,6 +8,9 @@
 #   4. PyTorch's anchors on the same GPU (torch_gpu_reference.py), then a side-by-side table
 #   5. mp-dtype's tests on this machine's CPU
 #   6. the trainer: 50 bf16 steps on CUDA vs the CPU; GPT-2-small step throughput
+#   7. the CPU backend on this machine's CPU: the AVX-512 BF16 GEMM against its emulation
+#      (mp-kernels' unit tests), and the gpt-cpu training step in bf16 vs fp32
+#   8. the wgpu backend through Vulkan on this GPU (loaders from gl/): every op vs the CPU
 # Ends with one line: "N passed, N failed" (every test, plus the benchmark and the training
 # check as one check each).
 set -u
@@ -29,7 +32,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv
     | sed 's/^/   gpu: /' | tee -a "$SUMMARY"
 
 say ""
-say "== 1/6 CUDA tests (every op x dtype vs the CPU oracle; NaN-poisoned outputs)"
+say "== 1/8 CUDA tests (every op x dtype vs the CPU oracle; NaN-poisoned outputs)"
 timeout 150 "$HERE/cuda-tests" --test-threads=1 > "$OUT/cuda_tests.log" 2>&1
 TEST_RC=$?
 grep -E '^test .* (ok|FAILED|ignored)$' "$OUT/cuda_tests.log" | sed 's/^/   /'
@@ -49,7 +52,7 @@ fi
 say "   tests: $PASSED passed, $FAILED failed ($(( $(date +%s) - START )) s)"
 
 say ""
-say "== 2/6 mp-train on CUDA: GPT golden tests vs PyTorch, 50 bf16 training steps vs the CPU"
+say "== 2/8 mp-train on CUDA: GPT golden tests vs PyTorch, 50 bf16 training steps vs the CPU"
 T0=$(date +%s)
 # parsed on its own, then appended to cuda_tests.log (a device call returns at most 8 files)
 TT_LOG=$(mktemp)
@@ -80,14 +83,14 @@ PASSED=$((PASSED + TT_PASSED)); FAILED=$((FAILED + TT_FAILED))
 rm -f "$TT_LOG"
 
 say ""
-say "== 3/6 CUDA benchmark (events, warm-up, median; random data)"
+say "== 3/8 CUDA benchmark (events, warm-up, median; random data)"
 timeout 90 "$HERE/cuda_bench" > "$OUT/cuda_bench.log" 2>&1
 BENCH_RC=$?
 cat "$OUT/cuda_bench.log" | sed 's/^/   /'
 if [ "$BENCH_RC" -eq 0 ]; then PASSED=$((PASSED + 1)); else FAILED=$((FAILED + 1)); say "   benchmark FAILED with status $BENCH_RC"; fi
 
 say ""
-say "== 4/6 PyTorch reference on the same GPU"
+say "== 4/8 PyTorch reference on the same GPU"
 timeout 110 python3 "$HERE/torch_gpu_reference.py" > "$OUT/torch_reference.log" 2>&1
 TORCH_RC=$?
 [ "$TORCH_RC" -eq 0 ] || say "   torch_gpu_reference.py exited with status $TORCH_RC (see torch_reference.log)"
@@ -139,19 +142,19 @@ if gs: print(f"   target gradient check <= 0.08 ms: {gs:.3f} ms (host-timed, inc
 PY
 
 say ""
-say "== 5/6 mp-dtype on this machine's CPU (exhaustive + every SIMD path it has, AVX-512 included)"
+say "== 5/8 mp-dtype on this machine's CPU (exhaustive + every SIMD path it has, AVX-512 included)"
 grep -oE 'avx512[a-z0-9_]*' /proc/cpuinfo | sort -u | tr '\n' ' ' | sed 's/^/   cpu flags: /' | tee -a "$SUMMARY"; echo | tee -a "$SUMMARY"
-timeout 60 "$HERE/dtype-tests" > "$OUT/dtype_tests.log" 2>&1
+timeout 60 "$HERE/dtype-tests" > "$OUT/cpu.log" 2>&1
 DT_RC=$?
-grep -iE 'exercised paths|not available' "$OUT/dtype_tests.log" | sort -u | head -4 | sed 's/^/   /' | tee -a "$SUMMARY"
-DT_PASSED=$(grep -cE '^test .* ok$' "$OUT/dtype_tests.log")
-DT_FAILED=$(grep -cE '^test .* FAILED$' "$OUT/dtype_tests.log")
-if [ "$DT_RC" -ne 0 ] && [ "$DT_FAILED" -eq 0 ]; then DT_FAILED=1; say "   dtype tests exited with $DT_RC"; tail -5 "$OUT/dtype_tests.log" | sed 's/^/   | /'; fi
+grep -iE 'exercised paths|not available' "$OUT/cpu.log" | sort -u | head -4 | sed 's/^/   /' | tee -a "$SUMMARY"
+DT_PASSED=$(grep -cE '^test .* ok$' "$OUT/cpu.log")
+DT_FAILED=$(grep -cE '^test .* FAILED$' "$OUT/cpu.log")
+if [ "$DT_RC" -ne 0 ] && [ "$DT_FAILED" -eq 0 ]; then DT_FAILED=1; say "   dtype tests exited with $DT_RC"; tail -5 "$OUT/cpu.log" | sed 's/^/   | /'; fi
 say "   dtype tests: $DT_PASSED passed, $DT_FAILED failed"
 PASSED=$((PASSED + DT_PASSED)); FAILED=$((FAILED + DT_FAILED))
 
 say ""
-say "== 6/6 training: 50 bf16 steps on CUDA vs the CPU backend; GPT-2-small step throughput"
+say "== 6/8 training: 50 bf16 steps on CUDA vs the CPU backend; GPT-2-small step throughput"
 RUNS=/tmp/mp-runs; rm -rf "$RUNS"; mkdir -p "$RUNS"
 COMMON="--max-steps 50 --precision bf16 --plain --set logging_steps=1 --set eval_steps=0 --set eval_problems=10 --set save_steps=0"
 timeout 60 "$HERE/mp-train" train $COMMON --backend cuda --out "$RUNS/cuda" > "$OUT/train.log" 2>&1; TR_CUDA=$?
@@ -195,6 +198,50 @@ done
 nvidia-smi --query-gpu=memory.used --format=csv,noheader | sed 's/^/   gpu memory in use now: /'
 
 say ""
-say "elapsed $(( $(date +%s) - START )) s; logs in $OUT: summary.txt cuda_tests.log (+ mp-train tests) cuda_bench.log cuda_bench.json torch_reference.log anchors.json dtype_tests.log train.log"
+say "== 7/8 CPU backend on this machine's CPU: AVX-512 BF16 GEMM, gpt-cpu step bf16 vs fp32"
+{ echo; echo "==== kernels-units gemm"; } >> "$OUT/cpu.log"
+timeout 120 "$HERE/kernels-units" gemm > "$OUT/kernels_units.tmp" 2>&1
+KU_RC=$?
+cat "$OUT/kernels_units.tmp" >> "$OUT/cpu.log"
+grep -E '^test .*(ok|FAILED)$|SKIPPED' "$OUT/kernels_units.tmp" | sed 's/^/   /' | tee -a "$SUMMARY"
+KU_PASSED=$(grep -cE '^test .* ok$' "$OUT/kernels_units.tmp")
+KU_FAILED=$(grep -cE '^test .* FAILED$' "$OUT/kernels_units.tmp")
+rm -f "$OUT/kernels_units.tmp"
+if [ "$KU_RC" -ne 0 ] && [ "$KU_FAILED" -eq 0 ]; then KU_FAILED=1; say "   kernels-units exited with $KU_RC"; fi
+PASSED=$((PASSED + KU_PASSED)); FAILED=$((FAILED + KU_FAILED))
+for P in fp32 bf16; do
+  timeout 60 "$HERE/mp-train" train --backend cpu --max-steps 12 --precision $P --plain --set model.n_layer=4 \
+      --set model.n_embd=128 --set model.n_head=4 --set model.n_positions=64 --set batch_size=16 \
+      --set logging_steps=1 --set eval_steps=0 --set save_steps=0 --out "$RUNS/cpu-$P" >> "$OUT/cpu.log" 2>&1
+  python3 - "$RUNS/cpu-$P/metrics.jsonl" "$P" <<'PY' 2>&1 | tee -a "$SUMMARY"
+import json, os, sys
+rs = [json.loads(l) for l in open(sys.argv[1])] if os.path.exists(sys.argv[1]) else []
+tps = [r.get("tokens_per_s") for r in rs if r.get("step", 0) >= 4 and r.get("tokens_per_s")]
+print(f"   gpt-cpu on the CPU ({os.cpu_count()} threads) {sys.argv[2]:5s} tokens/s: {sorted(tps)[len(tps)//2]:.0f}" if tps else f"   gpt-cpu {sys.argv[2]}: no throughput (see cpu.log)")
+PY
+done
+
+say ""
+say "== 8/8 wgpu through Vulkan on this GPU: every op x dtype vs the CPU oracle"
+if ls "$HERE"/gl/libvulkan1_*.deb > /dev/null 2>&1; then
+  for f in "$HERE"/gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+  [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ] && export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+  WG_LOG="$OUT/wgpu.tmp"  # appended to cuda_tests.log below (a call returns at most 8 files)
+  WGPU_BACKEND=vulkan MP_REQUIRE_WGPU=1 timeout 150 "$HERE/wgpu-tests" --test-threads=1 > "$WG_LOG" 2>&1
+  WG_RC=$?
+  grep -m1 -oE 'wgpu:[^)]*\)[^)]*\)' "$WG_LOG" | sed 's/^/   adapter: /' | tee -a "$SUMMARY"
+  WG_PASSED=$(grep -cE '^test .* ok$' "$WG_LOG")
+  WG_FAILED=$(grep -cE '^test .* FAILED$' "$WG_LOG")
+  if [ "$WG_RC" -ne 0 ] && [ "$WG_FAILED" -eq 0 ]; then WG_FAILED=1; say "   wgpu-tests exited with $WG_RC"; tail -8 "$WG_LOG" | sed 's/^/   | /' | tee -a "$SUMMARY"; fi
+  say "   wgpu tests: $WG_PASSED passed, $WG_FAILED failed"
+  PASSED=$((PASSED + WG_PASSED)); FAILED=$((FAILED + WG_FAILED))
+  { echo; echo "==== wgpu tests through Vulkan (wgpu-tests)"; cat "$WG_LOG"; } >> "$OUT/cuda_tests.log"
+  rm -f "$WG_LOG"
+else
+  say "   SKIPPED: no Vulkan loader packages in gl/ (the bundle could not download them)"
+fi
+
+say ""
+say "elapsed $(( $(date +%s) - START )) s; logs in $OUT: summary.txt cuda_tests.log (+ mp-train and wgpu tests) cuda_bench.log cuda_bench.json torch_reference.log anchors.json train.log cpu.log (mp-dtype, CPU GEMM and step)"
 say "$PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]
