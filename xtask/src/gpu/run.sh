@@ -200,7 +200,7 @@ nvidia-smi --query-gpu=memory.used --format=csv,noheader | sed 's/^/   gpu memor
 say ""
 say "== 7/8 CPU backend on this machine's CPU: AVX-512 BF16 GEMM, gpt-cpu step bf16 vs fp32"
 { echo; echo "==== kernels-units gemm"; } >> "$OUT/cpu.log"
-timeout 120 "$HERE/kernels-units" gemm --nocapture > "$OUT/kernels_units.tmp" 2>&1
+timeout 120 "$HERE/kernels-units" gemm --nocapture --test-threads=1 > "$OUT/kernels_units.tmp" 2>&1
 KU_RC=$?
 cat "$OUT/kernels_units.tmp" >> "$OUT/cpu.log"
 grep -E '^test .*(ok|FAILED)$|SKIPPED' "$OUT/kernels_units.tmp" | sed 's/^/   /' | tee -a "$SUMMARY"
