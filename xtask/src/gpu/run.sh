@@ -203,9 +203,11 @@ say "== 7/8 CPU backend on this machine's CPU: AVX-512 BF16 GEMM, gpt-cpu step b
 timeout 120 "$HERE/kernels-units" gemm --nocapture --test-threads=1 > "$OUT/kernels_units.tmp" 2>&1
 KU_RC=$?
 cat "$OUT/kernels_units.tmp" >> "$OUT/cpu.log"
-grep -E '^test .*(ok|FAILED)$|SKIPPED' "$OUT/kernels_units.tmp" | sed 's/^/   /' | tee -a "$SUMMARY"
-KU_PASSED=$(grep -cE '^test .* ok$' "$OUT/kernels_units.tmp")
-KU_FAILED=$(grep -cE '^test .* FAILED$' "$OUT/kernels_units.tmp")
+# (--nocapture output may split a test's line: count from the result line)
+grep -E 'SKIPPED|FAILED|^test result' "$OUT/kernels_units.tmp" | sed 's/^/   /' | tee -a "$SUMMARY"
+KU_PASSED=$(sed -nE 's/^test result: .* ([0-9]+) passed; ([0-9]+) failed.*/\1/p' "$OUT/kernels_units.tmp")
+KU_FAILED=$(sed -nE 's/^test result: .* ([0-9]+) passed; ([0-9]+) failed.*/\2/p' "$OUT/kernels_units.tmp")
+KU_PASSED=${KU_PASSED:-0}; KU_FAILED=${KU_FAILED:-0}
 rm -f "$OUT/kernels_units.tmp"
 if [ "$KU_RC" -ne 0 ] && [ "$KU_FAILED" -eq 0 ]; then KU_FAILED=1; say "   kernels-units exited with $KU_RC"; fi
 PASSED=$((PASSED + KU_PASSED)); FAILED=$((FAILED + KU_FAILED))
