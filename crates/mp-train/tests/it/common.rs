@@ -2,7 +2,8 @@
 //! backends (one per process, or a loud skip).
 
 use mp_train::config::{ModelConfig, TrainConfig};
-use std::path::PathBuf;
+use mp_train::run::{Progress, RunOptions};
+use std::path::{Path, PathBuf};
 
 /// A config small enough to train a few steps in well under a second.
 pub fn tiny(steps: u64) -> TrainConfig {
@@ -53,6 +54,16 @@ pub fn tiny_args(steps: u64) -> Vec<String> {
     .into_iter()
     .flat_map(|s| ["--set".to_string(), s])
     .collect()
+}
+
+/// Options of a quiet test run into `out`: no progress bar, plots or checkpoints.
+pub fn quiet(out: &Path) -> RunOptions {
+    RunOptions {
+        checkpoints: false,
+        plots: false,
+        progress: Progress::Quiet,
+        ..RunOptions::new(out)
+    }
 }
 
 /// A fresh, empty scratch folder unique to `name` and this process.

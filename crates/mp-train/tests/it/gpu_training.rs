@@ -14,10 +14,10 @@
 //! step 23 that amplifies the same drift to 2.7e-2 (measured on lavapipe), which would make
 //! the bound too loose to catch anything.
 
-use crate::common::{scratch, tiny};
+use crate::common::{quiet, scratch, tiny};
 use mp_train::config::{BackendKind, Precision};
 use mp_train::metrics::{StepRecord, read_jsonl};
-use mp_train::run::{Progress, RunOptions, train};
+use mp_train::run::train;
 
 /// Relative loss difference allowed at the first step (see the module docs).
 const FIRST_STEP_BOUND: f64 = 1e-5;
@@ -33,16 +33,7 @@ fn bf16_losses(backend: BackendKind, name: &str, steps: u64) -> Vec<f32> {
     let dir = scratch(name);
     let out = dir.join("run");
     let start = std::time::Instant::now();
-    let summary = train(
-        cfg,
-        RunOptions {
-            checkpoints: false,
-            plots: false,
-            progress: Progress::Quiet,
-            ..RunOptions::new(&out)
-        },
-    )
-    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let summary = train(cfg, quiet(&out)).unwrap_or_else(|e| panic!("{name}: {e}"));
     eprintln!(
         "{name}: {steps} steps on {} in {:.1} s ({:.1} s of steps)",
         summary.device,

@@ -1,9 +1,9 @@
 //! Short end-to-end runs in every precision on the CPU: the loss is finite and falls.
 
-use crate::common::{scratch, tiny};
+use crate::common::{quiet, scratch, tiny};
 use mp_train::config::{Precision, ScalingMode};
 use mp_train::metrics::{StepRecord, read_jsonl};
-use mp_train::run::{Progress, RunOptions, train};
+use mp_train::run::train;
 
 fn run(precision: Precision, scaling: ScalingMode) -> Vec<StepRecord> {
     let mut cfg = tiny(24);
@@ -11,16 +11,7 @@ fn run(precision: Precision, scaling: ScalingMode) -> Vec<StepRecord> {
     cfg.loss_scaling.mode = scaling;
     let dir = scratch(&format!("prec-{precision}-{scaling:?}"));
     let out = dir.join("run");
-    let summary = train(
-        cfg,
-        RunOptions {
-            checkpoints: false,
-            plots: false,
-            progress: Progress::Quiet,
-            ..RunOptions::new(&out)
-        },
-    )
-    .unwrap_or_else(|e| panic!("{precision}: {e}"));
+    let summary = train(cfg, quiet(&out)).unwrap_or_else(|e| panic!("{precision}: {e}"));
     assert_eq!(summary.steps, 24);
     assert!(
         summary.final_val_loss.is_finite(),
