@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo does.
 //!
-//! - `cargo xtask test`: format check, clippy with `-D warnings`, every test in release mode.
+//! - `cargo xtask test`: format check, clippy with `-D warnings`, the docs with `-D warnings`,
+//!   every test in release mode.
 //! - `cargo xtask bench [--wgpu] [FILTER]`: the criterion benches (with `--wgpu`, the wgpu
 //!   backend's halves too), then a summary table.
 //! - `cargo xtask test-gpu [--build-only]`, `cargo xtask bench --gpu`: the CUDA backend's
@@ -34,7 +35,8 @@ fn main() -> Result<()> {
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  test        cargo fmt --check, clippy -D warnings, all tests in release mode
+  test        cargo fmt --check, clippy -D warnings, cargo doc -D warnings, all tests in
+              release mode
   bench [--wgpu] [F]
               run the criterion benches (optionally only those matching F), print a summary;
               --wgpu builds the wgpu backend in, so its GEMM/attention/step benches run too
@@ -75,6 +77,22 @@ fn test(rest: &[String]) -> Result<()> {
             "warnings",
         ],
     )?;
+    // every public item's docs build without a broken link, the GPU backends' included
+    let status = Command::new("cargo")
+        .args([
+            "doc",
+            "--workspace",
+            "--no-deps",
+            "--features",
+            "mp-kernels/wgpu,mp-kernels/cuda",
+        ])
+        .env("RUSTDOCFLAGS", "-D warnings")
+        .current_dir(root())
+        .status()
+        .context("could not start cargo doc")?;
+    if !status.success() {
+        bail!("`cargo doc` found broken or missing docs ({status})");
+    }
     let mut args = vec!["test", "--workspace", "--release"];
     args.extend(rest.iter().map(String::as_str));
     run("cargo", &args)

@@ -11,7 +11,7 @@
 //! The folder is written as `.checkpoint-{step}.tmp-<pid>`, every file fsynced, then renamed
 //! into place: a crash leaves either the whole checkpoint or none. Loading checks every file
 //! against the manifest, so a truncated or corrupt checkpoint is an error naming the file, and
-//! [`latest_valid`] falls back to the newest checkpoint that is intact.
+//! [`resolve`] falls back from a run folder to its newest intact checkpoint.
 
 use crate::config::{ModelConfig, TrainConfig};
 use crate::error::{Result, TrainError};

@@ -1,4 +1,4 @@
-//! The wgpu backend: WGSL compute shaders for every op of [`Backend`], on any adapter wgpu
+//! The wgpu backend: WGSL compute shaders for every op of [`Backend`](crate::Backend), on any adapter wgpu
 //! reaches (Vulkan, Metal, DX12; Mesa's lavapipe CPU driver in CI).
 //!
 //! - [`WgpuBackend::new`] picks an adapter (`WGPU_BACKEND` / `WGPU_ADAPTER_NAME` choose, as
@@ -6,14 +6,15 @@
 //!   there is none or it lacks a needed limit; it never falls back to the CPU.
 //! - Buffers are storage buffers: F32 as `f32`, F16/BF16/FP8 packed in `u32` words and
 //!   converted in the shaders with the integer code of mp-dtype (bit-identical rounding, no
-//!   `SHADER_F16` needed); see [`codegen`] for how views at any element offset are handled.
+//!   `SHADER_F16` needed); see the `codegen` module for how views at any element offset are handled.
 //! - Every dot product and reduction accumulates in f32. Kernels are generated per dtype mix
 //!   and cached; dispatches are linearised over two dimensions to stay under the 65535
 //!   workgroups-per-dimension limit, and flat ops (casts, pointwise, the optimizer and the
 //!   gradient check) are split into chunks whose bindings fit the device's largest storage
 //!   binding (128 MiB on many adapters).
 //! - Ops are queued and return at once; only the `download_*` methods,
-//!   [`Backend::grad_stats`] and [`Backend::synchronize`] wait for the device. Validation
+//!   [`grad_stats`](crate::Backend::grad_stats) and
+//!   [`synchronize`](crate::Backend::synchronize) wait for the device. Validation
 //!   errors of queued work are reported by the next waiting call.
 //! - Freed buffers go to a size-keyed pool and are reused by later allocations of the same
 //!   size (the steady state of a training loop allocates nothing).
