@@ -277,7 +277,7 @@ fn loss_and_embeddings_match_cpu(dtype: DType) {
 test_per_dtype!(loss_and_embeddings_match_cpu: f32, f16, bf16);
 
 /// Forward and backward of attention on `be`: (out, probs, dqkv).
-fn attention_run<B: Backend>(
+pub(crate) fn attention_run<B: Backend>(
     be: &B,
     dt: DType,
     s: &Attention,

@@ -198,8 +198,9 @@ fn wgpu_attention_spans_several_tiles() {
         let qkv = random_normal(s.b * s.t * 3 * s.c, 1.0, 91);
         let dout = random_vec(s.b * s.t * s.c, 92);
         let dq0 = random_vec(qkv.len(), 93);
-        let want = attention_once(&c, &s, &qkv, &dout, &dq0);
-        let got = attention_once(g, &s, &qkv, &dout, &dq0);
+        let inputs = (&qkv[..], &dout[..], &dq0[..]);
+        let want = wgpu_rows::attention_run(&c, DType::F32, &s, inputs);
+        let got = wgpu_rows::attention_run(g, DType::F32, &s, inputs);
         let what = format!("t={} c={} heads={}", s.t, s.c, s.heads);
         common::close(
             &format!("{what}: probs"),
@@ -226,27 +227,4 @@ fn wgpu_attention_spans_several_tiles() {
             64.0,
         );
     }
-}
-
-fn attention_once<B: Backend>(
-    be: &B,
-    s: &mp_kernels::Attention,
-    qkv: &[f32],
-    dout: &[f32],
-    dq0: &[f32],
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let bq = common::up(be, qkv, DType::F32);
-    let mut out = common::poisoned(be, DType::F32, s.b * s.t * s.c);
-    let mut probs = common::poisoned(be, DType::F32, s.b * s.heads * s.t * s.t);
-    be.attention(bq.view(), s, out.view_mut(), probs.view_mut())
-        .expect("attention");
-    let bd = common::up(be, dout, DType::F32);
-    let mut dq = common::up(be, dq0, DType::F32);
-    be.attention_backward(bd.view(), bq.view(), probs.view(), s, dq.view_mut())
-        .expect("attention_backward");
-    (
-        common::down(be, &out),
-        common::down(be, &probs),
-        common::down(be, &dq),
-    )
 }
