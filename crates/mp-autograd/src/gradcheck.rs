@@ -7,12 +7,12 @@
 
 use mp_dtype::DType;
 use mp_kernels::cpu::CpuBackend;
-use mp_kernels::{Backend, BufferExt};
+use mp_kernels::prelude::*;
 
 use crate::{Autocast, ParamLayout, Result, Tape, Tensor, WeightLayout};
 
 type B = CpuBackend;
-type Buf = <CpuBackend as Backend>::Buffer;
+type Buf = <CpuBackend as MemoryOps>::Buffer;
 
 /// SplitMix64 values, approximately standard normal (sum of uniforms).
 fn randn(seed: u64, n: usize) -> Vec<f32> {

@@ -14,7 +14,8 @@ use std::collections::HashMap;
 
 use mp_dtype::DType;
 use mp_kernels::{
-    Attention, Backend, BinaryOp, BufferExt, DeviceBuffer, Gemm, ReduceOp, Rounding, View, ViewMut,
+    Attention, Backend, BinaryOp, BufferExt, DeviceBuffer, Gemm, ReduceOp, Rounding, UnaryOp, View,
+    ViewMut,
 };
 
 use crate::policy::{Autocast, OpKind, Precision, precision, widest};
@@ -408,7 +409,8 @@ impl<'a, B: Backend> Tape<'a, B> {
         let (ins, dt) = self.autocast_inputs(OpKind::Gelu, &[x.0])?;
         let shape = self.nodes[ins[0]].shape.clone();
         let mut out = self.be.zeros(dt, numel(&shape))?;
-        self.be.gelu(self.val(ins[0]), out.view_mut())?;
+        self.be
+            .unary(UnaryOp::GeluTanh, self.val(ins[0]), out.view_mut())?;
         self.record(&shape, out, &ins, Op::Gelu { x: ins[0] })
     }
 
@@ -655,7 +657,7 @@ impl<'a, B: Backend> Tape<'a, B> {
             }
             Op::Gelu { x } => {
                 if let Some(dx) = self.grad_of(x, gs, arena)? {
-                    be.gelu_backward(self.val(x), dyv()?, dx)?;
+                    be.unary_backward(UnaryOp::GeluTanh, self.val(x), dyv()?, dx)?;
                 }
             }
             Op::LayerNorm {

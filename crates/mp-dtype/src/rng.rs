@@ -28,13 +28,13 @@ pub const fn mix32(mut x: u32) -> u32 {
 
 /// The part of [`sr_random`] that depends on the seed only.
 #[inline(always)]
-pub(crate) const fn seed_key(seed: u64) -> u32 {
+pub const fn seed_key(seed: u64) -> u32 {
     mix32((seed as u32) ^ mix32(((seed >> 32) as u32) ^ 0x9e37_79b9))
 }
 
 /// [`sr_random`] with the seed part precomputed by [`seed_key`].
 #[inline(always)]
-pub(crate) const fn keyed_random(key: u32, index: u64) -> u32 {
+pub const fn keyed_random(key: u32, index: u64) -> u32 {
     mix32((index as u32) ^ mix32(((index >> 32) as u32) ^ key))
 }
 

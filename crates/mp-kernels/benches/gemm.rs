@@ -6,8 +6,9 @@
 //! again with `MP_CPU_BF16_GEMM=widen` for the widen-then-f32 route on the same machine.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use mp_kernels::prelude::*;
 use mp_kernels::testing::random_vec;
-use mp_kernels::{Backend, BufferExt, CpuBackend, CpuBuffer, DType, Gemm};
+use mp_kernels::{CpuBackend, CpuBuffer, DType, Gemm};
 use std::hint::black_box;
 
 /// (name, m, n, k, trans_a, trans_b): rows = batch 16 x context 64 of `gpt-cpu` (width 128).

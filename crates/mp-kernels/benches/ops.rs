@@ -5,8 +5,9 @@
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
+use mp_kernels::prelude::*;
 use mp_kernels::testing::{random_ids, random_vec};
-use mp_kernels::{Attention, Backend, BufferExt, CpuBackend, CpuBuffer, DType, Rounding};
+use mp_kernels::{Attention, CpuBackend, CpuBuffer, DType, Rounding, UnaryOp};
 
 const B: usize = 16;
 const T: usize = 64;
@@ -36,11 +37,14 @@ fn bench(c: &mut Criterion) {
         let mut y = CpuBuffer::zeros(dt, ROWS * 4 * C);
         let mut g = group(c, "gelu_1024x512", ROWS * 4 * C);
         g.bench_function(format!("fwd/{name}"), |b| {
-            b.iter(|| cpu.gelu(x.view(), y.view_mut()).expect("gelu"))
+            b.iter(|| {
+                cpu.unary(UnaryOp::GeluTanh, x.view(), y.view_mut())
+                    .expect("gelu")
+            })
         });
         g.bench_function(format!("bwd/{name}"), |b| {
             b.iter(|| {
-                cpu.gelu_backward(x.view(), dy.view(), y.view_mut())
+                cpu.unary_backward(UnaryOp::GeluTanh, x.view(), dy.view(), y.view_mut())
                     .expect("gelu")
             })
         });

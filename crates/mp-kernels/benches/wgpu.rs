@@ -9,9 +9,10 @@
 //! a loud SKIPPED line and only the CPU half runs.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use mp_kernels::prelude::*;
 use mp_kernels::testing::random_vec;
 use mp_kernels::wgpu::WgpuBackend;
-use mp_kernels::{Attention, Backend, BufferExt, CpuBackend, DType, Gemm, gemm_attention};
+use mp_kernels::{Attention, CpuBackend, DType, Gemm, gemm_attention};
 use std::hint::black_box;
 
 /// (name, m, n, k, trans_a, trans_b).

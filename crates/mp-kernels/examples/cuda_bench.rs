@@ -10,8 +10,9 @@
 use std::time::Instant;
 
 use mp_kernels::cuda::{CudaBackend, CudaOptions};
+use mp_kernels::prelude::*;
 use mp_kernels::testing::{random_normal, random_vec};
-use mp_kernels::{AdamW, Backend, BufferExt, DType, Gemm, Rounding};
+use mp_kernels::{AdamW, DType, Gemm, Rounding};
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 

@@ -1,6 +1,7 @@
-//! Causal self-attention as batched matrix products, written once over the [`Backend`] trait.
+//! Causal self-attention as batched matrix products, written once over the backend's
+//! GEMM, row and layout families.
 //!
-//! These are the default [`Backend::attention`] and [`Backend::attention_backward`], which the
+//! These are the default [`AttentionOps::attention`](crate::AttentionOps::attention) and [`AttentionOps::attention_backward`](crate::AttentionOps::attention_backward), which the
 //! device backends (CUDA, wgpu) keep, so their attention runs on their
 //! GEMMs (cuBLASLt's tensor cores, the tiled WGSL kernel) rather than on hand-written
 //! attention kernels, the way PyTorch's eager "math" path and llm.c's cuBLAS path do it
@@ -9,15 +10,15 @@
 //!
 //! | step | op | dtype |
 //! | --- | --- | --- |
-//! | q, k, v to head-major `(b·heads) x t x hs` | [`Backend::split_heads`] | compute dtype |
-//! | `S = Q Kᵀ / sqrt(hs)` | one batched [`Backend::gemm`] | FP32 out |
-//! | `P = softmax(S)` causal, saved | [`Backend::softmax`] | FP32 inside, `probs` dtype out |
-//! | `Y = P V`, back to token-major | batched GEMM, [`Backend::merge_heads`] | `out` dtype |
+//! | q, k, v to head-major `(b·heads) x t x hs` | [`LayoutOps::split_heads`] | compute dtype |
+//! | `S = Q Kᵀ / sqrt(hs)` | one batched [`GemmOps::gemm`] | FP32 out |
+//! | `P = softmax(S)` causal, saved | [`RowOps::softmax`] | FP32 inside, `probs` dtype out |
+//! | `Y = P V`, back to token-major | batched GEMM, [`LayoutOps::merge_heads`] | `out` dtype |
 //!
 //! The backward recomputes nothing: `dV = Pᵀ dY`, `dP = dY Vᵀ` (FP32),
-//! `dS = P ∘ (dP - rowsum(P ∘ dP))` ([`Backend::softmax_backward`], rounded to the compute
+//! `dS = P ∘ (dP - rowsum(P ∘ dP))` ([`RowOps::softmax_backward`], rounded to the compute
 //! dtype for the next products), `dQ = dS K / sqrt(hs)`, `dK = dSᵀ Q / sqrt(hs)`, each added into
-//! its third of `dqkv` by [`Backend::merge_heads`] with one rounding.
+//! its third of `dqkv` by [`LayoutOps::merge_heads`] with one rounding.
 //!
 //! The compute dtype is the dtype of `qkv` (FP32 for FP8 storage). Every product accumulates in
 //! FP32; its inputs are the stored low-precision values, as under PyTorch's autocast. Against
@@ -25,34 +26,14 @@
 //! that of `dS` to the compute dtype before `dQ` and `dK`. Scratch: the FP32 scores (`b·heads·t²`
 //! elements), and in the backward the FP32 `dP` and the compute-dtype `dS` of the same size.
 
-use crate::backend::{Attention, Backend, BufferExt, Gemm, Heads, View, ViewMut};
-use crate::{DType, KernelError, Result};
+use crate::backend::{
+    Attention, BufferExt, Gemm, GemmOps, Heads, LayoutOps, RowOps, View, ViewMut, contract,
+};
+use crate::{DType, Result};
 
-/// Validates `s` and the view lengths; returns the head size.
-fn head_size<B: Backend + ?Sized>(
-    be: &B,
-    op: &'static str,
-    s: &Attention,
-    lens: &[(&str, usize, usize)],
-) -> Result<usize> {
-    let err = |msg: String| KernelError::Shape {
-        op,
-        device: be.name(),
-        msg,
-    };
-    if s.heads == 0 || !s.c.is_multiple_of(s.heads) {
-        return Err(err(format!(
-            "width c={} is not divisible by heads={}",
-            s.c, s.heads
-        )));
-    }
-    for &(name, got, want) in lens {
-        if got != want {
-            return Err(err(format!("{name} has {got} elements, expected {want}")));
-        }
-    }
-    Ok(s.c / s.heads)
-}
+/// The families the composition runs on.
+pub trait AttentionKernels: GemmOps + RowOps + LayoutOps {}
+impl<T: GemmOps + RowOps + LayoutOps + ?Sized> AttentionKernels for T {}
 
 /// The dtype the products take their inputs in: the storage dtype of `qkv` where GEMMs take
 /// it directly, FP32 otherwise.
@@ -64,7 +45,7 @@ fn compute_dtype(dt: DType) -> DType {
 }
 
 /// `qkv`'s three parts in head-major order, in dtype `w`.
-fn split_qkv<B: Backend + ?Sized>(
+fn split_qkv<B: AttentionKernels + ?Sized>(
     be: &B,
     qkv: View<'_, B::Buffer>,
     s: &Attention,
@@ -80,7 +61,7 @@ fn split_qkv<B: Backend + ?Sized>(
 }
 
 /// `probs` as a buffer of dtype `w` for the products: borrowed when it already is, else a copy.
-fn probs_in<'a, B: Backend + ?Sized>(
+fn probs_in<'a, B: AttentionKernels + ?Sized>(
     be: &B,
     probs: View<'a, B::Buffer>,
     w: DType,
@@ -102,8 +83,8 @@ fn batched(batch: usize, m: usize, n: usize, k: usize) -> Gemm {
     }
 }
 
-/// [`Backend::attention`] through batched GEMMs (see the module docs).
-pub fn forward<B: Backend + ?Sized>(
+/// [`AttentionOps::attention`](crate::AttentionOps::attention) through batched GEMMs (see the module docs).
+pub fn forward<B: AttentionKernels + ?Sized>(
     be: &B,
     qkv: View<'_, B::Buffer>,
     s: &Attention,
@@ -111,16 +92,7 @@ pub fn forward<B: Backend + ?Sized>(
     mut probs: ViewMut<'_, B::Buffer>,
 ) -> Result<()> {
     let (bh, t) = (s.b * s.heads, s.t);
-    let hs = head_size(
-        be,
-        "attention",
-        s,
-        &[
-            ("qkv", qkv.len, s.b * t * 3 * s.c),
-            ("out", out.len, s.b * t * s.c),
-            ("probs", probs.len, bh * t * t),
-        ],
-    )?;
+    let hs = contract::attention_forward(be, &qkv, s, &out, &probs)?;
     if s.b * t == 0 || s.c == 0 {
         return Ok(());
     }
@@ -144,9 +116,9 @@ pub fn forward<B: Backend + ?Sized>(
     be.merge_heads(y.view(), &Heads::out(s), out, false)
 }
 
-/// [`Backend::attention_backward`] through batched GEMMs (see the module docs):
+/// [`AttentionOps::attention_backward`](crate::AttentionOps::attention_backward) through batched GEMMs (see the module docs):
 /// `dqkv += ..` from `dout`, `qkv` and the saved `probs`.
-pub fn backward<B: Backend + ?Sized>(
+pub fn backward<B: AttentionKernels + ?Sized>(
     be: &B,
     dout: View<'_, B::Buffer>,
     qkv: View<'_, B::Buffer>,
@@ -155,17 +127,7 @@ pub fn backward<B: Backend + ?Sized>(
     mut dqkv: ViewMut<'_, B::Buffer>,
 ) -> Result<()> {
     let (bh, t) = (s.b * s.heads, s.t);
-    let hs = head_size(
-        be,
-        "attention_backward",
-        s,
-        &[
-            ("dout", dout.len, s.b * t * s.c),
-            ("qkv", qkv.len, s.b * t * 3 * s.c),
-            ("probs", probs.len, bh * t * t),
-            ("dqkv", dqkv.len, s.b * t * 3 * s.c),
-        ],
-    )?;
+    let hs = contract::attention_backward(be, &dout, &qkv, &probs, s, &dqkv)?;
     if s.b * t == 0 || s.c == 0 {
         return Ok(());
     }

@@ -1,8 +1,8 @@
 //! # mp-kernels: devices and the kernels of a mixed-precision training step
 //!
-//! One small trait, [`Backend`], names every operation a transformer training step needs
-//! (GEMM, pointwise, reductions, softmax, layer norm, cross-entropy, embeddings, attention,
-//! casts, and the fused scaler/optimizer passes). Buffers are flat arrays of a runtime
+//! [`Backend`] is the sum of the op families a transformer training step needs (memory and
+//! casts, GEMM, pointwise, rows, norms, embeddings, layout and attention, losses, and the fused
+//! scaler/optimizer passes; see [`backend`]), each op's checks written once in [`contract`]. Buffers are flat arrays of a runtime
 //! [`DType`]; ops address them through [`View`]/[`ViewMut`] (a buffer, an element offset and
 //! a length), so one flat arena can hold every parameter and a single launch can update all
 //! of them.
@@ -30,6 +30,8 @@ pub mod cuda;
 pub mod cuda;
 pub mod error;
 pub mod gemm_attention;
+#[cfg(any(not(feature = "cuda"), not(feature = "wgpu")))]
+mod stub;
 pub mod testing;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
@@ -40,6 +42,15 @@ pub mod wgpu;
 pub mod wgpu;
 
 pub use backend::*;
+
+/// The traits a caller of a concrete backend imports: `use mp_kernels::prelude::*;` makes
+/// every op of every family callable (generic code bounded by [`Backend`] needs no import).
+pub mod prelude {
+    pub use crate::backend::{
+        AttentionOps, Backend, BufferExt, DeviceBuffer, EmbeddingOps, GemmOps, LayoutOps, LossOps,
+        MemoryOps, NormOps, OptimOps, PointwiseOps, RowOps,
+    };
+}
 pub use cpu::{CpuBackend, CpuBuffer};
 pub use error::{KernelError, Result};
 pub use mp_dtype::DType;

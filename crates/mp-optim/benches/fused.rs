@@ -14,7 +14,8 @@
 //! compare directly; the ratios are printed at the end.
 
 use criterion::{Criterion, Throughput, criterion_group};
-use mp_kernels::{AdamW, Backend, BufferExt, CpuBackend, CpuBuffer, DType, Rounding};
+use mp_kernels::prelude::*;
+use mp_kernels::{AdamW, CpuBackend, CpuBuffer, DType, Rounding};
 use rayon::prelude::*;
 use std::hint::black_box;
 

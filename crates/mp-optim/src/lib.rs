@@ -2,7 +2,7 @@
 //!
 //! [`AdamW`] (with `torch.optim.AdamW`'s update order exactly) and [`Sgd`] with momentum, over
 //! flat parameter arenas: every step is one fused backend pass per [`ParamGroup`]
-//! ([`mp_kernels::Backend::adamw`], [`mp_kernels::Backend::sgd`]) that reads the gradients of
+//! ([`mp_kernels::OptimOps::adamw`], [`mp_kernels::OptimOps::sgd`]) that reads the gradients of
 //! any dtype, multiplies them by `clip / scale` (so unscaling never needs a pass of its own),
 //! updates the FP32 moments and the FP32 master weights, and writes the BF16/F16 model copy
 //! (round-to-nearest-even or stochastic) in the same pass.

@@ -10,7 +10,7 @@
 //! DeepSpeed-style hysteresis, min and max scale.
 //!
 //! Device work is one fused read pass over the flat gradient buffer
-//! ([`mp_kernels::Backend::grad_stats`]): the non-finite check and the global norm of the
+//! ([`mp_kernels::OptimOps::grad_stats`]): the non-finite check and the global norm of the
 //! unscaled gradients together. Unscaling is folded into the optimizer pass: the scaler hands
 //! out the factor `clip / S` ([`GradCheck::grad_mult`]) and no pass writes the gradients just to
 //! unscale them. The crate names no device type: it works with any [`mp_kernels::Backend`].

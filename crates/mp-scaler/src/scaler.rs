@@ -1,7 +1,7 @@
 //! [`GradScaler`]: dynamic loss scaling with `torch.amp.GradScaler` semantics.
 //!
 //! The scale lives on the host as an `f32` (PyTorch keeps a one-element f32 tensor); the only
-//! device work is the fused gradient check [`Backend::grad_stats`], one read pass that finds
+//! device work is the fused gradient check [`OptimOps::grad_stats`], one read pass that finds
 //! non-finite gradients and the global norm of the unscaled gradients. Unscaling itself is
 //! never a pass of its own: [`GradCheck::grad_mult`] is handed to the optimizer, which
 //! multiplies each gradient by it as it reads it.
@@ -72,7 +72,8 @@ impl GradCheck {
 ///
 /// Single-optimizer loop (the scale is applied to the loss before backward):
 /// ```
-/// use mp_kernels::{Backend, BufferExt, CpuBackend, DType};
+/// use mp_kernels::prelude::*;
+/// use mp_kernels::{CpuBackend, DType};
 /// use mp_optim::{AdamW, AdamWConfig};
 /// use mp_scaler::GradScaler;
 ///

@@ -85,7 +85,7 @@ fn steps<B: Backend>(c: &mut Criterion, be: &B, group: &str, modes: &[Mode], sam
 fn wgpu_steps(c: &mut Criterion) {
     match mp_kernels::wgpu::WgpuBackend::new() {
         Ok(be) => {
-            eprintln!("wgpu adapter: {}", be.name());
+            eprintln!("wgpu adapter: {}", mp_kernels::MemoryOps::name(&be));
             steps(c, &be, "gpt_cpu_train_step_wgpu", &CPU_MODES[1..2], 10);
         }
         Err(e) => eprintln!("SKIPPED (no wgpu adapter): the wgpu training-step benchmark: {e}"),

@@ -6,9 +6,9 @@
 
 use crate::config::BackendKind;
 use crate::error::Result;
-use mp_kernels::Backend;
 #[allow(unused_imports)]
 use mp_kernels::KernelError;
+use mp_kernels::prelude::*;
 
 /// Work to run on whichever backend the config names (a generic closure).
 pub trait BackendJob {

@@ -22,7 +22,7 @@ use crate::metrics::{self, EvalRecord, JsonlWriter, StepRecord};
 use crate::plot::{self, ExponentHistogram, Marker, Series};
 use crate::train::{self, Trainer};
 use mp_dtype::{DType, RangeStats};
-use mp_kernels::Backend;
+use mp_kernels::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

@@ -7,7 +7,7 @@ use crate::device::{self, BackendJob};
 use crate::error::{Result, TrainError};
 use crate::metrics::EvalRecord;
 use crate::train::{self, Trainer};
-use mp_kernels::Backend;
+use mp_kernels::prelude::*;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 

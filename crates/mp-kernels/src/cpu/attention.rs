@@ -243,7 +243,7 @@ pub(crate) fn attention_backward(
     Ok(())
 }
 
-/// [`Backend::split_heads`](crate::Backend::split_heads): one head row (`hs` elements) per
+/// [`LayoutOps::split_heads`](crate::LayoutOps::split_heads): one head row (`hs` elements) per
 /// task, widened and rounded to `dst`'s dtype (copied when the dtypes agree).
 pub(crate) fn split_heads(
     src: View<'_, CpuBuffer>,
@@ -277,7 +277,7 @@ pub(crate) fn split_heads(
     Ok(())
 }
 
-/// [`Backend::merge_heads`](crate::Backend::merge_heads): one token row per task, each head's
+/// [`LayoutOps::merge_heads`](crate::LayoutOps::merge_heads): one token row per task, each head's
 /// slice written (or added in f32 and rounded once) in place.
 pub(crate) fn merge_heads(
     src: View<'_, CpuBuffer>,

@@ -21,10 +21,8 @@ pub(crate) mod optim;
 mod pointwise;
 mod reduce;
 
-use crate::backend::{
-    AdamW, Attention, Backend, BinaryOp, DeviceBuffer, Gemm, GradStats, Heads, ReduceOp, Rounding,
-    Sgd, View, ViewMut,
-};
+use crate::backend::contract::{self, Check};
+use crate::backend::*;
 use crate::{KernelError, Result};
 use mp_dtype::DType;
 
@@ -158,7 +156,7 @@ impl CpuBackend {
     }
 }
 
-impl Backend for CpuBackend {
+impl MemoryOps for CpuBackend {
     type Buffer = CpuBuffer;
     type Index = Vec<u32>;
 
@@ -172,7 +170,9 @@ impl Backend for CpuBackend {
 
     fn upload_f32(&self, data: &[f32], dtype: DType) -> Result<CpuBuffer> {
         let mut buf = CpuBuffer::zeros(dtype, data.len());
-        pointwise::narrow_par(data, buf.view_mut_all())?;
+        let dst = buf.view_mut_all();
+        contract::upload(self, data.len(), &dst)?;
+        pointwise::narrow_par(data, dst)?;
         Ok(buf)
     }
 
@@ -181,15 +181,21 @@ impl Backend for CpuBackend {
     }
 
     fn download_f32(&self, src: View<'_, CpuBuffer>) -> Result<Vec<f32>> {
+        Check::new(self, "download_f32").view("src", &src)?;
         pointwise::widen_par(src)
     }
 
     fn download_bytes(&self, src: View<'_, CpuBuffer>) -> Result<Vec<u8>> {
+        Check::new(self, "download_bytes").view("src", &src)?;
         Ok(bytes("download_bytes", "src", src)?.to_vec())
     }
 
     fn upload_index(&self, data: &[u32]) -> Result<Vec<u32>> {
         Ok(data.to_vec())
+    }
+
+    fn index_values<'i>(&self, ids: &'i Vec<u32>) -> &'i [u32] {
+        ids
     }
 
     fn synchronize(&self) -> Result<()> {
@@ -202,13 +208,17 @@ impl Backend for CpuBackend {
         dst: ViewMut<'_, CpuBuffer>,
         rounding: Rounding,
     ) -> Result<()> {
+        contract::same_len(self, "cast", &[("src", &src)], ("dst", &dst))?;
         pointwise::cast(src, dst, rounding)
     }
 
     fn fill(&self, dst: ViewMut<'_, CpuBuffer>, value: f32) -> Result<()> {
+        Check::new(self, "fill").view_mut("dst", &dst)?;
         pointwise::fill(dst, value)
     }
+}
 
+impl GemmOps for CpuBackend {
     fn gemm(
         &self,
         a: View<'_, CpuBuffer>,
@@ -216,9 +226,14 @@ impl Backend for CpuBackend {
         c: ViewMut<'_, CpuBuffer>,
         spec: &Gemm,
     ) -> Result<()> {
+        if contract::gemm(self, &a, &b, &c, spec)? == 0 {
+            return Ok(());
+        }
         gemm::gemm(a, b, c, spec)
     }
+}
 
+impl PointwiseOps for CpuBackend {
     fn binary(
         &self,
         op: BinaryOp,
@@ -226,14 +241,43 @@ impl Backend for CpuBackend {
         b: View<'_, CpuBuffer>,
         out: ViewMut<'_, CpuBuffer>,
     ) -> Result<()> {
+        contract::same_len(self, "binary", &[("a", &a), ("b", &b)], ("out", &out))?;
         pointwise::binary(op, a, b, out)
     }
 
+    fn unary(
+        &self,
+        op: UnaryOp,
+        x: View<'_, CpuBuffer>,
+        out: ViewMut<'_, CpuBuffer>,
+    ) -> Result<()> {
+        contract::same_len(self, op.name(), &[("x", &x)], ("out", &out))?;
+        pointwise::unary(op, x, out)
+    }
+
+    fn unary_backward(
+        &self,
+        op: UnaryOp,
+        x: View<'_, CpuBuffer>,
+        dy: View<'_, CpuBuffer>,
+        dx: ViewMut<'_, CpuBuffer>,
+    ) -> Result<()> {
+        contract::same_len(
+            self,
+            op.backward_name(),
+            &[("x", &x), ("dy", &dy)],
+            ("dx", &dx),
+        )?;
+        pointwise::unary_backward(op, x, dy, dx)
+    }
+
     fn scale(&self, x: View<'_, CpuBuffer>, alpha: f32, out: ViewMut<'_, CpuBuffer>) -> Result<()> {
+        contract::same_len(self, "scale", &[("x", &x)], ("out", &out))?;
         pointwise::scale(x, alpha, out)
     }
 
     fn axpy(&self, alpha: f32, x: View<'_, CpuBuffer>, dst: ViewMut<'_, CpuBuffer>) -> Result<()> {
+        contract::same_len(self, "axpy", &[("x", &x)], ("dst", &dst))?;
         pointwise::axpy(alpha, x, dst)
     }
 
@@ -243,22 +287,35 @@ impl Backend for CpuBackend {
         bias: View<'_, CpuBuffer>,
         out: ViewMut<'_, CpuBuffer>,
     ) -> Result<()> {
+        contract::bias_add(self, &x, &bias, &out)?;
         pointwise::bias_add(x, bias, out)
     }
 
-    fn gelu(&self, x: View<'_, CpuBuffer>, out: ViewMut<'_, CpuBuffer>) -> Result<()> {
-        pointwise::gelu(x, out)
-    }
-
-    fn gelu_backward(
+    fn mul_broadcast(
         &self,
         x: View<'_, CpuBuffer>,
-        dy: View<'_, CpuBuffer>,
-        dx: ViewMut<'_, CpuBuffer>,
+        row_scale: Option<View<'_, CpuBuffer>>,
+        col_scale: Option<View<'_, CpuBuffer>>,
+        out: ViewMut<'_, CpuBuffer>,
     ) -> Result<()> {
-        pointwise::gelu_backward(x, dy, dx)
+        let (_, cols) =
+            contract::mul_broadcast(self, &x, row_scale.as_ref(), col_scale.as_ref(), &out)?;
+        pointwise::mul_broadcast(x, row_scale, col_scale, cols, out)
     }
 
+    fn dropout(
+        &self,
+        x: View<'_, CpuBuffer>,
+        p: f32,
+        seed: u64,
+        out: ViewMut<'_, CpuBuffer>,
+    ) -> Result<()> {
+        let (threshold, scale) = contract::dropout(self, &x, p, &out)?;
+        pointwise::dropout(x, threshold, scale, seed, out)
+    }
+}
+
+impl RowOps for CpuBackend {
     fn reduce_rows(
         &self,
         op: ReduceOp,
@@ -266,10 +323,12 @@ impl Backend for CpuBackend {
         cols: usize,
         out: ViewMut<'_, CpuBuffer>,
     ) -> Result<()> {
+        contract::reduce_rows(self, &x, cols, &out)?;
         reduce::reduce_rows(op, x, cols, out)
     }
 
     fn sum_cols_acc(&self, x: View<'_, CpuBuffer>, out: ViewMut<'_, CpuBuffer>) -> Result<()> {
+        contract::sum_cols(self, &x, &out)?;
         reduce::sum_cols_acc(x, out)
     }
 
@@ -281,6 +340,7 @@ impl Backend for CpuBackend {
         log: bool,
         out: ViewMut<'_, CpuBuffer>,
     ) -> Result<()> {
+        contract::softmax(self, &x, cols, &out)?;
         norm::softmax(x, cols, causal, log, out)
     }
 
@@ -292,9 +352,12 @@ impl Backend for CpuBackend {
         log: bool,
         dx: ViewMut<'_, CpuBuffer>,
     ) -> Result<()> {
+        contract::softmax_backward(self, &y, &dy, cols, &dx)?;
         norm::softmax_backward(y, dy, cols, log, dx)
     }
+}
 
+impl NormOps for CpuBackend {
     fn layer_norm(
         &self,
         x: View<'_, CpuBuffer>,
@@ -305,6 +368,7 @@ impl Backend for CpuBackend {
         mean: ViewMut<'_, CpuBuffer>,
         rstd: ViewMut<'_, CpuBuffer>,
     ) -> Result<()> {
+        contract::layer_norm(self, &x, &weight, &bias, &out, &mean, &rstd)?;
         norm::layer_norm(x, weight, bias, eps, out, mean, rstd)
     }
 
@@ -319,9 +383,37 @@ impl Backend for CpuBackend {
         dweight: ViewMut<'_, CpuBuffer>,
         dbias: ViewMut<'_, CpuBuffer>,
     ) -> Result<()> {
+        contract::layer_norm_backward(self, &dy, &x, &weight, &mean, &rstd, &dx, &dweight, &dbias)?;
         norm::layer_norm_backward(dy, x, weight, mean, rstd, dx, dweight, dbias)
     }
 
+    fn rms_norm(
+        &self,
+        x: View<'_, CpuBuffer>,
+        weight: View<'_, CpuBuffer>,
+        eps: f32,
+        out: ViewMut<'_, CpuBuffer>,
+        rstd: ViewMut<'_, CpuBuffer>,
+    ) -> Result<()> {
+        contract::rms_norm(self, &x, &weight, eps, &out, &rstd)?;
+        norm::rms_norm(x, weight, eps, out, rstd)
+    }
+
+    fn rms_norm_backward(
+        &self,
+        dy: View<'_, CpuBuffer>,
+        x: View<'_, CpuBuffer>,
+        weight: View<'_, CpuBuffer>,
+        rstd: View<'_, CpuBuffer>,
+        dx: ViewMut<'_, CpuBuffer>,
+        dweight: ViewMut<'_, CpuBuffer>,
+    ) -> Result<()> {
+        contract::rms_norm_backward(self, &dy, &x, &weight, &rstd, &dx, &dweight)?;
+        norm::rms_norm_backward(dy, x, weight, rstd, dx, dweight)
+    }
+}
+
+impl LossOps for CpuBackend {
     fn cross_entropy(
         &self,
         logits: View<'_, CpuBuffer>,
@@ -329,6 +421,7 @@ impl Backend for CpuBackend {
         vocab: usize,
         losses: ViewMut<'_, CpuBuffer>,
     ) -> Result<()> {
+        contract::cross_entropy(self, &logits, targets, vocab, &losses)?;
         loss::cross_entropy(logits, targets, vocab, losses)
     }
 
@@ -340,9 +433,12 @@ impl Backend for CpuBackend {
         dloss: f32,
         dlogits: ViewMut<'_, CpuBuffer>,
     ) -> Result<()> {
+        contract::cross_entropy_backward(self, &logits, targets, vocab, &dlogits)?;
         loss::cross_entropy_backward(logits, targets, vocab, dloss, dlogits)
     }
+}
 
+impl EmbeddingOps for CpuBackend {
     fn embedding(
         &self,
         table: View<'_, CpuBuffer>,
@@ -350,6 +446,10 @@ impl Backend for CpuBackend {
         c: usize,
         out: ViewMut<'_, CpuBuffer>,
     ) -> Result<()> {
+        let ck = Check::new(self, "embedding");
+        ck.view("table", &table)?;
+        ck.view_mut("out", &out)?;
+        contract::embedding(self, "embedding", table.len, ids, c, out.len)?;
         embed::embedding(table, ids, c, out)
     }
 
@@ -360,9 +460,50 @@ impl Backend for CpuBackend {
         c: usize,
         dtable: ViewMut<'_, CpuBuffer>,
     ) -> Result<()> {
+        let ck = Check::new(self, "embedding_backward");
+        ck.view("dout", &dout)?;
+        ck.view_mut("dtable", &dtable)?;
+        contract::embedding(self, "embedding_backward", dtable.len, ids, c, dout.len)?;
         embed::embedding_backward(dout, ids, c, dtable)
     }
+}
 
+impl LayoutOps for CpuBackend {
+    fn split_heads(
+        &self,
+        src: View<'_, CpuBuffer>,
+        layout: &Heads,
+        dst: ViewMut<'_, CpuBuffer>,
+    ) -> Result<()> {
+        contract::heads(
+            self,
+            "split_heads",
+            layout,
+            ("src", src.offset, src.len, src.buf.len()),
+            ("dst", dst.offset, dst.len, dst.buf.len()),
+        )?;
+        attention::split_heads(src, layout, dst)
+    }
+
+    fn merge_heads(
+        &self,
+        src: View<'_, CpuBuffer>,
+        layout: &Heads,
+        dst: ViewMut<'_, CpuBuffer>,
+        accumulate: bool,
+    ) -> Result<()> {
+        contract::heads(
+            self,
+            "merge_heads",
+            layout,
+            ("dst", dst.offset, dst.len, dst.buf.len()),
+            ("src", src.offset, src.len, src.buf.len()),
+        )?;
+        attention::merge_heads(src, layout, dst, accumulate)
+    }
+}
+
+impl AttentionOps for CpuBackend {
     fn attention(
         &self,
         qkv: View<'_, CpuBuffer>,
@@ -370,6 +511,7 @@ impl Backend for CpuBackend {
         out: ViewMut<'_, CpuBuffer>,
         probs: ViewMut<'_, CpuBuffer>,
     ) -> Result<()> {
+        contract::attention_forward(self, &qkv, shape, &out, &probs)?;
         attention::attention(qkv, shape, out, probs)
     }
 
@@ -381,29 +523,14 @@ impl Backend for CpuBackend {
         shape: &Attention,
         dqkv: ViewMut<'_, CpuBuffer>,
     ) -> Result<()> {
+        contract::attention_backward(self, &dout, &qkv, &probs, shape, &dqkv)?;
         attention::attention_backward(dout, qkv, probs, shape, dqkv)
     }
+}
 
-    fn split_heads(
-        &self,
-        src: View<'_, CpuBuffer>,
-        layout: &Heads,
-        dst: ViewMut<'_, CpuBuffer>,
-    ) -> Result<()> {
-        attention::split_heads(src, layout, dst)
-    }
-
-    fn merge_heads(
-        &self,
-        src: View<'_, CpuBuffer>,
-        layout: &Heads,
-        dst: ViewMut<'_, CpuBuffer>,
-        accumulate: bool,
-    ) -> Result<()> {
-        attention::merge_heads(src, layout, dst, accumulate)
-    }
-
+impl OptimOps for CpuBackend {
     fn grad_stats(&self, grads: View<'_, CpuBuffer>, grad_mult: f32) -> Result<GradStats> {
+        Check::new(self, "grad_stats").view("grads", &grads)?;
         optim::grad_stats(grads, grad_mult)
     }
 
@@ -416,7 +543,8 @@ impl Backend for CpuBackend {
         model: Option<ViewMut<'_, CpuBuffer>>,
         hp: &AdamW,
     ) -> Result<()> {
-        optim::adamw(params, grads, m, v, model, hp)
+        let (_, coef) = contract::adamw(self, &params, &grads, &m, &v, model.as_ref(), hp)?;
+        optim::adamw(params, grads, m, v, model, hp, &coef)
     }
 
     fn sgd(
@@ -427,6 +555,7 @@ impl Backend for CpuBackend {
         model: Option<ViewMut<'_, CpuBuffer>>,
         hp: &Sgd,
     ) -> Result<()> {
+        contract::sgd(self, &params, &grads, &momentum_buf, model.as_ref(), hp)?;
         optim::sgd(params, grads, momentum_buf, model, hp)
     }
 }

@@ -6,7 +6,7 @@ use super::check::{bytes, bytes_mut, expect_dtype, expect_len, shape_err};
 use super::convert::{as_f32, as_f32_mut, load, with_f32_mut};
 use super::math::{exp_sub, simd_dispatch};
 use super::pointwise::CHUNK;
-use super::reduce::{dot, max, sum};
+use super::reduce::{dot, max, sum, sum_sq};
 use crate::Result;
 use crate::backend::{View, ViewMut};
 use mp_dtype::DType;
@@ -371,5 +371,145 @@ pub(crate) fn softmax_backward(
                 });
             },
         );
+    Ok(())
+}
+
+simd_dispatch! {
+    /// RMSNorm of rows of `c = w.len()` elements: `o` and each row's `rstd`.
+    fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, o: &mut [f32], rstd: &mut [f32]) {
+        let c = w.len();
+        for ((orow, xrow), r) in o.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(rstd) {
+            let rs = 1.0 / (sum_sq(xrow) / c as f32 + eps).sqrt();
+            *r = rs;
+            for ((o, &v), &w) in orow.iter_mut().zip(xrow).zip(w) {
+                *o = v * rs * w;
+            }
+        }
+    }
+}
+
+/// RMSNorm over rows of `c = weight.len` (checked by the contract), saving f32 rstd.
+pub(crate) fn rms_norm(
+    x: View<'_, CpuBuffer>,
+    weight: View<'_, CpuBuffer>,
+    eps: f32,
+    out: ViewMut<'_, CpuBuffer>,
+    rstd: ViewMut<'_, CpuBuffer>,
+) -> Result<()> {
+    const OP: &str = "rms_norm";
+    let c = weight.len;
+    let (dx, dout) = (x.dtype(), out.dtype());
+    let mut tw = Vec::new();
+    let w = load(weight.dtype(), bytes(OP, "weight", weight)?, &mut tw);
+    let x = bytes(OP, "x", x)?;
+    let out = bytes_mut(OP, "out", out)?;
+    let rstd = as_f32_mut(bytes_mut(OP, "rstd", rstd)?);
+    let rows_per = (CHUNK / c).max(1);
+    out.par_chunks_mut(rows_per * c * dout.size_in_bytes())
+        .zip(x.par_chunks(rows_per * c * dx.size_in_bytes()))
+        .zip(rstd.par_chunks_mut(rows_per))
+        .for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(tx, to), ((oc, xc), rc)| {
+                let xc = load(dx, xc, tx);
+                with_f32_mut(dout, oc, to, false, |o| rms_norm_rows(xc, w, eps, o, rc));
+            },
+        );
+    Ok(())
+}
+
+simd_dispatch! {
+    /// RMSNorm backward of rows of `c = w.len()` elements: `dx += ..` per row and this
+    /// block's `dweight` partial sums; `scratch` holds `2c` elements.
+    fn rms_norm_backward_rows(
+        dy: &[f32],
+        x: &[f32],
+        w: &[f32],
+        rstd: &[f32],
+        dx: &mut [f32],
+        dw: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        let c = w.len();
+        let (g, xhat) = scratch.split_at_mut(c);
+        for (((dxrow, dyrow), xrow), &rs) in dx
+            .chunks_exact_mut(c)
+            .zip(dy.chunks_exact(c))
+            .zip(x.chunks_exact(c))
+            .zip(rstd)
+        {
+            for (((((xh, g), &x), &d), &w), dw) in xhat
+                .iter_mut()
+                .zip(g.iter_mut())
+                .zip(xrow)
+                .zip(dyrow)
+                .zip(w)
+                .zip(dw.iter_mut())
+            {
+                *xh = x * rs;
+                *dw += d * *xh;
+                *g = d * w;
+            }
+            let m = dot(g, xhat) / c as f32;
+            for ((o, &g), &xh) in dxrow.iter_mut().zip(g.iter()).zip(xhat.iter()) {
+                *o += rs * (g - xh * m);
+            }
+        }
+    }
+}
+
+/// RMSNorm backward (checked by the contract): `dx += ..`, `dweight += ..`.
+pub(crate) fn rms_norm_backward(
+    dy: View<'_, CpuBuffer>,
+    x: View<'_, CpuBuffer>,
+    weight: View<'_, CpuBuffer>,
+    rstd: View<'_, CpuBuffer>,
+    dx: ViewMut<'_, CpuBuffer>,
+    dweight: ViewMut<'_, CpuBuffer>,
+) -> Result<()> {
+    const OP: &str = "rms_norm_backward";
+    let c = weight.len;
+    if c == 0 || x.len == 0 {
+        return Ok(());
+    }
+    let (tdy, tx, tdx, tdw) = (dy.dtype(), x.dtype(), dx.dtype(), dweight.dtype());
+    let mut tw = Vec::new();
+    let w = load(weight.dtype(), bytes(OP, "weight", weight)?, &mut tw);
+    let dy = bytes(OP, "dy", dy)?;
+    let x = bytes(OP, "x", x)?;
+    let rstd = as_f32(bytes(OP, "rstd", rstd)?);
+    let dx = bytes_mut(OP, "dx", dx)?;
+    let dweight = bytes_mut(OP, "dweight", dweight)?;
+    let rows_per = (4 * CHUNK / c).max(1);
+    let parts: Vec<Vec<f32>> = dx
+        .par_chunks_mut(rows_per * c * tdx.size_in_bytes())
+        .zip(dy.par_chunks(rows_per * c * tdy.size_in_bytes()))
+        .zip(x.par_chunks(rows_per * c * tx.size_in_bytes()))
+        .zip(rstd.par_chunks(rows_per))
+        .map_init(
+            || (Vec::new(), Vec::new(), Vec::new(), vec![0.0f32; 2 * c]),
+            |(tdyv, txv, tdxv, scratch), (((dxc, dyc), xc), rc)| {
+                let dyc = load(tdy, dyc, tdyv);
+                let xc = load(tx, xc, txv);
+                let mut dw = vec![0.0f32; c];
+                with_f32_mut(tdx, dxc, tdxv, true, |dxo| {
+                    rms_norm_backward_rows(dyc, xc, w, rc, dxo, &mut dw, scratch)
+                });
+                dw
+            },
+        )
+        .collect();
+    let mut dw_tot = vec![0.0f32; c];
+    for dw in parts {
+        for (t, v) in dw_tot.iter_mut().zip(&dw) {
+            *t += v;
+        }
+    }
+    let mut tmp = Vec::new();
+    with_f32_mut(tdw, dweight, &mut tmp, true, |o| {
+        for (o, v) in o.iter_mut().zip(&dw_tot) {
+            *o += v;
+        }
+    });
     Ok(())
 }

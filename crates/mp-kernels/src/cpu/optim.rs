@@ -32,7 +32,7 @@ use super::CpuBuffer;
 use super::check::{bytes, bytes_mut, dtype_err, expect_dtype, expect_len, shape_err};
 use super::math::simd_dispatch;
 use crate::Result;
-use crate::backend::{AdamW, Rounding, Sgd, View, ViewMut};
+use crate::backend::{AdamW, Rounding, Sgd, View, ViewMut, contract};
 use mp_dtype::{DType, EncodeOptions};
 use rayon::prelude::*;
 
@@ -326,21 +326,16 @@ struct AdamCoef {
 }
 
 impl AdamCoef {
-    fn new(hp: &AdamW) -> Self {
-        let step = hp.step as f64;
-        let beta1 = f64::from(hp.beta1);
-        let beta2 = f64::from(hp.beta2);
-        let lr = f64::from(hp.lr);
-        let bc1 = 1.0 - beta1.powf(step);
-        let bc2 = 1.0 - beta2.powf(step);
+    /// The tile loop's scalars: the contract's per-step values plus `hp`'s own.
+    fn new(hp: &AdamW, c: &contract::AdamCoef) -> Self {
         AdamCoef {
-            decay: (1.0 - lr * f64::from(hp.weight_decay)) as f32,
-            w1: (1.0 - beta1) as f32,
+            decay: c.decay,
+            w1: c.w1,
             beta2: hp.beta2,
-            w2: (1.0 - beta2) as f32,
-            bc2_sqrt: bc2.sqrt() as f32,
+            w2: c.w2,
+            bc2_sqrt: c.bc2_sqrt,
             eps: hp.eps,
-            neg_step_size: (-(lr / bc1)) as f32,
+            neg_step_size: c.neg_step_size,
             grad_mult: hp.grad_mult,
         }
     }
@@ -397,12 +392,10 @@ pub(crate) fn adamw(
     v: ViewMut<'_, CpuBuffer>,
     model: Option<ViewMut<'_, CpuBuffer>>,
     hp: &AdamW,
+    coef: &contract::AdamCoef,
 ) -> Result<()> {
     const OP: &str = "adamw";
-    if hp.step == 0 {
-        return Err(shape_err(OP, "the step number is 1-based; got 0"));
-    }
-    let c = AdamCoef::new(hp);
+    let c = AdamCoef::new(hp, coef);
     let pass = split(OP, params, grads, ("m", m), Some(("v", v)), model)?;
     pass.run(hp.rounding, |p, g, m, v| adamw_tile(p, g, m, v, &c))
 }
@@ -463,6 +456,18 @@ mod tests {
     use super::*;
     use crate::backend::BufferExt;
 
+    /// The backend op: the contract, then the kernel.
+    fn adamw(
+        params: ViewMut<'_, CpuBuffer>,
+        grads: View<'_, CpuBuffer>,
+        m: ViewMut<'_, CpuBuffer>,
+        v: ViewMut<'_, CpuBuffer>,
+        model: Option<ViewMut<'_, CpuBuffer>>,
+        hp: &AdamW,
+    ) -> Result<()> {
+        crate::OptimOps::adamw(&super::super::CpuBackend, params, grads, m, v, model, hp)
+    }
+
     fn buf(data: &[f32], dtype: DType) -> CpuBuffer {
         CpuBuffer::from_f32(data, dtype)
     }
@@ -482,7 +487,7 @@ mod tests {
 
     /// The same update, element by element, with no blocking or tiling.
     fn reference(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], hp: &AdamW) {
-        let c = AdamCoef::new(hp);
+        let c = AdamCoef::new(hp, &contract::adam_coef(hp));
         for i in 0..p.len() {
             adamw_tile(
                 &mut p[i..i + 1],

@@ -1,4 +1,5 @@
-//! Element-wise kernels: casts, fill, add/mul, scale, axpy, bias add, GELU and its backward.
+//! Element-wise kernels: casts, fill, binary ops, scale, axpy, bias add, unary functions and
+//! their backward, broadcast products, dropout.
 //!
 //! Each op walks its operands in fixed blocks of [`CHUNK`] elements in parallel; a block of a
 //! low-precision input is widened into a per-thread scratch vector, computed in f32 and
@@ -9,7 +10,7 @@ use super::check::{bytes, bytes_mut, expect_len, shape_err};
 use super::convert::{load, narrow, narrow_with, widen, with_f32_mut};
 use super::math::{self, simd_dispatch};
 use crate::Result;
-use crate::backend::{BinaryOp, Rounding, View, ViewMut};
+use crate::backend::{BinaryOp, Rounding, UnaryOp, View, ViewMut};
 use mp_dtype::DType;
 use rayon::prelude::*;
 
@@ -148,6 +149,11 @@ pub(crate) fn binary(
         bytes_mut(OP, "out", out)?,
     );
     match op {
+        BinaryOp::Sub => map2(a, da, b, db, out, dout, false, |a, b, o| {
+            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                *o = a - b;
+            }
+        }),
         BinaryOp::Add => map2(a, da, b, db, out, dout, false, |a, b, o| {
             for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
                 *o = a + b;
@@ -231,6 +237,51 @@ pub(crate) fn bias_add(
     Ok(())
 }
 
+/// `f(x)` for one unary op, with the CPU's vectorisable `exp`.
+#[inline(always)]
+fn unary_f(op: UnaryOp, x: f32) -> f32 {
+    match op {
+        UnaryOp::GeluTanh => math::gelu(x),
+        UnaryOp::Relu => x.max(0.0),
+        UnaryOp::Silu => x * math::sigmoid(x),
+        UnaryOp::Sigmoid => math::sigmoid(x),
+        UnaryOp::Tanh => x.tanh(),
+        UnaryOp::Exp => math::exp(x),
+        UnaryOp::Neg => -x,
+        UnaryOp::Rsqrt => 1.0 / x.sqrt(),
+    }
+}
+
+/// `f'(x)` for one unary op.
+#[inline(always)]
+fn unary_df(op: UnaryOp, x: f32) -> f32 {
+    match op {
+        UnaryOp::GeluTanh => math::gelu_grad(x),
+        UnaryOp::Relu => {
+            if x > 0.0 {
+                1.0
+            } else {
+                0.0
+            }
+        }
+        UnaryOp::Silu => {
+            let s = math::sigmoid(x);
+            s * (1.0 + x * (1.0 - s))
+        }
+        UnaryOp::Sigmoid => {
+            let s = math::sigmoid(x);
+            s * (1.0 - s)
+        }
+        UnaryOp::Tanh => {
+            let t = x.tanh();
+            1.0 - t * t
+        }
+        UnaryOp::Exp => math::exp(x),
+        UnaryOp::Neg => -1.0,
+        UnaryOp::Rsqrt => -0.5 / (x * x.sqrt()),
+    }
+}
+
 simd_dispatch! {
     /// `o = gelu(x)`.
     fn gelu_slice(x: &[f32], o: &mut [f32]) {
@@ -249,31 +300,137 @@ simd_dispatch! {
     }
 }
 
-/// `out = gelu(x)`.
-pub(crate) fn gelu(x: View<'_, CpuBuffer>, out: ViewMut<'_, CpuBuffer>) -> Result<()> {
-    const OP: &str = "gelu";
-    expect_len(OP, "out", out.len, x.len)?;
+/// `out = f(x)` (lengths checked by the contract).
+pub(crate) fn unary(
+    op: UnaryOp,
+    x: View<'_, CpuBuffer>,
+    out: ViewMut<'_, CpuBuffer>,
+) -> Result<()> {
+    let name = op.name();
     let (dx, dout) = (x.dtype(), out.dtype());
-    let (x, out) = (bytes(OP, "x", x)?, bytes_mut(OP, "out", out)?);
-    map1(x, dx, out, dout, false, gelu_slice);
+    let (x, out) = (bytes(name, "x", x)?, bytes_mut(name, "out", out)?);
+    match op {
+        // GELU is the hot one (every GPT MLP): its loop is compiled for AVX2 too.
+        UnaryOp::GeluTanh => map1(x, dx, out, dout, false, gelu_slice),
+        _ => map1(x, dx, out, dout, false, |x, o| {
+            for (o, &x) in o.iter_mut().zip(x) {
+                *o = unary_f(op, x);
+            }
+        }),
+    }
     Ok(())
 }
 
-/// `dx += gelu'(x) * dy`.
-pub(crate) fn gelu_backward(
+/// `dx += f'(x) * dy` (lengths checked by the contract).
+pub(crate) fn unary_backward(
+    op: UnaryOp,
     x: View<'_, CpuBuffer>,
     dy: View<'_, CpuBuffer>,
     dx: ViewMut<'_, CpuBuffer>,
 ) -> Result<()> {
-    const OP: &str = "gelu_backward";
-    expect_len(OP, "dy", dy.len, x.len)?;
-    expect_len(OP, "dx", dx.len, x.len)?;
+    let name = op.backward_name();
     let (tx, tdy, tdx) = (x.dtype(), dy.dtype(), dx.dtype());
     let (x, dy, dx) = (
-        bytes(OP, "x", x)?,
-        bytes(OP, "dy", dy)?,
-        bytes_mut(OP, "dx", dx)?,
+        bytes(name, "x", x)?,
+        bytes(name, "dy", dy)?,
+        bytes_mut(name, "dx", dx)?,
     );
-    map2(x, tx, dy, tdy, dx, tdx, true, gelu_backward_slice);
+    match op {
+        UnaryOp::GeluTanh => map2(x, tx, dy, tdy, dx, tdx, true, gelu_backward_slice),
+        _ => map2(x, tx, dy, tdy, dx, tdx, true, |x, dy, o| {
+            for ((o, &x), &g) in o.iter_mut().zip(x).zip(dy) {
+                *o += unary_df(op, x) * g;
+            }
+        }),
+    }
+    Ok(())
+}
+
+/// `out[r, j] = x[r, j] * row_scale[r] * col_scale[j]` over rows of `cols` (checked by the
+/// contract).
+pub(crate) fn mul_broadcast(
+    x: View<'_, CpuBuffer>,
+    row_scale: Option<View<'_, CpuBuffer>>,
+    col_scale: Option<View<'_, CpuBuffer>>,
+    cols: usize,
+    out: ViewMut<'_, CpuBuffer>,
+) -> Result<()> {
+    const OP: &str = "mul_broadcast";
+    if cols == 0 || x.len == 0 {
+        return Ok(());
+    }
+    let (dx, dout) = (x.dtype(), out.dtype());
+    let (mut tr, mut tc) = (Vec::new(), Vec::new());
+    let rs = match row_scale {
+        Some(r) => Some(load(r.dtype(), bytes(OP, "row_scale", r)?, &mut tr)),
+        None => None,
+    };
+    let cs = match col_scale {
+        Some(c) => Some(load(c.dtype(), bytes(OP, "col_scale", c)?, &mut tc)),
+        None => None,
+    };
+    let (x, out) = (bytes(OP, "x", x)?, bytes_mut(OP, "out", out)?);
+    let rows_per = (CHUNK / cols).max(1);
+    out.par_chunks_mut(rows_per * cols * dout.size_in_bytes())
+        .zip(x.par_chunks(rows_per * cols * dx.size_in_bytes()))
+        .enumerate()
+        .for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(tx, to), (bi, (oc, xc))| {
+                let xc = load(dx, xc, tx);
+                with_f32_mut(dout, oc, to, false, |o| {
+                    for (i, (orow, xrow)) in o
+                        .chunks_exact_mut(cols)
+                        .zip(xc.chunks_exact(cols))
+                        .enumerate()
+                    {
+                        let r = rs.map_or(1.0, |rs| rs[bi * rows_per + i]);
+                        match cs {
+                            Some(cs) => {
+                                for ((o, &x), &c) in orow.iter_mut().zip(xrow).zip(cs) {
+                                    *o = x * r * c;
+                                }
+                            }
+                            None => {
+                                for (o, &x) in orow.iter_mut().zip(xrow) {
+                                    *o = x * r;
+                                }
+                            }
+                        }
+                    }
+                });
+            },
+        );
+    Ok(())
+}
+
+/// Inverted dropout: element `i` kept (and scaled by `scale`) when
+/// `sr_random(seed, i) >= threshold`.
+pub(crate) fn dropout(
+    x: View<'_, CpuBuffer>,
+    threshold: u32,
+    scale: f32,
+    seed: u64,
+    out: ViewMut<'_, CpuBuffer>,
+) -> Result<()> {
+    const OP: &str = "dropout";
+    let (dx, dout) = (x.dtype(), out.dtype());
+    let (x, out) = (bytes(OP, "x", x)?, bytes_mut(OP, "out", out)?);
+    let key = mp_dtype::rng::seed_key(seed);
+    out.par_chunks_mut(CHUNK * dout.size_in_bytes())
+        .zip(x.par_chunks(CHUNK * dx.size_in_bytes()))
+        .enumerate()
+        .for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(tx, to), (ci, (oc, xc))| {
+                let xc = load(dx, xc, tx);
+                with_f32_mut(dout, oc, to, false, |o| {
+                    for (j, (o, &x)) in o.iter_mut().zip(xc).enumerate() {
+                        let r = mp_dtype::rng::keyed_random(key, (ci * CHUNK + j) as u64);
+                        *o = if r >= threshold { x * scale } else { 0.0 };
+                    }
+                });
+            },
+        );
     Ok(())
 }

@@ -18,7 +18,8 @@ const COMMON: &str = include_str!("../../kernels/common.cuh");
 /// One compilation unit of CUDA kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KernelModule {
-    /// Casts, fill and every element-wise op (`mp_pointwise`, `mp_bias_add`).
+    /// Casts, fill and every element-wise op (`mp_pointwise`, `mp_bias_add`,
+    /// `mp_mul_broadcast`, `mp_dropout`).
     Elementwise,
     /// Row reductions, column sums, softmax, layer norm, cross-entropy.
     Rows,
@@ -71,6 +72,8 @@ impl KernelModule {
 pub const KERNELS: &[(&str, KernelModule)] = &[
     ("mp_pointwise", KernelModule::Elementwise),
     ("mp_bias_add", KernelModule::Elementwise),
+    ("mp_mul_broadcast", KernelModule::Elementwise),
+    ("mp_dropout", KernelModule::Elementwise),
     ("mp_reduce_rows", KernelModule::Rows),
     ("mp_sum_cols_partial", KernelModule::Rows),
     ("mp_sum_cols_final", KernelModule::Rows),

@@ -6,7 +6,7 @@
 //! - Kernels are the `.cu` files of `crates/mp-kernels/kernels/`, compiled by NVRTC at first use
 //!   for the device's architecture and cached per process ([`kernels`]).
 //! - Every op is enqueued on one stream and returns without waiting; only the `download_*`
-//!   methods, [`Backend::grad_stats`] (one 8-byte read) and [`Backend::synchronize`] wait.
+//!   methods, [`OptimOps::grad_stats`] (one 8-byte read) and [`MemoryOps::synchronize`] wait.
 //! - Memory comes from the device's stream-ordered pool (`cuMemAllocAsync`) with its release
 //!   threshold raised so freed blocks stay cached: a caching allocator without a second copy of
 //!   one. [`CudaBackend::memory`] reports live and peak bytes by category.
@@ -138,18 +138,29 @@ struct Scratch {
     out: Option<CudaSlice<f64>>,
 }
 
-/// Element-wise op codes of `mp_pointwise` (see kernels/elementwise.cu).
+/// Element-wise op codes of `mp_pointwise` (see kernels/elementwise.cu): the `OP_*` constants,
+/// and `OP_UNARY + u` / `OP_UNARY_BWD + u` for [`UnaryOp`] code `u`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(i32)]
-enum Pw {
-    Cast = 0,
-    Fill = 1,
-    Add = 2,
-    Mul = 3,
-    Scale = 4,
-    Axpy = 5,
-    Gelu = 6,
-    GeluBwd = 7,
+struct Pw(i32);
+
+impl Pw {
+    const CAST: Pw = Pw(0);
+    const FILL: Pw = Pw(1);
+    const ADD: Pw = Pw(2);
+    const MUL: Pw = Pw(3);
+    const SCALE: Pw = Pw(4);
+    const AXPY: Pw = Pw(5);
+    const SUB: Pw = Pw(6);
+
+    /// `c = f(a)`.
+    fn unary(op: UnaryOp) -> Pw {
+        Pw(16 + op.code() as i32)
+    }
+
+    /// `c += f'(a) b`.
+    fn unary_backward(op: UnaryOp) -> Pw {
+        Pw(32 + op.code() as i32)
+    }
 }
 
 /// The dtype code the kernels use (common.cuh).
@@ -356,19 +367,6 @@ impl CudaBackend {
         }
     }
 
-    fn dtype_err(&self, op: &'static str, dtype: DType, detail: &str) -> KernelError {
-        KernelError::UnsupportedDType {
-            op,
-            device: self.name.clone(),
-            dtype,
-            detail: if detail.is_empty() {
-                String::new()
-            } else {
-                format!(": {detail}")
-            },
-        }
-    }
-
     fn module(&self, m: KernelModule) -> Result<Arc<CudaModule>> {
         let mut mods = self.modules.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(module) = mods.get(&m) {
@@ -497,33 +495,6 @@ impl CudaBackend {
         }
     }
 
-    fn check_len(&self, op: &'static str, what: &str, got: usize, want: usize) -> Result<()> {
-        if got == want {
-            Ok(())
-        } else {
-            Err(self.shape_err(op, format!("{what} has {got} elements, expected {want}")))
-        }
-    }
-
-    fn check_float(&self, op: &'static str, dt: DType) -> Result<()> {
-        match dt {
-            DType::F32 | DType::F16 | DType::BF16 => Ok(()),
-            _ => Err(self.dtype_err(
-                op,
-                dt,
-                "FP8 is a storage format: cast to bf16/f16/f32 first",
-            )),
-        }
-    }
-
-    fn check_f32(&self, op: &'static str, what: &str, dt: DType) -> Result<()> {
-        if dt == DType::F32 {
-            Ok(())
-        } else {
-            Err(self.dtype_err(op, dt, &format!("{what} must be f32")))
-        }
-    }
-
     /// True when every (address, dtype) allows 8-element vector accesses.
     fn vec_ok(args: &[Arg]) -> bool {
         args.iter().all(|a| {
@@ -560,7 +531,7 @@ impl CudaBackend {
             Rounding::NearestEven => (0i32, 0u64),
             Rounding::Stochastic { seed } => (1, seed),
         };
-        let (opc, n64, base, sat) = (op as i32, n as u64, c_base as u64, 0i32);
+        let (opc, n64, base, sat) = (op.0, n as u64, c_base as u64, 0i32);
         let mut l = self.stream.launch_builder(&f);
         l.arg(&opc)
             .arg(&a.ptr)
@@ -644,18 +615,6 @@ impl CudaBackend {
         op: &'static str,
     ) -> impl Fn(cudarc::driver::DriverError) -> KernelError + '_ {
         move |e| self.dev_err(op, e)
-    }
-
-    fn check_ids(&self, op: &'static str, ids: &CudaIndex, limit: usize) -> Result<()> {
-        if let Some((i, &id)) = ids
-            .host
-            .iter()
-            .enumerate()
-            .find(|&(_, &id)| id as usize >= limit)
-        {
-            return Err(self.shape_err(op, format!("index {i} is {id}, out of range 0..{limit}")));
-        }
-        Ok(())
     }
 }
 

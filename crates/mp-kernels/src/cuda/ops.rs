@@ -1,4 +1,5 @@
-//! [`Backend`] for [`CudaBackend`]: argument checks on the host, then one or a few launches.
+//! The op families for [`CudaBackend`]: each op's contract ([`contract`]), then one or a few
+//! launches.
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use mp_dtype::DType;
@@ -7,14 +8,21 @@ use super::gemm::{self, Problem};
 use super::kernels::module_of;
 use super::{Arg, CudaBackend, CudaBuffer, CudaIndex, Pw, dt_code};
 use crate::Result;
+use crate::backend::contract::{self, Check};
 use crate::backend::*;
 
 /// One kernel argument by value (pushed by reference for the launch).
 #[derive(Clone, Copy, Debug)]
 enum K {
     U64(u64),
+    U32(u32),
     I32(i32),
     F32(f32),
+}
+impl From<u32> for K {
+    fn from(v: u32) -> Self {
+        K::U32(v)
+    }
 }
 impl From<u64> for K {
     fn from(v: u64) -> Self {
@@ -40,24 +48,6 @@ const ROW_BLOCK: u32 = 256;
 const WIDE_ROW_BLOCK: u32 = 1024;
 
 impl CudaBackend {
-    fn same_len(&self, op: &'static str, lens: &[(&str, usize)]) -> Result<usize> {
-        let n = lens[0].1;
-        for &(what, len) in &lens[1..] {
-            self.check_len(op, what, len, n)?;
-        }
-        Ok(n)
-    }
-
-    fn rows_of(&self, op: &'static str, what: &str, len: usize, cols: usize) -> Result<usize> {
-        if cols == 0 || !len.is_multiple_of(cols) {
-            return Err(self.shape_err(
-                op,
-                format!("{what} has {len} elements, not a multiple of {cols}"),
-            ));
-        }
-        Ok(len / cols)
-    }
-
     /// GEMM into an FP32 staging copy of C when cuBLASLt has no kernel for (A/B, C) directly.
     fn gemm_staged(
         &self,
@@ -86,7 +76,7 @@ impl CudaBackend {
             };
             self.pointwise(
                 OP,
-                Pw::Cast,
+                Pw::CAST,
                 Some(self.arg(v)),
                 None,
                 dst,
@@ -115,7 +105,7 @@ impl CudaBackend {
                 };
                 self.pointwise(
                     OP,
-                    Pw::Cast,
+                    Pw::CAST,
                     Some(self.arg_mut(&c)),
                     None,
                     dst,
@@ -145,7 +135,7 @@ impl CudaBackend {
             let dst = self.arg_mut(&c);
             self.pointwise(
                 OP,
-                Pw::Cast,
+                Pw::CAST,
                 Some(src),
                 None,
                 dst,
@@ -222,6 +212,7 @@ impl CudaBackend {
         for a in args {
             match a {
                 K::U64(v) => l.arg(v),
+                K::U32(v) => l.arg(v),
                 K::I32(v) => l.arg(v),
                 K::F32(v) => l.arg(v),
             };
@@ -234,7 +225,7 @@ impl CudaBackend {
     }
 }
 
-impl Backend for CudaBackend {
+impl MemoryOps for CudaBackend {
     type Buffer = CudaBuffer;
     type Index = CudaIndex;
 
@@ -269,7 +260,7 @@ impl Backend for CudaBackend {
         };
         self.pointwise(
             OP,
-            Pw::Cast,
+            Pw::CAST,
             Some(src),
             None,
             dst,
@@ -305,6 +296,7 @@ impl Backend for CudaBackend {
 
     fn download_f32(&self, src: View<'_, CudaBuffer>) -> Result<Vec<f32>> {
         const OP: &str = "download_f32";
+        Check::new(self, OP).view("src", &src)?;
         if src.dtype() == DType::F32 {
             let bytes = self.download_bytes(src)?;
             return Ok(bytemuck::pod_collect_to_vec(&bytes));
@@ -316,7 +308,7 @@ impl Backend for CudaBackend {
         };
         self.pointwise(
             OP,
-            Pw::Cast,
+            Pw::CAST,
             Some(self.arg(src)),
             None,
             dst,
@@ -331,6 +323,7 @@ impl Backend for CudaBackend {
 
     fn download_bytes(&self, src: View<'_, CudaBuffer>) -> Result<Vec<u8>> {
         const OP: &str = "download_bytes";
+        Check::new(self, OP).view("src", &src)?;
         let size = src.dtype().size_in_bytes();
         let (start, n) = (src.offset * size, src.len * size);
         let mut out = vec![0u8; n];
@@ -361,6 +354,10 @@ impl Backend for CudaBackend {
         })
     }
 
+    fn index_values<'i>(&self, ids: &'i CudaIndex) -> &'i [u32] {
+        &ids.host
+    }
+
     fn synchronize(&self) -> Result<()> {
         self.stream
             .synchronize()
@@ -374,7 +371,7 @@ impl Backend for CudaBackend {
         rounding: Rounding,
     ) -> Result<()> {
         const OP: &str = "cast";
-        let n = self.same_len(OP, &[("src", src.len), ("dst", dst.len)])?;
+        let n = contract::same_len(self, OP, &[("src", &src)], ("dst", &dst))?;
         let d = self.arg_mut(&dst);
         if src.dtype() == dst.dtype() {
             // already representable: a plain copy (bit-exact, NaN payloads included)
@@ -396,7 +393,7 @@ impl Backend for CudaBackend {
         }
         self.pointwise(
             OP,
-            Pw::Cast,
+            Pw::CAST,
             Some(self.arg(src)),
             None,
             d,
@@ -408,10 +405,11 @@ impl Backend for CudaBackend {
     }
 
     fn fill(&self, dst: ViewMut<'_, CudaBuffer>, value: f32) -> Result<()> {
+        Check::new(self, "fill").view_mut("dst", &dst)?;
         let d = self.arg_mut(&dst);
         self.pointwise(
             "fill",
-            Pw::Fill,
+            Pw::FILL,
             None,
             None,
             d,
@@ -421,7 +419,9 @@ impl Backend for CudaBackend {
             0,
         )
     }
+}
 
+impl GemmOps for CudaBackend {
     fn gemm(
         &self,
         a: View<'_, CudaBuffer>,
@@ -431,33 +431,8 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         const OP: &str = "gemm";
         let s = spec;
-        if a.dtype() != b.dtype() {
-            return Err(self.dtype_err(
-                OP,
-                b.dtype(),
-                &format!("A is {} and B is {}: they must match", a.dtype(), b.dtype()),
-            ));
-        }
-        if s.batch == 0 || s.m == 0 || s.n == 0 {
+        if contract::gemm(self, &a, &b, &c, spec)? == 0 {
             return Ok(());
-        }
-        let need = |stride: usize, one: usize| (s.batch - 1) * stride + one;
-        if need(s.stride_a, s.m * s.k) > a.len
-            || need(s.stride_b, s.k * s.n) > b.len
-            || need(s.stride_c, s.m * s.n) > c.len
-        {
-            return Err(self.shape_err(
-                OP,
-                format!(
-                    "{s:?} needs A {} / B {} / C {} elements, views have {} / {} / {}",
-                    need(s.stride_a, s.m * s.k),
-                    need(s.stride_b, s.k * s.n),
-                    need(s.stride_c, s.m * s.n),
-                    a.len,
-                    b.len,
-                    c.len
-                ),
-            ));
         }
         let too_big = [s.m, s.n, s.k, s.batch]
             .iter()
@@ -471,7 +446,7 @@ impl Backend for CudaBackend {
             let n = c.len;
             return self.pointwise(
                 OP,
-                Pw::Scale,
+                Pw::SCALE,
                 Some(cc),
                 None,
                 cc,
@@ -492,7 +467,9 @@ impl Backend for CudaBackend {
             self.gemm_staged(a, b, c, s)
         }
     }
+}
 
+impl PointwiseOps for CudaBackend {
     fn binary(
         &self,
         op: BinaryOp,
@@ -501,10 +478,11 @@ impl Backend for CudaBackend {
         out: ViewMut<'_, CudaBuffer>,
     ) -> Result<()> {
         const OP: &str = "binary";
-        let n = self.same_len(OP, &[("a", a.len), ("b", b.len), ("out", out.len)])?;
+        let n = contract::same_len(self, OP, &[("a", &a), ("b", &b)], ("out", &out))?;
         let pw = match op {
-            BinaryOp::Add => Pw::Add,
-            BinaryOp::Mul => Pw::Mul,
+            BinaryOp::Add => Pw::ADD,
+            BinaryOp::Mul => Pw::MUL,
+            BinaryOp::Sub => Pw::SUB,
         };
         let o = self.arg_mut(&out);
         self.pointwise(
@@ -527,11 +505,11 @@ impl Backend for CudaBackend {
         out: ViewMut<'_, CudaBuffer>,
     ) -> Result<()> {
         const OP: &str = "scale";
-        let n = self.same_len(OP, &[("x", x.len), ("out", out.len)])?;
+        let n = contract::same_len(self, OP, &[("x", &x)], ("out", &out))?;
         let o = self.arg_mut(&out);
         self.pointwise(
             OP,
-            Pw::Scale,
+            Pw::SCALE,
             Some(self.arg(x)),
             None,
             o,
@@ -549,11 +527,11 @@ impl Backend for CudaBackend {
         dst: ViewMut<'_, CudaBuffer>,
     ) -> Result<()> {
         const OP: &str = "axpy";
-        let n = self.same_len(OP, &[("x", x.len), ("dst", dst.len)])?;
+        let n = contract::same_len(self, OP, &[("x", &x)], ("dst", &dst))?;
         let d = self.arg_mut(&dst);
         self.pointwise(
             OP,
-            Pw::Axpy,
+            Pw::AXPY,
             Some(self.arg(x)),
             None,
             d,
@@ -571,9 +549,8 @@ impl Backend for CudaBackend {
         out: ViewMut<'_, CudaBuffer>,
     ) -> Result<()> {
         const OP: &str = "bias_add";
-        let n = self.same_len(OP, &[("x", x.len), ("out", out.len)])?;
-        let cols = bias.len;
-        let rows = self.rows_of(OP, "x", n, cols)?;
+        let rows = contract::bias_add(self, &x, &bias, &out)?;
+        let (n, cols) = (x.len, bias.len);
         if n == 0 {
             return Ok(());
         }
@@ -588,13 +565,18 @@ impl Backend for CudaBackend {
         )
     }
 
-    fn gelu(&self, x: View<'_, CudaBuffer>, out: ViewMut<'_, CudaBuffer>) -> Result<()> {
-        const OP: &str = "gelu";
-        let n = self.same_len(OP, &[("x", x.len), ("out", out.len)])?;
+    fn unary(
+        &self,
+        op: UnaryOp,
+        x: View<'_, CudaBuffer>,
+        out: ViewMut<'_, CudaBuffer>,
+    ) -> Result<()> {
+        let name = op.name();
+        let n = contract::same_len(self, name, &[("x", &x)], ("out", &out))?;
         let o = self.arg_mut(&out);
         self.pointwise(
-            OP,
-            Pw::Gelu,
+            name,
+            Pw::unary(op),
             Some(self.arg(x)),
             None,
             o,
@@ -605,18 +587,19 @@ impl Backend for CudaBackend {
         )
     }
 
-    fn gelu_backward(
+    fn unary_backward(
         &self,
+        op: UnaryOp,
         x: View<'_, CudaBuffer>,
         dy: View<'_, CudaBuffer>,
         dx: ViewMut<'_, CudaBuffer>,
     ) -> Result<()> {
-        const OP: &str = "gelu_backward";
-        let n = self.same_len(OP, &[("x", x.len), ("dy", dy.len), ("dx", dx.len)])?;
+        let name = op.backward_name();
+        let n = contract::same_len(self, name, &[("x", &x), ("dy", &dy)], ("dx", &dx))?;
         let d = self.arg_mut(&dx);
         self.pointwise(
-            OP,
-            Pw::GeluBwd,
+            name,
+            Pw::unary_backward(op),
             Some(self.arg(x)),
             Some(self.arg(dy)),
             d,
@@ -627,6 +610,57 @@ impl Backend for CudaBackend {
         )
     }
 
+    fn mul_broadcast(
+        &self,
+        x: View<'_, CudaBuffer>,
+        row_scale: Option<View<'_, CudaBuffer>>,
+        col_scale: Option<View<'_, CudaBuffer>>,
+        out: ViewMut<'_, CudaBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "mul_broadcast";
+        let (rows, cols) =
+            contract::mul_broadcast(self, &x, row_scale.as_ref(), col_scale.as_ref(), &out)?;
+        if x.len == 0 {
+            return Ok(());
+        }
+        let (xa, oa) = (self.arg(x), self.arg_mut(&out));
+        let null = Arg { ptr: 0, dt: 0 };
+        let ra = row_scale.map_or(null, |v| self.arg(v));
+        let ca = col_scale.map_or(null, |v| self.arg(v));
+        let (r, c) = (rows as u64, cols as u64);
+        self.launch_rows(
+            OP,
+            "mp_mul_broadcast",
+            self.grid_1(x.len, 256),
+            &kargs![
+                xa.ptr, xa.dt, ra.ptr, ra.dt, ca.ptr, ca.dt, oa.ptr, oa.dt, r, c
+            ],
+        )
+    }
+
+    fn dropout(
+        &self,
+        x: View<'_, CudaBuffer>,
+        p: f32,
+        seed: u64,
+        out: ViewMut<'_, CudaBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "dropout";
+        let (threshold, scale) = contract::dropout(self, &x, p, &out)?;
+        if x.len == 0 {
+            return Ok(());
+        }
+        let (xa, oa, n) = (self.arg(x), self.arg_mut(&out), x.len as u64);
+        self.launch_rows(
+            OP,
+            "mp_dropout",
+            self.grid_1(x.len, 256),
+            &kargs![xa.ptr, xa.dt, oa.ptr, oa.dt, n, threshold, scale, seed],
+        )
+    }
+}
+
+impl RowOps for CudaBackend {
     fn reduce_rows(
         &self,
         op: ReduceOp,
@@ -635,8 +669,7 @@ impl Backend for CudaBackend {
         out: ViewMut<'_, CudaBuffer>,
     ) -> Result<()> {
         const OP: &str = "reduce_rows";
-        let rows = self.rows_of(OP, "x", x.len, cols)?;
-        self.check_len(OP, "out", out.len, rows)?;
+        let rows = contract::reduce_rows(self, &x, cols, &out)?;
         if rows == 0 {
             return Ok(());
         }
@@ -664,7 +697,7 @@ impl Backend for CudaBackend {
     fn sum_cols_acc(&self, x: View<'_, CudaBuffer>, out: ViewMut<'_, CudaBuffer>) -> Result<()> {
         const OP: &str = "sum_cols_acc";
         let cols = out.len;
-        let rows = self.rows_of(OP, "x", x.len, cols)?;
+        let rows = contract::sum_cols(self, &x, &out)?;
         if rows == 0 || cols == 0 {
             return Ok(());
         }
@@ -707,8 +740,7 @@ impl Backend for CudaBackend {
         out: ViewMut<'_, CudaBuffer>,
     ) -> Result<()> {
         const OP: &str = "softmax";
-        let n = self.same_len(OP, &[("x", x.len), ("out", out.len)])?;
-        let rows = self.rows_of(OP, "x", n, cols)?;
+        let rows = contract::softmax(self, &x, cols, &out)?;
         if rows == 0 {
             return Ok(());
         }
@@ -736,8 +768,7 @@ impl Backend for CudaBackend {
         dx: ViewMut<'_, CudaBuffer>,
     ) -> Result<()> {
         const OP: &str = "softmax_backward";
-        let n = self.same_len(OP, &[("y", y.len), ("dy", dy.len), ("dx", dx.len)])?;
-        let rows = self.rows_of(OP, "y", n, cols)?;
+        let rows = contract::softmax_backward(self, &y, &dy, cols, &dx)?;
         if rows == 0 {
             return Ok(());
         }
@@ -755,7 +786,9 @@ impl Backend for CudaBackend {
             &kargs![ya.ptr, ya.dt, ga.ptr, ga.dt, r, c, lg, da.ptr, da.dt],
         )
     }
+}
 
+impl NormOps for CudaBackend {
     fn layer_norm(
         &self,
         x: View<'_, CudaBuffer>,
@@ -767,12 +800,7 @@ impl Backend for CudaBackend {
         rstd: ViewMut<'_, CudaBuffer>,
     ) -> Result<()> {
         const OP: &str = "layer_norm";
-        let c = weight.len;
-        self.check_len(OP, "bias", bias.len, c)?;
-        let n = self.same_len(OP, &[("x", x.len), ("out", out.len)])?;
-        let rows = self.rows_of(OP, "x", n, c)?;
-        self.check_len(OP, "mean", mean.len, rows)?;
-        self.check_len(OP, "rstd", rstd.len, rows)?;
+        let (rows, c) = contract::layer_norm(self, &x, &weight, &bias, &out, &mean, &rstd)?;
         if rows == 0 {
             return Ok(());
         }
@@ -802,13 +830,9 @@ impl Backend for CudaBackend {
         dbias: ViewMut<'_, CudaBuffer>,
     ) -> Result<()> {
         const OP: &str = "layer_norm_backward";
-        let c = weight.len;
-        self.check_len(OP, "dweight", dweight.len, c)?;
-        self.check_len(OP, "dbias", dbias.len, c)?;
-        let n = self.same_len(OP, &[("dy", dy.len), ("x", x.len), ("dx", dx.len)])?;
-        let rows = self.rows_of(OP, "x", n, c)?;
-        self.check_len(OP, "mean", mean.len, rows)?;
-        self.check_len(OP, "rstd", rstd.len, rows)?;
+        let (rows, c) = contract::layer_norm_backward(
+            self, &dy, &x, &weight, &mean, &rstd, &dx, &dweight, &dbias,
+        )?;
         if rows == 0 {
             return Ok(());
         }
@@ -865,7 +889,9 @@ impl Backend for CudaBackend {
             &kargs![part, ch64, c64, dwa.ptr, dwa.dt, dba.ptr, dba.dt, two],
         )
     }
+}
 
+impl LossOps for CudaBackend {
     fn cross_entropy(
         &self,
         logits: View<'_, CudaBuffer>,
@@ -874,10 +900,7 @@ impl Backend for CudaBackend {
         losses: ViewMut<'_, CudaBuffer>,
     ) -> Result<()> {
         const OP: &str = "cross_entropy";
-        let rows = self.rows_of(OP, "logits", logits.len, vocab)?;
-        self.check_len(OP, "targets", targets.len(), rows)?;
-        self.check_len(OP, "losses", losses.len, rows)?;
-        self.check_ids(OP, targets, vocab)?;
+        let rows = contract::cross_entropy(self, &logits, &targets.host, vocab, &losses)?;
         if rows == 0 {
             return Ok(());
         }
@@ -904,10 +927,7 @@ impl Backend for CudaBackend {
         dlogits: ViewMut<'_, CudaBuffer>,
     ) -> Result<()> {
         const OP: &str = "cross_entropy_backward";
-        let n = self.same_len(OP, &[("logits", logits.len), ("dlogits", dlogits.len)])?;
-        let rows = self.rows_of(OP, "logits", n, vocab)?;
-        self.check_len(OP, "targets", targets.len(), rows)?;
-        self.check_ids(OP, targets, vocab)?;
+        let rows = contract::cross_entropy_backward(self, &logits, &targets.host, vocab, &dlogits)?;
         if rows == 0 {
             return Ok(());
         }
@@ -924,7 +944,9 @@ impl Backend for CudaBackend {
             &kargs![la.ptr, la.dt, t, r, v, dloss, da.ptr, da.dt],
         )
     }
+}
 
+impl EmbeddingOps for CudaBackend {
     fn embedding(
         &self,
         table: View<'_, CudaBuffer>,
@@ -933,9 +955,10 @@ impl Backend for CudaBackend {
         out: ViewMut<'_, CudaBuffer>,
     ) -> Result<()> {
         const OP: &str = "embedding";
-        let vocab = self.rows_of(OP, "table", table.len, c)?;
-        self.check_len(OP, "out", out.len, ids.len() * c)?;
-        self.check_ids(OP, ids, vocab)?;
+        let ck = Check::new(self, OP);
+        ck.view("table", &table)?;
+        ck.view_mut("out", &out)?;
+        contract::embedding(self, OP, table.len, &ids.host, c, out.len)?;
         if out.len == 0 {
             return Ok(());
         }
@@ -958,9 +981,10 @@ impl Backend for CudaBackend {
         dtable: ViewMut<'_, CudaBuffer>,
     ) -> Result<()> {
         const OP: &str = "embedding_backward";
-        let vocab = self.rows_of(OP, "dtable", dtable.len, c)?;
-        self.check_len(OP, "dout", dout.len, ids.len() * c)?;
-        self.check_ids(OP, ids, vocab)?;
+        let ck = Check::new(self, OP);
+        ck.view("dout", &dout)?;
+        ck.view_mut("dtable", &dtable)?;
+        contract::embedding(self, OP, dtable.len, &ids.host, c, dout.len)?;
         if dout.len == 0 {
             return Ok(());
         }
@@ -977,7 +1001,7 @@ impl Backend for CudaBackend {
             };
             self.pointwise(
                 OP,
-                Pw::Cast,
+                Pw::CAST,
                 Some(ta),
                 None,
                 dst,
@@ -1000,7 +1024,7 @@ impl Backend for CudaBackend {
         if let Some((_t, src)) = &stage {
             self.pointwise(
                 OP,
-                Pw::Cast,
+                Pw::CAST,
                 Some(*src),
                 None,
                 ta,
@@ -1012,7 +1036,9 @@ impl Backend for CudaBackend {
         }
         Ok(())
     }
+}
 
+impl LayoutOps for CudaBackend {
     fn split_heads(
         &self,
         src: View<'_, CudaBuffer>,
@@ -1020,9 +1046,13 @@ impl Backend for CudaBackend {
         dst: ViewMut<'_, CudaBuffer>,
     ) -> Result<()> {
         const OP: &str = "split_heads";
-        layout
-            .check(src.len, dst.len)
-            .map_err(|m| self.shape_err(OP, m))?;
+        contract::heads(
+            self,
+            OP,
+            layout,
+            ("src", src.offset, src.len, src.buf.len()),
+            ("dst", dst.offset, dst.len, dst.buf.len()),
+        )?;
         let (sa, da) = (self.arg(src), self.arg_mut(&dst));
         self.launch_heads(OP, sa, da, layout, false, false)
     }
@@ -1035,15 +1065,24 @@ impl Backend for CudaBackend {
         accumulate: bool,
     ) -> Result<()> {
         const OP: &str = "merge_heads";
-        layout
-            .check(dst.len, src.len)
-            .map_err(|m| self.shape_err(OP, m))?;
+        contract::heads(
+            self,
+            OP,
+            layout,
+            ("dst", dst.offset, dst.len, dst.buf.len()),
+            ("src", src.offset, src.len, src.buf.len()),
+        )?;
         let (sa, da) = (self.arg(src), self.arg_mut(&dst));
         self.launch_heads(OP, sa, da, layout, true, accumulate)
     }
+}
 
+impl AttentionOps for CudaBackend {}
+
+impl OptimOps for CudaBackend {
     fn grad_stats(&self, grads: View<'_, CudaBuffer>, grad_mult: f32) -> Result<GradStats> {
         const OP: &str = "grad_stats";
+        Check::new(self, OP).view("grads", &grads)?;
         if grads.len == 0 {
             return Ok(GradStats::default());
         }
@@ -1103,22 +1142,7 @@ impl Backend for CudaBackend {
         hp: &AdamW,
     ) -> Result<()> {
         const OP: &str = "adamw";
-        let mut lens = vec![
-            ("params", params.len),
-            ("grads", grads.len),
-            ("m", m.len),
-            ("v", v.len),
-        ];
-        if let Some(md) = &model {
-            lens.push(("model", md.len));
-        }
-        let n = self.same_len(OP, &lens)?;
-        self.check_float(OP, params.dtype())?;
-        self.check_f32(OP, "m", m.dtype())?;
-        self.check_f32(OP, "v", v.dtype())?;
-        if hp.step == 0 {
-            return Err(self.shape_err(OP, "step must be >= 1 (bias corrections)"));
-        }
+        let (n, coef) = contract::adamw(self, &params, &grads, &m, &v, model.as_ref(), hp)?;
         if n == 0 {
             return Ok(());
         }
@@ -1133,11 +1157,7 @@ impl Backend for CudaBackend {
         all.extend(mo);
         let vec = Self::vec_ok(&all) as i32;
         let (mptr, mdt) = mo.map_or((0u64, 0i32), |a| (a.ptr, a.dt));
-        let step = hp.step as i32;
-        let bc1 = 1.0 - (hp.beta1 as f64).powi(step);
-        let bc2 = 1.0 - (hp.beta2 as f64).powi(step);
-        let step_size = (hp.lr as f64 / bc1) as f32;
-        let sqrt_bc2 = bc2.sqrt() as f32;
+        let (step_size, sqrt_bc2) = (-coef.neg_step_size, coef.bc2_sqrt);
         let (sr, seed) = match hp.rounding {
             Rounding::NearestEven => (0i32, 0u64),
             Rounding::Stochastic { seed } => (1, seed),
@@ -1188,16 +1208,7 @@ impl Backend for CudaBackend {
         hp: &Sgd,
     ) -> Result<()> {
         const OP: &str = "sgd";
-        let mut lens = vec![("params", params.len), ("grads", grads.len)];
-        if hp.momentum != 0.0 {
-            lens.push(("momentum_buf", momentum_buf.len));
-            self.check_f32(OP, "momentum_buf", momentum_buf.dtype())?;
-        }
-        if let Some(md) = &model {
-            lens.push(("model", md.len));
-        }
-        let n = self.same_len(OP, &lens)?;
-        self.check_float(OP, params.dtype())?;
+        let n = contract::sgd(self, &params, &grads, &momentum_buf, model.as_ref(), hp)?;
         if n == 0 {
             return Ok(());
         }

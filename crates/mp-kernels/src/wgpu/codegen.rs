@@ -187,7 +187,7 @@ pub(crate) mod shaders {
     pub(crate) const POINTWISE: Shader = Shader {
         name: "pointwise",
         body: include_str!("../../shaders/pointwise.wgsl"),
-        tensors: &["a", "b", "out"],
+        tensors: &["a", "b", "out", "rs"],
         consts: &["C_OP"],
     };
     /// Row reductions and column sums.

@@ -13,8 +13,8 @@
 //!   gradient check) are split into chunks whose bindings fit the device's largest storage
 //!   binding (128 MiB on many adapters).
 //! - Ops are queued and return at once; only the `download_*` methods,
-//!   [`grad_stats`](crate::Backend::grad_stats) and
-//!   [`synchronize`](crate::Backend::synchronize) wait for the device. Validation
+//!   [`grad_stats`](crate::OptimOps::grad_stats) and
+//!   [`synchronize`](crate::MemoryOps::synchronize) wait for the device. Validation
 //!   errors of queued work are reported by the next waiting call.
 //! - Freed buffers go to a size-keyed pool and are reused by later allocations of the same
 //!   size (the steady state of a training loop allocates nothing).

@@ -1,10 +1,11 @@
-//! [`Backend`] for [`WgpuBackend`]: argument validation (the same rules and messages as the
-//! CPU oracle) and the dispatches of every op.
+//! The op families for [`WgpuBackend`]: each op's contract ([`contract`]), then its
+//! dispatches.
 
 use mp_dtype::DType;
 
 use super::codegen::{Shader, Slot, shaders};
 use super::{Pass, Tensor, WgpuBackend, WgpuBuffer, WgpuIndex, fb, grid};
+use crate::backend::contract::{self, Check};
 use crate::backend::*;
 use crate::{KernelError, Result};
 
@@ -63,35 +64,6 @@ impl WgpuBackend {
             op,
             device: self.name.clone(),
             msg: msg.into(),
-        }
-    }
-
-    fn dtype_err(&self, op: &'static str, dtype: DType, detail: &str) -> KernelError {
-        KernelError::UnsupportedDType {
-            op,
-            device: self.name.clone(),
-            dtype,
-            detail: if detail.is_empty() {
-                String::new()
-            } else {
-                format!(": {detail}")
-            },
-        }
-    }
-
-    fn expect_len(&self, op: &'static str, name: &str, got: usize, want: usize) -> Result<()> {
-        if got == want {
-            Ok(())
-        } else {
-            Err(self.shape_err(op, format!("{name} has {got} elements, expected {want}")))
-        }
-    }
-
-    fn expect_dtype(&self, op: &'static str, name: &str, got: DType, want: DType) -> Result<()> {
-        if got == want {
-            Ok(())
-        } else {
-            Err(self.dtype_err(op, got, &format!("{name} must be {want}")))
         }
     }
 
@@ -269,37 +241,6 @@ impl WgpuBackend {
         self.submit(op, &passes)
     }
 
-    /// Rows of `cols` in a view of `len` elements, or a shape error.
-    fn rows_of(
-        &self,
-        op: &'static str,
-        what: &str,
-        len: usize,
-        cols: usize,
-        cname: &str,
-    ) -> Result<usize> {
-        if cols == 0 || !len.is_multiple_of(cols) {
-            return Err(self.shape_err(
-                op,
-                format!("{what} has {len} elements, not a whole number of rows of {cname}{cols}"),
-            ));
-        }
-        Ok(len / cols)
-    }
-
-    fn check_ids(&self, op: &'static str, name: &str, ids: &[u32], limit: usize) -> Result<()> {
-        match ids.iter().position(|&i| i as usize >= limit) {
-            None => Ok(()),
-            Some(p) => Err(self.shape_err(
-                op,
-                format!(
-                    "{name}[{p}] = {} is out of range (must be < {limit})",
-                    ids[p]
-                ),
-            )),
-        }
-    }
-
     /// A u32 parameter, or a shape error when it does not fit.
     fn u32p(&self, op: &'static str, what: &str, v: usize) -> Result<u32> {
         u32::try_from(v).map_err(|_| self.shape_err(op, format!("{what} = {v} exceeds u32")))
@@ -364,7 +305,7 @@ fn split64(v: u64) -> (u32, u32) {
     (v as u32, (v >> 32) as u32)
 }
 
-impl Backend for WgpuBackend {
+impl MemoryOps for WgpuBackend {
     type Buffer = WgpuBuffer;
     type Index = WgpuIndex;
 
@@ -450,6 +391,10 @@ impl Backend for WgpuBackend {
         })
     }
 
+    fn index_values<'i>(&self, ids: &'i WgpuIndex) -> &'i [u32] {
+        &ids.host
+    }
+
     fn synchronize(&self) -> Result<()> {
         const OP: &str = "synchronize";
         self.device
@@ -465,7 +410,7 @@ impl Backend for WgpuBackend {
         rounding: Rounding,
     ) -> Result<()> {
         const OP: &str = "cast";
-        self.expect_len(OP, "dst", dst.len, src.len)?;
+        contract::same_len(self, OP, &[("src", &src)], ("dst", &dst))?;
         let (ds, dd) = (src.buf.dtype, dst.buf.dtype);
         let (mode, key) = if ds == dd {
             (0, 0)
@@ -494,9 +439,12 @@ impl Backend for WgpuBackend {
     }
 
     fn fill(&self, dst: ViewMut<'_, WgpuBuffer>, value: f32) -> Result<()> {
+        Check::new(self, "fill").view_mut("dst", &dst)?;
         self.pointwise("fill", 7, None, None, &dst, value, 1)
     }
+}
 
+impl GemmOps for WgpuBackend {
     fn gemm(
         &self,
         a: View<'_, WgpuBuffer>,
@@ -506,56 +454,13 @@ impl Backend for WgpuBackend {
     ) -> Result<()> {
         const OP: &str = "gemm";
         let Gemm { m, n, k, batch, .. } = *spec;
-        if a.buf.dtype != b.buf.dtype {
-            return Err(self.dtype_err(
-                OP,
-                b.buf.dtype,
-                &format!("A and B must share a dtype (A is {})", a.buf.dtype),
-            ));
-        }
-        let span = |stride: usize, size: usize| -> Result<usize> {
-            if batch == 0 || size == 0 {
-                return Ok(0);
-            }
-            self.mul(OP, batch - 1, stride)?
-                .checked_add(size)
-                .ok_or_else(|| self.shape_err(OP, "operand span overflows"))
-        };
-        let (size_a, size_b, size_c) = (
-            self.mul(OP, m, k)?,
-            self.mul(OP, k, n)?,
-            self.mul(OP, m, n)?,
-        );
-        let span_a = span(spec.stride_a, size_a)?;
-        let span_b = span(spec.stride_b, size_b)?;
-        let span_c = span(spec.stride_c, size_c)?;
-        for (name, have, need) in [
-            ("A", a.len, span_a),
-            ("B", b.len, span_b),
-            ("C", c.len, span_c),
-        ] {
-            if have < need {
-                return Err(self.shape_err(
-                    OP,
-                    format!(
-                        "{name} has {have} elements but m={m} n={n} k={k} batch={batch} with its \
-                         stride needs {need}"
-                    ),
-                ));
-            }
-        }
-        if batch > 1 && spec.stride_c < size_c && size_c > 0 {
-            return Err(self.shape_err(
-                OP,
-                format!(
-                    "stride_c {} < m*n = {size_c}: batch outputs would overlap",
-                    spec.stride_c
-                ),
-            ));
-        }
+        let span_c = contract::gemm(self, &a, &b, &c, spec)?;
         if span_c == 0 {
             return Ok(());
         }
+        // the contract checked these fit the views
+        let span = |stride: usize, size: usize| (batch - 1) * stride + size;
+        let (span_a, span_b) = (span(spec.stride_a, m * k), span(spec.stride_b, k * n));
         let mut aa = self.arg(OP, "a", a)?;
         let mut bb = self.arg(OP, "b", b)?;
         let mut cc = self.arg_mut(OP, "c", &c)?;
@@ -601,7 +506,9 @@ impl Backend for WgpuBackend {
             .collect();
         self.submit(OP, &passes)
     }
+}
 
+impl PointwiseOps for WgpuBackend {
     fn binary(
         &self,
         op: BinaryOp,
@@ -610,11 +517,11 @@ impl Backend for WgpuBackend {
         out: ViewMut<'_, WgpuBuffer>,
     ) -> Result<()> {
         const OP: &str = "binary";
-        self.expect_len(OP, "b", b.len, a.len)?;
-        self.expect_len(OP, "out", out.len, a.len)?;
+        contract::same_len(self, OP, &[("a", &a), ("b", &b)], ("out", &out))?;
         let code = match op {
             BinaryOp::Add => 0,
             BinaryOp::Mul => 1,
+            BinaryOp::Sub => 8,
         };
         self.pointwise(OP, code, Some(a), Some((b, true)), &out, 0.0, 1)
     }
@@ -626,7 +533,7 @@ impl Backend for WgpuBackend {
         out: ViewMut<'_, WgpuBuffer>,
     ) -> Result<()> {
         const OP: &str = "scale";
-        self.expect_len(OP, "out", out.len, x.len)?;
+        contract::same_len(self, OP, &[("x", &x)], ("out", &out))?;
         self.pointwise(OP, 2, Some(x), None, &out, alpha, 1)
     }
 
@@ -637,7 +544,7 @@ impl Backend for WgpuBackend {
         dst: ViewMut<'_, WgpuBuffer>,
     ) -> Result<()> {
         const OP: &str = "axpy";
-        self.expect_len(OP, "dst", dst.len, x.len)?;
+        contract::same_len(self, OP, &[("x", &x)], ("dst", &dst))?;
         self.pointwise(OP, 3, Some(x), None, &dst, alpha, 1)
     }
 
@@ -649,30 +556,91 @@ impl Backend for WgpuBackend {
     ) -> Result<()> {
         const OP: &str = "bias_add";
         let n = bias.len;
-        self.rows_of(OP, "x", x.len, n, "bias length ")?;
-        self.expect_len(OP, "out", out.len, x.len)?;
+        contract::bias_add(self, &x, &bias, &out)?;
         let cols = self.u32p(OP, "bias length", n)?;
         self.pointwise(OP, 4, Some(x), Some((bias, false)), &out, 0.0, cols)
     }
 
-    fn gelu(&self, x: View<'_, WgpuBuffer>, out: ViewMut<'_, WgpuBuffer>) -> Result<()> {
-        const OP: &str = "gelu";
-        self.expect_len(OP, "out", out.len, x.len)?;
-        self.pointwise(OP, 5, Some(x), None, &out, 0.0, 1)
+    fn unary(
+        &self,
+        op: UnaryOp,
+        x: View<'_, WgpuBuffer>,
+        out: ViewMut<'_, WgpuBuffer>,
+    ) -> Result<()> {
+        let name = op.name();
+        contract::same_len(self, name, &[("x", &x)], ("out", &out))?;
+        self.pointwise(name, 16 + op.code(), Some(x), None, &out, 0.0, 1)
     }
 
-    fn gelu_backward(
+    fn unary_backward(
         &self,
+        op: UnaryOp,
         x: View<'_, WgpuBuffer>,
         dy: View<'_, WgpuBuffer>,
         dx: ViewMut<'_, WgpuBuffer>,
     ) -> Result<()> {
-        const OP: &str = "gelu_backward";
-        self.expect_len(OP, "dy", dy.len, x.len)?;
-        self.expect_len(OP, "dx", dx.len, x.len)?;
-        self.pointwise(OP, 6, Some(x), Some((dy, true)), &dx, 0.0, 1)
+        let name = op.backward_name();
+        contract::same_len(self, name, &[("x", &x), ("dy", &dy)], ("dx", &dx))?;
+        self.pointwise(name, 32 + op.code(), Some(x), Some((dy, true)), &dx, 0.0, 1)
     }
 
+    fn mul_broadcast(
+        &self,
+        x: View<'_, WgpuBuffer>,
+        row_scale: Option<View<'_, WgpuBuffer>>,
+        col_scale: Option<View<'_, WgpuBuffer>>,
+        out: ViewMut<'_, WgpuBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "mul_broadcast";
+        let (_, cols) =
+            contract::mul_broadcast(self, &x, row_scale.as_ref(), col_scale.as_ref(), &out)?;
+        let cols32 = self.u32p(OP, "cols", cols.max(1))?;
+        let mut args = vec![self.arg(OP, "a", x)?, self.arg_mut(OP, "out", &out)?];
+        for (name, v) in [("rs", row_scale), ("b", col_scale)] {
+            if let Some(v) = v {
+                let mut a = self.arg(OP, name, v)?;
+                a.chunked = false;
+                args.push(a);
+            }
+        }
+        let code = 9 + u32::from(row_scale.is_some()) + 2 * u32::from(col_scale.is_some());
+        self.flat(
+            OP,
+            &shaders::POINTWISE,
+            "main",
+            &[("C_OP", code)],
+            &args,
+            out.len as u64,
+            WG,
+            |start, len| vec![len as u32, cols32, start as u32, 0],
+        )
+    }
+
+    fn dropout(
+        &self,
+        x: View<'_, WgpuBuffer>,
+        p: f32,
+        seed: u64,
+        out: ViewMut<'_, WgpuBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "dropout";
+        let (threshold, scale) = contract::dropout(self, &x, p, &out)?;
+        let key = seed_key(seed);
+        let args = [self.arg(OP, "a", x)?, self.arg_mut(OP, "out", &out)?];
+        self.flat(
+            OP,
+            &shaders::POINTWISE,
+            "main",
+            &[("C_OP", 15)],
+            &args,
+            out.len as u64,
+            WG,
+            |start, len| vec![len as u32, threshold, start as u32, fb(scale), key],
+        )
+    }
+}
+
+impl RowOps for WgpuBackend {
     fn reduce_rows(
         &self,
         op: ReduceOp,
@@ -681,8 +649,7 @@ impl Backend for WgpuBackend {
         out: ViewMut<'_, WgpuBuffer>,
     ) -> Result<()> {
         const OP: &str = "reduce_rows";
-        let rows = self.rows_of(OP, "x", x.len, cols, "")?;
-        self.expect_len(OP, "out", out.len, rows)?;
+        let rows = contract::reduce_rows(self, &x, cols, &out)?;
         let code = match op {
             ReduceOp::Sum => 0,
             ReduceOp::Mean => 1,
@@ -704,7 +671,7 @@ impl Backend for WgpuBackend {
     fn sum_cols_acc(&self, x: View<'_, WgpuBuffer>, out: ViewMut<'_, WgpuBuffer>) -> Result<()> {
         const OP: &str = "sum_cols_acc";
         let cols = out.len;
-        let rows = self.rows_of(OP, "x", x.len, cols, "out length ")?;
+        let rows = contract::sum_cols(self, &x, &out)?;
         let args = [self.arg(OP, "x", x)?, self.arg_mut(OP, "out", &out)?];
         let params = [self.u32p(OP, "rows", rows)?, self.u32p(OP, "cols", cols)?];
         self.whole(
@@ -726,8 +693,7 @@ impl Backend for WgpuBackend {
         out: ViewMut<'_, WgpuBuffer>,
     ) -> Result<()> {
         const OP: &str = "softmax";
-        let rows = self.rows_of(OP, "x", x.len, cols, "")?;
-        self.expect_len(OP, "out", out.len, x.len)?;
+        let rows = contract::softmax(self, &x, cols, &out)?;
         let args = [self.arg(OP, "x", x)?, self.arg_mut(OP, "out", &out)?];
         let params = [
             self.u32p(OP, "rows", rows)?,
@@ -754,9 +720,7 @@ impl Backend for WgpuBackend {
         dx: ViewMut<'_, WgpuBuffer>,
     ) -> Result<()> {
         const OP: &str = "softmax_backward";
-        let rows = self.rows_of(OP, "y", y.len, cols, "")?;
-        self.expect_len(OP, "dy", dy.len, y.len)?;
-        self.expect_len(OP, "dx", dx.len, y.len)?;
+        let rows = contract::softmax_backward(self, &y, &dy, cols, &dx)?;
         let args = [
             self.arg(OP, "y", y)?,
             self.arg(OP, "dy", dy)?,
@@ -777,7 +741,9 @@ impl Backend for WgpuBackend {
             &params,
         )
     }
+}
 
+impl NormOps for WgpuBackend {
     fn layer_norm(
         &self,
         x: View<'_, WgpuBuffer>,
@@ -789,14 +755,7 @@ impl Backend for WgpuBackend {
         rstd: ViewMut<'_, WgpuBuffer>,
     ) -> Result<()> {
         const OP: &str = "layer_norm";
-        let c = weight.len;
-        let rows = self.rows_of(OP, "x", x.len, c, "weight length ")?;
-        self.expect_len(OP, "bias", bias.len, c)?;
-        self.expect_len(OP, "out", out.len, x.len)?;
-        self.expect_len(OP, "mean", mean.len, rows)?;
-        self.expect_len(OP, "rstd", rstd.len, rows)?;
-        self.expect_dtype(OP, "mean", mean.buf.dtype, DType::F32)?;
-        self.expect_dtype(OP, "rstd", rstd.buf.dtype, DType::F32)?;
+        let (rows, c) = contract::layer_norm(self, &x, &weight, &bias, &out, &mean, &rstd)?;
         let args = [
             self.arg(OP, "x", x)?,
             self.arg(OP, "w", weight)?,
@@ -833,16 +792,9 @@ impl Backend for WgpuBackend {
         dbias: ViewMut<'_, WgpuBuffer>,
     ) -> Result<()> {
         const OP: &str = "layer_norm_backward";
-        let c = weight.len;
-        let rows = self.rows_of(OP, "x", x.len, c, "weight length ")?;
-        self.expect_len(OP, "dy", dy.len, x.len)?;
-        self.expect_len(OP, "dx", dx.len, x.len)?;
-        self.expect_len(OP, "mean", mean.len, rows)?;
-        self.expect_len(OP, "rstd", rstd.len, rows)?;
-        self.expect_len(OP, "dweight", dweight.len, c)?;
-        self.expect_len(OP, "dbias", dbias.len, c)?;
-        self.expect_dtype(OP, "mean", mean.buf.dtype, DType::F32)?;
-        self.expect_dtype(OP, "rstd", rstd.buf.dtype, DType::F32)?;
+        let (rows, c) = contract::layer_norm_backward(
+            self, &dy, &x, &weight, &mean, &rstd, &dx, &dweight, &dbias,
+        )?;
         let args = [
             self.arg(OP, "dy", dy)?,
             self.arg(OP, "x", x)?,
@@ -866,7 +818,9 @@ impl Backend for WgpuBackend {
             &params,
         )
     }
+}
 
+impl LossOps for WgpuBackend {
     fn cross_entropy(
         &self,
         logits: View<'_, WgpuBuffer>,
@@ -875,11 +829,7 @@ impl Backend for WgpuBackend {
         losses: ViewMut<'_, WgpuBuffer>,
     ) -> Result<()> {
         const OP: &str = "cross_entropy";
-        let rows = self.rows_of(OP, "logits", logits.len, vocab, "vocab ")?;
-        self.expect_len(OP, "targets", targets.len(), rows)?;
-        self.check_ids(OP, "targets", &targets.host, vocab)?;
-        self.expect_len(OP, "losses", losses.len, rows)?;
-        self.expect_dtype(OP, "losses", losses.buf.dtype, DType::F32)?;
+        let rows = contract::cross_entropy(self, &logits, &targets.host, vocab, &losses)?;
         let args = [
             self.arg(OP, "x", logits)?,
             Self::arg_index("tg", &targets.buf, targets.len()),
@@ -910,10 +860,7 @@ impl Backend for WgpuBackend {
         dlogits: ViewMut<'_, WgpuBuffer>,
     ) -> Result<()> {
         const OP: &str = "cross_entropy_backward";
-        let rows = self.rows_of(OP, "logits", logits.len, vocab, "vocab ")?;
-        self.expect_len(OP, "targets", targets.len(), rows)?;
-        self.check_ids(OP, "targets", &targets.host, vocab)?;
-        self.expect_len(OP, "dlogits", dlogits.len, logits.len)?;
+        let rows = contract::cross_entropy_backward(self, &logits, &targets.host, vocab, &dlogits)?;
         let args = [
             self.arg(OP, "x", logits)?,
             Self::arg_index("tg", &targets.buf, targets.len()),
@@ -934,7 +881,9 @@ impl Backend for WgpuBackend {
             &params,
         )
     }
+}
 
+impl EmbeddingOps for WgpuBackend {
     fn embedding(
         &self,
         table: View<'_, WgpuBuffer>,
@@ -943,9 +892,10 @@ impl Backend for WgpuBackend {
         out: ViewMut<'_, WgpuBuffer>,
     ) -> Result<()> {
         const OP: &str = "embedding";
-        let vocab = self.rows_of(OP, "table", table.len, c, "")?;
-        self.expect_len(OP, "positions", out.len, self.mul(OP, ids.len(), c)?)?;
-        self.check_ids(OP, "ids", &ids.host, vocab)?;
+        let ck = Check::new(self, OP);
+        ck.view("table", &table)?;
+        ck.view_mut("out", &out)?;
+        contract::embedding(self, OP, table.len, &ids.host, c, out.len)?;
         if ids.is_empty() {
             return Ok(());
         }
@@ -975,9 +925,10 @@ impl Backend for WgpuBackend {
         dtable: ViewMut<'_, WgpuBuffer>,
     ) -> Result<()> {
         const OP: &str = "embedding_backward";
-        let vocab = self.rows_of(OP, "table", dtable.len, c, "")?;
-        self.expect_len(OP, "positions", dout.len, self.mul(OP, ids.len(), c)?)?;
-        self.check_ids(OP, "ids", &ids.host, vocab)?;
+        let ck = Check::new(self, OP);
+        ck.view("dout", &dout)?;
+        ck.view_mut("dtable", &dtable)?;
+        contract::embedding(self, OP, dtable.len, &ids.host, c, dout.len)?;
         if ids.is_empty() {
             return Ok(());
         }
@@ -1022,7 +973,9 @@ impl Backend for WgpuBackend {
             &params,
         )
     }
+}
 
+impl LayoutOps for WgpuBackend {
     fn split_heads(
         &self,
         src: View<'_, WgpuBuffer>,
@@ -1030,9 +983,13 @@ impl Backend for WgpuBackend {
         dst: ViewMut<'_, WgpuBuffer>,
     ) -> Result<()> {
         const OP: &str = "split_heads";
-        layout
-            .check(src.len, dst.len)
-            .map_err(|m| self.shape_err(OP, m))?;
+        contract::heads(
+            self,
+            OP,
+            layout,
+            ("src", src.offset, src.len, src.buf.len),
+            ("dst", dst.offset, dst.len, dst.buf.len),
+        )?;
         let copy = u32::from(src.buf.dtype == dst.buf.dtype);
         let args = [self.arg(OP, "src", src)?, self.arg_mut(OP, "dst", &dst)?];
         self.heads(OP, "split", layout, &args, copy, 0)
@@ -1046,14 +1003,22 @@ impl Backend for WgpuBackend {
         accumulate: bool,
     ) -> Result<()> {
         const OP: &str = "merge_heads";
-        layout
-            .check(dst.len, src.len)
-            .map_err(|m| self.shape_err(OP, m))?;
+        contract::heads(
+            self,
+            OP,
+            layout,
+            ("dst", dst.offset, dst.len, dst.buf.len),
+            ("src", src.offset, src.len, src.buf.len),
+        )?;
         let copy = u32::from(src.buf.dtype == dst.buf.dtype && !accumulate);
         let args = [self.arg(OP, "src", src)?, self.arg_mut(OP, "dst", &dst)?];
         self.heads(OP, "merge", layout, &args, copy, u32::from(accumulate))
     }
+}
 
+impl AttentionOps for WgpuBackend {}
+
+impl OptimOps for WgpuBackend {
     fn grad_stats(&self, grads: View<'_, WgpuBuffer>, grad_mult: f32) -> Result<GradStats> {
         const OP: &str = "grad_stats";
         let n = grads.len as u64;
@@ -1099,21 +1064,15 @@ impl Backend for WgpuBackend {
         hp: &AdamW,
     ) -> Result<()> {
         const OP: &str = "adamw";
-        if hp.step == 0 {
-            return Err(self.shape_err(OP, "the step number is 1-based; got 0"));
-        }
-        let step = hp.step as f64;
-        let (beta1, beta2, lr) = (f64::from(hp.beta1), f64::from(hp.beta2), f64::from(hp.lr));
-        let bc1 = 1.0 - beta1.powf(step);
-        let bc2 = 1.0 - beta2.powf(step);
+        let (_, c) = contract::adamw(self, &params, &grads, &m, &v, model.as_ref(), hp)?;
         let coef = [
-            (1.0 - lr * f64::from(hp.weight_decay)) as f32,
-            (1.0 - beta1) as f32,
+            c.decay,
+            c.w1,
             hp.beta2,
-            (1.0 - beta2) as f32,
-            bc2.sqrt() as f32,
+            c.w2,
+            c.bc2_sqrt,
             hp.eps,
-            (-(lr / bc1)) as f32,
+            c.neg_step_size,
         ];
         self.optim(
             OP,
@@ -1138,6 +1097,7 @@ impl Backend for WgpuBackend {
         hp: &Sgd,
     ) -> Result<()> {
         const OP: &str = "sgd";
+        contract::sgd(self, &params, &grads, &momentum_buf, model.as_ref(), hp)?;
         let coef = [
             -hp.lr,
             hp.momentum,
@@ -1210,26 +1170,8 @@ impl WgpuBackend {
         coef: [f32; 7],
         rounding: Rounding,
     ) -> Result<()> {
+        // the views were checked by the op's contract
         let n = params.len;
-        let pd = params.buf.dtype;
-        if matches!(pd, DType::F8E4M3 | DType::F8E5M2) {
-            return Err(self.dtype_err(
-                op,
-                pd,
-                "parameters must be F32 (master weights) or BF16/F16 (pure low-precision mode)",
-            ));
-        }
-        self.expect_len(op, "grads", grads.len, n)?;
-        let s1_name = if opt == 0 { "m" } else { "momentum_buf" };
-        self.expect_len(op, s1_name, s1.len, n)?;
-        self.expect_dtype(op, s1_name, s1.buf.dtype, DType::F32)?;
-        if let Some(v) = &s2 {
-            self.expect_len(op, "v", v.len, n)?;
-            self.expect_dtype(op, "v", v.buf.dtype, DType::F32)?;
-        }
-        if let Some(mv) = &model {
-            self.expect_len(op, "model", mv.len, n)?;
-        }
         let (sr, key) = Self::rounding(rounding);
         let (p0, m0) = (
             params.offset as u64,

@@ -1,8 +1,9 @@
 //! Memory, casts and fills: bit for bit against the CPU backend (and so mp-dtype); shared by
 //! the CUDA and wgpu suites: `crate::common` supplies the backend.
 
+use mp_kernels::prelude::*;
 use mp_kernels::testing::random_normal;
-use mp_kernels::{Backend, BufferExt, DType, Rounding};
+use mp_kernels::{DType, Rounding};
 
 use crate::common::{cpu, gpu, poisoned, same_bytes, up};
 

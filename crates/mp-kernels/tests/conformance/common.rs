@@ -2,8 +2,9 @@
 //! poisoning and the comparisons. Each target's `common.rs` includes this file with `#[path]`,
 //! re-exports it and adds the backend under test (`gpu`, `skip_or_fail`, `BACKEND`).
 
+use mp_kernels::prelude::*;
 use mp_kernels::testing::check_close;
-use mp_kernels::{Backend, BufferExt, CpuBackend, DType};
+use mp_kernels::{CpuBackend, DType};
 
 use super::BACKEND;
 

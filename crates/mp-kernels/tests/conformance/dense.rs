@@ -3,8 +3,9 @@
 //! the wgpu kernel's tile edges) live in the targets' `gemm.rs`, built on [`gemm_run`] and
 //! [`broadcast_batches`].
 
+use mp_kernels::prelude::*;
 use mp_kernels::testing::{random_vec, tolerance};
-use mp_kernels::{Backend, BinaryOp, BufferExt, DType, Gemm, test_per_dtype};
+use mp_kernels::{BinaryOp, DType, Gemm, UnaryOp, test_per_dtype};
 
 use crate::common::{close, cpu, down, gpu, poisoned, up};
 
@@ -130,8 +131,8 @@ fn pointwise_matches_cpu(dtype: DType) {
                 "mul" => be.binary(BinaryOp::Mul, va, vb, vo),
                 "scale" => be.scale(va, -1.75, vo),
                 "axpy" => be.axpy(0.3, va, vo),
-                "gelu" => be.gelu(va, vo),
-                "gelu_backward" => be.gelu_backward(va, vb, vo),
+                "gelu" => be.unary(UnaryOp::GeluTanh, va, vo),
+                "gelu_backward" => be.unary_backward(UnaryOp::GeluTanh, va, vb, vo),
                 _ => unreachable!("unknown op {which}"),
             }
             .expect(which);
@@ -184,7 +185,7 @@ fn mixed_dtype_accumulation() {
         let mut acc = up(be, d0, DType::F32);
         be.axpy(0.5, bx.view(), acc.view_mut()).expect("axpy");
         let mut dx = up(be, d0, DType::F32);
-        be.gelu_backward(bx.view(), bdy.view(), dx.view_mut())
+        be.unary_backward(UnaryOp::GeluTanh, bx.view(), bdy.view(), dx.view_mut())
             .expect("gelu_backward");
         (down(be, &acc), down(be, &dx))
     }

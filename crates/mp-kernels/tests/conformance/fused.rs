@@ -1,8 +1,9 @@
 //! The fused scaler and optimizer passes against the CPU oracle (shared by the CUDA and wgpu
 //! suites: `crate::common` supplies the backend).
 
+use mp_kernels::prelude::*;
 use mp_kernels::testing::{random_normal, random_vec};
-use mp_kernels::{AdamW, Backend, BufferExt, DType, Rounding, Sgd, test_per_dtype};
+use mp_kernels::{AdamW, DType, Rounding, Sgd, test_per_dtype};
 
 use crate::common::{close, cpu, down, gpu, poisoned, up};
 

@@ -2,8 +2,9 @@
 //! against the CPU oracle (shared by the CUDA and wgpu suites: `crate::common` supplies the
 //! backend).
 
+use mp_kernels::prelude::*;
 use mp_kernels::testing::{random_ids, random_normal, random_vec, tolerance};
-use mp_kernels::{Attention, Backend, BufferExt, DType, Heads, ReduceOp, test_per_dtype};
+use mp_kernels::{Attention, DType, Heads, ReduceOp, test_per_dtype};
 
 use crate::common::{close, cpu, down, gpu, poisoned, up};
 

@@ -26,7 +26,7 @@ mod cuda_rows;
 fn cuda_backend_reports_its_device_or_a_typed_error() {
     match mp_kernels::cuda::CudaBackend::new() {
         Ok(be) => {
-            use mp_kernels::Backend;
+            use mp_kernels::prelude::*;
             let name = be.name();
             assert!(name.starts_with("cuda:"), "{name}");
             eprintln!("CUDA device: {name}, NVRTC arch {}", be.arch());

@@ -1,10 +1,11 @@
 //! Causal self-attention forward and backward against a float64 reference.
 
 use crate::common::{cpu, down, input, up};
+use mp_kernels::prelude::*;
 use mp_kernels::testing::{
     TEST_DTYPES, assert_close, assert_close_tol, eps, for_each_dtype, tolerance,
 };
-use mp_kernels::{Attention, Backend, BufferExt, CpuBuffer, DType};
+use mp_kernels::{Attention, CpuBuffer, DType};
 
 /// (out, probs) of causal attention in f64.
 pub fn attention_ref(qkv: &[f64], s: &Attention) -> (Vec<f64>, Vec<f64>) {

@@ -1,7 +1,8 @@
 //! Shared helpers of the integration tests: uploads, downloads and quantised inputs.
 
+use mp_kernels::prelude::*;
 use mp_kernels::testing::{quantize, random_vec};
-use mp_kernels::{Backend, BufferExt, CpuBackend, CpuBuffer, DType};
+use mp_kernels::{CpuBackend, CpuBuffer, DType};
 
 /// The backend under test.
 pub fn cpu() -> CpuBackend {

@@ -2,8 +2,9 @@
 //! combination of partial results).
 
 use crate::common::{cpu, up};
+use mp_kernels::prelude::*;
 use mp_kernels::testing::{random_ids, random_vec};
-use mp_kernels::{Attention, Backend, BufferExt, CpuBuffer, DType, Gemm, ReduceOp};
+use mp_kernels::{Attention, CpuBuffer, DType, Gemm, ReduceOp};
 
 /// Every output buffer of a small "step" of ops, as raw bytes.
 fn run_ops() -> Vec<Vec<u8>> {

@@ -1,10 +1,11 @@
 //! Embedding gather and scatter-add backward against float64 references.
 
 use crate::common::{cpu, down, input, up};
+use mp_kernels::prelude::*;
 use mp_kernels::testing::{
     TEST_DTYPES, assert_close, assert_close_tol, for_each_dtype, random_ids, tolerance,
 };
-use mp_kernels::{Backend, BufferExt, CpuBuffer, DType};
+use mp_kernels::{CpuBuffer, DType};
 
 #[test]
 fn embedding_gather_and_scatter_add() {

@@ -2,8 +2,9 @@
 //! padding), alpha/beta, and input/output dtype combination.
 
 use crate::common::{cpu, down, f64s, input, up};
+use mp_kernels::prelude::*;
 use mp_kernels::testing::{TEST_DTYPES, check_close, eps, for_each_dtype};
-use mp_kernels::{Backend, BufferExt, DType, Gemm};
+use mp_kernels::{DType, Gemm};
 
 /// `C = alpha op(A) op(B) + beta C0` in f64.
 fn reference(spec: &Gemm, a: &[f64], b: &[f64], c0: &[f64]) -> Vec<f64> {

@@ -6,8 +6,9 @@
 //! evaluated by the same CPU kernels in f32 and summed in f64.
 
 use crate::common::{cpu, down, up};
+use mp_kernels::prelude::*;
 use mp_kernels::testing::{random_ids, random_vec};
-use mp_kernels::{Attention, Backend, BufferExt, CpuBuffer, DType};
+use mp_kernels::{Attention, CpuBuffer, DType, UnaryOp};
 
 const F32: DType = DType::F32;
 
@@ -52,12 +53,19 @@ fn gelu_gradient() {
     let w = random_vec(64, 2);
     let f = |x: &[f32]| {
         let mut y = CpuBuffer::zeros(F32, x.len());
-        cpu().gelu(up(x, F32).view(), y.view_mut()).unwrap();
+        cpu()
+            .unary(UnaryOp::GeluTanh, up(x, F32).view(), y.view_mut())
+            .unwrap();
         dot(&w, &down(&y))
     };
     let mut dx = CpuBuffer::zeros(F32, 64);
     cpu()
-        .gelu_backward(up(&x, F32).view(), up(&w, F32).view(), dx.view_mut())
+        .unary_backward(
+            UnaryOp::GeluTanh,
+            up(&x, F32).view(),
+            up(&w, F32).view(),
+            dx.view_mut(),
+        )
         .unwrap();
     check("gelu", &x, &down(&dx), f);
 }

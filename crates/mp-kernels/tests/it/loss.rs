@@ -1,10 +1,11 @@
 //! Cross-entropy and its backward against float64 references.
 
 use crate::common::{cpu, down, f64s, up};
+use mp_kernels::prelude::*;
 use mp_kernels::testing::{
     TEST_DTYPES, assert_close, for_each_dtype, quantize, random_ids, random_vec,
 };
-use mp_kernels::{Backend, BufferExt, CpuBuffer, DType};
+use mp_kernels::{CpuBuffer, DType};
 
 fn logits(n: usize, seed: u64, dt: DType) -> Vec<f32> {
     quantize(

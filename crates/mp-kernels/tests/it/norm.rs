@@ -2,8 +2,9 @@
 //! references.
 
 use crate::common::{cpu, down, f64s, input, up};
+use mp_kernels::prelude::*;
 use mp_kernels::testing::{TEST_DTYPES, assert_close, for_each_dtype, quantize, random_vec};
-use mp_kernels::{Backend, BufferExt, CpuBuffer, DType};
+use mp_kernels::{CpuBuffer, DType};
 
 pub fn softmax_ref(x: &[f64], cols: usize, causal: bool, log: bool) -> Vec<f64> {
     let mut out = vec![0.0; x.len()];

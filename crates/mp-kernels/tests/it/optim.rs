@@ -2,8 +2,9 @@
 //! PyTorch-parity tests live with mp-optim; these pin the kernel contract).
 
 use crate::common::{cpu, down, f64s, up};
+use mp_kernels::prelude::*;
 use mp_kernels::testing::{assert_close_tol, quantize, random_vec};
-use mp_kernels::{AdamW, Backend, BufferExt, CpuBuffer, DType, Rounding, Sgd};
+use mp_kernels::{AdamW, CpuBuffer, DType, Rounding, Sgd};
 
 const N: usize = 20_003;
 

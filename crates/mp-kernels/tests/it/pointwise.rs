@@ -1,8 +1,9 @@
 //! Element-wise ops, casts and fill against float64 references, in every dtype.
 
 use crate::common::{cpu, down, f64s, input, up};
+use mp_kernels::prelude::*;
 use mp_kernels::testing::{TEST_DTYPES, assert_close, for_each_dtype, quantize, random_vec};
-use mp_kernels::{Backend, BinaryOp, BufferExt, CpuBuffer, DType, Rounding};
+use mp_kernels::{BinaryOp, CpuBuffer, DType, Rounding, UnaryOp};
 
 /// Lengths crossing the kernels' block size (8192) and odd tails.
 const LENS: [usize; 4] = [1, 37, 8192, 20_011];
@@ -89,7 +90,9 @@ fn gelu_and_backward() {
             );
             let xr = f64s(&x);
             let mut y = CpuBuffer::zeros(dt, n);
-            cpu().gelu(up(&x, dt).view(), y.view_mut()).unwrap();
+            cpu()
+                .unary(UnaryOp::GeluTanh, up(&x, dt).view(), y.view_mut())
+                .unwrap();
             let want: Vec<f64> = xr.iter().map(|&v| gelu_ref(v)).collect();
             assert_close("gelu", &down(&y), &want, dt);
 
@@ -97,7 +100,12 @@ fn gelu_and_backward() {
             let (dx0, dx0r) = input(n, 9, dt);
             let mut dx = up(&dx0, dt);
             cpu()
-                .gelu_backward(up(&x, dt).view(), up(&dy, dt).view(), dx.view_mut())
+                .unary_backward(
+                    UnaryOp::GeluTanh,
+                    up(&x, dt).view(),
+                    up(&dy, dt).view(),
+                    dx.view_mut(),
+                )
                 .unwrap();
             let want: Vec<f64> = (0..n)
                 .map(|i| dx0r[i] + gelu_grad_ref(xr[i]) * dyr[i])

@@ -1,8 +1,9 @@
 //! Row reductions and column sums against float64 references.
 
 use crate::common::{cpu, down, input, up};
+use mp_kernels::prelude::*;
 use mp_kernels::testing::{TEST_DTYPES, assert_close_tol, for_each_dtype, tolerance};
-use mp_kernels::{Backend, BufferExt, CpuBuffer, DType, ReduceOp};
+use mp_kernels::{CpuBuffer, DType, ReduceOp};
 
 fn reduce_ref(op: ReduceOp, row: &[f64]) -> f64 {
     match op {

@@ -23,9 +23,10 @@ mod wgpu_gemm;
 #[path = "../conformance/rows.rs"]
 mod wgpu_rows;
 
+use mp_kernels::prelude::*;
 use mp_kernels::testing::{random_normal, random_vec};
 use mp_kernels::wgpu::{WgpuBackend, WgpuOptions};
-use mp_kernels::{AdamW, Backend, BufferExt, DType, Rounding};
+use mp_kernels::{AdamW, DType, Rounding};
 
 #[test]
 fn wgpu_backend_reports_its_adapter_or_a_typed_error() {

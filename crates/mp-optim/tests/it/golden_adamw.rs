@@ -3,7 +3,8 @@
 //! and every expected value are read from the file.
 
 use crate::golden::{self, assert_close, f, flat};
-use mp_kernels::{Backend, BufferExt, CpuBackend, CpuBuffer, DType};
+use mp_kernels::prelude::*;
+use mp_kernels::{CpuBackend, CpuBuffer, DType};
 use mp_optim::{AdamW, AdamWConfig, ParamGroup};
 use serde_json::Value;
 

@@ -2,7 +2,8 @@
 //! changes, grad factors and gradient dtypes, state save/load, argument errors.
 
 use crate::reference::{self, Adam, SgdHp, assert_close64};
-use mp_kernels::{Backend, BufferExt, CpuBackend, CpuBuffer, DType};
+use mp_kernels::prelude::*;
+use mp_kernels::{CpuBackend, CpuBuffer, DType};
 use mp_optim::{
     AdamW, AdamWConfig, OptimError, OptimizerState, ParamGroup, Rounding, Sgd, SgdConfig,
 };

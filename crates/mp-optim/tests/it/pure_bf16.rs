@@ -1,6 +1,7 @@
 //! The pure-BF16 mode (parameters stored BF16, no FP32 master) with stochastic rounding.
 
-use mp_kernels::{Backend, BufferExt, CpuBackend, DType};
+use mp_kernels::prelude::*;
+use mp_kernels::{CpuBackend, DType};
 use mp_optim::{AdamW, AdamWConfig, Rounding, Sgd, SgdConfig};
 
 /// Updates far below half a BF16 ulp vanish under round-to-nearest-even but accumulate, on

@@ -2,7 +2,8 @@
 //! inf/NaN injected into 10% of the steps at random elements, on top of the overflows the
 //! growing scale causes by itself.
 
-use mp_kernels::{Backend, BufferExt, CpuBackend, CpuBuffer, DType};
+use mp_kernels::prelude::*;
+use mp_kernels::{CpuBackend, CpuBuffer, DType};
 use mp_optim::{AdamW, AdamWConfig};
 use mp_scaler::{GradScaler, OptimizerId, ScalerConfig};
 use rand::rngs::StdRng;

@@ -3,7 +3,8 @@
 //! read from the file.
 
 use crate::golden::{self, assert_close, f, flat};
-use mp_kernels::{Backend, BufferExt, CpuBackend, CpuBuffer, DType};
+use mp_kernels::prelude::*;
+use mp_kernels::{CpuBackend, CpuBuffer, DType};
 use mp_optim::{AdamW, AdamWConfig};
 use mp_scaler::{GradScaler, OptimizerId, ScalerConfig, ScalerState};
 

@@ -1,7 +1,8 @@
 //! The per-optimizer state machine, its errors, several optimizers, disabled and static
 //! modes, and state round trips, on the CPU backend.
 
-use mp_kernels::{Backend, BufferExt, CpuBackend, CpuBuffer, DType};
+use mp_kernels::prelude::*;
+use mp_kernels::{CpuBackend, CpuBuffer, DType};
 use mp_scaler::{GradScaler, OptStage, OptimizerId, ScalerConfig, ScalerError};
 
 type BoxErr = Box<dyn std::error::Error + Send + Sync>;

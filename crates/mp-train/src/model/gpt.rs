@@ -586,6 +586,7 @@ fn decode(
 mod tests {
     use super::*;
     use mp_kernels::cpu::CpuBackend;
+    use mp_kernels::prelude::*;
 
     fn tiny() -> GptConfig {
         GptConfig {

@@ -1,0 +1,208 @@
+//! The backend: buffers and the views ops take, and the op families a device implements.
+//!
+//! A device implements one trait per op family; [`Backend`] is their sum, implemented for
+//! every type that implements them all:
+//!
+//! | family | ops | file |
+//! | --- | --- | --- |
+//! | [`MemoryOps`] | buffers, transfers, `cast`, `fill` | `memory.rs` |
+//! | [`GemmOps`] | `gemm` | `gemm.rs` |
+//! | [`PointwiseOps`] | `binary`, `unary` (+ backward), `scale`, `axpy`, `bias_add`, `mul_broadcast`, `dropout` | `pointwise.rs` |
+//! | [`RowOps`] | `reduce_rows`, `sum_cols_acc`, `softmax` (+ backward) | `rows.rs` |
+//! | [`NormOps`] | `layer_norm`, `rms_norm` (+ backward) | `norm.rs` |
+//! | [`EmbeddingOps`] | `embedding` (+ backward) | `embedding.rs` |
+//! | [`LayoutOps`], [`AttentionOps`] | `split_heads`, `merge_heads`, `transpose`; `attention` (+ backward) | `attention.rs` |
+//! | [`LossOps`] | `cross_entropy` (+ backward) | `loss.rs` |
+//! | [`OptimOps`] | `grad_stats`, `adamw`, `sgd` | `optim.rs` |
+//!
+//! A fused op that a backend has no kernel for keeps its trait's **default body, composed from
+//! that backend's own primitives** (never a round trip through the host): `rms_norm` from
+//! reductions and broadcasts, `transpose` from the head-layout copy, `attention` from batched
+//! GEMMs and the row softmax. A backend overrides the default with a kernel when it has one.
+//!
+//! Each op's **contract** (the checks of lengths, dtypes and shapes, the derived scalars, the
+//! error messages) is a function of [`contract`] next to nothing else: every backend calls it
+//! before it launches anything, so all of them refuse a bad call with the same message.
+//!
+//! Shapes are row-major and given in elements. A `View` names `len` elements of a buffer
+//! starting at element `offset`.
+//!
+//! Callers name ops through the traits; generic code bounded by [`Backend`] sees every method,
+//! and code using a concrete backend imports [`crate::prelude`].
+
+mod attention;
+pub mod contract;
+mod embedding;
+mod gemm;
+mod loss;
+mod memory;
+mod norm;
+mod optim;
+mod pointwise;
+mod rows;
+
+pub use attention::{Attention, AttentionOps, Heads, LayoutOps};
+pub use embedding::EmbeddingOps;
+pub use gemm::{Gemm, GemmOps};
+pub use loss::LossOps;
+pub use memory::MemoryOps;
+pub use mp_dtype::Rounding;
+pub use norm::NormOps;
+pub use optim::{AdamW, GradStats, OptimOps, Sgd};
+pub use pointwise::{BinaryOp, PointwiseOps, UnaryOp};
+pub use rows::{ReduceOp, RowOps};
+
+use mp_dtype::DType;
+
+/// A flat device buffer of one dtype.
+pub trait DeviceBuffer: Send + Sync {
+    /// The storage format of every element.
+    fn dtype(&self) -> DType;
+    /// Number of elements.
+    fn len(&self) -> usize;
+    /// True when the buffer holds no element.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A read-only window of `len` elements of a buffer, starting at element `offset`.
+#[derive(Debug)]
+pub struct View<'a, T: ?Sized> {
+    /// The buffer.
+    pub buf: &'a T,
+    /// First element.
+    pub offset: usize,
+    /// Number of elements.
+    pub len: usize,
+}
+
+impl<T: ?Sized> Clone for View<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T: ?Sized> Copy for View<'_, T> {}
+
+/// A writable window of `len` elements of a buffer, starting at element `offset`.
+#[derive(Debug)]
+pub struct ViewMut<'a, T: ?Sized> {
+    /// The buffer.
+    pub buf: &'a mut T,
+    /// First element.
+    pub offset: usize,
+    /// Number of elements.
+    pub len: usize,
+}
+
+impl<'a, T: DeviceBuffer + ?Sized> View<'a, T> {
+    /// The dtype of the underlying buffer.
+    pub fn dtype(&self) -> DType {
+        self.buf.dtype()
+    }
+}
+
+impl<'a, T: DeviceBuffer + ?Sized> ViewMut<'a, T> {
+    /// The dtype of the underlying buffer.
+    pub fn dtype(&self) -> DType {
+        self.buf.dtype()
+    }
+    /// Reborrows as a shorter-lived mutable view of the same window.
+    pub fn reborrow(&mut self) -> ViewMut<'_, T> {
+        ViewMut {
+            buf: self.buf,
+            offset: self.offset,
+            len: self.len,
+        }
+    }
+    /// Reborrows as a read-only view of the same window.
+    pub fn as_view(&self) -> View<'_, T> {
+        View {
+            buf: self.buf,
+            offset: self.offset,
+            len: self.len,
+        }
+    }
+}
+
+/// Views of whole buffers and of element ranges; implemented for every [`DeviceBuffer`].
+pub trait BufferExt: DeviceBuffer {
+    /// The whole buffer, read-only.
+    fn view(&self) -> View<'_, Self> {
+        View {
+            buf: self,
+            offset: 0,
+            len: self.len(),
+        }
+    }
+    /// The whole buffer, writable.
+    fn view_mut(&mut self) -> ViewMut<'_, Self> {
+        let len = self.len();
+        ViewMut {
+            buf: self,
+            offset: 0,
+            len,
+        }
+    }
+    /// `len` elements from `offset`, read-only. Panics if the range is out of bounds (a bug in
+    /// the caller, never user input: callers derive ranges from validated shapes).
+    fn slice(&self, offset: usize, len: usize) -> View<'_, Self> {
+        assert!(
+            offset + len <= self.len(),
+            "view {offset}+{len} out of {} elements",
+            self.len()
+        );
+        View {
+            buf: self,
+            offset,
+            len,
+        }
+    }
+    /// `len` elements from `offset`, writable. Panics if the range is out of bounds.
+    fn slice_mut(&mut self, offset: usize, len: usize) -> ViewMut<'_, Self> {
+        assert!(
+            offset + len <= self.len(),
+            "view {offset}+{len} out of {} elements",
+            self.len()
+        );
+        ViewMut {
+            buf: self,
+            offset,
+            len,
+        }
+    }
+}
+impl<T: DeviceBuffer + ?Sized> BufferExt for T {}
+
+/// A compute device: the sum of every op family (see the module docs). Implemented for every
+/// type that implements all of them; a device implements the families, never this trait.
+///
+/// All ops are asynchronous on devices that can be: only the `download_*` methods,
+/// [`OptimOps::grad_stats`] and [`MemoryOps::synchronize`] wait for the device.
+pub trait Backend:
+    MemoryOps
+    + GemmOps
+    + PointwiseOps
+    + RowOps
+    + NormOps
+    + EmbeddingOps
+    + LayoutOps
+    + AttentionOps
+    + LossOps
+    + OptimOps
+{
+}
+
+impl<T> Backend for T where
+    T: MemoryOps
+        + GemmOps
+        + PointwiseOps
+        + RowOps
+        + NormOps
+        + EmbeddingOps
+        + LayoutOps
+        + AttentionOps
+        + LossOps
+        + OptimOps
+{
+}
