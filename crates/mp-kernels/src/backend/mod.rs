@@ -47,7 +47,7 @@ pub use gemm::{Gemm, GemmOps};
 pub use loss::LossOps;
 pub use memory::MemoryOps;
 pub use mp_dtype::Rounding;
-pub use norm::NormOps;
+pub use norm::{NormOps, rms_norm_backward_composed, rms_norm_composed};
 pub use optim::{AdamW, GradStats, OptimOps, Sgd};
 pub use pointwise::{BinaryOp, PointwiseOps, UnaryOp};
 pub use rows::{ReduceOp, RowOps};

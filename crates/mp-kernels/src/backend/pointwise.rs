@@ -20,7 +20,7 @@ pub enum BinaryOp {
 pub enum UnaryOp {
     /// GELU, tanh approximation (`gelu_new` of HF GPT-2, PyTorch's `approximate="tanh"`).
     GeluTanh,
-    /// `max(x, 0)` (gradient 0 at 0, as PyTorch).
+    /// `max(x, 0)`, NaN propagating (gradient 0 at 0, as PyTorch).
     Relu,
     /// `x * sigmoid(x)` (SiLU / swish).
     Silu,
@@ -91,7 +91,13 @@ impl UnaryOp {
                 let u = 0.797_884_6 * (x + 0.044_715 * x * x * x);
                 x * sigmoid(2.0 * u)
             }
-            UnaryOp::Relu => x.max(0.0),
+            UnaryOp::Relu => {
+                if x < 0.0 {
+                    0.0
+                } else {
+                    x
+                }
+            }
             UnaryOp::Silu => x * sigmoid(x),
             UnaryOp::Sigmoid => sigmoid(x),
             UnaryOp::Tanh => x.tanh(),

@@ -242,7 +242,13 @@ pub(crate) fn bias_add(
 fn unary_f(op: UnaryOp, x: f32) -> f32 {
     match op {
         UnaryOp::GeluTanh => math::gelu(x),
-        UnaryOp::Relu => x.max(0.0),
+        UnaryOp::Relu => {
+            if x < 0.0 {
+                0.0
+            } else {
+                x
+            }
+        }
         UnaryOp::Silu => x * math::sigmoid(x),
         UnaryOp::Sigmoid => math::sigmoid(x),
         UnaryOp::Tanh => x.tanh(),

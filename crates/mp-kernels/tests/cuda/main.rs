@@ -19,6 +19,8 @@ mod cuda_dense;
 mod cuda_fused;
 #[path = "gemm.rs"]
 mod cuda_gemm;
+#[path = "../conformance/ops.rs"]
+mod cuda_ops;
 #[path = "../conformance/rows.rs"]
 mod cuda_rows;
 

@@ -10,6 +10,7 @@ mod gemm;
 mod gradcheck;
 mod loss;
 mod norm;
+mod ops;
 mod optim;
 mod pointwise;
 mod reduce;

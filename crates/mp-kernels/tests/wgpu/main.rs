@@ -20,6 +20,8 @@ mod wgpu_dense;
 mod wgpu_fused;
 #[path = "gemm.rs"]
 mod wgpu_gemm;
+#[path = "../conformance/ops.rs"]
+mod wgpu_ops;
 #[path = "../conformance/rows.rs"]
 mod wgpu_rows;
 
