@@ -30,16 +30,16 @@
 //! Callers name ops through the traits; generic code bounded by [`Backend`] sees every method,
 //! and code using a concrete backend imports [`crate::prelude`].
 
-mod attention;
+pub mod attention;
 pub mod contract;
-mod embedding;
-mod gemm;
-mod loss;
-mod memory;
-mod norm;
-mod optim;
-mod pointwise;
-mod rows;
+pub mod embedding;
+pub mod gemm;
+pub mod loss;
+pub mod memory;
+pub mod norm;
+pub mod optim;
+pub mod pointwise;
+pub mod rows;
 
 pub use attention::{Attention, AttentionOps, Heads, LayoutOps};
 pub use embedding::EmbeddingOps;
@@ -47,7 +47,7 @@ pub use gemm::{Gemm, GemmOps};
 pub use loss::LossOps;
 pub use memory::MemoryOps;
 pub use mp_dtype::Rounding;
-pub use norm::{NormOps, rms_norm_backward_composed, rms_norm_composed};
+pub use norm::NormOps;
 pub use optim::{AdamW, GradStats, OptimOps, Sgd};
 pub use pointwise::{BinaryOp, PointwiseOps, UnaryOp};
 pub use rows::{ReduceOp, RowOps};

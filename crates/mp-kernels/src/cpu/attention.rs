@@ -7,26 +7,23 @@
 //! `probs` dtype and uses those stored values for `P V`, so the backward differentiates
 //! exactly the function computed.
 
+use super::CpuBackend;
 use super::CpuBuffer;
-use super::check::{bytes, bytes_mut, expect_len, mul, shape_err};
+use super::check::{bytes, bytes_mut};
 use super::convert::{narrow, widen, with_f32_mut};
 use super::gemm::matmul;
 use super::norm::softmax_row;
 use super::reduce::dot;
 use crate::Result;
+use crate::backend::contract;
+use crate::backend::*;
 use crate::backend::{Attention, Heads, View, ViewMut};
 use mp_dtype::DType;
 use rayon::prelude::*;
 
-/// Validated sizes: `(t, c, heads, head size)`.
-fn check(op: &'static str, s: &Attention) -> Result<(usize, usize, usize, usize)> {
-    if s.heads == 0 || !s.c.is_multiple_of(s.heads) {
-        return Err(shape_err(
-            op,
-            format!("width c={} is not divisible by heads={}", s.c, s.heads),
-        ));
-    }
-    Ok((s.t, s.c, s.heads, s.c / s.heads))
+/// The sizes `(t, c, heads, head size)` (validated by the contract).
+fn sizes(s: &Attention) -> (usize, usize, usize, usize) {
+    (s.t, s.c, s.heads, s.c / s.heads)
 }
 
 /// Gathers head `h`'s slice of part `part` (0 = q, 1 = k, 2 = v) of one batch entry of qkv
@@ -115,16 +112,8 @@ pub(crate) fn attention(
     probs: ViewMut<'_, CpuBuffer>,
 ) -> Result<()> {
     const OP: &str = "attention";
-    let (t, c, heads, hs) = check(OP, shape)?;
-    let bt = mul(OP, shape.b, t)?;
-    expect_len(OP, "qkv", qkv.len, mul(OP, bt, mul(OP, 3, c)?)?)?;
-    expect_len(OP, "out", out.len, mul(OP, bt, c)?)?;
-    expect_len(
-        OP,
-        "probs",
-        probs.len,
-        mul(OP, mul(OP, mul(OP, shape.b, heads)?, t)?, t)?,
-    )?;
+    let (t, c, heads, hs) = sizes(shape);
+    let bt = shape.b * t;
     if bt == 0 || c == 0 {
         return Ok(());
     }
@@ -174,17 +163,8 @@ pub(crate) fn attention_backward(
     dqkv: ViewMut<'_, CpuBuffer>,
 ) -> Result<()> {
     const OP: &str = "attention_backward";
-    let (t, c, heads, hs) = check(OP, shape)?;
-    let bt = mul(OP, shape.b, t)?;
-    expect_len(OP, "qkv", qkv.len, mul(OP, bt, mul(OP, 3, c)?)?)?;
-    expect_len(OP, "dqkv", dqkv.len, mul(OP, bt, mul(OP, 3, c)?)?)?;
-    expect_len(OP, "dout", dout.len, mul(OP, bt, c)?)?;
-    expect_len(
-        OP,
-        "probs",
-        probs.len,
-        mul(OP, mul(OP, mul(OP, shape.b, heads)?, t)?, t)?,
-    )?;
+    let (t, c, heads, hs) = sizes(shape);
+    let bt = shape.b * t;
     if bt == 0 || c == 0 {
         return Ok(());
     }
@@ -251,7 +231,6 @@ pub(crate) fn split_heads(
     dst: ViewMut<'_, CpuBuffer>,
 ) -> Result<()> {
     const OP: &str = "split_heads";
-    l.check(src.len, dst.len).map_err(|m| shape_err(OP, m))?;
     let (ds, dd) = (src.dtype(), dst.dtype());
     let (ss, sd) = (ds.size_in_bytes(), dd.size_in_bytes());
     let src = bytes(OP, "src", src)?;
@@ -286,7 +265,6 @@ pub(crate) fn merge_heads(
     accumulate: bool,
 ) -> Result<()> {
     const OP: &str = "merge_heads";
-    l.check(dst.len, src.len).map_err(|m| shape_err(OP, m))?;
     let (ds, dd) = (src.dtype(), dst.dtype());
     let (ss, sd) = (ds.size_in_bytes(), dd.size_in_bytes());
     let src = bytes(OP, "src", src)?;
@@ -319,4 +297,64 @@ pub(crate) fn merge_heads(
         },
     );
     Ok(())
+}
+
+impl LayoutOps for CpuBackend {
+    fn split_heads(
+        &self,
+        src: View<'_, CpuBuffer>,
+        layout: &Heads,
+        dst: ViewMut<'_, CpuBuffer>,
+    ) -> Result<()> {
+        contract::heads(
+            self,
+            "split_heads",
+            layout,
+            ("src", src.offset, src.len, src.buf.len()),
+            ("dst", dst.offset, dst.len, dst.buf.len()),
+        )?;
+        split_heads(src, layout, dst)
+    }
+
+    fn merge_heads(
+        &self,
+        src: View<'_, CpuBuffer>,
+        layout: &Heads,
+        dst: ViewMut<'_, CpuBuffer>,
+        accumulate: bool,
+    ) -> Result<()> {
+        contract::heads(
+            self,
+            "merge_heads",
+            layout,
+            ("dst", dst.offset, dst.len, dst.buf.len()),
+            ("src", src.offset, src.len, src.buf.len()),
+        )?;
+        merge_heads(src, layout, dst, accumulate)
+    }
+}
+
+impl AttentionOps for CpuBackend {
+    fn attention(
+        &self,
+        qkv: View<'_, CpuBuffer>,
+        shape: &Attention,
+        out: ViewMut<'_, CpuBuffer>,
+        probs: ViewMut<'_, CpuBuffer>,
+    ) -> Result<()> {
+        contract::attention_forward(self, &qkv, shape, &out, &probs)?;
+        attention(qkv, shape, out, probs)
+    }
+
+    fn attention_backward(
+        &self,
+        dout: View<'_, CpuBuffer>,
+        qkv: View<'_, CpuBuffer>,
+        probs: View<'_, CpuBuffer>,
+        shape: &Attention,
+        dqkv: ViewMut<'_, CpuBuffer>,
+    ) -> Result<()> {
+        contract::attention_backward(self, &dout, &qkv, &probs, shape, &dqkv)?;
+        attention_backward(dout, qkv, probs, shape, dqkv)
+    }
 }

@@ -1,10 +1,9 @@
-//! Argument validation shared by the CPU kernels: every view is bounds-checked and every
-//! length compared with what the op's shape implies before any kernel touches memory.
+//! The CPU kernels' access to memory: a view's bytes, bounds-checked once more (the op's
+//! contract, [`crate::contract`], has already validated every argument).
 
 use super::CpuBuffer;
 use crate::backend::{View, ViewMut};
 use crate::{KernelError, Result};
-use mp_dtype::DType;
 
 /// The device name used in error messages.
 pub(crate) const DEVICE: &str = "cpu";
@@ -15,42 +14,6 @@ pub(crate) fn shape_err(op: &'static str, msg: impl Into<String>) -> KernelError
         op,
         device: DEVICE.to_string(),
         msg: msg.into(),
-    }
-}
-
-/// A [`KernelError::UnsupportedDType`] for `op` on the CPU.
-pub(crate) fn dtype_err(op: &'static str, dtype: DType, detail: impl Into<String>) -> KernelError {
-    let detail = detail.into();
-    KernelError::UnsupportedDType {
-        op,
-        device: DEVICE.to_string(),
-        dtype,
-        detail: if detail.is_empty() {
-            detail
-        } else {
-            format!(": {detail}")
-        },
-    }
-}
-
-/// Fails unless `got == want`, naming the argument.
-pub(crate) fn expect_len(op: &'static str, name: &str, got: usize, want: usize) -> Result<()> {
-    if got == want {
-        Ok(())
-    } else {
-        Err(shape_err(
-            op,
-            format!("{name} has {got} elements, expected {want}"),
-        ))
-    }
-}
-
-/// Fails unless the buffer has `dtype`.
-pub(crate) fn expect_dtype(op: &'static str, name: &str, got: DType, want: DType) -> Result<()> {
-    if got == want {
-        Ok(())
-    } else {
-        Err(dtype_err(op, got, format!("{name} must be {want}")))
     }
 }
 
@@ -80,24 +43,4 @@ pub(crate) fn bytes_mut<'a>(
     range(op, name, v.offset, v.len, v.buf.len())?;
     let s = v.buf.dtype().size_in_bytes();
     Ok(&mut v.buf.as_bytes_mut()[v.offset * s..(v.offset + v.len) * s])
-}
-
-/// `a * b`, or a shape error when it overflows `usize`.
-pub(crate) fn mul(op: &'static str, a: usize, b: usize) -> Result<usize> {
-    a.checked_mul(b)
-        .ok_or_else(|| shape_err(op, format!("{a} x {b} elements overflow")))
-}
-
-/// Checks that every index is below `limit`, naming the first offender.
-pub(crate) fn check_ids(op: &'static str, name: &str, ids: &[u32], limit: usize) -> Result<()> {
-    match ids.iter().position(|&i| i as usize >= limit) {
-        None => Ok(()),
-        Some(p) => Err(shape_err(
-            op,
-            format!(
-                "{name}[{p}] = {} is out of range (must be < {limit})",
-                ids[p]
-            ),
-        )),
-    }
 }

@@ -4,31 +4,15 @@
 //! rows in parallel, each accumulating its positions in ascending order in f32 and rounding
 //! once: no atomics, no races, and the same bits whatever the thread count.
 
+use super::CpuBackend;
 use super::CpuBuffer;
-use super::check::{bytes, bytes_mut, check_ids, expect_len, shape_err};
+use super::check::{bytes, bytes_mut};
 use super::convert::{load, widen, with_f32_mut};
 use crate::Result;
+use crate::backend::contract::{self, Check};
+use crate::backend::*;
 use crate::backend::{View, ViewMut};
 use rayon::prelude::*;
-
-fn check(
-    op: &'static str,
-    table_len: usize,
-    c: usize,
-    ids: &[u32],
-    rows_len: usize,
-) -> Result<usize> {
-    if c == 0 || !table_len.is_multiple_of(c) {
-        return Err(shape_err(
-            op,
-            format!("table has {table_len} elements, not a whole number of rows of {c}"),
-        ));
-    }
-    let vocab = table_len / c;
-    expect_len(op, "positions", rows_len, ids.len() * c)?;
-    check_ids(op, "ids", ids, vocab)?;
-    Ok(vocab)
-}
 
 /// `out[i, :] = table[ids[i], :]`.
 pub(crate) fn embedding(
@@ -38,7 +22,6 @@ pub(crate) fn embedding(
     out: ViewMut<'_, CpuBuffer>,
 ) -> Result<()> {
     const OP: &str = "embedding";
-    check(OP, table.len, c, ids, out.len)?;
     let (dt, dout) = (table.dtype(), out.dtype());
     let (st, so) = (dt.size_in_bytes(), dout.size_in_bytes());
     let table = bytes(OP, "table", table)?;
@@ -69,7 +52,7 @@ pub(crate) fn embedding_backward(
     dtable: ViewMut<'_, CpuBuffer>,
 ) -> Result<()> {
     const OP: &str = "embedding_backward";
-    let vocab = check(OP, dtable.len, c, ids, dout.len)?;
+    let vocab = dtable.len / c;
     let (dd, dt) = (dout.dtype(), dtable.dtype());
     let sd = dd.size_in_bytes();
     let dout = bytes(OP, "dout", dout)?;
@@ -113,4 +96,34 @@ pub(crate) fn embedding_backward(
             },
         );
     Ok(())
+}
+
+impl EmbeddingOps for CpuBackend {
+    fn embedding(
+        &self,
+        table: View<'_, CpuBuffer>,
+        ids: &Vec<u32>,
+        c: usize,
+        out: ViewMut<'_, CpuBuffer>,
+    ) -> Result<()> {
+        let ck = Check::new(self, "embedding");
+        ck.view("table", &table)?;
+        ck.view_mut("out", &out)?;
+        contract::embedding(self, "embedding", table.len, ids, c, out.len)?;
+        embedding(table, ids, c, out)
+    }
+
+    fn embedding_backward(
+        &self,
+        dout: View<'_, CpuBuffer>,
+        ids: &Vec<u32>,
+        c: usize,
+        dtable: ViewMut<'_, CpuBuffer>,
+    ) -> Result<()> {
+        let ck = Check::new(self, "embedding_backward");
+        ck.view("dout", &dout)?;
+        ck.view_mut("dtable", &dtable)?;
+        contract::embedding(self, "embedding_backward", dtable.len, ids, c, dout.len)?;
+        embedding_backward(dout, ids, c, dtable)
+    }
 }

@@ -16,13 +16,16 @@
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 mod bf16;
 
+use super::CpuBackend;
 use super::CpuBuffer;
-use super::check::{bytes, bytes_mut, dtype_err, mul, shape_err};
+use super::check::{bytes, bytes_mut};
 use super::convert::{as_f32, as_f32_mut, narrow, widen};
 use super::pointwise::CHUNK;
 use crate::Result;
+use crate::backend::contract;
+use crate::backend::*;
 use crate::backend::{Gemm, View, ViewMut};
-use gemm::Parallelism;
+use ::gemm::Parallelism;
 use mp_dtype::DType;
 use rayon::prelude::*;
 use std::cell::Cell;
@@ -30,14 +33,12 @@ use std::cell::Cell;
 /// Products of at most this many multiply-adds run one per thread when batched.
 const SMALL_PRODUCT: usize = 1 << 21;
 
-/// Elements a batched operand spans: `(batch - 1) * stride + size`.
-fn span(op: &'static str, batch: usize, stride: usize, size: usize) -> Result<usize> {
+/// Elements a batched operand spans: `(batch - 1) * stride + size` (checked by the contract).
+fn span(batch: usize, stride: usize, size: usize) -> usize {
     if batch == 0 || size == 0 {
-        return Ok(0);
+        return 0;
     }
-    mul(op, batch - 1, stride)?
-        .checked_add(size)
-        .ok_or_else(|| shape_err(op, "operand span overflows"))
+    (batch - 1) * stride + size
 }
 
 /// Scratch vectors longer than this (elements) are freed after use instead of kept, so a
@@ -130,7 +131,7 @@ fn gemm_one(spec: &Gemm, a: &[f32], b: &[f32], c: &mut [f32], par: Parallelism) 
     // borrowed and does not alias `a` or `b`. The crate computes
     // dst = alpha_dst * dst + beta_prod * lhs * rhs, so our beta and alpha swap places.
     unsafe {
-        gemm::gemm(
+        ::gemm::gemm(
             m,
             n,
             k,
@@ -187,41 +188,11 @@ pub(crate) fn gemm(
 ) -> Result<()> {
     const OP: &str = "gemm";
     let Gemm { m, n, k, batch, .. } = *spec;
-    if a.dtype() != b.dtype() {
-        return Err(dtype_err(
-            OP,
-            b.dtype(),
-            format!("A and B must share a dtype (A is {})", a.dtype()),
-        ));
-    }
-    let (size_a, size_b, size_c) = (mul(OP, m, k)?, mul(OP, k, n)?, mul(OP, m, n)?);
-    let span_a = span(OP, batch, spec.stride_a, size_a)?;
-    let span_b = span(OP, batch, spec.stride_b, size_b)?;
-    let span_c = span(OP, batch, spec.stride_c, size_c)?;
-    for (name, have, need) in [
-        ("A", a.len, span_a),
-        ("B", b.len, span_b),
-        ("C", c.len, span_c),
-    ] {
-        if have < need {
-            return Err(shape_err(
-                OP,
-                format!(
-                    "{name} has {have} elements but m={m} n={n} k={k} batch={batch} with its \
-                     stride needs {need}"
-                ),
-            ));
-        }
-    }
-    if batch > 1 && spec.stride_c < size_c && size_c > 0 {
-        return Err(shape_err(
-            OP,
-            format!(
-                "stride_c {} < m*n = {size_c}: batch outputs would overlap",
-                spec.stride_c
-            ),
-        ));
-    }
+    // the contract checked the dtypes, the spans and that batch outputs do not overlap
+    let (size_a, size_b, size_c) = (m * k, k * n, m * n);
+    let span_a = span(batch, spec.stride_a, size_a);
+    let span_b = span(batch, spec.stride_b, size_b);
+    let span_c = span(batch, spec.stride_c, size_c);
     if span_c == 0 {
         return Ok(());
     }
@@ -300,5 +271,20 @@ fn gemm_widened(spec: &Gemm, da: DType, a: &[u8], b: &[u8], dc: DType, c: &mut [
     if da != DType::F32 {
         put_scratch(0, ta);
         put_scratch(1, tb);
+    }
+}
+
+impl GemmOps for CpuBackend {
+    fn gemm(
+        &self,
+        a: View<'_, CpuBuffer>,
+        b: View<'_, CpuBuffer>,
+        c: ViewMut<'_, CpuBuffer>,
+        spec: &Gemm,
+    ) -> Result<()> {
+        if contract::gemm(self, &a, &b, &c, spec)? == 0 {
+            return Ok(());
+        }
+        gemm(a, b, c, spec)
     }
 }

@@ -1,30 +1,17 @@
 //! Cross-entropy fused with log-softmax, and its backward, in f32 (stable logsumexp).
 
+use super::CpuBackend;
 use super::CpuBuffer;
-use super::check::{bytes, bytes_mut, check_ids, expect_dtype, expect_len, shape_err};
+use super::check::{bytes, bytes_mut};
 use super::convert::{as_f32_mut, load, with_f32_mut};
 use super::math::exp_sub;
 use super::pointwise::CHUNK;
 use super::reduce::{max, sum};
 use crate::Result;
+use crate::backend::contract;
+use crate::backend::*;
 use crate::backend::{View, ViewMut};
-use mp_dtype::DType;
 use rayon::prelude::*;
-
-fn check(op: &'static str, logits_len: usize, targets: &[u32], vocab: usize) -> Result<usize> {
-    if vocab == 0 || !logits_len.is_multiple_of(vocab) {
-        return Err(shape_err(
-            op,
-            format!(
-                "logits have {logits_len} elements, not a whole number of rows of vocab {vocab}"
-            ),
-        ));
-    }
-    let rows = logits_len / vocab;
-    expect_len(op, "targets", targets.len(), rows)?;
-    check_ids(op, "targets", targets, vocab)?;
-    Ok(rows)
-}
 
 /// `max` and `ln(sum(exp(x - max)))` of a row (`e` is scratch of the row's length).
 #[inline]
@@ -42,9 +29,6 @@ pub(crate) fn cross_entropy(
     losses: ViewMut<'_, CpuBuffer>,
 ) -> Result<()> {
     const OP: &str = "cross_entropy";
-    let rows = check(OP, logits.len, targets, vocab)?;
-    expect_len(OP, "losses", losses.len, rows)?;
-    expect_dtype(OP, "losses", losses.dtype(), DType::F32)?;
     let dl = logits.dtype();
     let logits = bytes(OP, "logits", logits)?;
     let losses = as_f32_mut(bytes_mut(OP, "losses", losses)?);
@@ -75,8 +59,6 @@ pub(crate) fn cross_entropy_backward(
     dlogits: ViewMut<'_, CpuBuffer>,
 ) -> Result<()> {
     const OP: &str = "cross_entropy_backward";
-    check(OP, logits.len, targets, vocab)?;
-    expect_len(OP, "dlogits", dlogits.len, logits.len)?;
     let (dl, dd) = (logits.dtype(), dlogits.dtype());
     let logits = bytes(OP, "logits", logits)?;
     let dlogits = bytes_mut(OP, "dlogits", dlogits)?;
@@ -107,4 +89,29 @@ pub(crate) fn cross_entropy_backward(
             },
         );
     Ok(())
+}
+
+impl LossOps for CpuBackend {
+    fn cross_entropy(
+        &self,
+        logits: View<'_, CpuBuffer>,
+        targets: &Vec<u32>,
+        vocab: usize,
+        losses: ViewMut<'_, CpuBuffer>,
+    ) -> Result<()> {
+        contract::cross_entropy(self, &logits, targets, vocab, &losses)?;
+        cross_entropy(logits, targets, vocab, losses)
+    }
+
+    fn cross_entropy_backward(
+        &self,
+        logits: View<'_, CpuBuffer>,
+        targets: &Vec<u32>,
+        vocab: usize,
+        dloss: f32,
+        dlogits: ViewMut<'_, CpuBuffer>,
+    ) -> Result<()> {
+        contract::cross_entropy_backward(self, &logits, targets, vocab, &dlogits)?;
+        cross_entropy_backward(logits, targets, vocab, dloss, dlogits)
+    }
 }

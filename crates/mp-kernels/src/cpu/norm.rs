@@ -1,15 +1,17 @@
 //! Row softmax / log-softmax (optionally causal) and layer norm forward/backward, all
 //! computed in f32 whatever the storage dtype.
 
+use super::CpuBackend;
 use super::CpuBuffer;
-use super::check::{bytes, bytes_mut, expect_dtype, expect_len, shape_err};
+use super::check::{bytes, bytes_mut};
 use super::convert::{as_f32, as_f32_mut, load, with_f32_mut};
 use super::math::{exp_sub, simd_dispatch};
 use super::pointwise::CHUNK;
 use super::reduce::{dot, max, sum, sum_sq};
 use crate::Result;
+use crate::backend::contract;
+use crate::backend::*;
 use crate::backend::{View, ViewMut};
-use mp_dtype::DType;
 use rayon::prelude::*;
 
 /// Softmax (or log-softmax) of `x` into `o`, of which only the first `visible` entries count;
@@ -43,16 +45,6 @@ pub(crate) fn softmax(
     out: ViewMut<'_, CpuBuffer>,
 ) -> Result<()> {
     const OP: &str = "softmax";
-    if cols == 0 || !x.len.is_multiple_of(cols) {
-        return Err(shape_err(
-            OP,
-            format!(
-                "x has {} elements, not a whole number of rows of {cols}",
-                x.len
-            ),
-        ));
-    }
-    expect_len(OP, "out", out.len, x.len)?;
     let (dx, dout) = (x.dtype(), out.dtype());
     let (x, out) = (bytes(OP, "x", x)?, bytes_mut(OP, "out", out)?);
     let rows_per = (CHUNK / cols).max(1);
@@ -92,22 +84,6 @@ pub(crate) fn layer_norm(
 ) -> Result<()> {
     const OP: &str = "layer_norm";
     let c = weight.len;
-    if c == 0 || !x.len.is_multiple_of(c) {
-        return Err(shape_err(
-            OP,
-            format!(
-                "x has {} elements, not a whole number of rows of weight length {c}",
-                x.len
-            ),
-        ));
-    }
-    let rows = x.len / c;
-    expect_len(OP, "bias", bias.len, c)?;
-    expect_len(OP, "out", out.len, x.len)?;
-    expect_len(OP, "mean", mean.len, rows)?;
-    expect_len(OP, "rstd", rstd.len, rows)?;
-    expect_dtype(OP, "mean", mean.dtype(), DType::F32)?;
-    expect_dtype(OP, "rstd", rstd.dtype(), DType::F32)?;
     let (dx, dout) = (x.dtype(), out.dtype());
     let (mut tw, mut tb) = (Vec::new(), Vec::new());
     let w = load(weight.dtype(), bytes(OP, "weight", weight)?, &mut tw);
@@ -233,24 +209,6 @@ pub(crate) fn layer_norm_backward(
 ) -> Result<()> {
     const OP: &str = "layer_norm_backward";
     let c = weight.len;
-    if c == 0 || !x.len.is_multiple_of(c) {
-        return Err(shape_err(
-            OP,
-            format!(
-                "x has {} elements, not a whole number of rows of weight length {c}",
-                x.len
-            ),
-        ));
-    }
-    let rows = x.len / c;
-    expect_len(OP, "dy", dy.len, x.len)?;
-    expect_len(OP, "dx", dx.len, x.len)?;
-    expect_len(OP, "mean", mean.len, rows)?;
-    expect_len(OP, "rstd", rstd.len, rows)?;
-    expect_len(OP, "dweight", dweight.len, c)?;
-    expect_len(OP, "dbias", dbias.len, c)?;
-    expect_dtype(OP, "mean", mean.dtype(), DType::F32)?;
-    expect_dtype(OP, "rstd", rstd.dtype(), DType::F32)?;
     let (tdy, tx, tdx) = (dy.dtype(), x.dtype(), dx.dtype());
     let (tdw, tdb) = (dweight.dtype(), dbias.dtype());
     let mut tw = Vec::new();
@@ -316,17 +274,6 @@ pub(crate) fn softmax_backward(
     dx: ViewMut<'_, CpuBuffer>,
 ) -> Result<()> {
     const OP: &str = "softmax_backward";
-    if cols == 0 || !y.len.is_multiple_of(cols) {
-        return Err(shape_err(
-            OP,
-            format!(
-                "y has {} elements, not a whole number of rows of {cols}",
-                y.len
-            ),
-        ));
-    }
-    expect_len(OP, "dy", dy.len, y.len)?;
-    expect_len(OP, "dx", dx.len, y.len)?;
     let (ty, tdy, tdx) = (y.dtype(), dy.dtype(), dx.dtype());
     let y = bytes(OP, "y", y)?;
     let dy = bytes(OP, "dy", dy)?;
@@ -512,4 +459,60 @@ pub(crate) fn rms_norm_backward(
         }
     });
     Ok(())
+}
+
+impl NormOps for CpuBackend {
+    fn layer_norm(
+        &self,
+        x: View<'_, CpuBuffer>,
+        weight: View<'_, CpuBuffer>,
+        bias: View<'_, CpuBuffer>,
+        eps: f32,
+        out: ViewMut<'_, CpuBuffer>,
+        mean: ViewMut<'_, CpuBuffer>,
+        rstd: ViewMut<'_, CpuBuffer>,
+    ) -> Result<()> {
+        contract::layer_norm(self, &x, &weight, &bias, &out, &mean, &rstd)?;
+        layer_norm(x, weight, bias, eps, out, mean, rstd)
+    }
+
+    fn layer_norm_backward(
+        &self,
+        dy: View<'_, CpuBuffer>,
+        x: View<'_, CpuBuffer>,
+        weight: View<'_, CpuBuffer>,
+        mean: View<'_, CpuBuffer>,
+        rstd: View<'_, CpuBuffer>,
+        dx: ViewMut<'_, CpuBuffer>,
+        dweight: ViewMut<'_, CpuBuffer>,
+        dbias: ViewMut<'_, CpuBuffer>,
+    ) -> Result<()> {
+        contract::layer_norm_backward(self, &dy, &x, &weight, &mean, &rstd, &dx, &dweight, &dbias)?;
+        layer_norm_backward(dy, x, weight, mean, rstd, dx, dweight, dbias)
+    }
+
+    fn rms_norm(
+        &self,
+        x: View<'_, CpuBuffer>,
+        weight: View<'_, CpuBuffer>,
+        eps: f32,
+        out: ViewMut<'_, CpuBuffer>,
+        rstd: ViewMut<'_, CpuBuffer>,
+    ) -> Result<()> {
+        contract::rms_norm(self, &x, &weight, eps, &out, &rstd)?;
+        rms_norm(x, weight, eps, out, rstd)
+    }
+
+    fn rms_norm_backward(
+        &self,
+        dy: View<'_, CpuBuffer>,
+        x: View<'_, CpuBuffer>,
+        weight: View<'_, CpuBuffer>,
+        rstd: View<'_, CpuBuffer>,
+        dx: ViewMut<'_, CpuBuffer>,
+        dweight: ViewMut<'_, CpuBuffer>,
+    ) -> Result<()> {
+        contract::rms_norm_backward(self, &dy, &x, &weight, &rstd, &dx, &dweight)?;
+        rms_norm_backward(dy, x, weight, rstd, dx, dweight)
+    }
 }

@@ -28,11 +28,14 @@
 //! rounded once to f32; `denom = sqrt(v) / sqrt(bc2) + eps`; `p += ((-lr/bc1) * m) / denom`.
 //! SGD follows `torch.optim.SGD`. Gradients are multiplied by `grad_mult` as they are read.
 
+use super::CpuBackend;
 use super::CpuBuffer;
-use super::check::{bytes, bytes_mut, dtype_err, expect_dtype, expect_len, shape_err};
+use super::check::{bytes, bytes_mut, shape_err};
 use super::math::simd_dispatch;
 use crate::Result;
-use crate::backend::{AdamW, Rounding, Sgd, View, ViewMut, contract};
+use crate::backend::contract::{self, Check};
+use crate::backend::*;
+use crate::backend::{AdamW, Rounding, Sgd, View, ViewMut};
 use mp_dtype::{DType, EncodeOptions};
 use rayon::prelude::*;
 
@@ -176,28 +179,18 @@ fn split<'a>(
     s2: Option<(&'static str, ViewMut<'a, CpuBuffer>)>,
     model: Option<ViewMut<'a, CpuBuffer>>,
 ) -> Result<Pass<'a>> {
+    // lengths and dtypes were checked by the op's contract
     let n = params.len;
     let params_dtype = params.dtype();
     let params_offset = params.offset;
-    if matches!(params_dtype, DType::F8E4M3 | DType::F8E5M2) {
-        return Err(dtype_err(
-            op,
-            params_dtype,
-            "parameters must be F32 (master weights) or BF16/F16 (pure low-precision mode)",
-        ));
-    }
-    expect_len(op, "grads", grads.len, n)?;
     let grads = Grads::new(grads.dtype(), bytes(op, "grads", grads)?);
     let state = |(name, s): (&'static str, ViewMut<'a, CpuBuffer>)| -> Result<&'a mut [f32]> {
-        expect_len(op, name, s.len, n)?;
-        expect_dtype(op, name, s.dtype(), DType::F32)?;
         Ok(bytemuck::cast_slice_mut(bytes_mut(op, name, s)?))
     };
     let s1 = state(s1)?;
     let s2 = s2.map(state).transpose()?;
     let (model_dtype, model_offset, model_bytes) = match model {
         Some(mv) => {
-            expect_len(op, "model", mv.len, n)?;
             let (d, off) = (mv.dtype(), mv.offset);
             (Some(d), off, Some(bytes_mut(op, "model", mv)?))
         }
@@ -449,6 +442,38 @@ pub(crate) fn sgd(
         model,
     )?;
     pass.run(hp.rounding, |p, g, b, _| sgd_tile(p, g, b, &hp))
+}
+
+impl OptimOps for CpuBackend {
+    fn grad_stats(&self, grads: View<'_, CpuBuffer>, grad_mult: f32) -> Result<GradStats> {
+        Check::new(self, "grad_stats").view("grads", &grads)?;
+        grad_stats(grads, grad_mult)
+    }
+
+    fn adamw(
+        &self,
+        params: ViewMut<'_, CpuBuffer>,
+        grads: View<'_, CpuBuffer>,
+        m: ViewMut<'_, CpuBuffer>,
+        v: ViewMut<'_, CpuBuffer>,
+        model: Option<ViewMut<'_, CpuBuffer>>,
+        hp: &AdamW,
+    ) -> Result<()> {
+        let (_, coef) = contract::adamw(self, &params, &grads, &m, &v, model.as_ref(), hp)?;
+        adamw(params, grads, m, v, model, hp, &coef)
+    }
+
+    fn sgd(
+        &self,
+        params: ViewMut<'_, CpuBuffer>,
+        grads: View<'_, CpuBuffer>,
+        momentum_buf: ViewMut<'_, CpuBuffer>,
+        model: Option<ViewMut<'_, CpuBuffer>>,
+        hp: &Sgd,
+    ) -> Result<()> {
+        contract::sgd(self, &params, &grads, &momentum_buf, model.as_ref(), hp)?;
+        sgd(params, grads, momentum_buf, model, hp)
+    }
 }
 
 #[cfg(test)]

@@ -5,11 +5,14 @@
 //! low-precision input is widened into a per-thread scratch vector, computed in f32 and
 //! rounded back, so no op allocates a full-size f32 copy.
 
+use super::CpuBackend;
 use super::CpuBuffer;
-use super::check::{bytes, bytes_mut, expect_len, shape_err};
+use super::check::{bytes, bytes_mut};
 use super::convert::{load, narrow, narrow_with, widen, with_f32_mut};
 use super::math::{self, simd_dispatch};
 use crate::Result;
+use crate::backend::contract;
+use crate::backend::*;
 use crate::backend::{BinaryOp, Rounding, UnaryOp, View, ViewMut};
 use mp_dtype::DType;
 use rayon::prelude::*;
@@ -67,7 +70,6 @@ fn map2(
 /// Rounds `data` to nearest even into the whole of `dst` (parallel).
 pub(crate) fn narrow_par(data: &[f32], dst: ViewMut<'_, CpuBuffer>) -> Result<()> {
     const OP: &str = "upload_f32";
-    expect_len(OP, "dst", dst.len, data.len())?;
     let dt = dst.dtype();
     let s = dt.size_in_bytes();
     let out = bytes_mut(OP, "dst", dst)?;
@@ -96,7 +98,6 @@ pub(crate) fn cast(
     rounding: Rounding,
 ) -> Result<()> {
     const OP: &str = "cast";
-    expect_len(OP, "dst", dst.len, src.len)?;
     let (ds, dd) = (src.dtype(), dst.dtype());
     let dst_offset = dst.offset;
     let inp = bytes(OP, "src", src)?;
@@ -140,8 +141,6 @@ pub(crate) fn binary(
     out: ViewMut<'_, CpuBuffer>,
 ) -> Result<()> {
     const OP: &str = "binary";
-    expect_len(OP, "b", b.len, a.len)?;
-    expect_len(OP, "out", out.len, a.len)?;
     let (da, db, dout) = (a.dtype(), b.dtype(), out.dtype());
     let (a, b, out) = (
         bytes(OP, "a", a)?,
@@ -171,7 +170,6 @@ pub(crate) fn binary(
 /// `out = alpha * x`.
 pub(crate) fn scale(x: View<'_, CpuBuffer>, alpha: f32, out: ViewMut<'_, CpuBuffer>) -> Result<()> {
     const OP: &str = "scale";
-    expect_len(OP, "out", out.len, x.len)?;
     let (dx, dout) = (x.dtype(), out.dtype());
     let (x, out) = (bytes(OP, "x", x)?, bytes_mut(OP, "out", out)?);
     map1(x, dx, out, dout, false, |x, o| {
@@ -185,7 +183,6 @@ pub(crate) fn scale(x: View<'_, CpuBuffer>, alpha: f32, out: ViewMut<'_, CpuBuff
 /// `dst += alpha * x`.
 pub(crate) fn axpy(alpha: f32, x: View<'_, CpuBuffer>, dst: ViewMut<'_, CpuBuffer>) -> Result<()> {
     const OP: &str = "axpy";
-    expect_len(OP, "dst", dst.len, x.len)?;
     let (dx, dd) = (x.dtype(), dst.dtype());
     let (x, dst) = (bytes(OP, "x", x)?, bytes_mut(OP, "dst", dst)?);
     map1(x, dx, dst, dd, true, |x, o| {
@@ -204,16 +201,6 @@ pub(crate) fn bias_add(
 ) -> Result<()> {
     const OP: &str = "bias_add";
     let n = bias.len;
-    if n == 0 || !x.len.is_multiple_of(n) {
-        return Err(shape_err(
-            OP,
-            format!(
-                "x has {} elements, not a whole number of rows of bias length {n}",
-                x.len
-            ),
-        ));
-    }
-    expect_len(OP, "out", out.len, x.len)?;
     let (dx, dout) = (x.dtype(), out.dtype());
     let mut tb = Vec::new();
     let bias = load(bias.dtype(), bytes(OP, "bias", bias)?, &mut tb);
@@ -439,4 +426,86 @@ pub(crate) fn dropout(
             },
         );
     Ok(())
+}
+
+impl PointwiseOps for CpuBackend {
+    fn binary(
+        &self,
+        op: BinaryOp,
+        a: View<'_, CpuBuffer>,
+        b: View<'_, CpuBuffer>,
+        out: ViewMut<'_, CpuBuffer>,
+    ) -> Result<()> {
+        contract::same_len(self, "binary", &[("a", &a), ("b", &b)], ("out", &out))?;
+        binary(op, a, b, out)
+    }
+
+    fn unary(
+        &self,
+        op: UnaryOp,
+        x: View<'_, CpuBuffer>,
+        out: ViewMut<'_, CpuBuffer>,
+    ) -> Result<()> {
+        contract::same_len(self, op.name(), &[("x", &x)], ("out", &out))?;
+        unary(op, x, out)
+    }
+
+    fn unary_backward(
+        &self,
+        op: UnaryOp,
+        x: View<'_, CpuBuffer>,
+        dy: View<'_, CpuBuffer>,
+        dx: ViewMut<'_, CpuBuffer>,
+    ) -> Result<()> {
+        contract::same_len(
+            self,
+            op.backward_name(),
+            &[("x", &x), ("dy", &dy)],
+            ("dx", &dx),
+        )?;
+        unary_backward(op, x, dy, dx)
+    }
+
+    fn scale(&self, x: View<'_, CpuBuffer>, alpha: f32, out: ViewMut<'_, CpuBuffer>) -> Result<()> {
+        contract::same_len(self, "scale", &[("x", &x)], ("out", &out))?;
+        scale(x, alpha, out)
+    }
+
+    fn axpy(&self, alpha: f32, x: View<'_, CpuBuffer>, dst: ViewMut<'_, CpuBuffer>) -> Result<()> {
+        contract::same_len(self, "axpy", &[("x", &x)], ("dst", &dst))?;
+        axpy(alpha, x, dst)
+    }
+
+    fn bias_add(
+        &self,
+        x: View<'_, CpuBuffer>,
+        bias: View<'_, CpuBuffer>,
+        out: ViewMut<'_, CpuBuffer>,
+    ) -> Result<()> {
+        contract::bias_add(self, &x, &bias, &out)?;
+        bias_add(x, bias, out)
+    }
+
+    fn mul_broadcast(
+        &self,
+        x: View<'_, CpuBuffer>,
+        row_scale: Option<View<'_, CpuBuffer>>,
+        col_scale: Option<View<'_, CpuBuffer>>,
+        out: ViewMut<'_, CpuBuffer>,
+    ) -> Result<()> {
+        let (_, cols) =
+            contract::mul_broadcast(self, &x, row_scale.as_ref(), col_scale.as_ref(), &out)?;
+        mul_broadcast(x, row_scale, col_scale, cols, out)
+    }
+
+    fn dropout(
+        &self,
+        x: View<'_, CpuBuffer>,
+        p: f32,
+        seed: u64,
+        out: ViewMut<'_, CpuBuffer>,
+    ) -> Result<()> {
+        let (threshold, scale) = contract::dropout(self, &x, p, &out)?;
+        dropout(x, threshold, scale, seed, out)
+    }
 }

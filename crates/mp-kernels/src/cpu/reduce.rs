@@ -4,11 +4,14 @@
 //! column sums use fixed row blocks with per-block partial vectors, so results never depend on
 //! the thread count.
 
+use super::CpuBackend;
 use super::CpuBuffer;
-use super::check::{bytes, bytes_mut, expect_len, shape_err};
+use super::check::{bytes, bytes_mut};
 use super::convert::{load, with_f32_mut};
 use super::pointwise::CHUNK;
 use crate::Result;
+use crate::backend::contract;
+use crate::backend::*;
 use crate::backend::{ReduceOp, View, ViewMut};
 use rayon::prelude::*;
 
@@ -123,17 +126,7 @@ pub(crate) fn reduce_rows(
     out: ViewMut<'_, CpuBuffer>,
 ) -> Result<()> {
     const OP: &str = "reduce_rows";
-    if cols == 0 || !x.len.is_multiple_of(cols) {
-        return Err(shape_err(
-            OP,
-            format!(
-                "x has {} elements, not a whole number of rows of {cols}",
-                x.len
-            ),
-        ));
-    }
     let rows = x.len / cols;
-    expect_len(OP, "out", out.len, rows)?;
     let (dx, dout) = (x.dtype(), out.dtype());
     let sx = dx.size_in_bytes();
     let (x, out) = (bytes(OP, "x", x)?, bytes_mut(OP, "out", out)?);
@@ -182,15 +175,6 @@ pub(crate) fn reduce_rows(
 pub(crate) fn sum_cols_acc(x: View<'_, CpuBuffer>, out: ViewMut<'_, CpuBuffer>) -> Result<()> {
     const OP: &str = "sum_cols_acc";
     let n = out.len;
-    if n == 0 || !x.len.is_multiple_of(n) {
-        return Err(shape_err(
-            OP,
-            format!(
-                "x has {} elements, not a whole number of rows of out length {n}",
-                x.len
-            ),
-        ));
-    }
     let (dx, dout) = (x.dtype(), out.dtype());
     let (x, out) = (bytes(OP, "x", x)?, bytes_mut(OP, "out", out)?);
     let total = col_sums(x, dx, n);
@@ -226,4 +210,46 @@ pub(crate) fn col_sums(x: &[u8], dx: mp_dtype::DType, n: usize) -> Vec<f32> {
         }
     }
     total
+}
+
+impl RowOps for CpuBackend {
+    fn reduce_rows(
+        &self,
+        op: ReduceOp,
+        x: View<'_, CpuBuffer>,
+        cols: usize,
+        out: ViewMut<'_, CpuBuffer>,
+    ) -> Result<()> {
+        contract::reduce_rows(self, &x, cols, &out)?;
+        reduce_rows(op, x, cols, out)
+    }
+
+    fn sum_cols_acc(&self, x: View<'_, CpuBuffer>, out: ViewMut<'_, CpuBuffer>) -> Result<()> {
+        contract::sum_cols(self, &x, &out)?;
+        sum_cols_acc(x, out)
+    }
+
+    fn softmax(
+        &self,
+        x: View<'_, CpuBuffer>,
+        cols: usize,
+        causal: bool,
+        log: bool,
+        out: ViewMut<'_, CpuBuffer>,
+    ) -> Result<()> {
+        contract::softmax(self, &x, cols, &out)?;
+        super::norm::softmax(x, cols, causal, log, out)
+    }
+
+    fn softmax_backward(
+        &self,
+        y: View<'_, CpuBuffer>,
+        dy: View<'_, CpuBuffer>,
+        cols: usize,
+        log: bool,
+        dx: ViewMut<'_, CpuBuffer>,
+    ) -> Result<()> {
+        contract::softmax_backward(self, &y, &dy, cols, &dx)?;
+        super::norm::softmax_backward(y, dy, cols, log, dx)
+    }
 }

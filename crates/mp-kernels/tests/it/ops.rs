@@ -3,11 +3,10 @@
 //! the transpose, against float64 references written here.
 
 use crate::common::{cpu, down, f64s, input, up};
+use mp_kernels::backend::norm::{rms_norm_backward_composed, rms_norm_composed};
 use mp_kernels::prelude::*;
 use mp_kernels::testing::{TEST_DTYPES, assert_close, for_each_dtype, random_vec};
-use mp_kernels::{
-    BinaryOp, CpuBuffer, DType, UnaryOp, contract, rms_norm_backward_composed, rms_norm_composed,
-};
+use mp_kernels::{BinaryOp, CpuBuffer, DType, UnaryOp, contract};
 
 const F32: DType = DType::F32;
 
