@@ -43,6 +43,17 @@ pub enum AutogradError {
         /// What is wrong.
         msg: String,
     },
+    /// A tensor handle that is not a tensor of this tape (another tape's, or one that does
+    /// not exist).
+    #[error("{op} on {device}: bad tensor handle: {msg}")]
+    Handle {
+        /// The tape op.
+        op: &'static str,
+        /// The backend's device name.
+        device: String,
+        /// What is wrong.
+        msg: String,
+    },
     /// The backward pass was started from a tensor that is not a loss, or a loss was used as
     /// the input of another op.
     #[error("backward on {device}: {msg}")]

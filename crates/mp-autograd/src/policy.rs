@@ -1,104 +1,46 @@
-//! Autocast: which precision each tape op runs in. The whole policy is the table [`POLICY`].
+//! Autocast: the cast categories ops declare ([`CastPolicy`]) and the autocast setting.
 //!
-//! It follows PyTorch's CUDA autocast lists by category (see `design.md`):
+//! Each op declares its category ([`crate::TapeOp::cast_policy`]); the tape applies it to the
+//! op's inputs. The built-in ops follow PyTorch's CUDA autocast lists by category (see
+//! `design.md`):
 //!
 //! | op | category | inputs | output |
 //! | --- | --- | --- | --- |
-//! | `linear` (GEMM + bias) | [`Precision::Lower`] | cast to the autocast dtype (weights: cached cast or the model copy) | autocast dtype (FP32 accumulation) |
-//! | `attention` (QK^T, softmax, PV) | [`Precision::Lower`] | cast to the autocast dtype | autocast dtype; softmax in FP32 inside, probabilities saved low |
-//! | `layer_norm` | [`Precision::Fp32LowOut`] | read as stored, widened to FP32 | autocast dtype (see below) |
-//! | `cross_entropy`, `sum` (losses, reductions) | [`Precision::Fp32`] | read as stored, widened to FP32 | FP32 |
-//! | `embedding` | [`Precision::Fp32`] | read as stored (a gather is exact) | FP32, so the residual stream is FP32 |
-//! | `add`, `mul` | [`Precision::Promote`] | read as stored, widened to FP32 | the widest input dtype |
-//! | `gelu` (not on PyTorch's lists: runs in its input's dtype) | [`Precision::Promote`] | as stored | its input's dtype |
+//! | `linear`, `matmul` (GEMMs) | [`CastPolicy::Lower`] | cast to the autocast dtype (weights: cached cast or the model copy) | autocast dtype (FP32 accumulation) |
+//! | `attention` (QK^T, softmax, PV) | [`CastPolicy::Lower`] | cast to the autocast dtype | autocast dtype; softmax in FP32 inside, probabilities saved low |
+//! | `layer_norm`, `rms_norm` | [`CastPolicy::Fp32LowOut`] | read as stored, widened to FP32 | autocast dtype (see below) |
+//! | `softmax`, `log_softmax`, `exp` | [`CastPolicy::Fp32`] | read as stored, widened to FP32 | FP32 |
+//! | `cross_entropy`, `mse_loss`, `sum`, `mean` (losses, reductions) | [`CastPolicy::Fp32`] | read as stored, widened to FP32 | FP32 |
+//! | `embedding` | [`CastPolicy::Fp32`] | read as stored (a gather is exact) | FP32, so the residual stream is FP32 |
+//! | `add`, `sub`, `mul`, `concat` | [`CastPolicy::Promote`] | read as stored, widened to FP32 | the widest input dtype |
+//! | `gelu`, `relu`, `silu`, `sigmoid`, `tanh`, `neg`, `scale`, `dropout`, `transpose`, `split` (not on PyTorch's lists: run in their input's dtype) | [`CastPolicy::Promote`] | as stored | its input's dtype |
 //!
 //! Kernels widen every input to FP32 on load, so "upcast the inputs" of an FP32 op never
-//! materialises an FP32 copy. `layer_norm` computes in FP32 like PyTorch, but under autocast
-//! stores its result directly in the autocast dtype: in a transformer its only consumers are
-//! lowered GEMMs, which PyTorch would feed the same value (FP32 result rounded once to nearest
-//! even), so the numbers are identical and the FP32 copy is never kept.
+//! materialises an FP32 copy. `layer_norm` and `rms_norm` compute in FP32 like PyTorch, but
+//! under autocast store their result directly in the autocast dtype: in a transformer their
+//! only consumers are lowered GEMMs, which PyTorch would feed the same value (FP32 result
+//! rounded once to nearest even), so the numbers are identical and the FP32 copy is never kept.
 //!
 //! Without an autocast dtype every op computes in FP32 (inputs widened) and `Lower` ops bring
 //! their inputs to the widest input dtype (a GEMM needs both operands in one format).
 
 use mp_dtype::DType;
 
-/// The ops a tape records.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum OpKind {
-    /// `x @ W + b`.
-    Linear,
-    /// Causal multi-head self-attention.
-    Attention,
-    /// Layer normalisation.
-    LayerNorm,
-    /// Fused log-softmax + negative log-likelihood, mean over rows.
-    CrossEntropy,
-    /// Sum of all elements.
-    Sum,
-    /// Row gather from a table.
-    Embedding,
-    /// Element-wise sum.
-    Add,
-    /// Element-wise product.
-    Mul,
-    /// GELU, tanh approximation.
-    Gelu,
-}
-
-impl OpKind {
-    /// The op's name in messages.
-    pub const fn name(self) -> &'static str {
-        match self {
-            OpKind::Linear => "linear",
-            OpKind::Attention => "attention",
-            OpKind::LayerNorm => "layer_norm",
-            OpKind::CrossEntropy => "cross_entropy",
-            OpKind::Sum => "sum",
-            OpKind::Embedding => "embedding",
-            OpKind::Add => "add",
-            OpKind::Mul => "mul",
-            OpKind::Gelu => "gelu",
-        }
-    }
-}
-
-/// An autocast category.
+/// An autocast category: how an op's inputs are brought to a dtype and which dtype its output
+/// has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Precision {
+pub enum CastPolicy {
     /// Inputs cast to the autocast dtype, output in it (FP32 accumulation inside).
     Lower,
     /// Inputs read as stored and widened; FP32 compute; FP32 output.
     Fp32,
-    /// FP32 compute like [`Precision::Fp32`], output rounded once to the autocast dtype.
+    /// FP32 compute like [`CastPolicy::Fp32`], output rounded once to the autocast dtype.
     Fp32LowOut,
     /// Inputs read as stored; output in the widest input dtype.
     Promote,
 }
 
-/// The autocast policy: one row per op. This table is the single source of truth.
-pub const POLICY: [(OpKind, Precision); 9] = [
-    (OpKind::Linear, Precision::Lower),
-    (OpKind::Attention, Precision::Lower),
-    (OpKind::LayerNorm, Precision::Fp32LowOut),
-    (OpKind::CrossEntropy, Precision::Fp32),
-    (OpKind::Sum, Precision::Fp32),
-    (OpKind::Embedding, Precision::Fp32),
-    (OpKind::Add, Precision::Promote),
-    (OpKind::Mul, Precision::Promote),
-    (OpKind::Gelu, Precision::Promote),
-];
-
-/// The category of `op` in [`POLICY`].
-pub fn precision(op: OpKind) -> Precision {
-    POLICY
-        .iter()
-        .find(|(k, _)| *k == op)
-        .map(|&(_, p)| p)
-        .expect("every OpKind has a row in POLICY")
-}
-
-/// An autocast setting: `Some(dtype)` lowers [`Precision::Lower`] ops to `dtype`.
+/// An autocast setting: `Some(dtype)` lowers [`CastPolicy::Lower`] ops to `dtype`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Autocast {
     /// The low-precision dtype (F16 or BF16), or `None` for full precision.
@@ -134,15 +76,6 @@ pub fn widest(a: DType, b: DType) -> DType {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_op_has_exactly_one_row() {
-        for (k, _) in POLICY {
-            assert_eq!(POLICY.iter().filter(|(j, _)| *j == k).count(), 1, "{k:?}");
-        }
-        assert_eq!(precision(OpKind::Linear), Precision::Lower);
-        assert_eq!(precision(OpKind::CrossEntropy), Precision::Fp32);
-    }
 
     #[test]
     fn promotion_follows_pytorch() {

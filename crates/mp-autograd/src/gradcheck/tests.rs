@@ -1,0 +1,430 @@
+//! Every built-in op through [`GradCheck`], the autocast behaviour, and misuse.
+
+use mp_dtype::DType;
+use mp_kernels::prelude::*;
+
+use super::{Cpu, GradCheck};
+use crate::{Autocast, AutogradError, Result, Tape, Tensor, WeightLayout};
+
+type Buf = <Cpu as MemoryOps>::Buffer;
+
+#[track_caller]
+fn ok(r: std::result::Result<f64, String>) {
+    match r {
+        Ok(worst) => assert!(worst <= 1.0),
+        Err(msg) => panic!("{msg}"),
+    }
+}
+
+/// Index data the ops under test read (token ids and targets).
+#[derive(Default)]
+struct Env {
+    ids: Vec<u32>,
+    targets: Vec<u32>,
+}
+
+#[test]
+fn linear_conv1d_layout_with_bias() {
+    let c = GradCheck::new(&[("x", &[6, 5]), ("w", &[5, 3]), ("b", &[3])], 1);
+    ok(c.run("linear InOut", |t, p| {
+        t.linear(p[0], p[1], Some(p[2]), WeightLayout::InOut)
+    }));
+}
+
+#[test]
+fn linear_torch_layout_without_bias() {
+    let c = GradCheck::new(&[("x", &[2, 3, 4]), ("w", &[7, 4])], 2);
+    ok(c.run("linear OutIn", |t, p| {
+        t.linear(p[0], p[1], None, WeightLayout::OutIn)
+    }));
+}
+
+#[test]
+fn layer_norm_and_rms_norm() {
+    let c = GradCheck::new(&[("x", &[5, 8]), ("w", &[8]), ("b", &[8])], 3);
+    ok(c.run("layer_norm", |t, p| t.layer_norm(p[0], p[1], p[2], 1e-5)));
+    ok(c.run("rms_norm", |t, p| t.rms_norm(p[0], p[1], 1e-6)));
+}
+
+#[test]
+fn pointwise_ops() {
+    let c = GradCheck::new(&[("a", &[4, 6]), ("b", &[4, 6])], 4);
+    ok(c.run("gelu", |t, p| t.gelu(p[0])));
+    ok(c.run("relu", |t, p| t.relu(p[0])));
+    ok(c.run("silu", |t, p| t.silu(p[0])));
+    ok(c.run("sigmoid", |t, p| t.sigmoid(p[0])));
+    ok(c.run("tanh", |t, p| t.tanh(p[0])));
+    ok(c.run("exp", |t, p| t.exp(p[0])));
+    ok(c.run("neg", |t, p| t.neg(p[0])));
+    ok(c.run("scale", |t, p| t.scale(p[0], -2.5)));
+    ok(c.run("add", |t, p| t.add(p[0], p[1])));
+    ok(c.run("sub", |t, p| t.sub(p[0], p[1])));
+    ok(c.run("mul", |t, p| t.mul(p[0], p[1])));
+    // A tensor used twice accumulates both contributions.
+    ok(c.run("add(a, a)", |t, p| t.add(p[0], p[0])));
+    ok(c.run("mul(a, a)", |t, p| t.mul(p[0], p[0])));
+}
+
+#[test]
+fn dropout_passes_the_kept_gradients_scaled() {
+    let c = GradCheck::new(&[("x", &[16, 16])], 5);
+    ok(c.run("dropout", |t, p| t.dropout(p[0], 0.3)));
+    // two dropouts on one tape draw different masks; a no_grad pass is the identity
+    let be = Cpu::new();
+    let x = be.upload_f32(&[1.0; 4096], DType::F32).unwrap();
+    let mut tape = Tape::new(&be).with_rng(1, 2);
+    let x = tape.input(x, &[4096]).unwrap();
+    let (a, b) = (tape.dropout(x, 0.5).unwrap(), tape.dropout(x, 0.5).unwrap());
+    assert_ne!(tape.to_vec_f32(a).unwrap(), tape.to_vec_f32(b).unwrap());
+    let e = tape.no_grad(|t| t.dropout(x, 0.5)).unwrap();
+    assert_eq!(e, x, "no dropout in evaluation");
+    let mut unseeded = Tape::new(&be);
+    let x = be.upload_f32(&[1.0; 4], DType::F32).unwrap();
+    let x = unseeded.input(x, &[4]).unwrap();
+    let err = unseeded.dropout(x, 0.1).unwrap_err();
+    assert!(err.to_string().contains("with_rng"), "{err}");
+}
+
+#[test]
+fn softmax_and_log_softmax() {
+    let c = GradCheck::new(&[("x", &[3, 7])], 6);
+    ok(c.run("softmax", |t, p| t.softmax(p[0])));
+    ok(c.run("log_softmax", |t, p| t.log_softmax(p[0])));
+}
+
+#[test]
+fn losses_and_reductions() {
+    let mut c = GradCheck::new(&[("logits", &[2, 3, 6]), ("target", &[2, 3, 6])], 7);
+    let env = Env {
+        targets: vec![0, 5, 2, 2, 1, 4],
+        ..Env::default()
+    };
+    ok(c.run_with("cross_entropy", &env, |t, p, env| {
+        t.cross_entropy(p[0], &env.targets)
+    }));
+    ok(c.run("sum", |t, p| t.sum(p[0])));
+    ok(c.run("mean", |t, p| t.mean(p[0])));
+    ok(c.run("mse_loss", |t, p| t.mse_loss(p[0], p[1])));
+    c.values_mut()[0] += 1.0;
+    ok(c.run("mse_loss shifted", |t, p| t.mse_loss(p[0], p[1])));
+}
+
+#[test]
+fn matmul_batched_and_broadcast() {
+    let c = GradCheck::new(&[("a", &[2, 3, 4]), ("b", &[2, 4, 5]), ("w", &[4, 5])], 8);
+    ok(c.run("matmul batched", |t, p| t.matmul(p[0], p[1])));
+    ok(c.run("matmul broadcast", |t, p| t.matmul(p[0], p[2])));
+}
+
+#[test]
+fn layout_ops() {
+    let c = GradCheck::new(&[("x", &[2, 3, 4]), ("y", &[2, 5, 4])], 9);
+    ok(c.run("transpose", |t, p| t.transpose(p[0])));
+    ok(c.run("concat", |t, p| t.concat(&[p[0], p[1]], 1)));
+    ok(c.run("split", |t, p| {
+        let parts = t.split(p[1], 1, &[2, 3])?;
+        let a = t.scale(parts[0], 3.0)?;
+        let b = t.sum(a)?;
+        let _ = b;
+        t.concat(&[parts[1], parts[0]], 1)
+    }));
+    ok(c.run("split last dim", |t, p| Ok(t.split(p[0], 2, &[1, 3])?[1])));
+}
+
+#[test]
+fn embedding() {
+    let c = GradCheck::new(&[("table", &[7, 5])], 10);
+    let env = Env {
+        ids: vec![3, 0, 3, 6, 1, 3],
+        ..Env::default()
+    };
+    ok(c.run_with("embedding", &env, |t, p, env| {
+        t.embedding(p[0], &env.ids, env.ids.len())
+    }));
+}
+
+#[test]
+fn attention() {
+    // b=2, t=5, c=8, 2 heads.
+    let c = GradCheck::new(&[("qkv", &[2, 5, 24])], 11);
+    ok(c.run("attention", |t, p| t.attention(p[0], 2)));
+}
+
+#[test]
+fn small_transformer_block() {
+    // ln -> c_attn -> attention -> c_proj -> residual -> ln -> mlp -> residual -> CE on a
+    // tied head: every op composed, gradients through shared parameters.
+    let (b, tt, c, v) = (2, 4, 8, 6);
+    let mut chk = GradCheck::new(
+        &[
+            ("wte", &[v, c]),
+            ("ln_w", &[c]),
+            ("ln_b", &[c]),
+            ("attn_w", &[c, 3 * c]),
+            ("attn_b", &[3 * c]),
+            ("proj_w", &[c, c]),
+            ("fc_w", &[c, 2 * c]),
+            ("fc2_w", &[2 * c, c]),
+        ],
+        12,
+    );
+    let env = Env {
+        ids: vec![1, 2, 3, 4, 5, 0, 1, 2],
+        targets: vec![2, 3, 4, 5, 0, 1, 2, 3],
+    };
+    chk.values_mut()[v * c..v * c + c]
+        .iter_mut()
+        .for_each(|x| *x = 1.0 + *x * 0.1);
+    ok(chk.run_with("block", &env, move |t, p, env| {
+        let x = t.embedding(p[0], &env.ids, b * tt)?;
+        let h = t.layer_norm(x, p[1], p[2], 1e-5)?;
+        let qkv = t.linear(h, p[3], Some(p[4]), WeightLayout::InOut)?;
+        let s = t.shape(qkv)?.to_vec();
+        let qkv = t.reshape(qkv, &[b, tt, s[1]])?;
+        let a = t.attention(qkv, 2)?;
+        let a = t.reshape(a, &[b * tt, c])?;
+        let a = t.linear(a, p[5], None, WeightLayout::InOut)?;
+        let x = t.add(x, a)?;
+        let h = t.rms_norm(x, p[1], 1e-5)?;
+        let h = t.linear(h, p[6], None, WeightLayout::InOut)?;
+        let h = t.silu(h)?;
+        let h = t.linear(h, p[7], None, WeightLayout::InOut)?;
+        let x = t.add(x, h)?;
+        let logits = t.linear(x, p[0], None, WeightLayout::OutIn)?;
+        t.cross_entropy(logits, &env.targets)
+    }));
+}
+
+/// Runs `build` once under `autocast` and returns (loss, grads).
+fn loss_and_grads(
+    values: &[f32],
+    n: usize,
+    autocast: Autocast,
+    model_copy: Option<&Buf>,
+    targets: &[u32],
+) -> (f32, Vec<f32>) {
+    let be = Cpu::new();
+    let master = be.upload_f32(values, DType::F32).unwrap();
+    let mut grads = be.zeros(DType::F32, n).unwrap();
+    let targets = targets.to_vec();
+    let mut tape = Tape::new(&be).with_params(&master).with_autocast(autocast);
+    if let Some(m) = model_copy {
+        tape = tape.with_model_copy(m).unwrap();
+    }
+    let p = mlp_params(&mut tape);
+    let loss = mlp_ce(&mut tape, &p, &targets).unwrap();
+    let l = tape.to_vec_f32(loss).unwrap()[0];
+    tape.backward(loss, 1.0, &mut grads).unwrap();
+    (l, be.download_f32(grads.view()).unwrap())
+}
+
+/// x [6, 16], ln_w, ln_b [16], w [16, 12], b [12] at their arena offsets.
+fn mlp_params(t: &mut Tape<'_, Cpu>) -> Vec<Tensor> {
+    let shapes: [&[usize]; 5] = [&[6, 16], &[16], &[16], &[16, 12], &[12]];
+    let mut off = 0;
+    shapes
+        .iter()
+        .map(|s| {
+            let p = t.param_at(off, s).unwrap();
+            off += s.iter().product::<usize>();
+            p
+        })
+        .collect()
+}
+
+const MLP_LEN: usize = 6 * 16 + 16 + 16 + 16 * 12 + 12;
+
+fn mlp_ce<'a>(t: &mut Tape<'a, Cpu>, p: &[Tensor], targets: &'a Vec<u32>) -> Result<Tensor> {
+    let h = t.layer_norm(p[0], p[1], p[2], 1e-5)?;
+    let h = t.linear(h, p[3], Some(p[4]), WeightLayout::InOut)?;
+    let h = t.gelu(h)?;
+    t.cross_entropy(h, targets)
+}
+
+const TARGETS: [u32; 6] = [0, 3, 11, 7, 7, 2];
+
+#[test]
+fn autocast_follows_each_ops_category() {
+    let values = super::randn(9, MLP_LEN);
+    let be = Cpu::new();
+    let master = be.upload_f32(&values, DType::F32).unwrap();
+    let targets = TARGETS.to_vec();
+    let mut tape = Tape::new(&be)
+        .with_params(&master)
+        .with_autocast(Autocast::to(DType::BF16));
+    let p = mlp_params(&mut tape);
+    let dt = |t: &Tape<'_, Cpu>, x: Tensor| t.dtype(x).unwrap();
+    let h = tape.layer_norm(p[0], p[1], p[2], 1e-5).unwrap();
+    assert_eq!(
+        dt(&tape, h),
+        DType::BF16,
+        "layer_norm: FP32 compute, low output"
+    );
+    let r = tape.rms_norm(p[0], p[1], 1e-5).unwrap();
+    assert_eq!(
+        dt(&tape, r),
+        DType::BF16,
+        "rms_norm: FP32 compute, low output"
+    );
+    let y = tape
+        .linear(h, p[3], Some(p[4]), WeightLayout::InOut)
+        .unwrap();
+    assert_eq!(dt(&tape, y), DType::BF16, "linear is lowered");
+    for (name, x) in [
+        ("gelu", tape.gelu(y).unwrap()),
+        ("relu", tape.relu(y).unwrap()),
+        ("silu", tape.silu(y).unwrap()),
+        ("transpose", tape.transpose(y).unwrap()),
+    ] {
+        assert_eq!(dt(&tape, x), DType::BF16, "{name} keeps its input dtype");
+    }
+    let s = tape.softmax(y).unwrap();
+    assert_eq!(dt(&tape, s), DType::F32, "softmax is FP32");
+    let e = tape.exp(y).unwrap();
+    assert_eq!(dt(&tape, e), DType::F32, "exp is FP32");
+    let mm = tape.matmul(p[0], p[3]).unwrap();
+    assert_eq!(dt(&tape, mm), DType::BF16, "matmul is lowered");
+    let wide = tape
+        .autocast(Autocast::OFF, |t| {
+            let h = t.layer_norm(p[0], p[1], p[2], 1e-5)?;
+            t.linear(h, p[3], None, WeightLayout::InOut)
+        })
+        .unwrap();
+    assert_eq!(dt(&tape, wide), DType::F32, "no autocast: FP32");
+    let mixed = tape.add(wide, y).unwrap();
+    assert_eq!(
+        dt(&tape, mixed),
+        DType::F32,
+        "add promotes to the widest input"
+    );
+    let loss = tape.cross_entropy(y, &targets).unwrap();
+    assert_eq!(dt(&tape, loss), DType::F32, "losses are FP32");
+    // The weight cast is cached: a second use returns the same tensor.
+    let w1 = tape.cast(p[3], DType::BF16).unwrap();
+    let w2 = tape.cast(p[3], DType::BF16).unwrap();
+    assert_eq!(w1, w2);
+    let r = tape.no_grad(|t| t.add(p[0], p[0])).unwrap();
+    assert!(tape.add(r, r).is_ok());
+}
+
+#[test]
+fn autocast_grads_track_fp32_and_fp16_beats_bf16() {
+    let values = super::randn(9, MLP_LEN);
+    let (l32, g32) = loss_and_grads(&values, MLP_LEN, Autocast::OFF, None, &TARGETS);
+    let rel = |g: &[f32]| {
+        let num: f64 = g
+            .iter()
+            .zip(&g32)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum();
+        let den: f64 = g32.iter().map(|&b| (b as f64).powi(2)).sum();
+        (num / den).sqrt()
+    };
+    let bf = Autocast::to(DType::BF16);
+    let (lb, gb) = loss_and_grads(&values, MLP_LEN, bf, None, &TARGETS);
+    let (lh, gh) = loss_and_grads(&values, MLP_LEN, Autocast::to(DType::F16), None, &TARGETS);
+    let (eb, eh) = (rel(&gb), rel(&gh));
+    eprintln!("loss fp32 {l32} bf16 {lb} f16 {lh}; grad rel err bf16 {eb:.2e} f16 {eh:.2e}");
+    assert!((lb - l32).abs() < 2e-2 * l32.abs() && (lh - l32).abs() < 4e-3 * l32.abs());
+    assert!(eb < 3e-2 && eh < 5e-3 && eh < eb, "bf16 {eb}, f16 {eh}");
+}
+
+#[test]
+fn forward_from_the_model_copy_equals_cached_casts() {
+    let values = super::randn(9, MLP_LEN);
+    let be = Cpu::new();
+    let master = be.upload_f32(&values, DType::F32).unwrap();
+    let mut copy = be.zeros(DType::BF16, MLP_LEN).unwrap();
+    be.cast(
+        master.view(),
+        copy.view_mut(),
+        mp_kernels::Rounding::NearestEven,
+    )
+    .unwrap();
+    let ac = Autocast::to(DType::BF16);
+    let (l1, g1) = loss_and_grads(&values, MLP_LEN, ac, None, &TARGETS);
+    let (l2, g2) = loss_and_grads(&values, MLP_LEN, ac, Some(&copy), &TARGETS);
+    assert_eq!(l1.to_bits(), l2.to_bits());
+    assert_eq!(g1, g2);
+}
+
+#[test]
+fn misuse_is_a_typed_error() {
+    let be = Cpu::new();
+    let up = |n: usize| be.upload_f32(&vec![1.0; n], DType::F32).unwrap();
+    let mut tape = Tape::new(&be);
+    assert!(tape.param_at(0, &[2]).is_err(), "no arena");
+    let x = tape.input(up(6), &[2, 3]).unwrap();
+    let w = tape.input(up(6), &[2, 3]).unwrap();
+    let err = tape.linear(x, w, None, WeightLayout::InOut).unwrap_err();
+    assert!(err.to_string().contains("linear"), "{err}");
+    assert!(tape.input(up(5), &[2, 3]).is_err());
+    let s = tape.sum(x).unwrap();
+    assert!(tape.add(s, s).is_err(), "a loss is not an op input");
+    assert!(tape.relu(s).is_err(), "a loss is not an op input");
+    // handles of another tape: a typed error, whatever their index
+    let mut other = Tape::new(&be);
+    let o = other.input(up(6), &[2, 3]).unwrap();
+    for r in [tape.add(x, o), tape.relu(o), tape.reshape(o, &[6])] {
+        assert!(
+            matches!(r, Err(AutogradError::Handle { .. })),
+            "another tape's tensor: {r:?}"
+        );
+    }
+    assert!(matches!(tape.shape(o), Err(AutogradError::Handle { .. })));
+    // shape errors name the op the user called
+    let y = tape.input(up(4), &[2, 2]).unwrap();
+    for (op, r) in [
+        ("add", tape.add(x, y)),
+        ("mse_loss", tape.mse_loss(x, y)),
+        ("matmul", tape.matmul(x, x)),
+        ("concat", tape.concat(&[x, y], 0)),
+        ("rms_norm", tape.rms_norm(x, y, 1e-5)),
+    ] {
+        let e = r.unwrap_err().to_string();
+        assert!(e.starts_with(op), "{op}: {e}");
+    }
+    assert!(tape.split(x, 1, &[1, 1]).is_err(), "sizes must add up");
+    let mut g = be.zeros(DType::F32, 1).unwrap();
+    assert!(
+        tape.backward(x, 1.0, &mut g).is_err(),
+        "root must be a loss"
+    );
+}
+
+#[test]
+fn zero_sized_batches_work_or_name_the_op() {
+    let be = Cpu::new();
+    let master = be
+        .upload_f32(&super::randn(1, 4 * 3 + 4), DType::F32)
+        .unwrap();
+    let mut grads = be.zeros(DType::F32, 16).unwrap();
+    let mut tape = Tape::new(&be).with_params(&master);
+    let w = tape.param_at(0, &[4, 3]).unwrap();
+    let g = tape.param_at(12, &[4]).unwrap();
+    let x = tape
+        .input(be.zeros(DType::F32, 0).unwrap(), &[0, 4])
+        .unwrap();
+    let h = tape.rms_norm(x, g, 1e-5).unwrap();
+    let y = tape.linear(h, w, None, WeightLayout::InOut).unwrap();
+    let y = tape.silu(y).unwrap();
+    assert_eq!(tape.shape(y).unwrap(), &[0, 3]);
+    let s = tape.sum(y).unwrap();
+    assert_eq!(tape.to_vec_f32(s).unwrap(), vec![0.0]);
+    tape.backward(s, 1.0, &mut grads).unwrap();
+    assert!(
+        be.download_f32(grads.view())
+            .unwrap()
+            .iter()
+            .all(|&v| v == 0.0)
+    );
+    let targets = Vec::new();
+    let mut tape = Tape::new(&be);
+    let x = tape
+        .input(be.zeros(DType::F32, 0).unwrap(), &[0, 4])
+        .unwrap();
+    let e = tape.mean(x).unwrap_err().to_string();
+    assert!(e.starts_with("mean"), "{e}");
+    let e = tape.cross_entropy(x, &targets).unwrap_err().to_string();
+    assert!(e.starts_with("cross_entropy"), "{e}");
+}

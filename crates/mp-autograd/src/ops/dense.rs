@@ -1,0 +1,222 @@
+//! GEMM ops: `linear` (a weight of HF `Conv1D` or `nn.Linear` layout, optional bias) and
+//! batched `matmul` of two activations. Both lower their inputs under autocast and
+//! accumulate in FP32.
+
+use mp_dtype::DType;
+use mp_kernels::{Backend, BufferExt, Gemm};
+
+use crate::op::{Backward, Forward, Grads, Output, TapeOp};
+use crate::policy::CastPolicy;
+use crate::tape::numel;
+use crate::{Result, Tape, Tensor};
+
+/// How a linear layer's weight matrix is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightLayout {
+    /// `[in, out]`, as HF's `Conv1D` (GPT-2): `y = x W`.
+    InOut,
+    /// `[out, in]`, as `torch.nn.Linear` and a tied embedding used as an output head: `y = x W^T`.
+    OutIn,
+}
+
+/// `x W + b` over the last axis of `x`.
+pub struct Linear {
+    /// The weight's layout.
+    pub layout: WeightLayout,
+}
+
+impl Linear {
+    /// `(rows, in, out)` of the product, checked against the shapes.
+    fn dims<B: Backend>(&self, cx: &Forward<'_, '_, B>) -> Result<(usize, usize, usize)> {
+        let (xs, ws) = (cx.shape(0), cx.shape(1));
+        let (din, dout) = match (self.layout, ws) {
+            (WeightLayout::InOut, &[i, o]) | (WeightLayout::OutIn, &[o, i]) => (i, o),
+            _ => return Err(cx.shape_err(format!("weight of shape {ws:?}"))),
+        };
+        let bias_ok = cx.inputs() < 3 || cx.shape(2) == [dout];
+        if xs.last() != Some(&din) || !bias_ok {
+            let layout = self.layout;
+            return Err(cx.shape_err(format!(
+                "x {xs:?}, weight {ws:?} ({layout:?}), bias of {dout} expected"
+            )));
+        }
+        Ok((numel(xs) / din.max(1), din, dout))
+    }
+}
+
+impl<B: Backend> TapeOp<B> for Linear {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+    fn cast_policy(&self) -> CastPolicy {
+        CastPolicy::Lower
+    }
+    fn forward(&mut self, cx: &Forward<'_, '_, B>) -> Result<Output<B>> {
+        let (rows, din, dout) = self.dims(cx)?;
+        let be = cx.backend();
+        let spec = Gemm {
+            trans_b: self.layout == WeightLayout::OutIn,
+            ..Gemm::new(rows, dout, din)
+        };
+        let mut out = cx.alloc(cx.out_dtype(), rows * dout)?;
+        if cx.inputs() == 2 {
+            be.gemm(cx.value(0)?, cx.value(1)?, out.view_mut(), &spec)?;
+        } else {
+            // FP32 product, then one rounding after the bias.
+            let mut acc = cx.alloc(DType::F32, rows * dout)?;
+            be.gemm(cx.value(0)?, cx.value(1)?, acc.view_mut(), &spec)?;
+            be.bias_add(acc.view(), cx.value(2)?, out.view_mut())?;
+        }
+        let mut shape = cx.shape(0).to_vec();
+        *shape.last_mut().expect("checked in dims") = dout;
+        Ok(Output::new(out, &shape))
+    }
+    fn backward(&self, cx: &Backward<'_, '_, B>, g: &mut Grads<'_, '_, B>) -> Result<()> {
+        let be = cx.backend();
+        let din = *cx.shape(0).last().expect("checked in forward");
+        let rows = numel(cx.shape(0)) / din.max(1);
+        let dout = numel(cx.shape(1)) / din.max(1);
+        let dy = cx.dy()?;
+        if let Some(dx) = g.get(0)? {
+            // dx += dy W^T
+            let spec = Gemm {
+                trans_b: self.layout == WeightLayout::InOut,
+                beta: 1.0,
+                ..Gemm::new(rows, din, dout)
+            };
+            be.gemm(dy, cx.value(1)?, dx, &spec)?;
+        }
+        if let Some(dw) = g.get(1)? {
+            let spec = Gemm {
+                trans_a: true,
+                beta: 1.0,
+                ..match self.layout {
+                    WeightLayout::InOut => Gemm::new(din, dout, rows), // dW[in, out] += x^T dy
+                    WeightLayout::OutIn => Gemm::new(dout, din, rows), // dW[out, in] += dy^T x
+                }
+            };
+            match self.layout {
+                WeightLayout::InOut => be.gemm(cx.value(0)?, dy, dw, &spec)?,
+                WeightLayout::OutIn => be.gemm(dy, cx.value(0)?, dw, &spec)?,
+            }
+        }
+        if cx.inputs() == 3
+            && let Some(db) = g.get(2)?
+        {
+            be.sum_cols_acc(dy, db)?;
+        }
+        Ok(())
+    }
+}
+
+/// Batched matrix product `a @ b` of `a [.., m, k]` and `b [.., k, n]` (the same leading
+/// dimensions) or `b [k, n]` (one matrix for every batch).
+pub struct Matmul;
+
+/// `(batch, m, k, n, b broadcast)` of a matmul of these shapes, or a message.
+fn matmul_dims(
+    a: &[usize],
+    b: &[usize],
+) -> std::result::Result<(usize, usize, usize, usize, bool), String> {
+    let msg = || format!("a {a:?} and b {b:?} (want [.., m, k] @ [.., k, n] or [k, n])");
+    if a.len() < 2 || b.len() < 2 {
+        return Err(msg());
+    }
+    let (m, k) = (a[a.len() - 2], a[a.len() - 1]);
+    let (k2, n) = (b[b.len() - 2], b[b.len() - 1]);
+    let broadcast = b.len() == 2 && a.len() > 2;
+    if k != k2 || (!broadcast && a[..a.len() - 2] != b[..b.len() - 2]) {
+        return Err(msg());
+    }
+    Ok((numel(&a[..a.len() - 2]), m, k, n, broadcast))
+}
+
+impl<B: Backend> TapeOp<B> for Matmul {
+    fn name(&self) -> &'static str {
+        "matmul"
+    }
+    fn cast_policy(&self) -> CastPolicy {
+        CastPolicy::Lower
+    }
+    fn forward(&mut self, cx: &Forward<'_, '_, B>) -> Result<Output<B>> {
+        let (batch, m, k, n, bcast) =
+            matmul_dims(cx.shape(0), cx.shape(1)).map_err(|e| cx.shape_err(e))?;
+        let spec = Gemm {
+            batch,
+            stride_b: if bcast { 0 } else { k * n },
+            ..Gemm::new(m, n, k)
+        };
+        let mut out = cx.alloc(cx.out_dtype(), batch * m * n)?;
+        cx.backend()
+            .gemm(cx.value(0)?, cx.value(1)?, out.view_mut(), &spec)?;
+        let a = cx.shape(0);
+        let mut shape = a[..a.len() - 2].to_vec();
+        shape.extend([m, n]);
+        Ok(Output::new(out, &shape))
+    }
+    fn backward(&self, cx: &Backward<'_, '_, B>, g: &mut Grads<'_, '_, B>) -> Result<()> {
+        let (batch, m, k, n, bcast) = matmul_dims(cx.shape(0), cx.shape(1)).map_err(|msg| {
+            crate::AutogradError::Backward {
+                device: cx.backend().name(),
+                msg,
+            }
+        })?;
+        let (be, dy) = (cx.backend(), cx.dy()?);
+        if let Some(da) = g.get(0)? {
+            // da_i += dy_i b_i^T
+            let spec = Gemm {
+                batch,
+                trans_b: true,
+                beta: 1.0,
+                stride_a: m * n,
+                stride_b: if bcast { 0 } else { k * n },
+                stride_c: m * k,
+                ..Gemm::new(m, k, n)
+            };
+            be.gemm(dy, cx.value(1)?, da, &spec)?;
+        }
+        if let Some(db) = g.get(1)? {
+            let spec = if bcast {
+                // db += sum_i a_i^T dy_i: one product over the stacked rows
+                Gemm {
+                    trans_a: true,
+                    beta: 1.0,
+                    ..Gemm::new(k, n, batch * m)
+                }
+            } else {
+                Gemm {
+                    batch,
+                    trans_a: true,
+                    beta: 1.0,
+                    stride_a: m * k,
+                    stride_b: m * n,
+                    stride_c: k * n,
+                    ..Gemm::new(k, n, m)
+                }
+            };
+            be.gemm(cx.value(0)?, dy, db, &spec)?;
+        }
+        Ok(())
+    }
+}
+
+impl<'a, B: Backend> Tape<'a, B> {
+    /// `x W + b` over the last axis of `x`, with `W` stored as `layout` says.
+    pub fn linear(
+        &mut self,
+        x: Tensor,
+        w: Tensor,
+        b: Option<Tensor>,
+        layout: WeightLayout,
+    ) -> Result<Tensor> {
+        let mut ins = vec![x, w];
+        ins.extend(b);
+        self.apply(Linear { layout }, &ins)
+    }
+
+    /// The batched matrix product `a @ b`: `a [.., m, k]` with `b [.., k, n]` (same leading
+    /// dimensions) or `b [k, n]`; returns `[.., m, n]`.
+    pub fn matmul(&mut self, a: Tensor, b: Tensor) -> Result<Tensor> {
+        self.apply(Matmul, &[a, b])
+    }
+}

@@ -1,0 +1,175 @@
+//! Losses and whole-tensor reductions, all scalar FP32 losses for [`Tape::backward`]:
+//! `cross_entropy` (fused log-softmax + NLL, mean over rows), `mse_loss` (mean squared error),
+//! `sum` and `mean` of all elements.
+
+use mp_dtype::DType;
+use mp_kernels::{Backend, BinaryOp, BufferExt, DeviceBuffer, ReduceOp};
+
+use crate::op::{Backward, Forward, Grads, Output, TapeOp};
+use crate::ops::{rows_of, same_shapes};
+use crate::policy::CastPolicy;
+use crate::{AutogradError, Result, Tape, Tensor};
+
+/// Mean cross-entropy of logits `[.., vocab]` against one target per row.
+pub struct CrossEntropy<'i, B: Backend> {
+    /// The targets, one per row.
+    pub targets: &'i B::Index,
+}
+
+impl<B: Backend> TapeOp<B> for CrossEntropy<'_, B> {
+    fn name(&self) -> &'static str {
+        "cross_entropy"
+    }
+    fn cast_policy(&self) -> CastPolicy {
+        CastPolicy::Fp32
+    }
+    fn is_loss(&self) -> bool {
+        true
+    }
+    fn forward(&mut self, cx: &Forward<'_, '_, B>) -> Result<Output<B>> {
+        let (rows, vocab) = rows_of(cx, 0)?;
+        if rows == 0 {
+            return Err(cx.shape_err("no rows: the mean over an empty batch"));
+        }
+        let be = cx.backend();
+        let mut losses = cx.alloc(DType::F32, rows)?;
+        be.cross_entropy(cx.value(0)?, self.targets, vocab, losses.view_mut())?;
+        let mut loss = cx.alloc(DType::F32, 1)?;
+        be.reduce_rows(ReduceOp::Mean, losses.view(), rows, loss.view_mut())?;
+        Ok(Output::new(loss, &[]))
+    }
+    fn backward(&self, cx: &Backward<'_, '_, B>, g: &mut Grads<'_, '_, B>) -> Result<()> {
+        if !g.needs(0) {
+            return Ok(());
+        }
+        let shape = cx.shape(0);
+        let vocab = *shape.last().unwrap_or(&1);
+        let n: usize = shape.iter().product();
+        let rows = n / vocab.max(1);
+        // written in the logits' dtype: the usual case (an activation) takes it as its gradient
+        let mut d = cx.alloc(cx.dtype(0), n)?;
+        cx.backend().cross_entropy_backward(
+            cx.value(0)?,
+            self.targets,
+            vocab,
+            cx.seed() / rows.max(1) as f32,
+            d.view_mut(),
+        )?;
+        g.add_owned(0, d)
+    }
+}
+
+/// Mean squared error `mean((pred - target)^2)` of two tensors of one shape (PyTorch's
+/// `mse_loss`, reduction `"mean"`); both inputs get gradients.
+pub struct MseLoss<B: Backend> {
+    diff: Option<B::Buffer>,
+}
+
+impl<B: Backend> TapeOp<B> for MseLoss<B> {
+    fn name(&self) -> &'static str {
+        "mse_loss"
+    }
+    fn cast_policy(&self) -> CastPolicy {
+        CastPolicy::Fp32
+    }
+    fn is_loss(&self) -> bool {
+        true
+    }
+    fn forward(&mut self, cx: &Forward<'_, '_, B>) -> Result<Output<B>> {
+        same_shapes(cx)?;
+        let be = cx.backend();
+        let n = cx.value(0)?.len;
+        if n == 0 {
+            return Err(cx.shape_err("the mean of no elements"));
+        }
+        let mut diff = cx.alloc(DType::F32, n)?;
+        be.binary(BinaryOp::Sub, cx.value(0)?, cx.value(1)?, diff.view_mut())?;
+        let mut ss = cx.alloc(DType::F32, 1)?;
+        be.reduce_rows(ReduceOp::SumSq, diff.view(), n, ss.view_mut())?;
+        let mut loss = cx.alloc(DType::F32, 1)?;
+        be.scale(ss.view(), 1.0 / n as f32, loss.view_mut())?;
+        self.diff = Some(diff);
+        Ok(Output::new(loss, &[]))
+    }
+    fn backward(&self, cx: &Backward<'_, '_, B>, g: &mut Grads<'_, '_, B>) -> Result<()> {
+        let diff = self.diff.as_ref().ok_or_else(|| AutogradError::Backward {
+            device: cx.backend().name(),
+            msg: "mse_loss: backward before forward".into(),
+        })?;
+        let diff = diff.view();
+        let k = 2.0 * cx.seed() / diff.len as f32;
+        g.add_scaled(0, k, diff)?;
+        g.add_scaled(1, -k, diff)
+    }
+    fn saved_bytes(&self) -> usize {
+        self.diff.as_ref().map_or(0, |d| d.len() * 4)
+    }
+}
+
+/// The sum (or, with `mean`, the mean) of all elements.
+pub struct Reduce {
+    /// Divide by the number of elements.
+    pub mean: bool,
+}
+
+impl<B: Backend> TapeOp<B> for Reduce {
+    fn name(&self) -> &'static str {
+        if self.mean { "mean" } else { "sum" }
+    }
+    fn cast_policy(&self) -> CastPolicy {
+        CastPolicy::Fp32
+    }
+    fn is_loss(&self) -> bool {
+        true
+    }
+    fn forward(&mut self, cx: &Forward<'_, '_, B>) -> Result<Output<B>> {
+        let x = cx.value(0)?;
+        let mut out = cx.alloc(DType::F32, 1)?;
+        match (x.len, self.mean) {
+            (0, true) => return Err(cx.shape_err("the mean of no elements")),
+            (0, false) => cx.backend().fill(out.view_mut(), 0.0)?,
+            (n, mean) => {
+                let op = if mean { ReduceOp::Mean } else { ReduceOp::Sum };
+                cx.backend().reduce_rows(op, x, n, out.view_mut())?
+            }
+        }
+        Ok(Output::new(out, &[]))
+    }
+    fn backward(&self, cx: &Backward<'_, '_, B>, g: &mut Grads<'_, '_, B>) -> Result<()> {
+        let n: usize = cx.shape(0).iter().product();
+        if g.needs(0) && n > 0 {
+            let d = if self.mean {
+                cx.seed() / n as f32
+            } else {
+                cx.seed()
+            };
+            let mut t = cx.alloc(DType::F32, n)?;
+            cx.backend().fill(t.view_mut(), d)?;
+            g.add(0, t.view())?;
+        }
+        Ok(())
+    }
+}
+
+impl<'a, B: Backend> Tape<'a, B> {
+    /// Mean cross-entropy of `logits` (`[.., vocab]`) against `targets` (one per row): a
+    /// scalar FP32 loss, to be passed to [`Tape::backward`].
+    pub fn cross_entropy(&mut self, logits: Tensor, targets: &'a B::Index) -> Result<Tensor> {
+        self.apply(CrossEntropy { targets }, &[logits])
+    }
+
+    /// Mean squared error of `pred` against `target` (same shapes): a scalar FP32 loss.
+    pub fn mse_loss(&mut self, pred: Tensor, target: Tensor) -> Result<Tensor> {
+        self.apply(MseLoss { diff: None }, &[pred, target])
+    }
+
+    /// The sum of all elements of `x`: a scalar FP32 loss, to be passed to [`Tape::backward`].
+    pub fn sum(&mut self, x: Tensor) -> Result<Tensor> {
+        self.apply(Reduce { mean: false }, &[x])
+    }
+
+    /// The mean of all elements of `x`: a scalar FP32 loss (an error for an empty `x`).
+    pub fn mean(&mut self, x: Tensor) -> Result<Tensor> {
+        self.apply(Reduce { mean: true }, &[x])
+    }
+}

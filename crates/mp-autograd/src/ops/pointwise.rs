@@ -1,0 +1,222 @@
+//! Element-wise ops: `add`, `sub`, `mul`, `neg`, `scale`, the unary functions (`gelu`, `relu`,
+//! `silu`, `sigmoid`, `tanh`, `exp`) and `dropout`. Binary ops take inputs of one shape (no
+//! broadcasting) and produce the widest input dtype.
+
+use mp_dtype::DType;
+use mp_kernels::{Backend, BinaryOp, BufferExt, UnaryOp};
+
+use crate::op::{Backward, Forward, Grads, Output, TapeOp};
+use crate::ops::same_shapes;
+use crate::policy::CastPolicy;
+use crate::{Result, Tape, Tensor};
+
+/// `a op b` for [`BinaryOp`] (category [`CastPolicy::Promote`]).
+pub struct Binary(pub BinaryOp);
+
+impl<B: Backend> TapeOp<B> for Binary {
+    fn name(&self) -> &'static str {
+        match self.0 {
+            BinaryOp::Add => "add",
+            BinaryOp::Sub => "sub",
+            BinaryOp::Mul => "mul",
+        }
+    }
+    fn cast_policy(&self) -> CastPolicy {
+        CastPolicy::Promote
+    }
+    fn forward(&mut self, cx: &Forward<'_, '_, B>) -> Result<Output<B>> {
+        same_shapes(cx)?;
+        let (a, b) = (cx.value(0)?, cx.value(1)?);
+        let mut out = cx.alloc(cx.out_dtype(), a.len)?;
+        cx.backend().binary(self.0, a, b, out.view_mut())?;
+        Ok(Output::new(out, cx.shape(0)))
+    }
+    fn backward(&self, cx: &Backward<'_, '_, B>, g: &mut Grads<'_, '_, B>) -> Result<()> {
+        let dy = cx.dy()?;
+        match self.0 {
+            BinaryOp::Add => {
+                g.add(0, dy)?;
+                g.add(1, dy)
+            }
+            BinaryOp::Sub => {
+                g.add(0, dy)?;
+                g.add_scaled(1, -1.0, dy)
+            }
+            BinaryOp::Mul => {
+                // d a = dy * b, d b = dy * a, each in FP32 before it is added
+                for (x, other) in [(0, 1), (1, 0)] {
+                    if g.needs(x) {
+                        let mut t = cx.alloc(DType::F32, dy.len)?;
+                        cx.backend()
+                            .binary(BinaryOp::Mul, dy, cx.value(other)?, t.view_mut())?;
+                        g.add(x, t.view())?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `f(x)` for a [`UnaryOp`]; the backward is `dx += f'(x) dy`.
+pub struct Unary {
+    /// The function.
+    pub op: UnaryOp,
+    /// Its category: [`CastPolicy::Promote`] (run in the input's dtype), or
+    /// [`CastPolicy::Fp32`] for `exp` (on PyTorch's FP32 list).
+    pub policy: CastPolicy,
+}
+
+impl<B: Backend> TapeOp<B> for Unary {
+    fn name(&self) -> &'static str {
+        self.op.name()
+    }
+    fn cast_policy(&self) -> CastPolicy {
+        self.policy
+    }
+    fn forward(&mut self, cx: &Forward<'_, '_, B>) -> Result<Output<B>> {
+        let x = cx.value(0)?;
+        let mut out = cx.alloc(cx.out_dtype(), x.len)?;
+        cx.backend().unary(self.op, x, out.view_mut())?;
+        Ok(Output::new(out, cx.shape(0)))
+    }
+    fn backward(&self, cx: &Backward<'_, '_, B>, g: &mut Grads<'_, '_, B>) -> Result<()> {
+        if let Some(dx) = g.get(0)? {
+            cx.backend()
+                .unary_backward(self.op, cx.value(0)?, cx.dy()?, dx)?;
+        }
+        Ok(())
+    }
+}
+
+/// `alpha * x` (category [`CastPolicy::Promote`]).
+pub struct Scale(pub f32);
+
+impl<B: Backend> TapeOp<B> for Scale {
+    fn name(&self) -> &'static str {
+        "scale"
+    }
+    fn cast_policy(&self) -> CastPolicy {
+        CastPolicy::Promote
+    }
+    fn forward(&mut self, cx: &Forward<'_, '_, B>) -> Result<Output<B>> {
+        let x = cx.value(0)?;
+        let mut out = cx.alloc(cx.out_dtype(), x.len)?;
+        cx.backend().scale(x, self.0, out.view_mut())?;
+        Ok(Output::new(out, cx.shape(0)))
+    }
+    fn backward(&self, cx: &Backward<'_, '_, B>, g: &mut Grads<'_, '_, B>) -> Result<()> {
+        g.add_scaled(0, self.0, cx.dy()?)
+    }
+}
+
+/// Inverted dropout with probability `p` and the mask of `seed` (see
+/// [`mp_kernels::PointwiseOps::dropout`]); the backward applies the same mask to `dy`.
+pub struct Dropout {
+    /// Drop probability in `[0, 1)`.
+    pub p: f32,
+    /// The mask's seed.
+    pub seed: u64,
+}
+
+impl<B: Backend> TapeOp<B> for Dropout {
+    fn name(&self) -> &'static str {
+        "dropout"
+    }
+    fn cast_policy(&self) -> CastPolicy {
+        CastPolicy::Promote
+    }
+    fn forward(&mut self, cx: &Forward<'_, '_, B>) -> Result<Output<B>> {
+        let x = cx.value(0)?;
+        let mut out = cx.alloc(cx.out_dtype(), x.len)?;
+        cx.backend().dropout(x, self.p, self.seed, out.view_mut())?;
+        Ok(Output::new(out, cx.shape(0)))
+    }
+    fn backward(&self, cx: &Backward<'_, '_, B>, g: &mut Grads<'_, '_, B>) -> Result<()> {
+        if g.needs(0) {
+            let dy = cx.dy()?;
+            let mut t = cx.alloc(dy.dtype(), dy.len)?;
+            cx.backend().dropout(dy, self.p, self.seed, t.view_mut())?;
+            g.add_owned(0, t)?;
+        }
+        Ok(())
+    }
+}
+
+impl<'a, B: Backend> Tape<'a, B> {
+    /// `a + b` (same shapes; output in the widest input dtype).
+    pub fn add(&mut self, a: Tensor, b: Tensor) -> Result<Tensor> {
+        self.apply(Binary(BinaryOp::Add), &[a, b])
+    }
+
+    /// `a - b` (same shapes; output in the widest input dtype).
+    pub fn sub(&mut self, a: Tensor, b: Tensor) -> Result<Tensor> {
+        self.apply(Binary(BinaryOp::Sub), &[a, b])
+    }
+
+    /// `a * b` element-wise (same shapes; output in the widest input dtype).
+    pub fn mul(&mut self, a: Tensor, b: Tensor) -> Result<Tensor> {
+        self.apply(Binary(BinaryOp::Mul), &[a, b])
+    }
+
+    /// `-x`, in the input's dtype.
+    pub fn neg(&mut self, x: Tensor) -> Result<Tensor> {
+        self.unary(UnaryOp::Neg, CastPolicy::Promote, x)
+    }
+
+    /// `alpha * x`, in the input's dtype.
+    pub fn scale(&mut self, x: Tensor, alpha: f32) -> Result<Tensor> {
+        self.apply(Scale(alpha), &[x])
+    }
+
+    /// GELU (tanh approximation, HF GPT-2's `gelu_new`), in the input's dtype.
+    pub fn gelu(&mut self, x: Tensor) -> Result<Tensor> {
+        self.unary(UnaryOp::GeluTanh, CastPolicy::Promote, x)
+    }
+
+    /// `max(x, 0)`, in the input's dtype (NaN propagates).
+    pub fn relu(&mut self, x: Tensor) -> Result<Tensor> {
+        self.unary(UnaryOp::Relu, CastPolicy::Promote, x)
+    }
+
+    /// SiLU `x * sigmoid(x)` (Llama's MLP activation), in the input's dtype.
+    pub fn silu(&mut self, x: Tensor) -> Result<Tensor> {
+        self.unary(UnaryOp::Silu, CastPolicy::Promote, x)
+    }
+
+    /// `1 / (1 + e^-x)`, in the input's dtype.
+    pub fn sigmoid(&mut self, x: Tensor) -> Result<Tensor> {
+        self.unary(UnaryOp::Sigmoid, CastPolicy::Promote, x)
+    }
+
+    /// `tanh(x)`, in the input's dtype.
+    pub fn tanh(&mut self, x: Tensor) -> Result<Tensor> {
+        self.unary(UnaryOp::Tanh, CastPolicy::Promote, x)
+    }
+
+    /// `e^x` in FP32 (on PyTorch's FP32 autocast list).
+    pub fn exp(&mut self, x: Tensor) -> Result<Tensor> {
+        self.unary(UnaryOp::Exp, CastPolicy::Fp32, x)
+    }
+
+    fn unary(&mut self, op: UnaryOp, policy: CastPolicy, x: Tensor) -> Result<Tensor> {
+        self.apply(Unary { op, policy }, &[x])
+    }
+
+    /// Inverted dropout: each element is zeroed with probability `p` and the rest scaled by
+    /// `1 / (1 - p)`. The mask comes from the tape's seed ([`Tape::with_rng`]), the op's
+    /// position among the tape's random ops and the element index, so it is reproducible. It
+    /// is the identity under [`Tape::no_grad`] (evaluation) and when `p` is 0.
+    pub fn dropout(&mut self, x: Tensor, p: f32) -> Result<Tensor> {
+        self.node("dropout", x)?;
+        if !(0.0..1.0).contains(&p) {
+            let msg = format!("drop probability {p} is outside [0, 1)");
+            return Err(self.shape_err("dropout", msg));
+        }
+        if !self.grad_enabled() || p == 0.0 {
+            return Ok(x);
+        }
+        let seed = self.next_seed("dropout")?;
+        self.apply(Dropout { p, seed }, &[x])
+    }
+}
