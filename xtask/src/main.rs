@@ -1,7 +1,8 @@
 //! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo does.
 //!
-//! - `cargo xtask test`: format check, clippy with `-D warnings`, the docs with `-D warnings`,
-//!   every test in release mode.
+//! - `cargo xtask test`: format check, [`tidy`], clippy with `-D warnings`, the docs with
+//!   `-D warnings`, every test in release mode, the `custom_op` example.
+//! - `cargo xtask tidy`: the repository's structural rules (see [`tidy`]).
 //! - `cargo xtask bench [--wgpu] [FILTER]`: the criterion benches (with `--wgpu`, the wgpu
 //!   backend's halves too), then a summary table.
 //! - `cargo xtask test-gpu [--build-only]`, `cargo xtask bench --gpu`: the CUDA backend's
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod gpu;
+mod tidy;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -21,6 +23,7 @@ fn main() -> Result<()> {
         .unwrap_or(("help", &[]));
     match cmd {
         "test" => test(rest),
+        "tidy" => tidy::tidy(&root()),
         "bench" if rest.iter().any(|a| a == "--gpu") => gpu::bench(rest),
         "bench" => bench(rest),
         "test-gpu" => gpu::test_gpu(rest),
@@ -35,8 +38,11 @@ fn main() -> Result<()> {
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  test        cargo fmt --check, clippy -D warnings, cargo doc -D warnings, all tests in
-              release mode
+  test        cargo fmt --check, tidy, clippy -D warnings, cargo doc -D warnings, all tests
+              in release mode, and the mp-autograd custom_op example
+  tidy        the structural rules: no cfg(feature) outside mp-kernels, every backend op
+              in the conformance suite, CUDA kernel table = .cu sources, WGSL shaders =
+              their declarations, docs on every crate and module
   bench [--wgpu] [F]
               run the criterion benches (optionally only those matching F), print a summary;
               --wgpu builds the wgpu backend in, so its GEMM/attention/step benches run too
@@ -66,6 +72,7 @@ fn run(program: &str, args: &[&str]) -> Result<()> {
 
 fn test(rest: &[String]) -> Result<()> {
     run("cargo", &["fmt", "--all", "--", "--check"])?;
+    tidy::tidy(&root())?;
     run(
         "cargo",
         &[
@@ -95,7 +102,19 @@ fn test(rest: &[String]) -> Result<()> {
     }
     let mut args = vec!["test", "--workspace", "--release"];
     args.extend(rest.iter().map(String::as_str));
-    run("cargo", &args)
+    run("cargo", &args)?;
+    // a user-defined tape op, from outside the crate, through its gradient check
+    run(
+        "cargo",
+        &[
+            "run",
+            "--release",
+            "-p",
+            "mp-autograd",
+            "--example",
+            "custom_op",
+        ],
+    )
 }
 
 fn bench(rest: &[String]) -> Result<()> {

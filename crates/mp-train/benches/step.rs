@@ -81,24 +81,18 @@ fn steps<B: Backend>(c: &mut Criterion, be: &B, group: &str, modes: &[Mode], sam
 /// The wgpu half: the mixed-precision step (BF16 autocast from the model copy) only, at
 /// criterion's minimum of 10 samples: on Mesa lavapipe (a CPU driver) one step of this config
 /// takes about 16 s, so each mode costs about 3 minutes there (FP32 measured the same).
-#[cfg(feature = "wgpu")]
+/// Without the `wgpu` feature the backend is mp-kernels' stand-in and says so (loudly).
 fn wgpu_steps(c: &mut Criterion) {
     match mp_kernels::wgpu::WgpuBackend::new() {
         Ok(be) => {
             eprintln!("wgpu adapter: {}", mp_kernels::MemoryOps::name(&be));
             steps(c, &be, "gpt_cpu_train_step_wgpu", &CPU_MODES[1..2], 10);
         }
-        Err(e) => eprintln!("SKIPPED (no wgpu adapter): the wgpu training-step benchmark: {e}"),
+        Err(e) => eprintln!(
+            "SKIPPED: the wgpu training-step benchmark: {e} \
+             (`cargo bench -p mp-train --features wgpu --bench step`, with an adapter)"
+        ),
     }
-}
-
-/// Without the feature: says so, loudly.
-#[cfg(not(feature = "wgpu"))]
-fn wgpu_steps(_: &mut Criterion) {
-    eprintln!(
-        "SKIPPED (wgpu not compiled in): the wgpu training-step benchmark; \
-         run `cargo bench -p mp-train --features wgpu --bench step`"
-    );
 }
 
 fn step(c: &mut Criterion) {

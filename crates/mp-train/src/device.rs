@@ -6,8 +6,6 @@
 
 use crate::config::BackendKind;
 use crate::error::Result;
-#[allow(unused_imports)]
-use mp_kernels::KernelError;
 use mp_kernels::prelude::*;
 
 /// Work to run on whichever backend the config names (a generic closure).
@@ -33,35 +31,9 @@ pub fn dispatch<J: BackendJob>(kind: BackendKind, threads: usize, job: J) -> Res
     set_threads(threads);
     match kind {
         BackendKind::Cpu => job.run(mp_kernels::CpuBackend::new()),
-        BackendKind::Cuda => {
-            #[cfg(feature = "cuda")]
-            {
-                let be = mp_kernels::cuda::CudaBackend::new()?;
-                job.run(be)
-            }
-            #[cfg(not(feature = "cuda"))]
-            {
-                Err(KernelError::NotCompiled {
-                    backend: "cuda",
-                    feature: "cuda",
-                }
-                .into())
-            }
-        }
-        BackendKind::Wgpu => {
-            #[cfg(feature = "wgpu")]
-            {
-                let be = mp_kernels::wgpu::WgpuBackend::new()?;
-                job.run(be)
-            }
-            #[cfg(not(feature = "wgpu"))]
-            {
-                Err(KernelError::NotCompiled {
-                    backend: "wgpu",
-                    feature: "wgpu",
-                }
-                .into())
-            }
-        }
+        // Without its feature, each GPU backend is mp-kernels' stand-in, whose constructor
+        // returns `KernelError::NotCompiled`: no `cfg` here.
+        BackendKind::Cuda => job.run(mp_kernels::cuda::CudaBackend::new()?),
+        BackendKind::Wgpu => job.run(mp_kernels::wgpu::WgpuBackend::new()?),
     }
 }

@@ -307,3 +307,60 @@ fn bad_calls_fail_with_the_cpus_messages() {
     }
     assert_eq!(got.len(), want.len());
 }
+
+fn softmax_backward_matches_cpu(dtype: DType) {
+    let Some(g) = gpu("softmax_backward_matches_cpu") else {
+        return;
+    };
+    let (rows, cols) = (24, 37);
+    let x = random_vec(rows * cols, 31);
+    let dy = random_vec(rows * cols, 32);
+    let d0 = random_vec(rows * cols, 33);
+    fn run<B: Backend>(
+        be: &B,
+        (x, dy, d0): (&[f32], &[f32], &[f32]),
+        log: bool,
+        dt: DType,
+    ) -> Vec<f32> {
+        let cols = 37;
+        let mut y = poisoned(be, dt, x.len());
+        be.softmax(up(be, x, dt).view(), cols, false, log, y.view_mut())
+            .expect("softmax");
+        let mut dx = up(be, d0, dt);
+        be.softmax_backward(y.view(), up(be, dy, dt).view(), cols, log, dx.view_mut())
+            .expect("softmax_backward");
+        down(be, &dx)
+    }
+    let (abs, k) = tolerance(dtype);
+    for log in [false, true] {
+        let args = (&x[..], &dy[..], &d0[..]);
+        let (want, got) = (run(&cpu(), args, log, dtype), run(g, args, log, dtype));
+        close(
+            &format!("softmax_backward log={log} {rows}x{cols}"),
+            &got,
+            &want,
+            dtype,
+            abs * 4.0,
+            k * 4.0,
+        );
+    }
+}
+test_per_dtype!(softmax_backward_matches_cpu: f32, bf16);
+
+#[test]
+fn memory_ops_uninit_index_values_and_synchronize() {
+    let Some(g) = gpu("memory_ops_uninit_index_values_and_synchronize") else {
+        return;
+    };
+    // an uninit buffer has the asked length and dtype, and holds what is written to it
+    let mut u = g.uninit(DType::BF16, 1000).expect("uninit");
+    assert_eq!((u.len(), u.dtype()), (1000, DType::BF16));
+    g.fill(u.view_mut(), 1.5).expect("fill");
+    g.synchronize().expect("synchronize");
+    assert!(down(g, &u).iter().all(|&v| v == 1.5));
+    // the host copy of an index buffer is what was uploaded
+    let ids = [3u32, 0, 7, 7, 1];
+    let idx = g.upload_index(&ids).expect("upload_index");
+    assert_eq!(g.index_values(&idx), &ids);
+    assert_eq!(cpu().index_values(&cpu().upload_index(&ids).unwrap()), &ids);
+}
