@@ -166,5 +166,14 @@ impl GradCheck {
     }
 }
 
+/// Panics with the check's message unless it passed (for tests).
+#[track_caller]
+pub fn assert_ok(r: std::result::Result<f64, String>) {
+    match r {
+        Ok(worst) => assert!(worst <= 1.0, "worst error {worst} of tolerance"),
+        Err(msg) => panic!("{msg}"),
+    }
+}
+
 #[cfg(test)]
 mod tests;

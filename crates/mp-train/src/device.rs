@@ -1,7 +1,7 @@
 //! Backend dispatch: the one place that names concrete backends. Everything below it is
 //! generic over [`Backend`].
 //!
-//! A GPU backend that is not compiled in returns [`KernelError::NotCompiled`]; one that is
+//! A GPU backend that is not compiled in returns [`mp_kernels::KernelError::NotCompiled`]; one that is
 //! compiled in but finds no device returns its `NoDevice` error. Nothing falls back to the CPU.
 
 use crate::config::BackendKind;

@@ -66,3 +66,15 @@ impl<'a, B: Backend> Tape<'a, B> {
         self.apply(Attention { heads, saved: None }, &[qkv])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::gradcheck::{GradCheck, assert_ok};
+
+    #[test]
+    fn attention() {
+        // b=2, t=5, c=8, 2 heads.
+        let c = GradCheck::new(&[("qkv", &[2, 5, 24])], 11);
+        assert_ok(c.run("attention", |t, p| t.attention(p[0], 2)));
+    }
+}

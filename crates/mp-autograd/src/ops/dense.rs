@@ -220,3 +220,32 @@ impl<'a, B: Backend> Tape<'a, B> {
         self.apply(Matmul, &[a, b])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::WeightLayout;
+    use crate::gradcheck::{GradCheck, assert_ok};
+
+    #[test]
+    fn linear_conv1d_layout_with_bias() {
+        let c = GradCheck::new(&[("x", &[6, 5]), ("w", &[5, 3]), ("b", &[3])], 1);
+        assert_ok(c.run("linear InOut", |t, p| {
+            t.linear(p[0], p[1], Some(p[2]), WeightLayout::InOut)
+        }));
+    }
+
+    #[test]
+    fn linear_torch_layout_without_bias() {
+        let c = GradCheck::new(&[("x", &[2, 3, 4]), ("w", &[7, 4])], 2);
+        assert_ok(c.run("linear OutIn", |t, p| {
+            t.linear(p[0], p[1], None, WeightLayout::OutIn)
+        }));
+    }
+
+    #[test]
+    fn matmul_batched_and_broadcast() {
+        let c = GradCheck::new(&[("a", &[2, 3, 4]), ("b", &[2, 4, 5]), ("w", &[4, 5])], 8);
+        assert_ok(c.run("matmul batched", |t, p| t.matmul(p[0], p[1])));
+        assert_ok(c.run("matmul broadcast", |t, p| t.matmul(p[0], p[2])));
+    }
+}

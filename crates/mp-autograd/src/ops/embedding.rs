@@ -46,3 +46,24 @@ impl<'a, B: Backend> Tape<'a, B> {
         self.apply(Embedding { ids, n }, &[table])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::gradcheck::{GradCheck, assert_ok};
+
+    #[derive(Default)]
+    struct Env {
+        ids: Vec<u32>,
+    }
+
+    #[test]
+    fn embedding() {
+        let c = GradCheck::new(&[("table", &[7, 5])], 10);
+        let env = Env {
+            ids: vec![3, 0, 3, 6, 1, 3],
+        };
+        assert_ok(c.run_with("embedding", &env, |t, p, env| {
+            t.embedding(p[0], &env.ids, env.ids.len())
+        }));
+    }
+}

@@ -173,3 +173,29 @@ impl<'a, B: Backend> Tape<'a, B> {
         self.apply(Reduce { mean: true }, &[x])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::gradcheck::{GradCheck, assert_ok};
+
+    #[derive(Default)]
+    struct Env {
+        targets: Vec<u32>,
+    }
+
+    #[test]
+    fn losses_and_reductions() {
+        let mut c = GradCheck::new(&[("logits", &[2, 3, 6]), ("target", &[2, 3, 6])], 7);
+        let env = Env {
+            targets: vec![0, 5, 2, 2, 1, 4],
+        };
+        assert_ok(c.run_with("cross_entropy", &env, |t, p, env| {
+            t.cross_entropy(p[0], &env.targets)
+        }));
+        assert_ok(c.run("sum", |t, p| t.sum(p[0])));
+        assert_ok(c.run("mean", |t, p| t.mean(p[0])));
+        assert_ok(c.run("mse_loss", |t, p| t.mse_loss(p[0], p[1])));
+        c.values_mut()[0] += 1.0;
+        assert_ok(c.run("mse_loss shifted", |t, p| t.mse_loss(p[0], p[1])));
+    }
+}

@@ -2,16 +2,18 @@
 //! forward, backward and autocast category sit together, plus the `Tape` method that applies
 //! it (`Tape::relu`, `Tape::rms_norm`, ...):
 //!
-//! | module | ops |
+//! | module | family |
 //! | --- | --- |
-//! | [`pointwise`] | `add`, `sub`, `mul`, `neg`, `scale`, `gelu`, `relu`, `silu`, `sigmoid`, `tanh`, `exp`, `dropout` |
-//! | [`rows`] | `softmax`, `log_softmax` |
-//! | [`dense`] | `linear`, `matmul` |
-//! | [`norm`] | `layer_norm`, `rms_norm` |
-//! | [`layout`] | `transpose`, `concat`, `split` |
-//! | [`embedding`] | `embedding` |
-//! | [`attention`] | `attention` |
-//! | [`loss`] | `cross_entropy`, `mse_loss`, `sum`, `mean` |
+//! | [`pointwise`] | element-wise arithmetic, activations, dropout |
+//! | [`rows`] | softmax over the last dimension |
+//! | [`dense`] | GEMMs: linear layers, batched matmul |
+//! | [`norm`] | layer norm, RMSNorm |
+//! | [`layout`] | transpose, concat, split |
+//! | [`embedding`] | embedding lookups |
+//! | [`attention`] | causal self-attention |
+//! | [`loss`] | losses and whole-tensor reductions |
+//!
+//! Each module's tests are the gradient checks of its ops ([`crate::gradcheck`]).
 //!
 //! Structural ops (`input`, `param`, `cast`, `reshape`) are the tape's own (`tape.rs`).
 

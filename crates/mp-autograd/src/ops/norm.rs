@@ -140,3 +140,15 @@ impl<'a, B: Backend> Tape<'a, B> {
         self.apply(RmsNorm { eps, rstd: None }, &[x, w])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::gradcheck::{GradCheck, assert_ok};
+
+    #[test]
+    fn layer_norm_and_rms_norm() {
+        let c = GradCheck::new(&[("x", &[5, 8]), ("w", &[8]), ("b", &[8])], 3);
+        assert_ok(c.run("layer_norm", |t, p| t.layer_norm(p[0], p[1], p[2], 1e-5)));
+        assert_ok(c.run("rms_norm", |t, p| t.rms_norm(p[0], p[1], 1e-6)));
+    }
+}

@@ -220,3 +220,51 @@ impl<'a, B: Backend> Tape<'a, B> {
         self.apply(Dropout { p, seed }, &[x])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::Tape;
+    use crate::gradcheck::Cpu;
+    use crate::gradcheck::{GradCheck, assert_ok};
+    use mp_dtype::DType;
+    use mp_kernels::prelude::*;
+
+    #[test]
+    fn pointwise_ops() {
+        let c = GradCheck::new(&[("a", &[4, 6]), ("b", &[4, 6])], 4);
+        assert_ok(c.run("gelu", |t, p| t.gelu(p[0])));
+        assert_ok(c.run("relu", |t, p| t.relu(p[0])));
+        assert_ok(c.run("silu", |t, p| t.silu(p[0])));
+        assert_ok(c.run("sigmoid", |t, p| t.sigmoid(p[0])));
+        assert_ok(c.run("tanh", |t, p| t.tanh(p[0])));
+        assert_ok(c.run("exp", |t, p| t.exp(p[0])));
+        assert_ok(c.run("neg", |t, p| t.neg(p[0])));
+        assert_ok(c.run("scale", |t, p| t.scale(p[0], -2.5)));
+        assert_ok(c.run("add", |t, p| t.add(p[0], p[1])));
+        assert_ok(c.run("sub", |t, p| t.sub(p[0], p[1])));
+        assert_ok(c.run("mul", |t, p| t.mul(p[0], p[1])));
+        // A tensor used twice accumulates both contributions.
+        assert_ok(c.run("add(a, a)", |t, p| t.add(p[0], p[0])));
+        assert_ok(c.run("mul(a, a)", |t, p| t.mul(p[0], p[0])));
+    }
+
+    #[test]
+    fn dropout_passes_the_kept_gradients_scaled() {
+        let c = GradCheck::new(&[("x", &[16, 16])], 5);
+        assert_ok(c.run("dropout", |t, p| t.dropout(p[0], 0.3)));
+        // two dropouts on one tape draw different masks; a no_grad pass is the identity
+        let be = Cpu::new();
+        let x = be.upload_f32(&[1.0; 4096], DType::F32).unwrap();
+        let mut tape = Tape::new(&be).with_rng(1, 2);
+        let x = tape.input(x, &[4096]).unwrap();
+        let (a, b) = (tape.dropout(x, 0.5).unwrap(), tape.dropout(x, 0.5).unwrap());
+        assert_ne!(tape.to_vec_f32(a).unwrap(), tape.to_vec_f32(b).unwrap());
+        let e = tape.no_grad(|t| t.dropout(x, 0.5)).unwrap();
+        assert_eq!(e, x, "no dropout in evaluation");
+        let mut unseeded = Tape::new(&be);
+        let x = be.upload_f32(&[1.0; 4], DType::F32).unwrap();
+        let x = unseeded.input(x, &[4]).unwrap();
+        let err = unseeded.dropout(x, 0.1).unwrap_err();
+        assert!(err.to_string().contains("with_rng"), "{err}");
+    }
+}

@@ -50,3 +50,15 @@ impl<'a, B: Backend> Tape<'a, B> {
         self.apply(Softmax { log: true }, &[x])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::gradcheck::{GradCheck, assert_ok};
+
+    #[test]
+    fn softmax_and_log_softmax() {
+        let c = GradCheck::new(&[("x", &[3, 7])], 6);
+        assert_ok(c.run("softmax", |t, p| t.softmax(p[0])));
+        assert_ok(c.run("log_softmax", |t, p| t.log_softmax(p[0])));
+    }
+}

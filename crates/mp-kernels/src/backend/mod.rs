@@ -3,17 +3,17 @@
 //! A device implements one trait per op family; [`Backend`] is their sum, implemented for
 //! every type that implements them all:
 //!
-//! | family | ops | file |
+//! | family | what | file |
 //! | --- | --- | --- |
-//! | [`MemoryOps`] | buffers, transfers, `cast`, `fill` | `memory.rs` |
-//! | [`GemmOps`] | `gemm` | `gemm.rs` |
-//! | [`PointwiseOps`] | `binary`, `unary` (+ backward), `scale`, `axpy`, `bias_add`, `mul_broadcast`, `dropout` | `pointwise.rs` |
-//! | [`RowOps`] | `reduce_rows`, `sum_cols_acc`, `softmax` (+ backward) | `rows.rs` |
-//! | [`NormOps`] | `layer_norm`, `rms_norm` (+ backward) | `norm.rs` |
-//! | [`EmbeddingOps`] | `embedding` (+ backward) | `embedding.rs` |
-//! | [`LayoutOps`], [`AttentionOps`] | `split_heads`, `merge_heads`, `transpose`; `attention` (+ backward) | `attention.rs` |
-//! | [`LossOps`] | `cross_entropy` (+ backward) | `loss.rs` |
-//! | [`OptimOps`] | `grad_stats`, `adamw`, `sgd` | `optim.rs` |
+//! | [`MemoryOps`] | buffers, transfers, casts, fills | `memory.rs` |
+//! | [`GemmOps`] | (batched) matrix products | `gemm.rs` |
+//! | [`PointwiseOps`] | element-wise unary and binary ops, broadcasts, dropout | `pointwise.rs` |
+//! | [`RowOps`] | row and column reductions, softmax | `rows.rs` |
+//! | [`NormOps`] | layer norm, RMSNorm | `norm.rs` |
+//! | [`EmbeddingOps`] | gathers and scatter-adds | `embedding.rs` |
+//! | [`LayoutOps`], [`AttentionOps`] | head-layout copies, transposes; attention | `attention.rs` |
+//! | [`LossOps`] | cross-entropy | `loss.rs` |
+//! | [`OptimOps`] | the fused gradient check and optimizer passes | `optim.rs` |
 //!
 //! A fused op that a backend has no kernel for keeps its trait's **default body, composed from
 //! that backend's own primitives** (never a round trip through the host): `rms_norm` from
