@@ -336,6 +336,70 @@ pub fn softmax_backward<B: MemoryOps + ?Sized>(
     Check::new(be, OP).rows("y", n, cols, "")
 }
 
+/// One argument of a norm, as its contract sees it.
+struct Arg<'s> {
+    name: &'s str,
+    offset: usize,
+    len: usize,
+    buf_len: usize,
+    dtype: DType,
+}
+
+fn arg<'s, T: DeviceBuffer + ?Sized>(name: &'s str, v: &View<'_, T>) -> Arg<'s> {
+    Arg {
+        name,
+        offset: v.offset,
+        len: v.len,
+        buf_len: v.buf.len(),
+        dtype: v.dtype(),
+    }
+}
+
+fn arg_mut<'s, T: DeviceBuffer + ?Sized>(name: &'s str, v: &ViewMut<'_, T>) -> Arg<'s> {
+    Arg {
+        name,
+        offset: v.offset,
+        len: v.len,
+        buf_len: v.buf.len(),
+        dtype: v.dtype(),
+    }
+}
+
+/// The shape every norm shares: `x` of rows of `c = weight.len`, each of `like_x` as long as
+/// `x`, each of `stats` FP32 with one element per row, each of `like_w` as long as `weight`;
+/// every view inside its buffer. Returns `(rows, c)`.
+fn norm<B: MemoryOps + ?Sized>(
+    be: &B,
+    op: &'static str,
+    (x, weight): (Arg<'_>, Arg<'_>),
+    like_x: &[Arg<'_>],
+    stats: &[Arg<'_>],
+    like_w: &[Arg<'_>],
+) -> Result<(usize, usize)> {
+    let ck = Check::new(be, op);
+    let all = [&x, &weight]
+        .into_iter()
+        .chain(like_x)
+        .chain(stats)
+        .chain(like_w);
+    for a in all {
+        ck.range(a.name, a.offset, a.len, a.buf_len)?;
+    }
+    let c = weight.len;
+    let rows = ck.rows(x.name, x.len, c, "weight length ")?;
+    for a in like_w {
+        ck.len(a.name, a.len, c)?;
+    }
+    for a in like_x {
+        ck.len(a.name, a.len, x.len)?;
+    }
+    for a in stats {
+        ck.len(a.name, a.len, rows)?;
+        ck.dtype(a.name, a.dtype, DType::F32)?;
+    }
+    Ok((rows, c))
+}
+
 /// [`super::NormOps::layer_norm`]: `x`/`out` of rows of `c = weight.len`, `bias` of `c`, FP32
 /// `mean`/`rstd` of one per row; returns `(rows, c)`.
 #[allow(clippy::too_many_arguments)]
@@ -348,32 +412,14 @@ pub fn layer_norm<B: MemoryOps + ?Sized>(
     mean: &M<'_, B>,
     rstd: &M<'_, B>,
 ) -> Result<(usize, usize)> {
-    const OP: &str = "layer_norm";
-    let ck = Check::new(be, OP);
-    let c = weight.len;
-    ck.view("weight", weight)?;
-    ck.view("bias", bias)?;
-    let rows = rows(be, OP, ("x", x), c, "weight length ")?;
-    ck.len("bias", bias.len, c)?;
-    stats(&ck, rows, mean, rstd)?;
-    ck.view_mut("out", out)?;
-    ck.len("out", out.len, x.len)?;
-    Ok((rows, c))
-}
-
-/// FP32 per-row statistics `mean` and `rstd` of `rows` elements.
-fn stats<B: MemoryOps + ?Sized>(
-    ck: &Check<'_, B>,
-    rows: usize,
-    mean: &M<'_, B>,
-    rstd: &M<'_, B>,
-) -> Result<()> {
-    for (name, s) in [("mean", mean), ("rstd", rstd)] {
-        ck.view_mut(name, s)?;
-        ck.len(name, s.len, rows)?;
-        ck.dtype(name, s.dtype(), DType::F32)?;
-    }
-    Ok(())
+    norm(
+        be,
+        "layer_norm",
+        (arg("x", x), arg("weight", weight)),
+        &[arg_mut("out", out)],
+        &[arg_mut("mean", mean), arg_mut("rstd", rstd)],
+        &[arg("bias", bias)],
+    )
 }
 
 /// [`super::NormOps::layer_norm_backward`]: as the forward, with `dy`/`dx` like `x` and
@@ -390,25 +436,14 @@ pub fn layer_norm_backward<B: MemoryOps + ?Sized>(
     dweight: &M<'_, B>,
     dbias: &M<'_, B>,
 ) -> Result<(usize, usize)> {
-    const OP: &str = "layer_norm_backward";
-    let ck = Check::new(be, OP);
-    let c = weight.len;
-    ck.view("weight", weight)?;
-    let rows = rows(be, OP, ("x", x), c, "weight length ")?;
-    ck.view("dy", dy)?;
-    ck.len("dy", dy.len, x.len)?;
-    ck.view_mut("dx", dx)?;
-    ck.len("dx", dx.len, x.len)?;
-    for (name, s) in [("mean", mean), ("rstd", rstd)] {
-        ck.view(name, s)?;
-        ck.len(name, s.len, rows)?;
-        ck.dtype(name, s.dtype(), DType::F32)?;
-    }
-    for (name, s) in [("dweight", dweight), ("dbias", dbias)] {
-        ck.view_mut(name, s)?;
-        ck.len(name, s.len, c)?;
-    }
-    Ok((rows, c))
+    norm(
+        be,
+        "layer_norm_backward",
+        (arg("x", x), arg("weight", weight)),
+        &[arg("dy", dy), arg_mut("dx", dx)],
+        &[arg("mean", mean), arg("rstd", rstd)],
+        &[arg_mut("dweight", dweight), arg_mut("dbias", dbias)],
+    )
 }
 
 /// [`super::NormOps::rms_norm`]: `x`/`out` of rows of `c = weight.len`, FP32 `rstd` of one
@@ -422,19 +457,18 @@ pub fn rms_norm<B: MemoryOps + ?Sized>(
     rstd: &M<'_, B>,
 ) -> Result<(usize, usize)> {
     const OP: &str = "rms_norm";
-    let ck = Check::new(be, OP);
-    let c = weight.len;
-    ck.view("weight", weight)?;
-    let rows = rows(be, OP, ("x", x), c, "weight length ")?;
-    ck.view_mut("out", out)?;
-    ck.len("out", out.len, x.len)?;
-    ck.view_mut("rstd", rstd)?;
-    ck.len("rstd", rstd.len, rows)?;
-    ck.dtype("rstd", rstd.dtype(), DType::F32)?;
+    let dims = norm(
+        be,
+        OP,
+        (arg("x", x), arg("weight", weight)),
+        &[arg_mut("out", out)],
+        &[arg_mut("rstd", rstd)],
+        &[],
+    )?;
     if eps.is_nan() || eps < 0.0 {
-        return Err(ck.shape_err(format!("eps = {eps} must be >= 0")));
+        return Err(Check::new(be, OP).shape_err(format!("eps = {eps} must be >= 0")));
     }
-    Ok((rows, c))
+    Ok(dims)
 }
 
 /// [`super::NormOps::rms_norm_backward`]: as the forward, with `dy`/`dx` like `x` and
@@ -449,21 +483,14 @@ pub fn rms_norm_backward<B: MemoryOps + ?Sized>(
     dx: &M<'_, B>,
     dweight: &M<'_, B>,
 ) -> Result<(usize, usize)> {
-    const OP: &str = "rms_norm_backward";
-    let ck = Check::new(be, OP);
-    let c = weight.len;
-    ck.view("weight", weight)?;
-    let rows = rows(be, OP, ("x", x), c, "weight length ")?;
-    ck.view("dy", dy)?;
-    ck.len("dy", dy.len, x.len)?;
-    ck.view_mut("dx", dx)?;
-    ck.len("dx", dx.len, x.len)?;
-    ck.view("rstd", rstd)?;
-    ck.len("rstd", rstd.len, rows)?;
-    ck.dtype("rstd", rstd.dtype(), DType::F32)?;
-    ck.view_mut("dweight", dweight)?;
-    ck.len("dweight", dweight.len, c)?;
-    Ok((rows, c))
+    norm(
+        be,
+        "rms_norm_backward",
+        (arg("x", x), arg("weight", weight)),
+        &[arg("dy", dy), arg_mut("dx", dx)],
+        &[arg("rstd", rstd)],
+        &[arg_mut("dweight", dweight)],
+    )
 }
 
 /// Cross-entropy: `logits` of rows of `vocab`, one target per row, each below `vocab`;

@@ -14,6 +14,11 @@ pub enum BinaryOp {
     Sub,
 }
 
+/// `sqrt(2 / pi)`, GELU's scale.
+const GELU_S: f32 = 0.797_884_6;
+/// The cubic coefficient of GELU's tanh approximation.
+const GELU_C: f32 = 0.044_715;
+
 /// Element-wise unary functions, computed in FP32 (see [`UnaryOp::eval`] and
 /// [`UnaryOp::grad`] for the reference formulas every backend follows).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -82,13 +87,25 @@ impl UnaryOp {
         self as u32
     }
 
-    /// The reference value in FP32 with the standard library's `exp`/`tanh` (backends agree
-    /// with it within a few ulps; the CPU backend uses its own vectorised `exp`).
+    /// The reference value in FP32 with the standard library's `exp` (backends agree with it
+    /// within a few ulps; see [`UnaryOp::eval_with`]).
     pub fn eval(self, x: f32) -> f32 {
-        let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
+        self.eval_with(x, f32::exp)
+    }
+
+    /// The reference derivative at `x` in FP32.
+    pub fn grad(self, x: f32) -> f32 {
+        self.grad_with(x, f32::exp)
+    }
+
+    /// `f(x)` with `exp` as the exponential: the one definition of every formula, which the
+    /// CPU backend evaluates with its vectorisable `exp` (the WGSL and CUDA kernels are ports).
+    #[inline(always)]
+    pub fn eval_with(self, x: f32, exp: impl Fn(f32) -> f32) -> f32 {
+        let sigmoid = |x: f32| 1.0 / (1.0 + exp(-x));
         match self {
             UnaryOp::GeluTanh => {
-                let u = 0.797_884_6 * (x + 0.044_715 * x * x * x);
+                let u = GELU_S * (x + GELU_C * x * x * x);
                 x * sigmoid(2.0 * u)
             }
             UnaryOp::Relu => {
@@ -101,21 +118,21 @@ impl UnaryOp {
             UnaryOp::Silu => x * sigmoid(x),
             UnaryOp::Sigmoid => sigmoid(x),
             UnaryOp::Tanh => x.tanh(),
-            UnaryOp::Exp => x.exp(),
+            UnaryOp::Exp => exp(x),
             UnaryOp::Neg => -x,
             UnaryOp::Rsqrt => 1.0 / x.sqrt(),
         }
     }
 
-    /// The reference derivative at `x` in FP32.
-    pub fn grad(self, x: f32) -> f32 {
-        let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
+    /// `f'(x)` with `exp` as the exponential (see [`UnaryOp::eval_with`]).
+    #[inline(always)]
+    pub fn grad_with(self, x: f32, exp: impl Fn(f32) -> f32) -> f32 {
+        let sigmoid = |x: f32| 1.0 / (1.0 + exp(-x));
         match self {
             UnaryOp::GeluTanh => {
-                let k0 = 0.797_884_6;
                 let x2 = x * x;
-                let s = sigmoid(2.0 * k0 * (x + 0.044_715 * x2 * x));
-                s + x * 2.0 * s * (1.0 - s) * k0 * (1.0 + 3.0 * 0.044_715 * x2)
+                let s = sigmoid(2.0 * GELU_S * (x + GELU_C * x2 * x));
+                s + x * 2.0 * s * (1.0 - s) * GELU_S * (1.0 + 3.0 * GELU_C * x2)
             }
             UnaryOp::Relu => {
                 if x > 0.0 {
@@ -136,7 +153,7 @@ impl UnaryOp {
                 let t = x.tanh();
                 1.0 - t * t
             }
-            UnaryOp::Exp => x.exp(),
+            UnaryOp::Exp => exp(x),
             UnaryOp::Neg => -1.0,
             UnaryOp::Rsqrt => -0.5 / (x * x.sqrt()),
         }

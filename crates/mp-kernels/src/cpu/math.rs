@@ -81,12 +81,6 @@ pub(crate) fn gelu(x: f32) -> f32 {
     x / (1.0 + exp(-2.0 * u))
 }
 
-/// `1 / (1 + e^-x)` with [`exp`].
-#[inline(always)]
-pub(crate) fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + exp(-x))
-}
-
 /// The exact derivative of [`gelu`]: with `sigma = sigmoid(2u)`,
 /// `sigma + 2 x sigma (1 - sigma) u'(x)`.
 #[inline(always)]

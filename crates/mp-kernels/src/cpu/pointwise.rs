@@ -224,57 +224,6 @@ pub(crate) fn bias_add(
     Ok(())
 }
 
-/// `f(x)` for one unary op, with the CPU's vectorisable `exp`.
-#[inline(always)]
-fn unary_f(op: UnaryOp, x: f32) -> f32 {
-    match op {
-        UnaryOp::GeluTanh => math::gelu(x),
-        UnaryOp::Relu => {
-            if x < 0.0 {
-                0.0
-            } else {
-                x
-            }
-        }
-        UnaryOp::Silu => x * math::sigmoid(x),
-        UnaryOp::Sigmoid => math::sigmoid(x),
-        UnaryOp::Tanh => x.tanh(),
-        UnaryOp::Exp => math::exp(x),
-        UnaryOp::Neg => -x,
-        UnaryOp::Rsqrt => 1.0 / x.sqrt(),
-    }
-}
-
-/// `f'(x)` for one unary op.
-#[inline(always)]
-fn unary_df(op: UnaryOp, x: f32) -> f32 {
-    match op {
-        UnaryOp::GeluTanh => math::gelu_grad(x),
-        UnaryOp::Relu => {
-            if x > 0.0 {
-                1.0
-            } else {
-                0.0
-            }
-        }
-        UnaryOp::Silu => {
-            let s = math::sigmoid(x);
-            s * (1.0 + x * (1.0 - s))
-        }
-        UnaryOp::Sigmoid => {
-            let s = math::sigmoid(x);
-            s * (1.0 - s)
-        }
-        UnaryOp::Tanh => {
-            let t = x.tanh();
-            1.0 - t * t
-        }
-        UnaryOp::Exp => math::exp(x),
-        UnaryOp::Neg => -1.0,
-        UnaryOp::Rsqrt => -0.5 / (x * x.sqrt()),
-    }
-}
-
 simd_dispatch! {
     /// `o = gelu(x)`.
     fn gelu_slice(x: &[f32], o: &mut [f32]) {
@@ -307,7 +256,7 @@ pub(crate) fn unary(
         UnaryOp::GeluTanh => map1(x, dx, out, dout, false, gelu_slice),
         _ => map1(x, dx, out, dout, false, |x, o| {
             for (o, &x) in o.iter_mut().zip(x) {
-                *o = unary_f(op, x);
+                *o = op.eval_with(x, math::exp);
             }
         }),
     }
@@ -332,7 +281,7 @@ pub(crate) fn unary_backward(
         UnaryOp::GeluTanh => map2(x, tx, dy, tdy, dx, tdx, true, gelu_backward_slice),
         _ => map2(x, tx, dy, tdy, dx, tdx, true, |x, dy, o| {
             for ((o, &x), &g) in o.iter_mut().zip(x).zip(dy) {
-                *o += unary_df(op, x) * g;
+                *o += op.grad_with(x, math::exp) * g;
             }
         }),
     }
