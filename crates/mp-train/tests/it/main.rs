@@ -8,3 +8,4 @@ mod common;
 mod gpu_training;
 mod precisions;
 mod resume;
+mod tape_ops;
