@@ -35,7 +35,7 @@ pub mod policy;
 pub mod tape;
 
 pub use error::{AutogradError, Result};
-pub use op::{Backward, Forward, Grads, Output, TapeOp};
+pub use op::{Backward, Forward, Grads, Inputs, Output, TapeOp};
 pub use ops::dense::WeightLayout;
 pub use params::{ParamEntry, ParamLayout};
 pub use policy::{Autocast, CastPolicy};

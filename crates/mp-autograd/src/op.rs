@@ -87,15 +87,14 @@ impl<B: Backend> Output<B> {
     }
 }
 
-/// What an op's forward sees: the backend, its inputs after autocast, the output dtype.
-pub struct Forward<'t, 'a, B: Backend> {
+/// An op's inputs, as both its forward and its backward read them (through
+/// [`Forward`] and [`Backward`], which dereference to this).
+pub struct Inputs<'t, 'a, B: Backend> {
     pub(crate) tape: &'t Tape<'a, B>,
     pub(crate) inputs: &'t [usize],
-    pub(crate) out_dtype: DType,
-    pub(crate) name: &'static str,
 }
 
-impl<'t, B: Backend> Forward<'t, '_, B> {
+impl<'t, B: Backend> Inputs<'t, '_, B> {
     /// The backend.
     pub fn backend(&self) -> &'t B {
         self.tape.backend()
@@ -121,6 +120,32 @@ impl<'t, B: Backend> Forward<'t, '_, B> {
         self.tape.val(self.inputs[i])
     }
 
+    /// A buffer whose every element the op writes (contents unspecified).
+    pub fn alloc(&self, dtype: DType, len: usize) -> Result<B::Buffer> {
+        Ok(self.backend().uninit(dtype, len)?)
+    }
+
+    /// A zero-filled buffer.
+    pub fn zeros(&self, dtype: DType, len: usize) -> Result<B::Buffer> {
+        Ok(self.backend().zeros(dtype, len)?)
+    }
+}
+
+/// What an op's forward sees: its inputs after autocast ([`Inputs`]) and the output dtype.
+pub struct Forward<'t, 'a, B: Backend> {
+    pub(crate) ins: Inputs<'t, 'a, B>,
+    pub(crate) out_dtype: DType,
+    pub(crate) name: &'static str,
+}
+
+impl<'t, 'a, B: Backend> std::ops::Deref for Forward<'t, 'a, B> {
+    type Target = Inputs<'t, 'a, B>;
+    fn deref(&self) -> &Self::Target {
+        &self.ins
+    }
+}
+
+impl<B: Backend> Forward<'_, '_, B> {
     /// The dtype the autocast policy chose for the output.
     pub fn out_dtype(&self) -> DType {
         self.out_dtype
@@ -129,16 +154,6 @@ impl<'t, B: Backend> Forward<'t, '_, B> {
     /// True when the tape records gradients (training); false under [`Tape::no_grad`].
     pub fn grad_enabled(&self) -> bool {
         self.tape.grad_enabled()
-    }
-
-    /// A scratch or output buffer whose every element the op writes (contents unspecified).
-    pub fn alloc(&self, dtype: DType, len: usize) -> Result<B::Buffer> {
-        Ok(self.backend().uninit(dtype, len)?)
-    }
-
-    /// A zero-filled buffer.
-    pub fn zeros(&self, dtype: DType, len: usize) -> Result<B::Buffer> {
-        Ok(self.backend().zeros(dtype, len)?)
     }
 
     /// A shape error naming this op.
@@ -151,50 +166,31 @@ impl<'t, B: Backend> Forward<'t, '_, B> {
     }
 }
 
-/// What an op's backward reads: the backend, its inputs, its output and the output's gradient.
+/// What an op's backward reads: its inputs ([`Inputs`]), its output and the output's gradient.
 pub struct Backward<'t, 'a, B: Backend> {
-    pub(crate) tape: &'t Tape<'a, B>,
+    pub(crate) ins: Inputs<'t, 'a, B>,
     pub(crate) node: usize,
-    pub(crate) inputs: &'t [usize],
     pub(crate) dy: Option<&'t B::Buffer>,
     pub(crate) seed: f32,
     pub(crate) name: &'static str,
 }
 
+impl<'t, 'a, B: Backend> std::ops::Deref for Backward<'t, 'a, B> {
+    type Target = Inputs<'t, 'a, B>;
+    fn deref(&self) -> &Self::Target {
+        &self.ins
+    }
+}
+
 impl<'t, B: Backend> Backward<'t, '_, B> {
-    /// The backend.
-    pub fn backend(&self) -> &'t B {
-        self.tape.backend()
-    }
-
-    /// Number of inputs.
-    pub fn inputs(&self) -> usize {
-        self.inputs.len()
-    }
-
-    /// The shape of input `i`.
-    pub fn shape(&self, i: usize) -> &'t [usize] {
-        &self.tape.nodes[self.inputs[i]].shape
-    }
-
-    /// The storage dtype of input `i`.
-    pub fn dtype(&self, i: usize) -> DType {
-        self.tape.nodes[self.inputs[i]].dtype
-    }
-
-    /// The elements of input `i` (as the forward saw them).
-    pub fn value(&self, i: usize) -> Result<View<'t, B::Buffer>> {
-        self.tape.val(self.inputs[i])
-    }
-
     /// The op's own output (still alive while its backward runs).
     pub fn output(&self) -> Result<View<'t, B::Buffer>> {
-        self.tape.val(self.node)
+        self.ins.tape.val(self.node)
     }
 
     /// The shape of the output.
     pub fn out_shape(&self) -> &'t [usize] {
-        &self.tape.nodes[self.node].shape
+        &self.ins.tape.nodes[self.node].shape
     }
 
     /// The gradient of the objective with respect to the output (the output's shape, the
@@ -214,16 +210,6 @@ impl<'t, B: Backend> Backward<'t, '_, B> {
     /// The seed given to [`Tape::backward`] (the loss scale): the gradient of a loss output.
     pub fn seed(&self) -> f32 {
         self.seed
-    }
-
-    /// A scratch buffer whose every element the op writes (contents unspecified).
-    pub fn alloc(&self, dtype: DType, len: usize) -> Result<B::Buffer> {
-        Ok(self.backend().uninit(dtype, len)?)
-    }
-
-    /// A zero-filled scratch buffer.
-    pub fn zeros(&self, dtype: DType, len: usize) -> Result<B::Buffer> {
-        Ok(self.backend().zeros(dtype, len)?)
     }
 }
 

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use mp_dtype::DType;
 use mp_kernels::{Backend, BufferExt, DeviceBuffer, Rounding, View, ViewMut};
 
-use crate::op::{Backward, Forward, Grads, Output, TapeOp};
+use crate::op::{Backward, Forward, Grads, Inputs, Output, TapeOp};
 use crate::policy::{Autocast, CastPolicy, widest};
 use crate::{AutogradError, ParamEntry, Result};
 
@@ -368,8 +368,10 @@ impl<'a, B: Backend> Tape<'a, B> {
         let (ins, out_dtype) = self.autocast_inputs(op.cast_policy(), &raw)?;
         let out = {
             let cx = Forward {
-                tape: self,
-                inputs: &ins,
+                ins: Inputs {
+                    tape: self,
+                    inputs: &ins,
+                },
                 out_dtype,
                 name,
             };
@@ -451,9 +453,11 @@ impl<'a, B: Backend> Tape<'a, B> {
             {
                 let name = rec.op.name();
                 let cx = Backward {
-                    tape: &self,
+                    ins: Inputs {
+                        tape: &self,
+                        inputs: &rec.inputs,
+                    },
                     node: i,
-                    inputs: &rec.inputs,
                     dy: dy.as_ref(),
                     seed,
                     name,
