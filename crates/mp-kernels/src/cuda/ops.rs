@@ -440,21 +440,29 @@ impl GemmOps for CudaBackend {
         if too_big {
             return Err(self.shape_err(OP, format!("{s:?}: a dimension exceeds i32")));
         }
-        if s.k == 0 {
-            // C = beta C
-            let cc = self.arg_mut(&c);
-            let n = c.len;
-            return self.pointwise(
-                OP,
-                Pw::SCALE,
-                Some(cc),
-                None,
-                cc,
-                n,
-                s.beta,
-                Rounding::NearestEven,
-                0,
-            );
+        if s.k == 0 || s.alpha == 0.0 {
+            // C = beta C batch by batch (elements between strided outputs are not C's), and
+            // beta = 0 writes zeros without reading C (as BLAS and the CPU backend do)
+            let per = s.m * s.n;
+            let runs: Vec<(usize, usize)> = if s.stride_c == per {
+                vec![(0, per * s.batch)]
+            } else {
+                (0..s.batch).map(|i| (i * s.stride_c, per)).collect()
+            };
+            let dt = dt_code(c.dtype());
+            for (off, n) in runs {
+                let cc = Arg {
+                    ptr: self.addr(c.buf, c.offset + off),
+                    dt,
+                };
+                let (op, src) = if s.beta == 0.0 {
+                    (Pw::FILL, None)
+                } else {
+                    (Pw::SCALE, Some(cc))
+                };
+                self.pointwise(OP, op, src, None, cc, n, s.beta, Rounding::NearestEven, 0)?;
+            }
+            return Ok(());
         }
         if gemm::supported(a.dtype(), c.dtype()) {
             let (pa, pb, pc) = (

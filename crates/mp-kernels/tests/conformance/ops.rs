@@ -364,3 +364,40 @@ fn memory_ops_uninit_index_values_and_synchronize() {
     assert_eq!(g.index_values(&idx), &ids);
     assert_eq!(cpu().index_values(&cpu().upload_index(&ids).unwrap()), &ids);
 }
+
+#[test]
+fn gemm_without_a_product_scales_or_zeroes_each_batch_only() {
+    let Some(g) = gpu("gemm_without_a_product_scales_or_zeroes_each_batch_only") else {
+        return;
+    };
+    // k = 0 (or alpha = 0): C = beta C per batch; the gaps between strided outputs keep their
+    // values; beta = 0 writes zeros over a NaN-poisoned C without reading it
+    fn run<B: Backend>(be: &B, k: usize, alpha: f32, beta: f32) -> Vec<f32> {
+        let s = Gemm {
+            batch: 3,
+            alpha,
+            beta,
+            stride_a: 4 * k,
+            stride_b: k * 5,
+            stride_c: 4 * 5 + 3,
+            ..Gemm::new(4, 5, k)
+        };
+        let c_len = s.stride_c * 2 + 20;
+        let mut c0 = random_vec(c_len, 41);
+        if beta == 0.0 {
+            for b in 0..3 {
+                c0[b * s.stride_c..b * s.stride_c + 20].fill(f32::NAN);
+            }
+        }
+        let a = up(be, &random_vec(s.stride_a * 3 + 1, 42), DType::F32);
+        let b = up(be, &random_vec(s.stride_b * 3 + 1, 43), DType::F32);
+        let mut c = up(be, &c0, DType::F32);
+        be.gemm(a.view(), b.view(), c.view_mut(), &s).expect("gemm");
+        down(be, &c)
+    }
+    for (k, alpha, beta) in [(0, 1.0, 0.5), (0, 1.0, 0.0), (6, 0.0, -2.0), (6, 0.0, 0.0)] {
+        let (want, got) = (run(&cpu(), k, alpha, beta), run(g, k, alpha, beta));
+        let what = format!("gemm k={k} alpha={alpha} beta={beta}");
+        close(&what, &got, &want, DType::F32, 0.0, 0.0);
+    }
+}
