@@ -35,7 +35,9 @@ pub(crate) fn rows_of<B: Backend>(cx: &Forward<'_, '_, B>, i: usize) -> Result<(
     let shape = cx.shape(i);
     match shape.last() {
         Some(&c) if c > 0 => Ok((shape.iter().product::<usize>() / c, c)),
-        _ => Err(cx.shape_err(format!("input of shape {shape:?} has no last dimension"))),
+        _ => Err(cx.shape_err(format!(
+            "input of shape {shape:?}: no last dimension, or an empty one"
+        ))),
     }
 }
 
