@@ -4,7 +4,10 @@
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum DTypeError {
     /// A format name that is not one of [`crate::DType::ALL`].
-    #[error("unknown dtype name {0:?} (expected one of f32, f16, bf16, f8e4m3, f8e5m2)")]
+    #[error(
+        "unknown dtype name {0:?} (expected one of f32/fp32/float32, f16/fp16/float16, \
+         bf16/bfloat16, f8e4m3/float8_e4m3fn, f8e5m2/float8_e5m2)"
+    )]
     UnknownName(String),
     /// Source and destination slices hold different numbers of elements.
     #[error("{op}: length mismatch: source has {src} elements, destination has {dst}")]

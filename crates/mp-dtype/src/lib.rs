@@ -44,6 +44,10 @@ pub use bulk::{
 };
 pub use error::DTypeError;
 pub use rng::{mix32, sr_random};
+
+/// The `half` crate, whose `f16` and `bf16` types the typed conversions take, so a user needs
+/// no separate dependency (or version match) to call them.
+pub use half;
 pub use scalar::{bits_to_f32, f32_to_bits, f32_to_bits_sr};
 pub use simd::Isa;
 pub use stats::{RangeStats, range_stats};
@@ -156,12 +160,61 @@ impl std::fmt::Display for DType {
     }
 }
 
+impl DType {
+    /// Every name [`DType`] parses for `self`, case-insensitively: its own (`"bf16"`), the
+    /// CLI's precision names (`"fp16"`, `"bf16"`, `"fp32"`), PyTorch's and ml_dtypes'
+    /// (`"float16"`, `"half"`, `"bfloat16"`, `"float32"`, `"float"`, `"float8_e4m3fn"`,
+    /// `"float8_e5m2"`).
+    pub const fn aliases(self) -> &'static [&'static str] {
+        match self {
+            DType::F32 => &["f32", "fp32", "float32", "float"],
+            DType::F16 => &["f16", "fp16", "float16", "half"],
+            DType::BF16 => &["bf16", "bfloat16"],
+            DType::F8E4M3 => &["f8e4m3", "fp8e4m3", "float8_e4m3fn", "e4m3"],
+            DType::F8E5M2 => &["f8e5m2", "fp8e5m2", "float8_e5m2", "e5m2"],
+        }
+    }
+}
+
 impl std::str::FromStr for DType {
     type Err = DTypeError;
+    /// Parses any of [`DType::aliases`] (case-insensitive).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         DType::ALL
             .into_iter()
-            .find(|d| d.name().eq_ignore_ascii_case(s))
+            .find(|d| d.aliases().iter().any(|a| a.eq_ignore_ascii_case(s.trim())))
             .ok_or_else(|| DTypeError::UnknownName(s.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_in_every_spelling_and_round_trip() {
+        for (s, d) in [
+            ("fp16", DType::F16),
+            ("FLOAT16", DType::F16),
+            ("half", DType::F16),
+            ("bf16", DType::BF16),
+            ("bfloat16", DType::BF16),
+            ("fp32", DType::F32),
+            (" float32 ", DType::F32),
+            ("float8_e4m3fn", DType::F8E4M3),
+            ("float8_e5m2", DType::F8E5M2),
+        ] {
+            assert_eq!(s.parse::<DType>(), Ok(d), "{s}");
+        }
+        for d in DType::ALL {
+            assert_eq!(d.name().parse::<DType>(), Ok(d));
+        }
+        let e = "fp64".parse::<DType>().unwrap_err().to_string();
+        assert!(e.contains("fp64") && e.contains("bfloat16"), "{e}");
+        // the re-export is the crate the typed conversions take
+        let x = [half::bf16::from_f32(1.5)];
+        let mut y = [0.0f32];
+        bf16_to_f32(&x, &mut y).unwrap();
+        assert_eq!(y, [1.5]);
     }
 }

@@ -13,6 +13,10 @@ use mp_dtype::DType;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// The most CPU worker threads a config may ask for (more only starves the machine: each is
+/// an OS thread of the global pool).
+pub const MAX_THREADS: usize = 1024;
+
 /// Numeric precision of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Precision {
@@ -240,7 +244,7 @@ pub struct TrainConfig {
     /// `cpu`, `cuda` or `wgpu`. A GPU backend that is not compiled in or finds no device is
     /// an error, never a silent CPU run.
     pub backend: BackendKind,
-    /// CPU worker threads (0: one per core).
+    /// CPU worker threads (0: one per core; at most [`MAX_THREADS`]).
     pub threads: usize,
     /// Seed of the initial weights, the batch order and stochastic rounding.
     pub seed: u64,
@@ -453,6 +457,13 @@ impl TrainConfig {
                 "model.vocab_size",
                 m.vocab_size,
                 "must be at least 256 (tokens are bytes)",
+            ));
+        }
+        if self.threads > MAX_THREADS {
+            return Err(TrainError::invalid(
+                "threads",
+                self.threads,
+                format!("must be at most {MAX_THREADS} (0: one per core)"),
             ));
         }
         positive("batch_size", self.batch_size)?;

@@ -122,8 +122,41 @@ impl Dataset {
     pub fn from_config(cfg: &DataConfig, seed: u64, context: usize) -> Result<Self> {
         match &cfg.path {
             Some(path) => Self::from_file(path, cfg.val_fraction, context),
-            None => Ok(Self::arithmetic(cfg, seed)),
+            None => {
+                let d = Self::arithmetic(cfg, seed);
+                d.check_arithmetic_fits(cfg, context)?;
+                Ok(d)
+            }
         }
+    }
+
+    /// Fails, naming `data.problems`, unless both splits of the arithmetic corpus hold a
+    /// window of `context + 1` tokens (training and validation read such windows).
+    fn check_arithmetic_fits(&self, cfg: &DataConfig, context: usize) -> Result<()> {
+        let need = context + 1;
+        if self.train.len() >= need && self.val.len() >= need {
+            return Ok(());
+        }
+        let line = self.alignment();
+        let lines = need.div_ceil(line);
+        // the validation split has max(ceil(problems * val_fraction), 64) problems
+        let for_val = if lines <= 64 {
+            0
+        } else {
+            (lines as f64 / cfg.val_fraction).ceil() as usize
+        };
+        Err(TrainError::invalid(
+            "data.problems",
+            cfg.problems,
+            format!(
+                "too few for context {context} (model.n_positions): the training split holds \
+                 {} tokens and the validation split {}, and each needs at least {need}; use \
+                 data.problems >= {}",
+                self.train.len(),
+                self.val.len(),
+                lines.max(for_val)
+            ),
+        ))
     }
 
     /// Byte-level tokens from a text file; the last `val_fraction` of it is the validation
@@ -315,6 +348,31 @@ fn window_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_arithmetic_corpus_too_short_for_the_context_is_refused() {
+        for (problems, context) in [(1, 64), (3, 64), (200, 1024)] {
+            let c = DataConfig { problems, ..cfg() };
+            let Err(e) = Dataset::from_config(&c, 0, context) else {
+                panic!("{problems} problems fit context {context}");
+            };
+            let msg = e.to_string();
+            assert!(
+                msg.contains("data.problems") && msg.contains("use data.problems >="),
+                "{msg}"
+            );
+            // the suggestion fits
+            let n: usize = msg.rsplit(">= ").next().unwrap().trim().parse().unwrap();
+            let ok = DataConfig {
+                problems: n,
+                ..cfg()
+            };
+            assert!(
+                Dataset::from_config(&ok, 0, context).is_ok(),
+                "{n} problems, context {context}"
+            );
+        }
+    }
 
     fn cfg() -> DataConfig {
         DataConfig {

@@ -136,6 +136,30 @@ fn bad_input_table() {
             vec!["wgpu"],
         ),
         (
+            "one arithmetic problem",
+            train_args(&dir, "o16", &["--set", "data.problems=1"]),
+            vec!["data.problems", "too few", "use data.problems >="],
+        ),
+        (
+            "a validation split shorter than the context",
+            train_args(
+                &dir,
+                "o17",
+                &[
+                    "--set",
+                    "data.problems=200",
+                    "--set",
+                    "model.n_positions=1024",
+                ],
+            ),
+            vec!["data.problems", "context 1024"],
+        ),
+        (
+            "too many threads",
+            train_args(&dir, "o18", &["--set", "threads=100000"]),
+            vec!["threads", "100000", "at most 1024"],
+        ),
+        (
             "missing checkpoint",
             s(&["eval", "/nonexistent/checkpoint-3"]),
             vec!["/nonexistent/checkpoint-3"],
@@ -167,7 +191,7 @@ fn bad_input_table() {
         expect_error(&dir, name, args, &expected);
     }
     // No failed run left a run folder behind (and none trained silently on the CPU).
-    for i in 1..=15 {
+    for i in 1..=18 {
         assert!(!dir.join(format!("o{i}")).exists(), "o{i} was created");
     }
     std::fs::remove_dir_all(&dir).unwrap();
