@@ -244,20 +244,30 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
 }
 
 fn cmd_compare(a: CompareArgs) -> Result<()> {
-    let sets = overrides(&a.common, &[]);
-    let cfg = TrainConfig::load(a.common.config.as_deref(), &sets)?;
-    let out = a.common.out.clone().unwrap_or_else(|| {
-        default_out(
-            &TrainConfig {
-                output_dir: None,
-                ..cfg.clone()
-            },
-            "compare",
-        )
-    });
-    let (report, results) =
-        compare::compare(&cfg, &out, a.common.overwrite, progress(a.common.plain))?;
-    println!("\nreport: {}", report.display());
+    let (cfg, out, results) = match &a.from {
+        // a finished study: re-render its report and plots, train nothing
+        Some(dir) => {
+            let (cfg, results) = compare::rerender(dir)?;
+            (cfg, dir.clone(), results)
+        }
+        None => {
+            let sets = overrides(&a.common, &[]);
+            let cfg = TrainConfig::load(a.common.config.as_deref(), &sets)?;
+            let out = a.common.out.clone().unwrap_or_else(|| {
+                default_out(
+                    &TrainConfig {
+                        output_dir: None,
+                        ..cfg.clone()
+                    },
+                    "compare",
+                )
+            });
+            let (_, results) =
+                compare::compare(&cfg, &out, a.common.overwrite, progress(a.common.plain))?;
+            (cfg, out, results)
+        }
+    };
+    println!("\nreport: {}", out.join("report.md").display());
     if let Some(dest) = &a.report {
         let stem = dest
             .file_stem()

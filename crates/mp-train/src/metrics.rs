@@ -5,16 +5,30 @@ use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// Reads an f32 that serde_json wrote as `null` for a non-finite value (a diverged run's NaN
+/// loss) back as NaN, so the program reads every file it writes.
+fn f32_or_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f32, D::Error> {
+    Ok(Option::<f32>::deserialize(d)?.unwrap_or(f32::NAN))
+}
+
+/// [`f32_or_nan`] for f64 fields.
+fn f64_or_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 /// One logged optimizer step.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
     /// Optimizer step (1-based: the number of steps taken, as HF logs it).
     pub step: u64,
     /// Mean training loss of this step's micro-batches (unscaled).
+    #[serde(deserialize_with = "f32_or_nan")]
     pub loss: f32,
     /// Learning rate used by this step.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub lr: f64,
     /// Loss scale used by this step's backward.
+    #[serde(deserialize_with = "f32_or_nan")]
     pub scale: f32,
     /// Global norm of the unscaled gradients before clipping (absent on a skipped step).
     pub grad_norm: Option<f64>,
@@ -23,10 +37,12 @@ pub struct StepRecord {
     /// Steps skipped so far in this run.
     pub skipped_total: u64,
     /// Training tokens per second since the previous record.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub tokens_per_s: f64,
     /// Training tokens seen so far.
     pub tokens: u64,
     /// Seconds since the run (or its resumption) started.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub elapsed_s: f64,
     /// Fraction of the non-zero unscaled gradient values that underflow to zero in FP16 at
     /// scale 1 (present on steps where the gradient histogram was taken).
@@ -43,6 +59,7 @@ pub struct EvalRecord {
     /// Optimizer steps taken when it ran.
     pub step: u64,
     /// Mean validation loss.
+    #[serde(deserialize_with = "f32_or_nan")]
     pub val_loss: f32,
     /// Exact-match accuracy on held-out arithmetic problems (absent for a text file).
     pub accuracy: Option<f64>,
@@ -150,6 +167,36 @@ mod tests {
         truncate_after(&p, 20).unwrap();
         let back: Vec<EvalRecord> = read_jsonl(&p).unwrap();
         assert_eq!(back.iter().map(|r| r.step).collect::<Vec<_>>(), [10, 20]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_diverged_runs_nan_reads_back_as_nan() {
+        let dir = std::env::temp_dir().join(format!("mp-train-nan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("metrics.jsonl");
+        let mut w = JsonlWriter::append(&p).unwrap();
+        let rec = StepRecord {
+            step: 3,
+            loss: f32::NAN,
+            lr: 1e-3,
+            scale: f32::INFINITY,
+            grad_norm: None,
+            skipped: true,
+            skipped_total: 1,
+            tokens_per_s: f64::NAN,
+            tokens: 10,
+            elapsed_s: 0.5,
+            fp16_underflow_at_1: None,
+            fp16_underflow_at_scale: None,
+        };
+        w.write(&rec).unwrap();
+        drop(w);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains("\"loss\":null"), "{text}");
+        let back: Vec<StepRecord> = read_jsonl(&p).unwrap();
+        assert!(back[0].loss.is_nan() && back[0].scale.is_nan() && back[0].tokens_per_s.is_nan());
+        assert_eq!((back[0].step, back[0].lr, back[0].skipped), (3, 1e-3, true));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

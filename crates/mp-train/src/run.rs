@@ -175,6 +175,17 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunSummary> {
                 eprintln!("warning: {w}");
             }
             checkpoint::check_model(&dir, &cfg.model)?;
+            if state.global_step >= cfg.max_steps {
+                return Err(TrainError::invalid(
+                    "max_steps",
+                    cfg.max_steps,
+                    format!(
+                        "{} is at step {}: nothing is left to train (raise max_steps above it)",
+                        dir.display(),
+                        state.global_step
+                    ),
+                ));
+            }
             Some((dir, state))
         }
         None => None,

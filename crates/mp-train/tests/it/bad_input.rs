@@ -160,6 +160,11 @@ fn bad_input_table() {
             vec!["threads", "100000", "at most 1024"],
         ),
         (
+            "compare from a folder that is not a study",
+            s(&["compare", "--plain", "--from", "/nonexistent/study"]),
+            vec!["/nonexistent/study", "not a precision-study folder"],
+        ),
+        (
             "missing checkpoint",
             s(&["eval", "/nonexistent/checkpoint-3"]),
             vec!["/nonexistent/checkpoint-3"],
@@ -264,6 +269,16 @@ fn checkpoints_of_another_model_truncated_ones_and_full_out_dirs_are_refused() {
     );
     ob[last] ^= 0x40;
     std::fs::write(&opt, &ob).unwrap();
+
+    // A checkpoint at or past max_steps has nothing left to train: refused, not a no-op run
+    // (also when trainer_state.json claims an absurd step).
+    expect_error(
+        &dir,
+        "nothing left to train",
+        train_args(&dir, "r3", &["--resume", &ck2, "--max-steps", "2"]),
+        &["max_steps", "checkpoint-2", "at step 2", "nothing is left"],
+    );
+    assert!(!dir.join("r3").exists(), "r3 was created");
 
     // The previous checkpoint is still usable: resuming from the run folder skips the broken
     // newest one, says so, and continues from checkpoint-2.
