@@ -187,7 +187,9 @@ impl GradScaler {
     ) -> Result<GradCheck> {
         let stats = backend.grad_stats(grads, inv_scale)?;
         Ok(GradCheck {
-            found_inf: stats.non_finite,
+            // A scale that underflowed to 0 has an infinite inverse: the unscaled gradients
+            // are not finite (PyTorch's unscale gives inf or NaN there and skips the step).
+            found_inf: stats.non_finite || !inv_scale.is_finite(),
             grad_norm: stats.sum_sq.sqrt(),
             inv_scale,
         })
@@ -224,6 +226,31 @@ impl GradScaler {
             },
         );
         Ok(check)
+    }
+
+    /// Records a check made elsewhere (another framework's own non-finite check of optimizer
+    /// `opt`'s gradients, unscaled with [`inv_scale`](Self::inv_scale)) as
+    /// [`unscale_`](Self::unscale_) would: [`should_step`](Self::should_step),
+    /// [`step`](Self::step) and [`update`](Self::update) then follow it. A scale that
+    /// underflowed to 0 records `true` whatever `found_inf` says. Same errors as `unscale_`;
+    /// does nothing when disabled.
+    pub fn record_check(&mut self, opt: OptimizerId, found_inf: bool) -> Result<()> {
+        if !self.config.enabled {
+            return Ok(());
+        }
+        match self.stage(opt) {
+            OptStage::Unscaled => return Err(ScalerError::UnscaleTwice { optimizer: opt.0 }),
+            OptStage::Stepped => return Err(ScalerError::UnscaleAfterStep { optimizer: opt.0 }),
+            OptStage::Ready => {}
+        }
+        self.per_optimizer.insert(
+            opt,
+            PerOptimizer {
+                stage: OptStage::Unscaled,
+                found_inf: Some(found_inf || !self.inv_scale().is_finite()),
+            },
+        );
+        Ok(())
     }
 
     /// PyTorch's `step(optimizer)`: unscales (checks) `grads` first unless
@@ -384,8 +411,20 @@ impl GradScaler {
         if !self.config.enabled {
             return Ok(());
         }
+        let scale = state.scale as f32;
+        if !(scale.is_finite() && scale >= 0.0) {
+            return Err(ScalerError::BadState(format!(
+                "scale = {}: must be finite and >= 0",
+                state.scale
+            )));
+        }
         let config = ScalerConfig {
-            init_scale: state.scale as f32,
+            // a scale that underflowed to 0 is a state to restore, not a config to refuse
+            init_scale: if scale > 0.0 {
+                scale
+            } else {
+                self.config.init_scale
+            },
             growth_factor: state.growth_factor,
             backoff_factor: state.backoff_factor,
             growth_interval: state.growth_interval,
@@ -395,7 +434,7 @@ impl GradScaler {
             .validate()
             .map_err(|e| ScalerError::BadState(e.to_string()))?;
         self.config = config;
-        self.scale = config.init_scale;
+        self.scale = scale;
         self.growth_tracker = state.growth_tracker;
         self.hysteresis_left = state
             .hysteresis_left
@@ -417,6 +456,60 @@ impl GradScaler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_check_made_elsewhere_drives_the_scale() {
+        let mut sc = GradScaler::new(ScalerConfig {
+            growth_interval: 2,
+            ..ScalerConfig::default()
+        })
+        .unwrap();
+        let s0 = sc.get_scale();
+        sc.record_check(OptimizerId::DEFAULT, true).unwrap();
+        assert!(!sc.should_step());
+        assert!(matches!(
+            sc.record_check(OptimizerId::DEFAULT, false),
+            Err(ScalerError::UnscaleTwice { .. })
+        ));
+        sc.update(None).unwrap();
+        assert_eq!(sc.get_scale(), s0 / 2.0, "backed off");
+        for _ in 0..2 {
+            sc.record_check(OptimizerId::DEFAULT, false).unwrap();
+            assert!(sc.should_step());
+            sc.update(None).unwrap();
+        }
+        assert_eq!(sc.get_scale(), s0, "grew after the interval");
+    }
+
+    #[test]
+    fn a_scale_that_underflowed_to_zero_skips_and_round_trips() {
+        let be = mp_kernels::CpuBackend::new();
+        let cfg = ScalerConfig::default().with_init_scale(f32::from_bits(1)); // 1.4e-45
+        let mut sc = GradScaler::new(cfg).unwrap();
+        let grads =
+            mp_kernels::MemoryOps::upload_f32(&be, &[0.0, 1.0], mp_dtype::DType::F32).unwrap();
+        let inf =
+            mp_kernels::MemoryOps::upload_f32(&be, &[f32::INFINITY], mp_dtype::DType::F32).unwrap();
+        use mp_kernels::BufferExt;
+        sc.check(&be, inf.view()).unwrap();
+        sc.update(None).unwrap();
+        assert_eq!(
+            sc.get_scale(),
+            0.0,
+            "backed off below the smallest subnormal"
+        );
+        let check = sc.check(&be, grads.view()).unwrap();
+        assert!(
+            check.found_inf && !sc.should_step(),
+            "an infinite 1/scale must skip"
+        );
+        sc.update(None).unwrap();
+        let state = sc.state_dict().unwrap();
+        let mut back = GradScaler::new(ScalerConfig::default()).unwrap();
+        back.load_state_dict(&state).unwrap();
+        assert_eq!(back.get_scale(), 0.0);
+        assert_eq!(back.state_dict(), Some(state));
+    }
 
     fn scaler(config: ScalerConfig) -> GradScaler {
         GradScaler::new(config).unwrap()
