@@ -72,7 +72,8 @@ pub fn compare(
     progress: Progress,
 ) -> Result<(PathBuf, Vec<ArmResult>)> {
     base.validate()?;
-    run::prepare_out_dir(
+    // the study folder stays locked for the whole study (each arm locks its own folder too)
+    let _lock = run::prepare_out_dir(
         &RunOptions {
             overwrite,
             ..RunOptions::new(out)

@@ -62,6 +62,17 @@ pub enum TrainError {
         /// The folder.
         path: PathBuf,
     },
+    /// Another process holds the run folder's lock.
+    #[error(
+        "run folder {path} is in use by another mp-train (process {holder}); wait for it to \
+         end, or choose another --out"
+    )]
+    Locked {
+        /// The folder.
+        path: PathBuf,
+        /// The process id written in the lock file by its holder.
+        holder: String,
+    },
     /// A checkpoint folder that is missing files, truncated or corrupt.
     #[error("checkpoint {path}: {reason}")]
     Checkpoint {

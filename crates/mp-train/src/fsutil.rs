@@ -68,9 +68,56 @@ pub fn tmp_sibling(path: &Path) -> PathBuf {
 /// True when `dir` does not exist or holds nothing.
 pub fn is_empty_or_missing(dir: &Path) -> Result<bool> {
     match std::fs::read_dir(dir) {
-        Ok(mut it) => Ok(it.next().is_none()),
+        // the lock file of a run that never got further does not count
+        Ok(mut it) => Ok(it.all(|e| e.is_ok_and(|e| e.file_name() == LOCK_FILE))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
         Err(e) => Err(TrainError::io("listing", dir)(e)),
+    }
+}
+
+/// The lock file inside a run folder (see [`lock_dir`]).
+pub const LOCK_FILE: &str = ".lock";
+
+/// An exclusive advisory lock on a folder, held while the value lives; the operating system
+/// releases it when the process ends, however it ends, so a killed run leaves no stale lock.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: std::fs::File,
+}
+
+/// Creates `dir` if needed and takes its lock ([`LOCK_FILE`], which records this process's
+/// id). Fails with [`TrainError::Locked`], naming the holder, when another process holds it.
+/// The lock file is never deleted (deleting a lock file that another process is about to open
+/// would let two processes lock two files).
+pub fn lock_dir(dir: &Path) -> Result<DirLock> {
+    use std::io::{Read, Seek, Write};
+    std::fs::create_dir_all(dir).map_err(TrainError::io("creating", dir))?;
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(TrainError::io("opening", &path))?;
+    match file.try_lock() {
+        Ok(()) => {
+            let pid = std::process::id().to_string();
+            file.set_len(0)
+                .and_then(|()| file.rewind())
+                .and_then(|()| file.write_all(pid.as_bytes()))
+                .map_err(TrainError::io("writing", &path))?;
+            Ok(DirLock { _file: file })
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            Err(TrainError::Locked {
+                path: dir.to_path_buf(),
+                holder: holder.trim().to_string(),
+            })
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(TrainError::io("locking", &path)(e)),
     }
 }
 

@@ -135,6 +135,7 @@ fn looks_like_run_dir(dir: &Path) -> Result<bool> {
         let p = e.path();
         let name = e.file_name().to_string_lossy().into_owned();
         let known = RUN_FILES.contains(&name.as_str())
+            || name == fsutil::LOCK_FILE
             || checkpoint::step_of(&p).is_some()
             || name.starts_with(".checkpoint-")
             || (p.is_dir() && p.join("summary.json").exists());
@@ -145,11 +146,14 @@ fn looks_like_run_dir(dir: &Path) -> Result<bool> {
     Ok(true)
 }
 
-/// Prepares the run folder: creates it, or refuses a non-empty one unless resuming into it or
-/// `overwrite` (which clears only a folder that looks like a run folder).
-pub fn prepare_out_dir(opts: &RunOptions, resuming_here: bool) -> Result<()> {
+/// Prepares the run folder and locks it for the caller's life ([`fsutil::lock_dir`]): creates
+/// it, or refuses a non-empty one unless resuming into it or `overwrite` (which clears only a
+/// folder that looks like a run folder, and only once it holds the lock, so it never clears a
+/// folder another run is writing).
+pub fn prepare_out_dir(opts: &RunOptions, resuming_here: bool) -> Result<fsutil::DirLock> {
     let dir = &opts.out_dir;
-    if !resuming_here && !fsutil::is_empty_or_missing(dir)? {
+    let clear = !resuming_here && !fsutil::is_empty_or_missing(dir)?;
+    if clear {
         if !opts.overwrite {
             return Err(TrainError::OutDirNotEmpty { path: dir.clone() });
         }
@@ -160,9 +164,24 @@ pub fn prepare_out_dir(opts: &RunOptions, resuming_here: bool) -> Result<()> {
                 source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "not a run folder"),
             });
         }
-        std::fs::remove_dir_all(dir).map_err(TrainError::io("clearing", dir))?;
     }
-    std::fs::create_dir_all(dir).map_err(TrainError::io("creating", dir))
+    let lock = fsutil::lock_dir(dir)?;
+    if clear {
+        for e in std::fs::read_dir(dir).map_err(TrainError::io("listing", dir))? {
+            let e = e.map_err(TrainError::io("listing", dir))?;
+            if e.file_name() == fsutil::LOCK_FILE {
+                continue;
+            }
+            let p = e.path();
+            let r = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            r.map_err(TrainError::io("clearing", &p))?;
+        }
+    }
+    Ok(lock)
 }
 
 /// Trains `cfg` (resuming if `opts.resume` says so) and returns the summary.
@@ -241,7 +260,8 @@ impl BackendJob for TrainJob {
         if let Some((dir, state)) = &self.resume {
             tr.restore(dir, state)?;
         }
-        prepare_out_dir(&self.opts, resuming_here)?;
+        // held until the run ends: a second writer into this folder is refused
+        let _lock = prepare_out_dir(&self.opts, resuming_here)?;
         if let Some((_, state)) = &self.resume
             && resuming_here
         {

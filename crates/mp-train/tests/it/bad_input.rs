@@ -304,3 +304,54 @@ fn checkpoints_of_another_model_truncated_ones_and_full_out_dirs_are_refused() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_second_writer_into_a_running_folder_is_refused() {
+    let dir = scratch("lock");
+    let out = dir.join("run");
+    let mut first = Command::new(env!("CARGO_BIN_EXE_mp-train"))
+        .args(train_args(&dir, "run", &["--max-steps", "100000"]))
+        .current_dir(&dir)
+        .env("MP_TRAIN_FONT", "none")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting the first run");
+    // wait until the first run holds the lock (its pid is in the lock file)
+    let lock = out.join(".lock");
+    let pid = first.id().to_string();
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(&lock).unwrap_or_default().trim() != pid {
+        assert!(
+            t0.elapsed().as_secs() < 60,
+            "the first run never took the lock"
+        );
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the first run ended early"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for (name, extra) in [
+        ("overwrite", vec!["--overwrite"]),
+        ("into the same folder", vec![]),
+    ] {
+        let (ok, text) = mp_train(&train_args(&dir, "run", &extra), &dir);
+        assert!(!ok, "{name}: a second writer ran:\n{text}");
+        assert!(!text.contains("panicked"), "{name}:\n{text}");
+        if name == "overwrite" {
+            assert!(
+                text.contains("in use by another mp-train") && text.contains(&pid),
+                "{text}"
+            );
+        }
+    }
+    // nothing of the first run was cleared
+    assert!(out.join("config.toml").exists());
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // the lock died with its holder: the folder can be overwritten now
+    let (ok, text) = mp_train(&train_args(&dir, "run", &["--overwrite"]), &dir);
+    assert!(ok, "after the holder died:\n{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
