@@ -268,8 +268,13 @@ pub fn rotate(run_dir: &Path, keep: usize) -> Result<Vec<PathBuf>> {
     let all = list(run_dir)?;
     let excess = all.len().saturating_sub(keep);
     let mut removed = Vec::new();
-    for (_, path) in all.into_iter().take(excess) {
-        std::fs::remove_dir_all(&path).map_err(TrainError::io("removing old checkpoint", &path))?;
+    for (step, path) in all.into_iter().take(excess) {
+        // out of sight first (one rename), then deleted: a kill in between leaves a stale
+        // `.old-<pid>` folder that the next start removes, never a checkpoint-N without its
+        // model that resume would trip over
+        let gone = run_dir.join(format!(".{}.old-{}", dir_name(step), std::process::id()));
+        std::fs::rename(&path, &gone).map_err(TrainError::io("renaming old checkpoint", &path))?;
+        std::fs::remove_dir_all(&gone).map_err(TrainError::io("removing old checkpoint", &gone))?;
         removed.push(path);
     }
     Ok(removed)

@@ -125,6 +125,18 @@ pub enum TrainError {
         /// The precision of the run.
         precision: String,
     },
+    /// A line of a JSON-lines file that could not be parsed (not the torn last line of an
+    /// interrupted write, which is dropped with a warning).
+    #[error("{path}: line {line}: {source}")]
+    JsonLine {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
     /// A JSON file that could not be parsed or written.
     #[error("json {path}: {source}")]
     Json {

@@ -100,44 +100,63 @@ impl JsonlWriter {
     }
 }
 
-/// Reads every record of a JSON-lines file (missing file: none).
-pub fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
+/// The records of a JSON-lines file with the text of each line (missing file: none). A last
+/// line that does not parse and has no newline is the torn end of an interrupted write (a
+/// kill, a full disk): it is dropped with a warning. Any other bad line is an error naming it.
+fn parse_lines<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<(T, String)>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(TrainError::io("reading", path)(e)),
     };
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            serde_json::from_str(l).map_err(|source| TrainError::Json {
-                path: path.to_path_buf(),
-                source,
-            })
-        })
-        .collect()
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(line) {
+            Ok(rec) => out.push((rec, line.to_string())),
+            Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => {
+                eprintln!(
+                    "warning: {}: dropped the torn last line {} (an interrupted write)",
+                    path.display(),
+                    i + 1
+                );
+            }
+            Err(source) => {
+                return Err(TrainError::JsonLine {
+                    path: path.to_path_buf(),
+                    line: i + 1,
+                    source,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads every record of a JSON-lines file (missing file: none; a torn last line is dropped
+/// with a warning).
+pub fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
+    Ok(parse_lines(path)?.into_iter().map(|(r, _)| r).collect())
 }
 
 /// Rewrites a JSON-lines file keeping only records whose `step` is at most `step` (a run
-/// resumed in its own folder drops what the interrupted run logged after the checkpoint).
+/// resumed in its own folder drops what the interrupted run logged after the checkpoint, and
+/// a torn last line).
 pub fn truncate_after(path: &Path, step: u64) -> Result<()> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(TrainError::io("reading", path)(e)),
-    };
+    if !path.exists() {
+        return Ok(());
+    }
     #[derive(Deserialize)]
     struct StepOnly {
         step: u64,
     }
     let mut kept = String::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let rec: StepOnly = serde_json::from_str(line).map_err(|source| TrainError::Json {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    for (rec, line) in parse_lines::<StepOnly>(path)? {
         if rec.step <= step {
-            kept.push_str(line);
+            kept.push_str(&line);
             kept.push('\n');
         }
     }
@@ -197,6 +216,27 @@ mod tests {
         let back: Vec<StepRecord> = read_jsonl(&p).unwrap();
         assert!(back[0].loss.is_nan() && back[0].scale.is_nan() && back[0].tokens_per_s.is_nan());
         assert_eq!((back[0].step, back[0].lr, back[0].skipped), (3, 1e-3, true));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_torn_last_line_is_dropped_and_a_bad_line_is_named() {
+        let dir = std::env::temp_dir().join(format!("mp-train-torn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("eval.jsonl");
+        let good = r#"{"step":10,"val_loss":1.5,"accuracy":null,"problems":4}"#;
+        std::fs::write(&p, format!("{good}\n{good}\n{{\"step\":30,\"val_lo")).unwrap();
+        let back: Vec<EvalRecord> = read_jsonl(&p).unwrap();
+        assert_eq!(back.len(), 2);
+        truncate_after(&p, 100).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            format!("{good}\n{good}\n")
+        );
+        // a bad line that is not the torn end is an error with its line number
+        std::fs::write(&p, format!("{good}\nnot json\n{good}\n")).unwrap();
+        let e = read_jsonl::<EvalRecord>(&p).unwrap_err().to_string();
+        assert!(e.contains("line 2"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

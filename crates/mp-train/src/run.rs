@@ -129,21 +129,53 @@ const RUN_FILES: &[&str] = &[
     "grad_exponents.png",
 ];
 
-fn looks_like_run_dir(dir: &Path) -> Result<bool> {
+/// What an interrupted write leaves in a run folder: `.name.tmp-<pid>` (an atomic file write or
+/// a checkpoint folder being written) and `.checkpoint-N.old-<pid>` (a replaced checkpoint).
+fn is_stale_temp(name: &str) -> bool {
+    name.starts_with('.')
+        && [".tmp-", ".old-"].iter().any(|m| {
+            name.rsplit_once(m)
+                .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+        })
+}
+
+/// The first entry of `dir` that a run does not write (`--overwrite` clears only folders
+/// without one), or `None`.
+fn foreign_entry(dir: &Path) -> Result<Option<String>> {
     let entries = std::fs::read_dir(dir).map_err(TrainError::io("listing", dir))?;
     for e in entries.flatten() {
         let p = e.path();
         let name = e.file_name().to_string_lossy().into_owned();
         let known = RUN_FILES.contains(&name.as_str())
             || name == fsutil::LOCK_FILE
+            || is_stale_temp(&name)
             || checkpoint::step_of(&p).is_some()
-            || name.starts_with(".checkpoint-")
             || (p.is_dir() && p.join("summary.json").exists());
         if !known {
-            return Ok(false);
+            return Ok(Some(name));
         }
     }
-    Ok(true)
+    Ok(None)
+}
+
+/// Removes (and names) what interrupted writes left in `dir`; called with the folder's lock
+/// held, so no other writer can be using them.
+fn remove_stale_temps(dir: &Path) -> Result<()> {
+    for e in std::fs::read_dir(dir).map_err(TrainError::io("listing", dir))? {
+        let e = e.map_err(TrainError::io("listing", dir))?;
+        if !is_stale_temp(&e.file_name().to_string_lossy()) {
+            continue;
+        }
+        let p = e.path();
+        let r = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        r.map_err(TrainError::io("removing", &p))?;
+        eprintln!("removed {} (left by an interrupted write)", p.display());
+    }
+    Ok(())
 }
 
 /// Prepares the run folder and locks it for the caller's life ([`fsutil::lock_dir`]): creates
@@ -157,15 +189,19 @@ pub fn prepare_out_dir(opts: &RunOptions, resuming_here: bool) -> Result<fsutil:
         if !opts.overwrite {
             return Err(TrainError::OutDirNotEmpty { path: dir.clone() });
         }
-        if !looks_like_run_dir(dir)? {
+        if let Some(name) = foreign_entry(dir)? {
             return Err(TrainError::Io {
                 op: "refusing to --overwrite (it holds files that are not from a run)",
                 path: dir.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "not a run folder"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!("{name} is not a file a run writes"),
+                ),
             });
         }
     }
     let lock = fsutil::lock_dir(dir)?;
+    remove_stale_temps(dir)?;
     if clear {
         for e in std::fs::read_dir(dir).map_err(TrainError::io("listing", dir))? {
             let e = e.map_err(TrainError::io("listing", dir))?;

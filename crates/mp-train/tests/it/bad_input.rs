@@ -355,3 +355,42 @@ fn a_second_writer_into_a_running_folder_is_refused() {
     assert!(ok, "after the holder died:\n{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_run_folder_left_by_a_killed_run_resumes_and_heals() {
+    let dir = scratch("heal");
+    let (ok, text) = mp_train(&train_args(&dir, "run", &["--save-steps", "2"]), &dir);
+    assert!(ok, "{text}");
+    let run = dir.join("run");
+    // what a kill leaves: a torn last metrics line, a temp file, a half-written checkpoint
+    let metrics = run.join("metrics.jsonl");
+    let mut m = std::fs::read_to_string(&metrics).unwrap();
+    m.push_str("{\"step\":5,\"loss\":2.");
+    std::fs::write(&metrics, m).unwrap();
+    std::fs::write(run.join(".config.toml.tmp-999999"), "partial").unwrap();
+    std::fs::create_dir_all(run.join(".checkpoint-6.tmp-999999")).unwrap();
+    let ck = run.join("checkpoint-4").display().to_string();
+    let (ok, text) = mp_train(
+        &train_args(&dir, "run", &["--resume", &ck, "--max-steps", "6"]),
+        &dir,
+    );
+    assert!(ok, "{text}");
+    assert!(text.contains("dropped the torn last line"), "{text}");
+    assert!(
+        text.contains("removed") && text.contains(".config.toml.tmp-999999"),
+        "{text}"
+    );
+    assert!(!run.join(".config.toml.tmp-999999").exists());
+    assert!(!run.join(".checkpoint-6.tmp-999999").exists());
+    assert!(run.join("checkpoint-6").exists());
+    // a file no run writes is named when --overwrite refuses the folder
+    std::fs::write(run.join("notes.txt"), "mine").unwrap();
+    expect_error(
+        &dir,
+        "overwrite a folder with a foreign file",
+        train_args(&dir, "run", &["--overwrite"]),
+        &["notes.txt", "refusing to --overwrite"],
+    );
+    assert!(run.join("notes.txt").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
