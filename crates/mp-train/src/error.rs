@@ -115,6 +115,24 @@ pub enum TrainError {
         /// What went wrong.
         reason: String,
     },
+    /// The run was stopped by a signal (SIGINT, SIGTERM, SIGHUP) after finishing a step.
+    #[error(
+        "interrupted by a signal after step {step}{}",
+        match checkpoint {
+            Some(c) => format!(
+                "; saved {}; resume with `mp-train train --resume {}`",
+                c.display(),
+                c.display()
+            ),
+            None => String::new(),
+        }
+    )]
+    Interrupted {
+        /// The last finished step.
+        step: u64,
+        /// The checkpoint written for it (none when the run writes no checkpoints).
+        checkpoint: Option<PathBuf>,
+    },
     /// Training diverged: the loss became non-finite in a run without loss scaling to skip it.
     #[error("training diverged at step {step}: loss is {loss} ({precision})")]
     Diverged {

@@ -311,6 +311,44 @@ impl BackendJob for TrainJob {
     }
 }
 
+/// SIGINT, SIGTERM and SIGHUP while a run is in progress: the first asks the loop to stop
+/// after the current step (which it checkpoints), a second one exits at once (status 130).
+/// The handlers are removed when the value is dropped.
+struct StopSignal {
+    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ids: Vec<signal_hook::SigId>,
+}
+
+impl StopSignal {
+    fn install() -> Result<Self> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut ids = Vec::new();
+        for sig in [SIGINT, SIGTERM, SIGHUP] {
+            let err = |e| TrainError::io("installing a signal handler", Path::new("-"))(e);
+            // order matters: the exit action sees the flag before this signal sets it
+            ids.push(
+                signal_hook::flag::register_conditional_shutdown(sig, 130, flag.clone())
+                    .map_err(err)?,
+            );
+            ids.push(signal_hook::flag::register(sig, flag.clone()).map_err(err)?);
+        }
+        Ok(StopSignal { flag, ids })
+    }
+
+    fn requested(&self) -> bool {
+        self.flag.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for StopSignal {
+    fn drop(&mut self) {
+        for id in self.ids.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
+    }
+}
+
 /// Shows progress as a bar (terminal) or plain lines.
 struct Reporter {
     bar: Option<indicatif::ProgressBar>,
@@ -417,6 +455,7 @@ pub fn run_loop<B: Backend>(
     let mut last_eval: Option<EvalRecord> = None;
     let mut last_ckpt = None;
     let mut consecutive_skips = 0u64;
+    let stop = StopSignal::install()?;
     while tr.step < cfg.max_steps {
         let t0 = Instant::now();
         let s = tr.step()?;
@@ -477,6 +516,19 @@ pub fn run_loop<B: Backend>(
             let path = tr.save_checkpoint(out, last_eval.as_ref())?;
             rep.line(&format!("saved {}", path.display()));
             last_ckpt = Some(path);
+        }
+        if stop.requested() {
+            // the step is finished: keep it, then stop (a second signal exits at once)
+            let saved = match &last_ckpt {
+                Some(p) if checkpoint::step_of(p) == Some(step) => Some(p.clone()),
+                _ if opts.checkpoints => Some(tr.save_checkpoint(out, last_eval.as_ref())?),
+                _ => None,
+            };
+            rep.finish();
+            return Err(TrainError::Interrupted {
+                step,
+                checkpoint: saved,
+            });
         }
     }
     rep.finish();

@@ -394,3 +394,98 @@ fn a_run_folder_left_by_a_killed_run_resumes_and_heals() {
     assert!(run.join("notes.txt").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn sigint_checkpoints_the_current_step_and_the_resume_is_bit_identical() {
+    use mp_train::metrics::{StepRecord, read_jsonl};
+    let dir = scratch("sigint");
+    let run = dir.join("run");
+    let child = Command::new(env!("CARGO_BIN_EXE_mp-train"))
+        .args(train_args(
+            &dir,
+            "run",
+            &["--max-steps", "2000", "--save-steps", "100000"],
+        ))
+        .current_dir(&dir)
+        .env("MP_TRAIN_FONT", "none")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the run");
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < 3
+    {
+        assert!(t0.elapsed().as_secs() < 60, "the run logged nothing");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "an interrupted run must exit non-zero:\n{text}"
+    );
+    assert!(
+        text.contains("interrupted by a signal after step"),
+        "{text}"
+    );
+    assert!(!text.contains("panicked"), "{text}");
+    let step: u64 = text
+        .split("after step ")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no step in:\n{text}"));
+    let ck = run.join(format!("checkpoint-{step}"));
+    assert!(
+        ck.join("model.safetensors").exists(),
+        "no checkpoint of step {step}:\n{text}"
+    );
+    assert!(text.contains("--resume"), "{text}");
+    // resume to the end; an uninterrupted run (the same schedule) logs the same losses
+    assert!(step < 2000, "the run ended before the signal:\n{text}");
+    let until = "2000".to_string();
+    let ck_s = ck.display().to_string();
+    let (ok, t) = mp_train(
+        &train_args(&dir, "run", &["--resume", &ck_s, "--max-steps", &until]),
+        &dir,
+    );
+    assert!(ok, "{t}");
+    let (ok, t) = mp_train(
+        &train_args(&dir, "straight", &["--max-steps", &until]),
+        &dir,
+    );
+    assert!(ok, "{t}");
+    let losses = |d: &str| -> Vec<(u64, u32)> {
+        let r: Vec<StepRecord> = read_jsonl(&dir.join(d).join("metrics.jsonl")).unwrap();
+        r.iter().map(|r| (r.step, r.loss.to_bits())).collect()
+    };
+    let (a, b) = (losses("run"), losses("straight"));
+    assert_eq!(
+        a.len(),
+        b.len(),
+        "resumed {} records, uninterrupted {}",
+        a.len(),
+        b.len()
+    );
+    if let Some(i) = a.iter().zip(&b).position(|(x, y)| x != y) {
+        panic!(
+            "interrupted after step {step}: the losses differ first at record {i}: {:?} vs {:?}",
+            a[i], b[i]
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
