@@ -16,19 +16,39 @@ pub trait BackendJob {
     fn run<B: Backend>(self, backend: B) -> Result<Self::Output>;
 }
 
-/// Sizes the CPU worker pool (0: one thread per core). Only the first call in a process takes
-/// effect; later calls with another count are ignored.
-pub fn set_threads(threads: usize) {
-    if threads > 0 {
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build_global();
+/// Sizes the CPU worker pool (0: one thread per core). Only the first call in a process can
+/// size it: a later call asking for another count prints a warning and leaves the pool as it
+/// is. A pool that cannot start (the system refuses the threads) is an error.
+pub fn set_threads(threads: usize) -> Result<()> {
+    if threads == 0 {
+        return Ok(());
+    }
+    match rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.to_string().contains("already been initialized") => {
+            let have = rayon::current_num_threads();
+            if have != threads {
+                eprintln!(
+                    "warning: threads = {threads} ignored: this process's worker pool already \
+                     runs {have} threads"
+                );
+            }
+            Ok(())
+        }
+        Err(e) => Err(crate::error::TrainError::invalid(
+            "threads",
+            threads,
+            format!("the worker pool could not start: {e}"),
+        )),
     }
 }
 
 /// Opens the backend `kind` and runs `job` on it.
 pub fn dispatch<J: BackendJob>(kind: BackendKind, threads: usize, job: J) -> Result<J::Output> {
-    set_threads(threads);
+    set_threads(threads)?;
     match kind {
         BackendKind::Cpu => job.run(mp_kernels::CpuBackend::new()),
         // Without its feature, each GPU backend is mp-kernels' stand-in, whose constructor
