@@ -27,32 +27,41 @@ impl MemoryBreakdown {
     }
 }
 
-/// Parameters of the GPT a config describes (HF GPT-2 layout, tied head).
+/// Parameters of the GPT a config describes (HF GPT-2 layout, tied head); saturates at
+/// `u64::MAX` for configs no machine holds.
 pub fn num_params(cfg: &TrainConfig) -> u64 {
+    sat(params_wide(cfg))
+}
+
+fn sat(v: u128) -> u64 {
+    u64::try_from(v).unwrap_or(u64::MAX)
+}
+
+fn params_wide(cfg: &TrainConfig) -> u128 {
     let m = &cfg.model;
     let (c, v, p, l) = (
-        m.n_embd as u64,
-        m.vocab_size as u64,
-        m.n_positions as u64,
-        m.n_layer as u64,
+        m.n_embd as u128,
+        m.vocab_size as u128,
+        m.n_positions as u128,
+        m.n_layer as u128,
     );
     let block =
         2 * c + (c * 3 * c + 3 * c) + (c * c + c) + 2 * c + (c * 4 * c + 4 * c) + (4 * c * c + c);
     v * c + p * c + l * block + 2 * c
 }
 
-/// The breakdown for a config.
+/// The breakdown for a config (each figure saturates at `u64::MAX`).
 pub fn estimate(cfg: &TrainConfig) -> MemoryBreakdown {
-    let n = num_params(cfg);
+    let n = params_wide(cfg);
     let p = cfg.precision;
-    let low = p.compute_dtype().size_in_bytes() as u64;
+    let low = p.compute_dtype().size_in_bytes() as u128;
     let m = &cfg.model;
     let (b, t, c, h, v) = (
-        cfg.batch_size as u64,
-        m.n_positions as u64,
-        m.n_embd as u64,
-        m.n_head as u64,
-        m.vocab_size as u64,
+        cfg.batch_size as u128,
+        m.n_positions as u128,
+        m.n_embd as u128,
+        m.n_head as u128,
+        m.vocab_size as u128,
     );
     let tokens = b * t;
     // Per token and layer: FP32 layer-norm outputs and residual sums (4c), low-precision
@@ -63,17 +72,60 @@ pub fn estimate(cfg: &TrainConfig) -> MemoryBreakdown {
     // Embeddings (token, position, sum: FP32), the final layer norm (+ cast), the logits
     // (low) and their FP32 upcast for the loss, the per-token losses.
     let head = 3 * c * 4 + c * 4 + casts / 2 * low + v * low + v * 4 + 4;
-    let activations = tokens * (m.n_layer as u64 * per_layer + head);
+    let activations = tokens * (m.n_layer as u128 * per_layer + head);
     MemoryBreakdown {
-        master: if p.has_master() { 4 * n } else { 0 },
-        model_copy: match p {
+        master: sat(if p.has_master() { 4 * n } else { 0 }),
+        model_copy: sat(match p {
             Precision::Fp32 => 0,
             _ => 2 * n,
-        },
-        grads: 4 * n,
-        optimizer: 8 * n,
-        activations,
+        }),
+        grads: sat(4 * n),
+        optimizer: sat(8 * n),
+        activations: sat(activations),
     }
+}
+
+/// The memory this machine can give a new allocation (Linux: `MemAvailable` of
+/// `/proc/meminfo`), or `None` where it cannot be read.
+pub fn available_host_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Refuses a config whose estimated peak memory of one step ([`estimate`]) exceeds
+/// `available` bytes, before anything is allocated, with the estimate in the message.
+pub fn check_fits(cfg: &TrainConfig, available: u64) -> crate::error::Result<()> {
+    let e = estimate(cfg);
+    let total = [e.master, e.model_copy, e.grads, e.optimizer, e.activations]
+        .iter()
+        .fold(0u64, |a, &b| a.saturating_add(b));
+    if total <= available {
+        return Ok(());
+    }
+    let weights = total.saturating_sub(e.activations);
+    Err(crate::error::TrainError::invalid(
+        "model",
+        format!(
+            "{} layers x {} wide, vocabulary {}, batch_size {} x context {}",
+            cfg.model.n_layer,
+            cfg.model.n_embd,
+            cfg.model.vocab_size,
+            cfg.batch_size,
+            cfg.model.n_positions
+        ),
+        format!(
+            "a training step needs about {} ({} of weights, gradients and optimizer state for \
+             {} parameters, {} of activations), more than the {} available; lower batch_size, \
+             model.n_positions or the model's size",
+            human(total),
+            human(weights),
+            num_params(cfg),
+            human(e.activations),
+            human(available)
+        ),
+    ))
 }
 
 /// `bytes` as a short human string (KiB/MiB/GiB).

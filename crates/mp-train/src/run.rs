@@ -249,6 +249,12 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunSummary> {
         let parent = dir.parent().map(Path::to_path_buf).unwrap_or_default();
         same_path(&parent, &opts.out_dir)
     });
+    if cfg.backend == crate::config::BackendKind::Cpu
+        && let Some(available) = crate::memory::available_host_bytes()
+    {
+        // before anything is allocated: a config that cannot fit is refused, not aborted
+        crate::memory::check_fits(&cfg, available)?;
+    }
     let data = Dataset::from_config(&cfg.data, cfg.seed, cfg.model.n_positions)?;
     if !resuming_here && !opts.overwrite && !fsutil::is_empty_or_missing(&opts.out_dir)? {
         // Refuse before opening the device, so the message does not wait for it.

@@ -160,6 +160,26 @@ fn bad_input_table() {
             vec!["threads", "100000", "at most 1024"],
         ),
         (
+            "a model too wide for any machine",
+            train_args(&dir, "o19", &["--set", "model.n_embd=1000000"]),
+            vec!["a training step needs about", "available"],
+        ),
+        (
+            "a batch too large for any machine",
+            train_args(&dir, "o20", &["--set", "batch_size=1000000000"]),
+            vec!["batch_size 1000000000", "activations", "available"],
+        ),
+        (
+            "a vocabulary too large for any machine",
+            train_args(&dir, "o21", &["--set", "model.vocab_size=100000000000"]),
+            vec!["vocabulary 100000000000", "available"],
+        ),
+        (
+            "too many layers for any machine",
+            train_args(&dir, "o22", &["--set", "model.n_layer=100000000"]),
+            vec!["100000000 layers", "available"],
+        ),
+        (
             "compare from a folder that is not a study",
             s(&["compare", "--plain", "--from", "/nonexistent/study"]),
             vec!["/nonexistent/study", "not a precision-study folder"],
@@ -196,7 +216,7 @@ fn bad_input_table() {
         expect_error(&dir, name, args, &expected);
     }
     // No failed run left a run folder behind (and none trained silently on the CPU).
-    for i in 1..=18 {
+    for i in 1..=22 {
         assert!(!dir.join(format!("o{i}")).exists(), "o{i} was created");
     }
     std::fs::remove_dir_all(&dir).unwrap();
