@@ -158,12 +158,12 @@ fn foreign_entry(dir: &Path) -> Result<Option<String>> {
     Ok(None)
 }
 
-/// Removes (and names) what interrupted writes left in `dir`; called with the folder's lock
-/// held, so no other writer can be using them.
-fn remove_stale_temps(dir: &Path) -> Result<()> {
+/// Removes every entry of `dir` whose name `pick` selects (a folder with its contents),
+/// naming each removal with `why` when given.
+fn remove_entries(dir: &Path, pick: impl Fn(&str) -> bool, why: Option<&str>) -> Result<()> {
     for e in std::fs::read_dir(dir).map_err(TrainError::io("listing", dir))? {
         let e = e.map_err(TrainError::io("listing", dir))?;
-        if !is_stale_temp(&e.file_name().to_string_lossy()) {
+        if !pick(&e.file_name().to_string_lossy()) {
             continue;
         }
         let p = e.path();
@@ -173,7 +173,9 @@ fn remove_stale_temps(dir: &Path) -> Result<()> {
             std::fs::remove_file(&p)
         };
         r.map_err(TrainError::io("removing", &p))?;
-        eprintln!("removed {} (left by an interrupted write)", p.display());
+        if let Some(why) = why {
+            eprintln!("removed {} ({why})", p.display());
+        }
     }
     Ok(())
 }
@@ -201,21 +203,10 @@ pub fn prepare_out_dir(opts: &RunOptions, resuming_here: bool) -> Result<fsutil:
         }
     }
     let lock = fsutil::lock_dir(dir)?;
-    remove_stale_temps(dir)?;
+    // with the lock held no other writer can be using what an interrupted write left
+    remove_entries(dir, is_stale_temp, Some("left by an interrupted write"))?;
     if clear {
-        for e in std::fs::read_dir(dir).map_err(TrainError::io("listing", dir))? {
-            let e = e.map_err(TrainError::io("listing", dir))?;
-            if e.file_name() == fsutil::LOCK_FILE {
-                continue;
-            }
-            let p = e.path();
-            let r = if p.is_dir() {
-                std::fs::remove_dir_all(&p)
-            } else {
-                std::fs::remove_file(&p)
-            };
-            r.map_err(TrainError::io("clearing", &p))?;
-        }
+        remove_entries(dir, |name| name != fsutil::LOCK_FILE, None)?;
     }
     Ok(lock)
 }
