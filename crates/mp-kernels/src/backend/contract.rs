@@ -139,13 +139,6 @@ pub fn same_len<B: MemoryOps + ?Sized>(
     Ok(n)
 }
 
-/// `upload_f32`'s destination has the data's length.
-pub fn upload<B: MemoryOps + ?Sized>(be: &B, data: usize, dst: &M<'_, B>) -> Result<()> {
-    let c = Check::new(be, "upload_f32");
-    c.view_mut("dst", dst)?;
-    c.len("dst", dst.len, data)
-}
-
 /// `x` of rows of `cols` (`what` names the row length), every view in bounds; returns rows.
 pub fn rows<B: MemoryOps + ?Sized>(
     be: &B,
@@ -551,17 +544,15 @@ pub fn cross_entropy_backward<B: MemoryOps + ?Sized>(
     Ok(rows)
 }
 
-/// Embedding: a table of rows of `c`, `c` elements per id in `rows_len`, every id a row of
-/// the table; returns the table's row count.
-pub fn embedding<B: MemoryOps + ?Sized>(
-    be: &B,
-    op: &'static str,
+/// The shape both embedding ops share: `table_len` a whole number of rows of `c`,
+/// `c` elements per id in `rows_len`, every id a row of the table; returns the row count.
+fn embedding_rows<B: MemoryOps + ?Sized>(
+    ck: &Check<'_, B>,
     table_len: usize,
     ids: &[u32],
     c: usize,
     rows_len: usize,
 ) -> Result<usize> {
-    let ck = Check::new(be, op);
     if c == 0 || !table_len.is_multiple_of(c) {
         return Err(ck.shape_err(format!(
             "table has {table_len} elements, not a whole number of rows of {c}"
@@ -573,19 +564,56 @@ pub fn embedding<B: MemoryOps + ?Sized>(
     Ok(vocab)
 }
 
-/// [`super::LayoutOps::split_heads`] and [`super::LayoutOps::merge_heads`]: the part fits in
-/// a token row and both sides have the lengths the layout implies.
+/// [`super::EmbeddingOps::embedding`]: views in bounds, `table` of rows of `c`, `out` of `c`
+/// elements per id, every id a row; returns the table's row count.
+pub fn embedding<B: MemoryOps + ?Sized>(
+    be: &B,
+    table: &V<'_, B>,
+    ids: &[u32],
+    c: usize,
+    out: &M<'_, B>,
+) -> Result<usize> {
+    let ck = Check::new(be, "embedding");
+    ck.view("table", table)?;
+    ck.view_mut("out", out)?;
+    embedding_rows(&ck, table.len, ids, c, out.len)
+}
+
+/// [`super::EmbeddingOps::embedding_backward`]: as [`embedding`], with `dout` like `out` and
+/// `dtable` like `table`.
+pub fn embedding_backward<B: MemoryOps + ?Sized>(
+    be: &B,
+    dout: &V<'_, B>,
+    ids: &[u32],
+    c: usize,
+    dtable: &M<'_, B>,
+) -> Result<usize> {
+    let ck = Check::new(be, "embedding_backward");
+    ck.view("dout", dout)?;
+    ck.view_mut("dtable", dtable)?;
+    embedding_rows(&ck, dtable.len, ids, c, dout.len)
+}
+
+/// [`super::LayoutOps::split_heads`] (`merge = false`: token-major `src`, head-major `dst`)
+/// and [`super::LayoutOps::merge_heads`] (`merge`: the reverse): both views in bounds, the
+/// part fits in a token row and both sides have the lengths the layout implies.
 pub fn heads<B: MemoryOps + ?Sized>(
     be: &B,
-    op: &'static str,
-    l: &Heads,
-    token_major: (&str, usize, usize, usize),
-    head_major: (&str, usize, usize, usize),
+    layout: &Heads,
+    src: &V<'_, B>,
+    dst: &M<'_, B>,
+    merge: bool,
 ) -> Result<()> {
-    let ck = Check::new(be, op);
-    ck.range(token_major.0, token_major.1, token_major.2, token_major.3)?;
-    ck.range(head_major.0, head_major.1, head_major.2, head_major.3)?;
-    l.check(token_major.2, head_major.2)
+    let ck = Check::new(be, if merge { "merge_heads" } else { "split_heads" });
+    ck.view("src", src)?;
+    ck.view_mut("dst", dst)?;
+    let (token_major, head_major) = if merge {
+        (dst.len, src.len)
+    } else {
+        (src.len, dst.len)
+    };
+    layout
+        .check(token_major, head_major)
         .map_err(|m| ck.shape_err(m))
 }
 

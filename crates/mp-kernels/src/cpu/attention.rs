@@ -306,13 +306,7 @@ impl LayoutOps for CpuBackend {
         layout: &Heads,
         dst: ViewMut<'_, CpuBuffer>,
     ) -> Result<()> {
-        contract::heads(
-            self,
-            "split_heads",
-            layout,
-            ("src", src.offset, src.len, src.buf.len()),
-            ("dst", dst.offset, dst.len, dst.buf.len()),
-        )?;
+        contract::heads(self, layout, &src, &dst, false)?;
         split_heads(src, layout, dst)
     }
 
@@ -323,13 +317,7 @@ impl LayoutOps for CpuBackend {
         dst: ViewMut<'_, CpuBuffer>,
         accumulate: bool,
     ) -> Result<()> {
-        contract::heads(
-            self,
-            "merge_heads",
-            layout,
-            ("dst", dst.offset, dst.len, dst.buf.len()),
-            ("src", src.offset, src.len, src.buf.len()),
-        )?;
+        contract::heads(self, layout, &src, &dst, true)?;
         merge_heads(src, layout, dst, accumulate)
     }
 }

@@ -6,7 +6,7 @@ use super::CpuBuffer;
 use super::check::{bytes, bytes_mut};
 use super::convert::{as_f32, as_f32_mut, load, with_f32_mut};
 use super::math::{exp_sub, simd_dispatch};
-use super::pointwise::CHUNK;
+use super::pointwise::{CHUNK, map_rows};
 use super::reduce::{dot, max, sum, sum_sq};
 use crate::Result;
 use crate::backend::contract;
@@ -47,27 +47,10 @@ pub(crate) fn softmax(
     const OP: &str = "softmax";
     let (dx, dout) = (x.dtype(), out.dtype());
     let (x, out) = (bytes(OP, "x", x)?, bytes_mut(OP, "out", out)?);
-    let rows_per = (CHUNK / cols).max(1);
-    out.par_chunks_mut(rows_per * cols * dout.size_in_bytes())
-        .zip(x.par_chunks(rows_per * cols * dx.size_in_bytes()))
-        .enumerate()
-        .for_each_init(
-            || (Vec::new(), Vec::new()),
-            |(tx, to), (bi, (oc, xc))| {
-                let xc = load(dx, xc, tx);
-                with_f32_mut(dout, oc, to, false, |o| {
-                    for (i, (orow, xrow)) in o
-                        .chunks_exact_mut(cols)
-                        .zip(xc.chunks_exact(cols))
-                        .enumerate()
-                    {
-                        let r = bi * rows_per + i;
-                        let visible = if causal { r % cols + 1 } else { cols };
-                        softmax_row(xrow, visible, log, orow);
-                    }
-                });
-            },
-        );
+    map_rows(x, dx, out, dout, cols, |r, xrow, orow| {
+        let visible = if causal { r % cols + 1 } else { cols };
+        softmax_row(xrow, visible, log, orow);
+    });
     Ok(())
 }
 

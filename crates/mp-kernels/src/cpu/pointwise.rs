@@ -67,6 +67,37 @@ fn map2(
         );
 }
 
+/// `f(r, x[r, ..], out[r, ..])` for every row `r` of `cols` elements, in parallel blocks of
+/// whole rows (`x` and `out` are the raw bytes of their dtypes; `out` is written, not read).
+pub(crate) fn map_rows(
+    x: &[u8],
+    dx: DType,
+    out: &mut [u8],
+    dout: DType,
+    cols: usize,
+    f: impl Fn(usize, &[f32], &mut [f32]) + Sync,
+) {
+    let rows_per = (CHUNK / cols).max(1);
+    out.par_chunks_mut(rows_per * cols * dout.size_in_bytes())
+        .zip(x.par_chunks(rows_per * cols * dx.size_in_bytes()))
+        .enumerate()
+        .for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(tx, to), (bi, (oc, xc))| {
+                let xc = load(dx, xc, tx);
+                with_f32_mut(dout, oc, to, false, |o| {
+                    for (i, (orow, xrow)) in o
+                        .chunks_exact_mut(cols)
+                        .zip(xc.chunks_exact(cols))
+                        .enumerate()
+                    {
+                        f(bi * rows_per + i, xrow, orow);
+                    }
+                });
+            },
+        );
+}
+
 /// Rounds `data` to nearest even into the whole of `dst` (parallel).
 pub(crate) fn narrow_par(data: &[f32], dst: ViewMut<'_, CpuBuffer>) -> Result<()> {
     const OP: &str = "upload_f32";
@@ -205,22 +236,11 @@ pub(crate) fn bias_add(
     let mut tb = Vec::new();
     let bias = load(bias.dtype(), bytes(OP, "bias", bias)?, &mut tb);
     let (x, out) = (bytes(OP, "x", x)?, bytes_mut(OP, "out", out)?);
-    let rows_per = (CHUNK / n).max(1);
-    out.par_chunks_mut(rows_per * n * dout.size_in_bytes())
-        .zip(x.par_chunks(rows_per * n * dx.size_in_bytes()))
-        .for_each_init(
-            || (Vec::new(), Vec::new()),
-            |(tx, to), (oc, xc)| {
-                let xc = load(dx, xc, tx);
-                with_f32_mut(dout, oc, to, false, |o| {
-                    for (orow, xrow) in o.chunks_exact_mut(n).zip(xc.chunks_exact(n)) {
-                        for ((o, &x), &b) in orow.iter_mut().zip(xrow).zip(bias) {
-                            *o = x + b;
-                        }
-                    }
-                });
-            },
-        );
+    map_rows(x, dx, out, dout, n, |_, xrow, orow| {
+        for ((o, &x), &b) in orow.iter_mut().zip(xrow).zip(bias) {
+            *o = x + b;
+        }
+    });
     Ok(())
 }
 
@@ -312,37 +332,21 @@ pub(crate) fn mul_broadcast(
         None => None,
     };
     let (x, out) = (bytes(OP, "x", x)?, bytes_mut(OP, "out", out)?);
-    let rows_per = (CHUNK / cols).max(1);
-    out.par_chunks_mut(rows_per * cols * dout.size_in_bytes())
-        .zip(x.par_chunks(rows_per * cols * dx.size_in_bytes()))
-        .enumerate()
-        .for_each_init(
-            || (Vec::new(), Vec::new()),
-            |(tx, to), (bi, (oc, xc))| {
-                let xc = load(dx, xc, tx);
-                with_f32_mut(dout, oc, to, false, |o| {
-                    for (i, (orow, xrow)) in o
-                        .chunks_exact_mut(cols)
-                        .zip(xc.chunks_exact(cols))
-                        .enumerate()
-                    {
-                        let r = rs.map_or(1.0, |rs| rs[bi * rows_per + i]);
-                        match cs {
-                            Some(cs) => {
-                                for ((o, &x), &c) in orow.iter_mut().zip(xrow).zip(cs) {
-                                    *o = x * r * c;
-                                }
-                            }
-                            None => {
-                                for (o, &x) in orow.iter_mut().zip(xrow) {
-                                    *o = x * r;
-                                }
-                            }
-                        }
-                    }
-                });
-            },
-        );
+    map_rows(x, dx, out, dout, cols, |r, xrow, orow| {
+        let rf = rs.map_or(1.0, |rs| rs[r]);
+        match cs {
+            Some(cs) => {
+                for ((o, &x), &c) in orow.iter_mut().zip(xrow).zip(cs) {
+                    *o = x * rf * c;
+                }
+            }
+            None => {
+                for (o, &x) in orow.iter_mut().zip(xrow) {
+                    *o = x * rf;
+                }
+            }
+        }
+    });
     Ok(())
 }
 

@@ -963,10 +963,7 @@ impl EmbeddingOps for CudaBackend {
         out: ViewMut<'_, CudaBuffer>,
     ) -> Result<()> {
         const OP: &str = "embedding";
-        let ck = Check::new(self, OP);
-        ck.view("table", &table)?;
-        ck.view_mut("out", &out)?;
-        contract::embedding(self, OP, table.len, &ids.host, c, out.len)?;
+        contract::embedding(self, &table, &ids.host, c, &out)?;
         if out.len == 0 {
             return Ok(());
         }
@@ -989,10 +986,7 @@ impl EmbeddingOps for CudaBackend {
         dtable: ViewMut<'_, CudaBuffer>,
     ) -> Result<()> {
         const OP: &str = "embedding_backward";
-        let ck = Check::new(self, OP);
-        ck.view("dout", &dout)?;
-        ck.view_mut("dtable", &dtable)?;
-        contract::embedding(self, OP, dtable.len, &ids.host, c, dout.len)?;
+        contract::embedding_backward(self, &dout, &ids.host, c, &dtable)?;
         if dout.len == 0 {
             return Ok(());
         }
@@ -1054,13 +1048,7 @@ impl LayoutOps for CudaBackend {
         dst: ViewMut<'_, CudaBuffer>,
     ) -> Result<()> {
         const OP: &str = "split_heads";
-        contract::heads(
-            self,
-            OP,
-            layout,
-            ("src", src.offset, src.len, src.buf.len()),
-            ("dst", dst.offset, dst.len, dst.buf.len()),
-        )?;
+        contract::heads(self, layout, &src, &dst, false)?;
         let (sa, da) = (self.arg(src), self.arg_mut(&dst));
         self.launch_heads(OP, sa, da, layout, false, false)
     }
@@ -1073,13 +1061,7 @@ impl LayoutOps for CudaBackend {
         accumulate: bool,
     ) -> Result<()> {
         const OP: &str = "merge_heads";
-        contract::heads(
-            self,
-            OP,
-            layout,
-            ("dst", dst.offset, dst.len, dst.buf.len()),
-            ("src", src.offset, src.len, src.buf.len()),
-        )?;
+        contract::heads(self, layout, &src, &dst, true)?;
         let (sa, da) = (self.arg(src), self.arg_mut(&dst));
         self.launch_heads(OP, sa, da, layout, true, accumulate)
     }

@@ -892,10 +892,7 @@ impl EmbeddingOps for WgpuBackend {
         out: ViewMut<'_, WgpuBuffer>,
     ) -> Result<()> {
         const OP: &str = "embedding";
-        let ck = Check::new(self, OP);
-        ck.view("table", &table)?;
-        ck.view_mut("out", &out)?;
-        contract::embedding(self, OP, table.len, &ids.host, c, out.len)?;
+        contract::embedding(self, &table, &ids.host, c, &out)?;
         if ids.is_empty() {
             return Ok(());
         }
@@ -925,10 +922,7 @@ impl EmbeddingOps for WgpuBackend {
         dtable: ViewMut<'_, WgpuBuffer>,
     ) -> Result<()> {
         const OP: &str = "embedding_backward";
-        let ck = Check::new(self, OP);
-        ck.view("dout", &dout)?;
-        ck.view_mut("dtable", &dtable)?;
-        contract::embedding(self, OP, dtable.len, &ids.host, c, dout.len)?;
+        contract::embedding_backward(self, &dout, &ids.host, c, &dtable)?;
         if ids.is_empty() {
             return Ok(());
         }
@@ -983,13 +977,7 @@ impl LayoutOps for WgpuBackend {
         dst: ViewMut<'_, WgpuBuffer>,
     ) -> Result<()> {
         const OP: &str = "split_heads";
-        contract::heads(
-            self,
-            OP,
-            layout,
-            ("src", src.offset, src.len, src.buf.len),
-            ("dst", dst.offset, dst.len, dst.buf.len),
-        )?;
+        contract::heads(self, layout, &src, &dst, false)?;
         let copy = u32::from(src.buf.dtype == dst.buf.dtype);
         let args = [self.arg(OP, "src", src)?, self.arg_mut(OP, "dst", &dst)?];
         self.heads(OP, "split", layout, &args, copy, 0)
@@ -1003,13 +991,7 @@ impl LayoutOps for WgpuBackend {
         accumulate: bool,
     ) -> Result<()> {
         const OP: &str = "merge_heads";
-        contract::heads(
-            self,
-            OP,
-            layout,
-            ("dst", dst.offset, dst.len, dst.buf.len),
-            ("src", src.offset, src.len, src.buf.len),
-        )?;
+        contract::heads(self, layout, &src, &dst, true)?;
         let copy = u32::from(src.buf.dtype == dst.buf.dtype && !accumulate);
         let args = [self.arg(OP, "src", src)?, self.arg_mut(OP, "dst", &dst)?];
         self.heads(OP, "merge", layout, &args, copy, u32::from(accumulate))
