@@ -118,7 +118,8 @@ fn test(rest: &[String]) -> Result<()> {
 }
 
 fn bench(rest: &[String]) -> Result<()> {
-    let mut args = vec!["bench", "--workspace", "--bench", "*"];
+    // `--benches` skips the benches whose features are off (`--bench *` refused the wgpu one)
+    let mut args = vec!["bench", "--workspace", "--benches"];
     // `--wgpu`: build the wgpu backend in too, so the wgpu halves (GEMM, attention, training
     // step beside the CPU) run; they need an adapter (`WGPU_BACKEND=vulkan` on lavapipe).
     let wgpu = rest.iter().any(|a| a == "--wgpu");
