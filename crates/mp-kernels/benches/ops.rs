@@ -92,21 +92,16 @@ fn bench(c: &mut Criterion) {
         });
         g.finish();
 
-        let shape = Attention {
-            b: B,
-            t: T,
-            c: C,
-            heads: HEADS,
-        };
+        let shape = Attention::mha(B, T, C, HEADS);
         let qkv = buf(&cpu, ROWS * 3 * C, 9, dt);
         let mut att = CpuBuffer::zeros(dt, ROWS * C);
-        let mut probs = CpuBuffer::zeros(dt, B * HEADS * T * T);
+        let mut lse = CpuBuffer::zeros(DType::F32, shape.lse_len());
         let datt = buf(&cpu, ROWS * C, 10, dt);
         let mut dqkv = CpuBuffer::zeros(dt, ROWS * 3 * C);
         let mut g = group(c, "attention_b16_t64_c128_h4", ROWS * C);
         g.bench_function(format!("fwd/{name}"), |b| {
             b.iter(|| {
-                cpu.attention(qkv.view(), &shape, att.view_mut(), probs.view_mut())
+                cpu.attention(qkv.view(), &shape, att.view_mut(), lse.view_mut())
                     .expect("att")
             })
         });
@@ -115,7 +110,8 @@ fn bench(c: &mut Criterion) {
                 cpu.attention_backward(
                     datt.view(),
                     qkv.view(),
-                    probs.view(),
+                    att.view(),
+                    lse.view(),
                     &shape,
                     dqkv.view_mut(),
                 )

@@ -51,33 +51,28 @@ fn run<B: Backend>(c: &mut Criterion, be: &B, label: &str) {
 /// Attention forward + backward at the `gpt-cpu` shape in bf16: the backend's own kernels
 /// ("kernel") and `gemm_attention` on its ops ("gemm").
 fn attention<B: Backend>(c: &mut Criterion, be: &B, label: &str) {
-    let s = Attention {
-        b: 16,
-        t: 64,
-        c: 128,
-        heads: 4,
-    };
+    let s = Attention::mha(16, 64, 128, 4);
     let dt = DType::BF16;
     let n = s.b * s.t * s.c;
     let qkv = be.upload_f32(&random_vec(3 * n, 3), dt).expect("upload");
     let dout = be.upload_f32(&random_vec(n, 4), dt).expect("upload");
     let mut out = be.zeros(dt, n).expect("zeros");
-    let mut probs = be.zeros(dt, s.b * s.heads * s.t * s.t).expect("zeros");
+    let mut lse = be.zeros(DType::F32, s.lse_len()).expect("zeros");
     let mut dqkv = be.zeros(dt, 3 * n).expect("zeros");
     let mut g = c.benchmark_group(format!("attention_{label}/gpt_cpu_bf16_fwd_bwd"));
     g.sample_size(10);
     for via_gemm in [false, true] {
         g.bench_function(if via_gemm { "gemm" } else { "kernel" }, |bch| {
             bch.iter(|| {
-                let (q, o, p) = (qkv.view(), out.view_mut(), probs.view_mut());
+                let (q, o, l) = (qkv.view(), out.view_mut(), lse.view_mut());
                 if via_gemm {
-                    gemm_attention::forward(be, q, &s, o, p).expect("forward");
-                    let (d, p, dq) = (dout.view(), probs.view(), dqkv.view_mut());
-                    gemm_attention::backward(be, d, q, p, &s, dq).expect("backward");
+                    gemm_attention::forward(be, q, &s, o, l).expect("forward");
+                    let (d, o, l, dq) = (dout.view(), out.view(), lse.view(), dqkv.view_mut());
+                    gemm_attention::backward(be, d, q, o, l, &s, dq).expect("backward");
                 } else {
-                    be.attention(q, &s, o, p).expect("forward");
-                    let (d, p, dq) = (dout.view(), probs.view(), dqkv.view_mut());
-                    be.attention_backward(d, q, p, &s, dq).expect("backward");
+                    be.attention(q, &s, o, l).expect("forward");
+                    let (d, o, l, dq) = (dout.view(), out.view(), lse.view(), dqkv.view_mut());
+                    be.attention_backward(d, q, o, l, &s, dq).expect("backward");
                 }
                 be.synchronize().expect("synchronize");
             })

@@ -1,15 +1,18 @@
-//! `attention`: causal multi-head self-attention over HF GPT-2's fused `c_attn` output,
-//! lowered under autocast, saving the softmax probabilities for the backward.
+//! `attention`: causal multi-head or grouped-query self-attention over packed q, k, v
+//! projection rows (HF GPT-2's fused `c_attn` output), lowered under autocast, saving only
+//! the FP32 log-sum-exp of each score row (O(b heads t)) for the backward.
 
-use mp_kernels::{Attention as Shape, Backend, BufferExt, DeviceBuffer};
+use mp_kernels::{Attention as Shape, Backend, BufferExt, DType, DeviceBuffer};
 
 use crate::op::{Backward, Forward, Grads, Output, TapeOp};
 use crate::policy::CastPolicy;
 use crate::{Result, Tape, Tensor};
 
-/// Causal self-attention of `heads` heads over `qkv` `[b, t, 3c]`.
+/// Causal self-attention of `heads` query heads and `kv_heads` key/value heads over `qkv`
+/// `[b, t, (heads + 2 kv_heads) hs]`.
 pub struct Attention<B: Backend> {
     heads: usize,
+    kv_heads: usize,
     saved: Option<(B::Buffer, Shape)>,
 }
 
@@ -22,40 +25,48 @@ impl<B: Backend> TapeOp<B> for Attention<B> {
     }
     fn forward(&mut self, cx: &Forward<'_, '_, B>) -> Result<Output<B>> {
         let s = cx.shape(0);
-        let heads = self.heads;
-        let [b, t, c3] = s[..] else {
+        let (heads, kv_heads) = (self.heads, self.kv_heads);
+        let parts = heads + 2 * kv_heads;
+        let [b, t, width] = s[..] else {
             return Err(cx.shape_err(format!("qkv of shape {s:?}")));
         };
-        if c3 % 3 != 0 || heads == 0 || (c3 / 3) % heads != 0 {
-            return Err(cx.shape_err(format!("qkv of shape {s:?} with {heads} heads")));
+        if kv_heads == 0 || !heads.is_multiple_of(kv_heads) || !width.is_multiple_of(parts) {
+            return Err(cx.shape_err(format!(
+                "qkv of shape {s:?} with {heads} heads and {kv_heads} key/value heads (the last \
+                 dimension must be (heads + 2 kv_heads) x head size, kv_heads dividing heads)"
+            )));
         }
         let shape = Shape {
             b,
             t,
-            c: c3 / 3,
+            c: heads * (width / parts),
             heads,
+            kv_heads,
         };
         let mut out = cx.alloc(cx.out_dtype(), b * t * shape.c)?;
-        let mut probs = cx.alloc(cx.out_dtype(), b * heads * t * t)?;
+        let mut lse = cx.alloc(DType::F32, shape.lse_len())?;
         cx.backend()
-            .attention(cx.value(0)?, &shape, out.view_mut(), probs.view_mut())?;
-        self.saved = Some((probs, shape));
+            .attention(cx.value(0)?, &shape, out.view_mut(), lse.view_mut())?;
+        if cx.grad_enabled() {
+            self.saved = Some((lse, shape));
+        }
         Ok(Output::new(out, &[b, t, shape.c]))
     }
     fn backward(&self, cx: &Backward<'_, '_, B>, g: &mut Grads<'_, '_, B>) -> Result<()> {
-        let Some((probs, shape)) = &self.saved else {
+        let Some((lse, shape)) = &self.saved else {
             return Ok(());
         };
         if let Some(dqkv) = g.get(0)? {
+            let (dy, qkv, out) = (cx.dy()?, cx.value(0)?, cx.output()?);
             cx.backend()
-                .attention_backward(cx.dy()?, cx.value(0)?, probs.view(), shape, dqkv)?;
+                .attention_backward(dy, qkv, out, lse.view(), shape, dqkv)?;
         }
         Ok(())
     }
     fn saved_bytes(&self) -> usize {
         self.saved
             .as_ref()
-            .map_or(0, |(p, _)| p.len() * p.dtype().size_in_bytes())
+            .map_or(0, |(l, _)| l.len() * l.dtype().size_in_bytes())
     }
 }
 
@@ -63,7 +74,25 @@ impl<'a, B: Backend> Tape<'a, B> {
     /// Causal self-attention of `heads` heads over `qkv` of shape `[b, t, 3c]` (HF GPT-2's
     /// `c_attn` output); returns `[b, t, c]`.
     pub fn attention(&mut self, qkv: Tensor, heads: usize) -> Result<Tensor> {
-        self.apply(Attention { heads, saved: None }, &[qkv])
+        self.grouped_attention(qkv, heads, heads)
+    }
+
+    /// Causal grouped-query self-attention: `heads` query heads sharing `kv_heads` key/value
+    /// heads (query head `h` uses key/value head `h / (heads / kv_heads)`), over `qkv` of shape
+    /// `[b, t, (heads + 2 kv_heads) hs]` (queries, then keys, then values); returns
+    /// `[b, t, heads hs]`.
+    pub fn grouped_attention(
+        &mut self,
+        qkv: Tensor,
+        heads: usize,
+        kv_heads: usize,
+    ) -> Result<Tensor> {
+        let op = Attention {
+            heads,
+            kv_heads,
+            saved: None,
+        };
+        self.apply(op, &[qkv])
     }
 }
 
@@ -76,5 +105,12 @@ mod tests {
         // b=2, t=5, c=8, 2 heads.
         let c = GradCheck::new(&[("qkv", &[2, 5, 24])], 11);
         assert_ok(c.run("attention", |t, p| t.attention(p[0], 2)));
+    }
+
+    #[test]
+    fn grouped_attention() {
+        // b=2, t=70 (two key tiles), 4 query heads of 2 sharing 2 key/value heads.
+        let c = GradCheck::new(&[("qkv", &[2, 70, 16])], 12);
+        assert_ok(c.run("grouped_attention", |t, p| t.grouped_attention(p[0], 4, 2)));
     }
 }

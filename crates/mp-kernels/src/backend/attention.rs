@@ -1,21 +1,67 @@
 //! The layout and attention families: head-layout copies (and the transposes and blocks they
 //! express), causal multi-head self-attention.
 
-use super::{GemmOps, MemoryOps, RowOps, View, ViewMut};
+use super::{GemmOps, MemoryOps, PointwiseOps, RowOps, View, ViewMut};
 use crate::Result;
 
-/// Shape of a causal self-attention: batch `b`, sequence `t`, width `c`, `heads` heads
-/// (head size `c / heads`), scores scaled by `1 / sqrt(head size)`.
+/// Shape of a causal self-attention: batch `b`, sequence `t`, `heads` query heads of width
+/// `c / heads` (the head size `hs`), and `kv_heads` key/value heads of the same size
+/// (`kv_heads` divides `heads`; fewer is grouped-query attention: query head `h` attends with
+/// key/value head `h / (heads / kv_heads)`). Scores are scaled by `1 / sqrt(hs)`.
+///
+/// The packed projection rows `qkv` are `b x t x (c + 2 kv_heads hs)`: the query heads, then
+/// the key heads, then the value heads, each head's `hs` elements contiguous (HF GPT-2's
+/// `c_attn` output when `kv_heads = heads`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Attention {
     /// Batch size.
     pub b: usize,
     /// Sequence length.
     pub t: usize,
-    /// Model width (all heads).
+    /// Width of the query heads and of the output (`heads x hs`).
     pub c: usize,
-    /// Number of heads.
+    /// Number of query heads.
     pub heads: usize,
+    /// Number of key/value heads (divides `heads`).
+    pub kv_heads: usize,
+}
+
+impl Attention {
+    /// Multi-head attention: as many key/value heads as query heads.
+    pub fn mha(b: usize, t: usize, c: usize, heads: usize) -> Self {
+        Attention {
+            b,
+            t,
+            c,
+            heads,
+            kv_heads: heads,
+        }
+    }
+
+    /// The head size `c / heads` (0 without heads).
+    pub fn head_size(&self) -> usize {
+        self.c.checked_div(self.heads).unwrap_or(0)
+    }
+
+    /// Query heads per key/value head (0 without key/value heads).
+    pub fn group(&self) -> usize {
+        self.heads.checked_div(self.kv_heads).unwrap_or(0)
+    }
+
+    /// Width of the keys (and of the values): `kv_heads x hs`.
+    pub fn kv_width(&self) -> usize {
+        self.kv_heads * self.head_size()
+    }
+
+    /// Elements of one packed `qkv` row: `c + 2 kv_heads hs`.
+    pub fn qkv_row(&self) -> usize {
+        self.c + 2 * self.kv_width()
+    }
+
+    /// Elements of the saved log-sum-exp, one per query row of each head: `b x heads x t`.
+    pub fn lse_len(&self) -> usize {
+        self.b * self.heads * self.t
+    }
 }
 
 /// One part (q, k, v, or an attention output) of token-major attention rows seen as head-major
@@ -41,16 +87,32 @@ pub struct Heads {
 }
 
 impl Heads {
-    /// Part `part` (0 = q, 1 = k, 2 = v) of an attention's `b x t x 3c` qkv rows.
+    /// Part `part` (0 = q, 1 = k, 2 = v) of an attention's packed `qkv` rows (all of its
+    /// heads: `heads` query heads, `kv_heads` key or value heads).
     pub fn qkv(s: &Attention, part: usize) -> Self {
-        let hs = s.c / s.heads.max(1);
+        let hs = s.head_size();
+        let (heads, col) = match part {
+            0 => (s.heads, 0),
+            1 => (s.kv_heads, s.c),
+            _ => (s.kv_heads, s.c + s.kv_width()),
+        };
         Heads {
             b: s.b,
             t: s.t,
-            heads: s.heads,
+            heads,
             hs,
-            row: 3 * s.c,
-            col: part * s.c,
+            row: s.qkv_row(),
+            col,
+        }
+    }
+
+    /// Head `head` alone of [`Heads::qkv`]'s part `part` (a `b x t x hs` head-major side).
+    pub fn qkv_head(s: &Attention, part: usize, head: usize) -> Self {
+        let all = Heads::qkv(s, part);
+        Heads {
+            heads: 1,
+            col: all.col + head * all.hs,
+            ..all
         }
     }
 
@@ -60,6 +122,28 @@ impl Heads {
             row: s.c,
             col: 0,
             ..Heads::qkv(s, 0)
+        }
+    }
+
+    /// Head `head` alone of [`Heads::out`].
+    pub fn out_head(s: &Attention, head: usize) -> Self {
+        Heads {
+            heads: 1,
+            col: head * s.head_size(),
+            ..Heads::out(s)
+        }
+    }
+
+    /// Query head `head`'s rows of an attention's log-sum-exp (`b x heads x t`) as the
+    /// token-major side, the contiguous `b x t` of that head alone as the head-major side.
+    pub fn lse_head(s: &Attention, head: usize) -> Self {
+        Heads {
+            b: s.b,
+            t: 1,
+            heads: 1,
+            hs: s.t,
+            row: s.heads * s.t,
+            col: head * s.t,
         }
     }
 
@@ -165,33 +249,40 @@ pub trait LayoutOps: MemoryOps {
     }
 }
 
-/// Causal multi-head self-attention.
-pub trait AttentionOps: GemmOps + RowOps + LayoutOps {
-    /// Causal multi-head self-attention. `qkv` is `b x t x 3c` (q, k, v concatenated, heads
-    /// interleaved as in HF GPT-2's `c_attn` output); `out` is `b x t x c`; `probs` receives
-    /// the softmax probabilities `b x heads x t x t` saved for the backward pass.
+/// Causal multi-head (or grouped-query) self-attention that saves only the log-sum-exp of
+/// each score row for its backward: O(b heads t) state, not the `t x t` probabilities.
+pub trait AttentionOps: GemmOps + RowOps + LayoutOps + PointwiseOps {
+    /// Causal self-attention over the packed projection rows `qkv` (see [`Attention`]):
+    /// writes `out` (`b x t x c`, token-major) and `lse` (FP32, `b x heads x t`: the natural
+    /// log of the sum of `e^score` over the visible keys of each query row, the scores scaled by
+    /// `1 / sqrt(hs)`), which is all [`AttentionOps::attention_backward`] needs besides `qkv`
+    /// and `out`.
     ///
-    /// The default runs [`crate::gemm_attention::forward`] on this backend's own GEMM, softmax
-    /// and head layout ops; a backend with a fused kernel overrides it.
+    /// The default is [`crate::gemm_attention::forward`] on this backend's own GEMM, softmax
+    /// and layout ops (O(t²) scratch while it runs, none saved); a backend with a fused kernel
+    /// overrides it.
     fn attention(
         &self,
         qkv: View<'_, Self::Buffer>,
         shape: &Attention,
         out: ViewMut<'_, Self::Buffer>,
-        probs: ViewMut<'_, Self::Buffer>,
+        lse: ViewMut<'_, Self::Buffer>,
     ) -> Result<()> {
-        crate::gemm_attention::forward(self, qkv, shape, out, probs)
+        crate::gemm_attention::forward(self, qkv, shape, out, lse)
     }
-    /// Attention backward: `dqkv += ..` from `dout`, the inputs and the saved `probs`
-    /// (default: [`crate::gemm_attention::backward`]).
+    /// Attention backward: `dqkv += ..` from `dout`, the forward's `qkv`, its `out` and its
+    /// `lse` (default: [`crate::gemm_attention::backward`], which recomputes the
+    /// probabilities from the scores).
+    #[allow(clippy::too_many_arguments)]
     fn attention_backward(
         &self,
         dout: View<'_, Self::Buffer>,
         qkv: View<'_, Self::Buffer>,
-        probs: View<'_, Self::Buffer>,
+        out: View<'_, Self::Buffer>,
+        lse: View<'_, Self::Buffer>,
         shape: &Attention,
         dqkv: ViewMut<'_, Self::Buffer>,
     ) -> Result<()> {
-        crate::gemm_attention::backward(self, dout, qkv, probs, shape, dqkv)
+        crate::gemm_attention::backward(self, dout, qkv, out, lse, shape, dqkv)
     }
 }

@@ -617,8 +617,9 @@ pub fn heads<B: MemoryOps + ?Sized>(
         .map_err(|m| ck.shape_err(m))
 }
 
-/// Attention: `c` divisible by `heads`, `qkv` of `b x t x 3c`, `out` of `b x t x c`, `probs`
-/// of `b x heads x t x t` (the named views' lengths); returns the head size.
+/// Attention: `c` divisible by `heads`, `heads` by `kv_heads`, `qkv` of
+/// `b x t x (c + 2 kv_heads hs)`, `out` of `b x t x c`, `lse` of `b x heads x t` (the named
+/// views' lengths); returns the head size.
 pub fn attention<B: MemoryOps + ?Sized>(
     be: &B,
     op: &'static str,
@@ -632,27 +633,33 @@ pub fn attention<B: MemoryOps + ?Sized>(
             s.c, s.heads
         )));
     }
+    if s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) {
+        return Err(ck.shape_err(format!(
+            "heads={} is not divisible by kv_heads={}",
+            s.heads, s.kv_heads
+        )));
+    }
     let bt = ck.mul(s.b, s.t)?;
     for &(name, got, part) in lens {
         let want = match part {
-            AttentionPart::Qkv => ck.mul(bt, ck.mul(3, s.c)?)?,
+            AttentionPart::Qkv => ck.mul(bt, s.qkv_row())?,
             AttentionPart::Out => ck.mul(bt, s.c)?,
-            AttentionPart::Probs => ck.mul(ck.mul(ck.mul(s.b, s.heads)?, s.t)?, s.t)?,
+            AttentionPart::Lse => ck.mul(bt, s.heads)?,
         };
         ck.len(name, got, want)?;
     }
-    Ok(s.c / s.heads)
+    Ok(s.head_size())
 }
 
 /// Which tensor of an attention a length belongs to (see [`attention`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttentionPart {
-    /// `b x t x 3c`.
+    /// `b x t x (c + 2 kv_heads hs)`.
     Qkv,
     /// `b x t x c`.
     Out,
-    /// `b x heads x t x t`.
-    Probs,
+    /// `b x heads x t`, FP32.
+    Lse,
 }
 
 /// The fused optimizer passes' views: `params` F32 (or BF16/F16 in the pure low-precision
@@ -757,36 +764,39 @@ pub fn sgd<B: MemoryOps + ?Sized>(
     )
 }
 
-/// [`super::AttentionOps::attention`]: views in bounds, `c` divisible by `heads`, `qkv` of
-/// `b x t x 3c`, `out` of `b x t x c`, `probs` of `b x heads x t x t`; returns the head size.
+/// [`super::AttentionOps::attention`]: views in bounds, the shape (see [`attention`]), `lse`
+/// FP32; returns the head size.
 pub fn attention_forward<B: MemoryOps + ?Sized>(
     be: &B,
     qkv: &V<'_, B>,
     s: &Attention,
     out: &M<'_, B>,
-    probs: &M<'_, B>,
+    lse: &M<'_, B>,
 ) -> Result<usize> {
     use AttentionPart::*;
     const OP: &str = "attention";
     let ck = Check::new(be, OP);
     ck.view("qkv", qkv)?;
     ck.view_mut("out", out)?;
-    ck.view_mut("probs", probs)?;
+    ck.view_mut("lse", lse)?;
+    ck.dtype("lse", lse.dtype(), DType::F32)?;
     let lens = [
         ("qkv", qkv.len, Qkv),
         ("out", out.len, Out),
-        ("probs", probs.len, Probs),
+        ("lse", lse.len, Lse),
     ];
     attention(be, OP, s, &lens)
 }
 
 /// [`super::AttentionOps::attention_backward`]: as the forward, with `dout` like `out` and
 /// `dqkv` like `qkv`; returns the head size.
+#[allow(clippy::too_many_arguments)]
 pub fn attention_backward<B: MemoryOps + ?Sized>(
     be: &B,
     dout: &V<'_, B>,
     qkv: &V<'_, B>,
-    probs: &V<'_, B>,
+    out: &V<'_, B>,
+    lse: &V<'_, B>,
     s: &Attention,
     dqkv: &M<'_, B>,
 ) -> Result<usize> {
@@ -795,13 +805,16 @@ pub fn attention_backward<B: MemoryOps + ?Sized>(
     let ck = Check::new(be, OP);
     ck.view("dout", dout)?;
     ck.view("qkv", qkv)?;
-    ck.view("probs", probs)?;
+    ck.view("out", out)?;
+    ck.view("lse", lse)?;
+    ck.dtype("lse", lse.dtype(), DType::F32)?;
     ck.view_mut("dqkv", dqkv)?;
     let lens = [
         ("qkv", qkv.len, Qkv),
         ("dqkv", dqkv.len, Qkv),
+        ("out", out.len, Out),
         ("dout", dout.len, Out),
-        ("probs", probs.len, Probs),
+        ("lse", lse.len, Lse),
     ];
     attention(be, OP, s, &lens)
 }

@@ -155,30 +155,6 @@ fn gemm_one(spec: &Gemm, a: &[f32], b: &[f32], c: &mut [f32], par: Parallelism) 
     }
 }
 
-/// Single-threaded `c = alpha * op(a) op(b) + beta * c` on dense row-major f32 matrices
-/// (`op(a)` is `m x k`, stored `k x m` when `trans_a`; likewise `b`): the building block of
-/// kernels that run many small products in parallel themselves (attention heads).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul(
-    (m, n, k): (usize, usize, usize),
-    a: &[f32],
-    trans_a: bool,
-    b: &[f32],
-    trans_b: bool,
-    c: &mut [f32],
-    alpha: f32,
-    beta: f32,
-) {
-    let spec = Gemm {
-        trans_a,
-        trans_b,
-        alpha,
-        beta,
-        ..Gemm::new(m, n, k)
-    };
-    gemm_one(&spec, a, b, c, Parallelism::None);
-}
-
 /// `C = alpha * op(A) op(B) + beta * C` (see [`Gemm`]).
 pub(crate) fn gemm(
     a: View<'_, CpuBuffer>,

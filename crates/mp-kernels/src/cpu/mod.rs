@@ -13,6 +13,7 @@ mod attention;
 mod check;
 mod convert;
 mod embed;
+mod flash;
 mod gemm;
 mod loss;
 mod math;

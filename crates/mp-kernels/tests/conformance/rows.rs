@@ -277,7 +277,7 @@ fn loss_and_embeddings_match_cpu(dtype: DType) {
 }
 test_per_dtype!(loss_and_embeddings_match_cpu: f32, f16, bf16);
 
-/// Forward and backward of attention on `be`: (out, probs, dqkv).
+/// Forward and backward of attention on `be`: (out, lse, dqkv).
 pub(crate) fn attention_run<B: Backend>(
     be: &B,
     dt: DType,
@@ -286,46 +286,56 @@ pub(crate) fn attention_run<B: Backend>(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let bq = up(be, qkv, dt);
     let mut out = poisoned(be, dt, s.b * s.t * s.c);
-    let mut probs = poisoned(be, dt, s.b * s.heads * s.t * s.t);
-    be.attention(bq.view(), s, out.view_mut(), probs.view_mut())
+    let mut lse = poisoned(be, DType::F32, s.lse_len());
+    be.attention(bq.view(), s, out.view_mut(), lse.view_mut())
         .expect("attention");
     let bd = up(be, dout, dt);
     let mut dq = up(be, dq0, dt);
-    be.attention_backward(bd.view(), bq.view(), probs.view(), s, dq.view_mut())
+    let (o, l) = (out.view(), lse.view());
+    be.attention_backward(bd.view(), bq.view(), o, l, s, dq.view_mut())
         .expect("attention_backward");
-    (down(be, &out), down(be, &probs), down(be, &dq))
+    (down(be, &out), down(be, &lse), down(be, &dq))
 }
 
-/// The device's attention (the trait's default, `mp_kernels::gemm_attention`, on the device's
-/// GEMMs) against the CPU backend's fused kernel.
+/// The device's attention against the CPU backend's tiled kernel, multi-head and
+/// grouped-query.
 fn attention_matches_cpu(dtype: DType) {
     let Some(g) = gpu("attention_matches_cpu") else {
         return;
     };
     let c = cpu();
     let (abs, k) = tolerance(dtype);
-    let s = Attention {
-        b: 2,
-        t: 37,
-        c: 64,
-        heads: 4,
+    let gqa = Attention {
+        kv_heads: 2,
+        ..Attention::mha(2, 70, 64, 4)
     };
-    let qkv = random_normal(s.b * s.t * 3 * s.c, 1.0, 61);
-    let dout = random_vec(s.b * s.t * s.c, 62);
-    let dq0 = random_vec(qkv.len(), 63);
-    let inputs = (&qkv[..], &dout[..], &dq0[..]);
-    let want = attention_run(&c, dtype, &s, inputs);
-    let got = attention_run(g, dtype, &s, inputs);
-    close("attention probs", &got.1, &want.1, dtype, abs, k * 2.0);
-    close("attention out", &got.0, &want.0, dtype, abs * 10.0, k * 4.0);
-    close(
-        "attention dqkv",
-        &got.2,
-        &want.2,
-        dtype,
-        abs * 30.0,
-        k * 4.0,
-    );
+    for s in [Attention::mha(2, 37, 64, 4), gqa] {
+        let qkv = random_normal(s.b * s.t * s.qkv_row(), 1.0, 61);
+        let dout = random_vec(s.b * s.t * s.c, 62);
+        let dq0 = random_vec(qkv.len(), 63);
+        let inputs = (&qkv[..], &dout[..], &dq0[..]);
+        let want = attention_run(&c, dtype, &s, inputs);
+        let got = attention_run(g, dtype, &s, inputs);
+        let what = format!("attention {s:?}");
+        close(
+            &format!("{what} lse"),
+            &got.1,
+            &want.1,
+            DType::F32,
+            1e-5,
+            64.0,
+        );
+        close(
+            &format!("{what} out"),
+            &got.0,
+            &want.0,
+            dtype,
+            abs * 10.0,
+            k * 4.0,
+        );
+        let dq = format!("{what} dqkv");
+        close(&dq, &got.2, &want.2, dtype, abs * 30.0, k * 4.0);
+    }
 }
 test_per_dtype!(attention_matches_cpu: f32, f16, bf16);
 
@@ -337,12 +347,10 @@ fn heads_match_cpu(dtype: DType) {
     };
     let c = cpu();
     let s = Attention {
-        b: 3,
-        t: 5,
-        c: 12,
-        heads: 3,
+        kv_heads: 1,
+        ..Attention::mha(3, 5, 12, 3)
     };
-    let qkv = random_normal(s.b * s.t * 3 * s.c, 1.0, 64);
+    let qkv = random_normal(s.b * s.t * s.qkv_row(), 1.0, 64);
     let base = random_vec(qkv.len(), 65);
     fn run<B: Backend>(be: &B, dt: DType, s: &Attention, qkv: &[f32], base: &[f32]) -> Vec<u8> {
         let src = up(be, qkv, dt);

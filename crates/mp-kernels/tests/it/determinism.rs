@@ -71,26 +71,23 @@ fn run_ops() -> Vec<Vec<u8>> {
     .unwrap();
     outs.push(cc.as_bytes().to_vec());
 
-    let s = Attention {
-        b: 2,
-        t: 50,
-        c: 64,
-        heads: 4,
-    };
-    let mut o = CpuBuffer::zeros(dt, 2 * 50 * 64);
-    let mut p = CpuBuffer::zeros(dt, 2 * 4 * 50 * 50);
-    c.attention(x.slice(0, 2 * 50 * 192), &s, o.view_mut(), p.view_mut())
+    let s = Attention::mha(2, 150, 64, 4);
+    let n3 = 2 * 150 * 192;
+    let mut o = CpuBuffer::zeros(dt, 2 * 150 * 64);
+    let mut l = CpuBuffer::zeros(DType::F32, s.lse_len());
+    c.attention(x.slice(0, n3), &s, o.view_mut(), l.view_mut())
         .unwrap();
-    let mut dq = CpuBuffer::zeros(DType::F32, 2 * 50 * 192);
+    let mut dq = CpuBuffer::zeros(DType::F32, n3);
     c.attention_backward(
         o.view(),
-        x.slice(0, 2 * 50 * 192),
-        p.view(),
+        x.slice(0, n3),
+        o.view(),
+        l.view(),
         &s,
         dq.view_mut(),
     )
     .unwrap();
-    outs.extend([o, p, dq].iter().map(|b| b.as_bytes().to_vec()));
+    outs.extend([o, l, dq].iter().map(|b| b.as_bytes().to_vec()));
     outs
 }
 

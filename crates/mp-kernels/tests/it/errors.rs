@@ -187,33 +187,41 @@ fn gemm_errors() {
 #[test]
 fn attention_errors() {
     let c = cpu();
-    let s = Attention {
-        b: 1,
-        t: 2,
-        c: 6,
-        heads: 4,
-    };
+    let s = Attention::mha(1, 2, 6, 4);
     shape(
-        c.attention(z(36).view(), &s, z(12).view_mut(), z(16).view_mut()),
+        c.attention(z(36).view(), &s, z(12).view_mut(), z(8).view_mut()),
         "attention",
         "divisible",
     );
     let s = Attention {
-        b: 1,
-        t: 2,
-        c: 6,
-        heads: 2,
+        kv_heads: 3,
+        ..Attention::mha(1, 2, 8, 4)
     };
+    shape(
+        c.attention(z(24).view(), &s, z(16).view_mut(), z(8).view_mut()),
+        "attention",
+        "kv_heads=3",
+    );
+    let s = Attention::mha(1, 2, 6, 2);
     shape(
         c.attention(z(36).view(), &s, z(12).view_mut(), z(7).view_mut()),
         "attention",
-        "probs has 7",
+        "lse has 7",
     );
+    let mut bf = CpuBuffer::zeros(DType::BF16, 4);
+    assert!(matches!(
+        c.attention(z(36).view(), &s, z(12).view_mut(), bf.view_mut()),
+        Err(KernelError::UnsupportedDType {
+            op: "attention",
+            ..
+        })
+    ));
     shape(
         c.attention_backward(
             z(12).view(),
             z(35).view(),
-            z(8).view(),
+            z(12).view(),
+            z(4).view(),
             &s,
             z(36).view_mut(),
         ),

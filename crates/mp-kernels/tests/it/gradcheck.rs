@@ -203,32 +203,32 @@ fn embedding_gradient() {
 
 #[test]
 fn attention_gradient() {
+    // two key tiles, grouped-query (4 query heads of 2 over 2 key/value heads)
     let s = Attention {
-        b: 2,
-        t: 4,
-        c: 6,
-        heads: 2,
+        kv_heads: 2,
+        ..Attention::mha(2, 70, 8, 4)
     };
-    let qkv: Vec<f32> = random_vec(s.b * s.t * 3 * s.c, 14)
+    let qkv: Vec<f32> = random_vec(s.b * s.t * s.qkv_row(), 14)
         .iter()
         .map(|v| 2.0 * v)
         .collect();
     let w = random_vec(s.b * s.t * s.c, 15);
     let fwd = |q: &[f32]| {
         let mut out = CpuBuffer::zeros(F32, s.b * s.t * s.c);
-        let mut probs = CpuBuffer::zeros(F32, s.b * s.heads * s.t * s.t);
+        let mut lse = CpuBuffer::zeros(F32, s.lse_len());
         cpu()
-            .attention(up(q, F32).view(), &s, out.view_mut(), probs.view_mut())
+            .attention(up(q, F32).view(), &s, out.view_mut(), lse.view_mut())
             .unwrap();
-        (dot(&w, &down(&out)), probs)
+        (dot(&w, &down(&out)), out, lse)
     };
-    let (_, probs) = fwd(&qkv);
+    let (_, out, lse) = fwd(&qkv);
     let mut d = CpuBuffer::zeros(F32, qkv.len());
     cpu()
         .attention_backward(
             up(&w, F32).view(),
             up(&qkv, F32).view(),
-            probs.view(),
+            out.view(),
+            lse.view(),
             &s,
             d.view_mut(),
         )

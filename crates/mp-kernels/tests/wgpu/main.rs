@@ -185,28 +185,22 @@ fn wgpu_attention_spans_several_tiles() {
     };
     let c = common::cpu();
     for s in [
+        mp_kernels::Attention::mha(1, 300, 32, 2),
+        mp_kernels::Attention::mha(2, 9, 200, 1),
         mp_kernels::Attention {
-            b: 1,
-            t: 300,
-            c: 32,
-            heads: 2,
-        },
-        mp_kernels::Attention {
-            b: 2,
-            t: 9,
-            c: 200,
-            heads: 1,
+            kv_heads: 1,
+            ..mp_kernels::Attention::mha(2, 70, 32, 4)
         },
     ] {
-        let qkv = random_normal(s.b * s.t * 3 * s.c, 1.0, 91);
+        let qkv = random_normal(s.b * s.t * s.qkv_row(), 1.0, 91);
         let dout = random_vec(s.b * s.t * s.c, 92);
         let dq0 = random_vec(qkv.len(), 93);
         let inputs = (&qkv[..], &dout[..], &dq0[..]);
         let want = wgpu_rows::attention_run(&c, DType::F32, &s, inputs);
         let got = wgpu_rows::attention_run(g, DType::F32, &s, inputs);
-        let what = format!("t={} c={} heads={}", s.t, s.c, s.heads);
+        let what = format!("{s:?}");
         common::close(
-            &format!("{what}: probs"),
+            &format!("{what}: lse"),
             &got.1,
             &want.1,
             DType::F32,
