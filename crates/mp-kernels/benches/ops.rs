@@ -26,6 +26,37 @@ fn group<'a>(c: &'a mut Criterion, name: &str, elems: usize) -> BenchmarkGroup<'
     g
 }
 
+/// Attention at long context (the default `mp-train` GPT's shape, batch 2): the tiled
+/// kernel's forward and backward, BF16 storage.
+fn long_attention(c: &mut Criterion) {
+    let cpu = CpuBackend::new();
+    let dt = DType::BF16;
+    for t in [1024, 4096] {
+        let s = Attention::mha(2, t, 64, 4);
+        let qkv = buf(&cpu, s.b * t * s.qkv_row(), 21, dt);
+        let dout = buf(&cpu, s.b * t * s.c, 22, dt);
+        let mut out = CpuBuffer::zeros(dt, s.b * t * s.c);
+        let mut lse = CpuBuffer::zeros(DType::F32, s.lse_len());
+        let mut dqkv = CpuBuffer::zeros(dt, qkv.len());
+        let mut g = group(c, &format!("attention_b2_t{t}_c64_h4"), s.b * t * s.c);
+        g.sample_size(10);
+        g.bench_function("fwd/bf16", |b| {
+            b.iter(|| {
+                cpu.attention(qkv.view(), &s, out.view_mut(), lse.view_mut())
+                    .expect("att")
+            })
+        });
+        g.bench_function("bwd/bf16", |b| {
+            b.iter(|| {
+                let (d, q, o, l) = (dout.view(), qkv.view(), out.view(), lse.view());
+                cpu.attention_backward(d, q, o, l, &s, dqkv.view_mut())
+                    .expect("att bwd")
+            })
+        });
+        g.finish();
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let cpu = CpuBackend::new();
     for dt in [DType::F32, DType::BF16] {
@@ -184,5 +215,5 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, bench, long_attention);
 criterion_main!(benches);

@@ -14,15 +14,18 @@
 //! its key/value head's gradients and its query heads' gradients, so no two tasks write the
 //! same value and the result does not depend on the thread count.
 //!
-//! The inputs are widened once into f32 scratch laid out for the inner loops (queries
-//! pre-scaled by `1 / sqrt(hs)`; keys and values also as [`BC`]-column tiles of `hs x BC`, so
-//! that a score row is a run of FMAs over contiguous keys); the scratch is O(b t width). Every
-//! inner loop is compiled a second time for AVX2+FMA (see [`simd_dispatch`]).
+//! The inputs are widened once into f32 scratch laid out for the inner loops: queries
+//! pre-scaled by `1 / sqrt(hs)`, every row padded with zeros to a multiple of [`W`] elements
+//! (and the rows to whole micro-tiles), keys and values also as [`BC`]-key tiles of
+//! `hs x BC`; the scratch is O(b t width). The inner loops are register-blocked micro-kernels
+//! over [`R`] query rows and [`W`] keys or head elements at a time, compiled a second time for
+//! AVX2 with fused multiply-adds (`fma_dispatch`). Their summation order is fixed, so results
+//! do not depend on the thread count or the vector width; CPUs with and without FMA units
+//! round the products differently (one rounding instead of two).
 
 use super::CpuBuffer;
 use super::check::{bytes, bytes_mut};
 use super::convert::{narrow, widen, with_f32_mut};
-use super::math::{exp, simd_dispatch};
 use super::reduce::{dot, max, sum};
 use crate::Result;
 use crate::backend::{Attention, View, ViewMut};
@@ -33,6 +36,10 @@ use rayon::prelude::*;
 pub(crate) const BR: usize = 64;
 /// Keys per tile.
 pub(crate) const BC: usize = 64;
+/// Query rows per micro-tile (divides [`BR`] and [`BC`]).
+const R: usize = 4;
+/// Keys, or head elements, per register block (divides [`BC`]).
+const W: usize = 16;
 
 /// The sizes every loop needs.
 #[derive(Clone, Copy)]
@@ -41,6 +48,8 @@ struct Dims {
     /// `t` rounded up to whole key tiles.
     tp: usize,
     hs: usize,
+    /// `hs` rounded up to whole register blocks: the row length of the f32 scratch.
+    hsp: usize,
     /// Elements of one packed qkv row.
     row: usize,
     heads: usize,
@@ -56,6 +65,7 @@ impl Dims {
             t: s.t,
             tp: s.t.div_ceil(BC) * BC,
             hs,
+            hsp: hs.div_ceil(W) * W,
             row: s.qkv_row(),
             heads: s.heads,
             kv_heads: s.kv_heads,
@@ -70,9 +80,9 @@ impl Dims {
     }
 }
 
-/// One key or value head of one batch entry in f32: rows `t x hs` zero-padded to `tp` rows,
-/// and the same as tiles `(tp / BC) x hs x BC` (tile `kb`, element `(d, j)` is row
-/// `kb BC + j`, column `d`).
+/// One key or value head of one batch entry in f32: rows `tp x hsp` (zero-padded), and the
+/// same as tiles `(tp / BC) x hs x BC` (tile `kb`, element `(d, j)` is row `kb BC + j`,
+/// column `d`).
 struct KvHead {
     rows: Vec<f32>,
     tiles: Vec<f32>,
@@ -81,19 +91,13 @@ struct KvHead {
 impl KvHead {
     /// Head columns `col..col + hs` of the `t` rows of `src` (rows of `row` elements of `dt`).
     fn gather(src: &[u8], dt: DType, d: &Dims, col: usize) -> Self {
-        let (hs, es) = (d.hs, dt.size_in_bytes());
-        let mut rows = vec![0.0f32; d.tp * hs];
-        for (i, r) in rows.chunks_exact_mut(hs).take(d.t).enumerate() {
-            let at = (i * d.row + col) * es;
-            widen(dt, &src[at..at + hs * es], r);
-        }
+        let rows = gather_rows(src, dt, d, d.tp, d.row, col, 1.0);
+        let (hs, hsp) = (d.hs, d.hsp);
         let mut tiles = vec![0.0f32; d.tp * hs];
         for (kb, tile) in tiles.chunks_exact_mut(hs * BC).enumerate() {
-            for (j, r) in rows[kb * BC * hs..(kb + 1) * BC * hs]
-                .chunks_exact(hs)
-                .enumerate()
-            {
-                for (dd, &x) in r.iter().enumerate() {
+            let block = &rows[kb * BC * hsp..(kb + 1) * BC * hsp];
+            for (j, r) in block.chunks_exact(hsp).enumerate() {
+                for (dd, &x) in r[..hs].iter().enumerate() {
                     tile[dd * BC + j] = x;
                 }
             }
@@ -104,81 +108,243 @@ impl KvHead {
     fn tile(&self, kb: usize, hs: usize) -> &[f32] {
         &self.tiles[kb * hs * BC..(kb + 1) * hs * BC]
     }
+
+    /// Rows `kb BC..(kb + 1) BC`.
+    fn block(&self, kb: usize, hsp: usize) -> &[f32] {
+        &self.rows[kb * BC * hsp..(kb + 1) * BC * hsp]
+    }
 }
 
-/// `s[j] = sum_d q[d] tile[d, j]` for the [`BC`] keys of a tile.
+/// A micro-tile of scores: [`R`] rows of one key tile.
+type Tile = [[f32; BC]; R];
+
+/// Eight lanes: with AVX2 one register (LLVM keeps these in registers when every index is a
+/// constant).
+type V8 = [f32; 8];
+
+/// `x[at..at + 8]`.
 #[inline(always)]
-fn tile_dot(q: &[f32], tile: &[f32], s: &mut [f32; BC]) {
-    let mut acc = [0.0f32; BC];
-    for (&qd, k) in q.iter().zip(tile.chunks_exact(BC)) {
-        for (a, &k) in acc.iter_mut().zip(k) {
-            *a += qd * k;
+fn load8(x: &[f32], at: usize) -> V8 {
+    let mut v = [0.0; 8];
+    v.copy_from_slice(&x[at..at + 8]);
+    v
+}
+
+/// `acc + w * x`, lane by lane: fused (one rounding) when `F`, the copy compiled for FMA
+/// units, else a multiply and an add.
+#[inline(always)]
+fn madd<const F: bool>(acc: V8, w: f32, x: V8) -> V8 {
+    let mut o = acc;
+    for i in 0..8 {
+        o[i] = if F {
+            w.mul_add(x[i], o[i])
+        } else {
+            o[i] + w * x[i]
+        };
+    }
+    o
+}
+
+/// `a * b + c`: fused when `F`.
+#[inline(always)]
+fn fma<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if F { a.mul_add(b, c) } else { a * b + c }
+}
+
+/// `e^x`: the Cephes `expf` of `math::exp` (clamped to `[-87.3, 88.3]`, within 2 ulp), its
+/// polynomial in fused multiply-adds when `F`.
+#[inline(always)]
+fn exp<const F: bool>(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
+    let xc = x.clamp(-87.3, 88.3);
+    let y = fma::<F>(xc, LOG2E, MAGIC);
+    let n = y - MAGIC;
+    let ni = (y.to_bits() as i32).wrapping_sub(0x4B40_0000);
+    let r = fma::<F>(-n, C2, fma::<F>(-n, C1, xc));
+    let mut p = 1.987_569_1e-4f32;
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ] {
+        p = fma::<F>(p, r, c);
+    }
+    let e = fma::<F>(p * r, r, r + 1.0);
+    e * f32::from_bits(((ni + 127) as u32) << 23)
+}
+
+/// Defines `fn $name(args)` that runs `$body::<true>` (fused multiply-adds) compiled for
+/// AVX2+FMA when the CPU has both, `$body::<false>` for the baseline target otherwise (as
+/// `simd_dispatch`, with the FMA choice made visible to the body).
+macro_rules! fma_dispatch {
+    ($(#[$m:meta])* fn $name:ident => $body:ident($($arg:ident: $ty:ty),* $(,)?)) => {
+        $(#[$m])*
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) {
+                    $body::<true>($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body::<false>($($arg),*)
+        }
+    };
+}
+
+/// `s[r][j] = sum_{d < hs} x[r][d] tile[d][j]` for [`R`] rows of `x` (`hsp` apart) and the
+/// [`BC`] keys of `tile`: per 16 keys, the 4 x 16 sums stay in eight registers.
+#[inline(always)]
+fn rows_dot_tile<const F: bool>(x: &[f32], hsp: usize, hs: usize, tile: &[f32], s: &mut Tile) {
+    let x = &x[..R * hsp];
+    let tile = &tile[..hs * BC];
+    for jc in (0..BC).step_by(W) {
+        let mut acc = [[0.0f32; 8]; 2 * R];
+        for d in 0..hs {
+            let (k0, k1) = (load8(tile, d * BC + jc), load8(tile, d * BC + jc + 8));
+            for r in 0..R {
+                let xd = x[r * hsp + d];
+                acc[2 * r] = madd::<F>(acc[2 * r], xd, k0);
+                acc[2 * r + 1] = madd::<F>(acc[2 * r + 1], xd, k1);
+            }
+        }
+        for r in 0..R {
+            s[r][jc..jc + 8].copy_from_slice(&acc[2 * r]);
+            s[r][jc + 8..jc + 16].copy_from_slice(&acc[2 * r + 1]);
         }
     }
-    *s = acc;
 }
 
-/// `acc[..] += w * x[..]`.
+/// `out[r][..] += sum_{j < n} w[r][j] m[j][..]` for [`R`] rows of `out` and rows of `m`
+/// (both `hsp` apart): `P V` and `dS K`.
 #[inline(always)]
-fn axpy(w: f32, x: &[f32], acc: &mut [f32]) {
-    for (a, &x) in acc.iter_mut().zip(x) {
-        *a += w * x;
+fn tile_times_rows<const F: bool>(w: &Tile, n: usize, m: &[f32], hsp: usize, out: &mut [f32]) {
+    let out = &mut out[..R * hsp];
+    let m = &m[..n * hsp];
+    for dc in (0..hsp).step_by(W) {
+        let mut acc = [[0.0f32; 8]; 2 * R];
+        for r in 0..R {
+            acc[2 * r] = load8(out, r * hsp + dc);
+            acc[2 * r + 1] = load8(out, r * hsp + dc + 8);
+        }
+        for j in 0..n {
+            let (v0, v1) = (load8(m, j * hsp + dc), load8(m, j * hsp + dc + 8));
+            for r in 0..R {
+                let wj = w[r][j];
+                acc[2 * r] = madd::<F>(acc[2 * r], wj, v0);
+                acc[2 * r + 1] = madd::<F>(acc[2 * r + 1], wj, v1);
+            }
+        }
+        for r in 0..R {
+            out[r * hsp + dc..r * hsp + dc + 8].copy_from_slice(&acc[2 * r]);
+            out[r * hsp + dc + 8..r * hsp + dc + 16].copy_from_slice(&acc[2 * r + 1]);
+        }
     }
 }
 
-/// Keys of tile `kb` that query row `i` sees.
+/// `m[j][..] += sum_r w[r][j] x[r][..]` for `j < n`, [`R`] rows of `x` (both `hsp` apart):
+/// `dV += Pᵀ dO` and `dK += dSᵀ Q`.
+#[inline(always)]
+fn tile_t_times_rows<const F: bool>(w: &Tile, n: usize, x: &[f32], hsp: usize, m: &mut [f32]) {
+    let x = &x[..R * hsp];
+    let m = &mut m[..n * hsp];
+    for dc in (0..hsp).step_by(W) {
+        let mut xs = [[0.0f32; 8]; 2 * R];
+        for r in 0..R {
+            xs[2 * r] = load8(x, r * hsp + dc);
+            xs[2 * r + 1] = load8(x, r * hsp + dc + 8);
+        }
+        for j in 0..n {
+            let at = j * hsp + dc;
+            let (mut a0, mut a1) = (load8(m, at), load8(m, at + 8));
+            for r in 0..R {
+                let wj = w[r][j];
+                a0 = madd::<F>(a0, wj, xs[2 * r]);
+                a1 = madd::<F>(a1, wj, xs[2 * r + 1]);
+            }
+            m[at..at + 8].copy_from_slice(&a0);
+            m[at + 8..at + 16].copy_from_slice(&a1);
+        }
+    }
+}
+
+/// Keys of tile `kb` that query row `i` sees (`i >= kb BC`).
 #[inline(always)]
 fn visible(i: usize, kb: usize) -> usize {
     (i + 1 - kb * BC).min(BC)
 }
 
-simd_dispatch! {
-    /// One forward task: query rows `i0..i0 + q.len() / hs` of one head (`q` pre-scaled, f32),
-    /// against its key/value head; writes `o` (`rows x hs`) and `lse` (`rows`).
-    fn forward_block(d: &Dims, i0: usize, q: &[f32], k: &KvHead, v: &KvHead, o: &mut [f32], lse: &mut [f32]) {
-        let hs = d.hs;
-        let rows = lse.len();
-        let mut m = [f32::NEG_INFINITY; BR];
-        let mut l = [0.0f32; BR];
-        let mut s = [0.0f32; BC];
-        o.fill(0.0);
-        let last = i0 + rows - 1;
-        for kb in 0..=last / BC {
-            let tile = k.tile(kb, hs);
-            for r in 0..rows {
-                let i = i0 + r;
-                if i < kb * BC {
-                    continue;
-                }
-                let vis = visible(i, kb);
-                tile_dot(&q[r * hs..(r + 1) * hs], tile, &mut s);
+fma_dispatch! {
+    /// One forward task: query rows `i0..i0 + lse.len()` of one head (`q` pre-scaled, rows of
+    /// `hsp`, padded to whole micro-tiles) against its key/value head; writes `o` (rows of
+    /// `hsp`, as many as `q`) and `lse`.
+    fn forward_block => forward_body(d: &Dims, i0: usize, q: &[f32], k: &KvHead, v: &KvHead, o: &mut [f32], lse: &mut [f32])
+}
+
+#[inline(always)]
+fn forward_body<const F: bool>(
+    d: &Dims,
+    i0: usize,
+    q: &[f32],
+    k: &KvHead,
+    v: &KvHead,
+    o: &mut [f32],
+    lse: &mut [f32],
+) {
+    let (hs, hsp) = (d.hs, d.hsp);
+    let mut s: Tile = [[0.0; BC]; R];
+    o.fill(0.0);
+    for (g, (q, o)) in q
+        .chunks_exact(R * hsp)
+        .zip(o.chunks_exact_mut(R * hsp))
+        .enumerate()
+    {
+        let first = i0 + g * R;
+        let (mut m, mut l) = ([f32::NEG_INFINITY; R], [0.0f32; R]);
+        for kb in 0..=first / BC {
+            rows_dot_tile::<F>(q, hsp, hs, k.tile(kb, hs), &mut s);
+            for (r, s) in s.iter_mut().enumerate() {
+                let vis = visible(first + r, kb);
                 let m_new = m[r].max(max(&s[..vis]));
-                let corr = exp(m[r] - m_new);
-                for x in &mut s[..vis] {
-                    *x = exp(*x - m_new);
+                let corr = exp::<F>(m[r] - m_new);
+                for (j, x) in s.iter_mut().enumerate() {
+                    *x = if j < vis { exp::<F>(*x - m_new) } else { 0.0 };
                 }
                 l[r] = l[r] * corr + sum(&s[..vis]);
                 m[r] = m_new;
-                let orow = &mut o[r * hs..(r + 1) * hs];
                 if corr != 1.0 {
-                    orow.iter_mut().for_each(|x| *x *= corr);
-                }
-                let vrows = &v.rows[kb * BC * hs..];
-                for (j, &p) in s[..vis].iter().enumerate() {
-                    axpy(p, &vrows[j * hs..(j + 1) * hs], orow);
+                    o[r * hsp..(r + 1) * hsp]
+                        .iter_mut()
+                        .for_each(|x| *x *= corr);
                 }
             }
+            let n = visible(first + R - 1, kb);
+            tile_times_rows::<F>(&s, n, v.block(kb, hsp), hsp, o);
         }
-        for r in 0..rows {
+        for r in 0..R {
             let inv = 1.0 / l[r];
-            o[r * hs..(r + 1) * hs].iter_mut().for_each(|x| *x *= inv);
-            lse[r] = m[r] + l[r].ln();
+            o[r * hsp..(r + 1) * hsp].iter_mut().for_each(|x| *x *= inv);
+            if let Some(lse) = lse.get_mut(g * R + r) {
+                *lse = m[r] + l[r].ln();
+            }
         }
     }
 }
 
-/// What the backward of one query head reads: its pre-scaled queries, upstream gradient,
-/// `lse` and `D = rowsum(dO ∘ O)`, each `t` rows.
+/// What the backward of one query head reads, each `t` rows padded to whole micro-tiles (of
+/// `hsp` elements): its pre-scaled queries, upstream gradient (zero in the padding, so padded
+/// rows contribute nothing), `lse` and `D = rowsum(dO ∘ O)`.
 struct QueryHead {
     q: Vec<f32>,
     dout: Vec<f32>,
@@ -186,50 +352,71 @@ struct QueryHead {
     delta: Vec<f32>,
 }
 
-simd_dispatch! {
+fma_dispatch! {
     /// The backward of one query head against its key/value head: `dq += dS K` (unscaled),
-    /// `dk += dSᵀ Q` (the queries pre-scaled), `dv += Pᵀ dO`; every gradient `t x hs` (`dk`,
-    /// `dv` padded to `tp` rows).
-    fn backward_head(d: &Dims, qh: &QueryHead, k: &KvHead, v: &KvHead, dq: &mut [f32], dk: &mut [f32], dv: &mut [f32]) {
-        let (hs, t) = (d.hs, d.t);
-        let (mut p, mut ds) = ([0.0f32; BC], [0.0f32; BC]);
-        for kb in 0..t.div_ceil(BC) {
-            let (ktile, vtile) = (k.tile(kb, hs), v.tile(kb, hs));
-            let krows = &k.rows[kb * BC * hs..(kb + 1) * BC * hs];
-            let dk = &mut dk[kb * BC * hs..(kb + 1) * BC * hs];
-            let dv = &mut dv[kb * BC * hs..(kb + 1) * BC * hs];
-            for i in kb * BC..t {
-                let vis = visible(i, kb);
-                let (q, go) = (&qh.q[i * hs..(i + 1) * hs], &qh.dout[i * hs..(i + 1) * hs]);
-                tile_dot(q, ktile, &mut p);
-                let lse = qh.lse[i];
-                for x in &mut p[..vis] {
-                    *x = exp(*x - lse);
-                }
-                tile_dot(go, vtile, &mut ds);
-                let delta = qh.delta[i];
-                for (g, &pj) in ds[..vis].iter_mut().zip(&p[..vis]) {
-                    *g = pj * (*g - delta);
-                }
-                let dqrow = &mut dq[i * hs..(i + 1) * hs];
-                for j in 0..vis {
-                    let at = j * hs..(j + 1) * hs;
-                    axpy(p[j], go, &mut dv[at.clone()]);
-                    axpy(ds[j], q, &mut dk[at.clone()]);
-                    axpy(ds[j], &krows[at], dqrow);
+    /// `dk += dSᵀ Q` (the queries pre-scaled), `dv += Pᵀ dO`; rows of `hsp` (`dq` as many as
+    /// the query rows, `dk` and `dv` `tp`).
+    fn backward_head => backward_body(d: &Dims, qh: &QueryHead, k: &KvHead, v: &KvHead, dq: &mut [f32], dk: &mut [f32], dv: &mut [f32])
+}
+
+#[inline(always)]
+fn backward_body<const F: bool>(
+    d: &Dims,
+    qh: &QueryHead,
+    k: &KvHead,
+    v: &KvHead,
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
+    let (hs, hsp) = (d.hs, d.hsp);
+    let (mut p, mut ds): (Tile, Tile) = ([[0.0; BC]; R], [[0.0; BC]; R]);
+    let groups = qh.lse.len() / R;
+    for kb in 0..d.t.div_ceil(BC) {
+        let (ktile, vtile, krows) = (k.tile(kb, hs), v.tile(kb, hs), k.block(kb, hsp));
+        let dk = &mut dk[kb * BC * hsp..(kb + 1) * BC * hsp];
+        let dv = &mut dv[kb * BC * hsp..(kb + 1) * BC * hsp];
+        for g in kb * BC / R..groups {
+            let (first, at) = (g * R, g * R * hsp);
+            let (q, go) = (&qh.q[at..at + R * hsp], &qh.dout[at..at + R * hsp]);
+            rows_dot_tile::<F>(q, hsp, hs, ktile, &mut p);
+            rows_dot_tile::<F>(go, hsp, hs, vtile, &mut ds);
+            for r in 0..R {
+                let vis = visible(first + r, kb);
+                let (lse, delta) = (qh.lse[first + r], qh.delta[first + r]);
+                for (j, (p, ds)) in p[r].iter_mut().zip(ds[r].iter_mut()).enumerate() {
+                    let pj = if j < vis { exp::<F>(*p - lse) } else { 0.0 };
+                    *p = pj;
+                    *ds = pj * (*ds - delta);
                 }
             }
+            let n = visible(first + R - 1, kb);
+            tile_t_times_rows::<F>(&p, n, go, hsp, dv);
+            tile_t_times_rows::<F>(&ds, n, q, hsp, dk);
+            tile_times_rows::<F>(&ds, n, krows, hsp, &mut dq[at..at + R * hsp]);
         }
     }
 }
 
-/// Head columns `col..col + hs` of the `t` rows of `src` (rows of `row` elements of `dt`),
-/// times `alpha`, as `t x hs` f32.
-fn gather_rows(src: &[u8], dt: DType, d: &Dims, row: usize, col: usize, alpha: f32) -> Vec<f32> {
+/// Head columns `col..col + hs` of the first rows of `src` (rows of `row` elements of `dt`),
+/// times `alpha`, as `rows x hsp` f32, zero beyond the `min(rows, t)` rows of `src` and the
+/// `hs` columns.
+#[allow(clippy::too_many_arguments)]
+fn gather_rows(
+    src: &[u8],
+    dt: DType,
+    d: &Dims,
+    rows: usize,
+    row: usize,
+    col: usize,
+    alpha: f32,
+) -> Vec<f32> {
     let (hs, es) = (d.hs, dt.size_in_bytes());
-    let mut out = vec![0.0f32; d.t * hs];
-    for (i, r) in out.chunks_exact_mut(hs).enumerate() {
+    let have = (src.len() / (row * es)).min(rows);
+    let mut out = vec![0.0f32; rows * d.hsp];
+    for (i, r) in out.chunks_exact_mut(d.hsp).take(have).enumerate() {
         let at = (i * row + col) * es;
+        let r = &mut r[..hs];
         widen(dt, &src[at..at + hs * es], r);
         if alpha != 1.0 {
             r.iter_mut().for_each(|x| *x *= alpha);
@@ -272,14 +459,15 @@ pub(crate) fn attention(
     let out = bytes_mut(OP, "out", out)?;
     let lse = super::convert::as_f32_mut(bytes_mut(OP, "lse", lse)?);
     let kv = kv_heads(qkv, dq, &d, s.b);
-    let (t, hs, g) = (d.t, d.hs, s.group());
+    let (t, hs, hsp, g) = (d.t, d.hs, d.hsp, s.group());
     let blocks = t.div_ceil(BR);
-    // head-major f32 output, one chunk per task
-    let mut o = vec![0.0f32; s.b * d.heads * t * hs];
+    // head-major f32 output (rows of hsp, t padded to whole micro-tiles), one chunk per task
+    let tq = t.div_ceil(R) * R;
+    let mut o = vec![0.0f32; s.b * d.heads * tq * hsp];
     let tasks: Vec<(&mut [f32], &mut [f32])> = o
-        .chunks_mut(t * hs)
+        .chunks_mut(tq * hsp)
         .zip(lse.chunks_mut(t))
-        .flat_map(|(o, l)| o.chunks_mut(BR * hs).zip(l.chunks_mut(BR)))
+        .flat_map(|(o, l)| o.chunks_mut(BR * hsp).zip(l.chunks_mut(BR)))
         .collect();
     tasks
         .into_par_iter()
@@ -288,29 +476,28 @@ pub(crate) fn attention(
             let (nh, qb) = (task / blocks, task % blocks);
             let (n, h) = (nh / d.heads, nh % d.heads);
             let i0 = qb * BR;
-            let rows = l.len();
-            let (es, at) = (sq, (n * t + i0) * d.row);
-            let src = &qkv[at * es..(at + rows * d.row) * es];
-            let dims = Dims { t: rows, ..d };
-            let q = gather_rows(src, dq, &dims, d.row, h * hs, d.scale);
+            let rows = o.len() / hsp;
+            let at = (n * t + i0) * d.row * sq;
+            let src = &qkv[at..(n + 1) * t * d.row * sq];
+            let q = gather_rows(src, dq, &d, rows, d.row, h * hs, d.scale);
             let (k, v) = &kv[n * d.kv_heads + h / g];
             forward_block(&d, i0, &q, k, v, o, l);
         });
     // token-major rows of the output
     out.par_chunks_mut(t * d.c * so)
-        .zip(o.par_chunks(d.heads * t * hs))
+        .zip(o.par_chunks(d.heads * tq * hsp))
         .for_each(|(out_b, o_b)| {
             let mut row = vec![0.0f32; d.c];
             for (i, orow) in out_b.chunks_exact_mut(d.c * so).enumerate() {
                 for (h, r) in row.chunks_exact_mut(hs).enumerate() {
-                    r.copy_from_slice(&o_b[(h * t + i) * hs..(h * t + i + 1) * hs]);
+                    let at = (h * tq + i) * hsp;
+                    r.copy_from_slice(&o_b[at..at + hs]);
                 }
                 narrow(dout, &row, orow);
             }
         });
     Ok(())
 }
-
 /// [`crate::AttentionOps::attention_backward`]: `dqkv += ..` (the contract already checked the
 /// views).
 pub(crate) fn attention_backward(
@@ -326,16 +513,21 @@ pub(crate) fn attention_backward(
     if s.b * s.t == 0 || s.c == 0 {
         return Ok(());
     }
-    let (tdo, tq, to, tdq) = (dout.dtype(), qkv.dtype(), out.dtype(), dqkv.dtype());
+    let (tdo, tq_dt, to, tdq) = (dout.dtype(), qkv.dtype(), out.dtype(), dqkv.dtype());
     let dout = bytes(OP, "dout", dout)?;
     let qkv = bytes(OP, "qkv", qkv)?;
     let out = bytes(OP, "out", out)?;
     let lse = super::convert::as_f32(bytes(OP, "lse", lse)?);
     let dqkv = bytes_mut(OP, "dqkv", dqkv)?;
-    let (t, hs, g, c) = (d.t, d.hs, s.group(), d.c);
-    let (sq, sdo, so) = (tq.size_in_bytes(), tdo.size_in_bytes(), to.size_in_bytes());
-    // one task per (batch entry, key/value head): the f32 gradients of its key head, value
-    // head and query heads
+    let (t, hs, hsp, g, c) = (d.t, d.hs, d.hsp, s.group(), d.c);
+    let tq = t.div_ceil(R) * R;
+    let (sq, sdo, so) = (
+        tq_dt.size_in_bytes(),
+        tdo.size_in_bytes(),
+        to.size_in_bytes(),
+    );
+    // one task per (batch entry, key/value head): the f32 gradients of its query heads, key
+    // head and value head (rows of hsp)
     let grads: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..s.b * d.kv_heads)
         .into_par_iter()
         .map(|nk| {
@@ -343,24 +535,26 @@ pub(crate) fn attention_backward(
             let src = &qkv[n * t * d.row * sq..(n + 1) * t * d.row * sq];
             let go_b = &dout[n * t * c * sdo..(n + 1) * t * c * sdo];
             let o_b = &out[n * t * c * so..(n + 1) * t * c * so];
-            let k = KvHead::gather(src, tq, &d, d.kv_col(1, kvh));
-            let v = KvHead::gather(src, tq, &d, d.kv_col(2, kvh));
-            let (mut dk, mut dv) = (vec![0.0f32; d.tp * hs], vec![0.0f32; d.tp * hs]);
-            let mut dq = vec![0.0f32; g * t * hs];
-            for (r, dq) in dq.chunks_exact_mut(t * hs).enumerate() {
+            let k = KvHead::gather(src, tq_dt, &d, d.kv_col(1, kvh));
+            let v = KvHead::gather(src, tq_dt, &d, d.kv_col(2, kvh));
+            let (mut dk, mut dv) = (vec![0.0f32; d.tp * hsp], vec![0.0f32; d.tp * hsp]);
+            let mut dq = vec![0.0f32; g * tq * hsp];
+            for (r, dq) in dq.chunks_exact_mut(tq * hsp).enumerate() {
                 let h = kvh * g + r;
-                let go = gather_rows(go_b, tdo, &d, c, h * hs, 1.0);
-                let o = gather_rows(o_b, to, &d, c, h * hs, 1.0);
+                let go = gather_rows(go_b, tdo, &d, tq, c, h * hs, 1.0);
+                let o = gather_rows(o_b, to, &d, tq, c, h * hs, 1.0);
                 let delta = go
-                    .chunks_exact(hs)
-                    .zip(o.chunks_exact(hs))
+                    .chunks_exact(hsp)
+                    .zip(o.chunks_exact(hsp))
                     .map(|(a, b)| dot(a, b));
                 let at = (n * d.heads + h) * t;
+                let mut lse_h = lse[at..at + t].to_vec();
+                lse_h.resize(tq, 0.0);
                 let qh = QueryHead {
-                    q: gather_rows(src, tq, &d, d.row, h * hs, d.scale),
+                    q: gather_rows(src, tq_dt, &d, tq, d.row, h * hs, d.scale),
                     delta: delta.collect(),
                     dout: go,
-                    lse: lse[at..at + t].to_vec(),
+                    lse: lse_h,
                 };
                 backward_head(&d, &qh, &k, &v, dq, &mut dk, &mut dv);
                 dq.iter_mut().for_each(|x| *x *= d.scale);
@@ -373,21 +567,45 @@ pub(crate) fn attention_backward(
         .zip(grads.par_chunks(d.kv_heads))
         .for_each(|(dqkv_b, grads_b)| {
             let mut tmp = Vec::new();
+            let add = |src: &[f32], dst: &mut [f32]| {
+                dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+            };
             for (i, drow) in dqkv_b.chunks_exact_mut(d.row * sdq).enumerate() {
                 with_f32_mut(tdq, drow, &mut tmp, true, |row| {
-                    let rows = i * hs..(i + 1) * hs;
                     for (kvh, (dq, dk, dv)) in grads_b.iter().enumerate() {
                         for r in 0..g {
                             let h = kvh * g + r;
-                            let src = &dq[r * t * hs..][rows.clone()];
-                            axpy(1.0, src, &mut row[h * hs..(h + 1) * hs]);
+                            let at = (r * tq + i) * hsp;
+                            add(&dq[at..at + hs], &mut row[h * hs..(h + 1) * hs]);
                         }
-                        let (ck, cv) = (d.kv_col(1, kvh), d.kv_col(2, kvh));
-                        axpy(1.0, &dk[rows.clone()], &mut row[ck..ck + hs]);
-                        axpy(1.0, &dv[rows.clone()], &mut row[cv..cv + hs]);
+                        let (ck, cv, at) = (d.kv_col(1, kvh), d.kv_col(2, kvh), i * hsp);
+                        add(&dk[at..at + hs], &mut row[ck..ck + hs]);
+                        add(&dv[at..at + hs], &mut row[cv..cv + hs]);
                     }
                 });
             }
         });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exp;
+
+    #[test]
+    fn exp_is_within_two_ulp_fused_or_not() {
+        let mut worst = 0.0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let want = f64::from(x).exp();
+            let ulp = f64::from(f32::EPSILON) * want;
+            for got in [exp::<true>(x), exp::<false>(x)] {
+                worst = worst.max((f64::from(got) - want).abs() / ulp);
+            }
+            x += 0.0137;
+        }
+        assert!(worst <= 2.0, "worst error {worst} ulp");
+        assert!(exp::<true>(f32::NAN).is_nan());
+        assert!(exp::<false>(f32::NEG_INFINITY) < 1e-37);
+    }
 }

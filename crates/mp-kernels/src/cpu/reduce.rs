@@ -64,7 +64,7 @@ pub(crate) fn sum_sq(x: &[f32]) -> f32 {
 }
 
 /// Maximum; NaN propagates. Eight lanes and a separate NaN flag, so it vectorises.
-#[inline]
+#[inline(always)]
 pub(crate) fn max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; 8];
     let mut nan = [false; 8];

@@ -100,8 +100,9 @@ pub fn attention_backward_ref(dout: &[f64], qkv: &[f64], s: &Attention) -> Vec<f
 }
 
 /// Shapes covering one token, odd sizes, several key tiles with a partial last one, a
-/// partial last query block, and grouped-query attention (2 and 4 query heads per key/value
-/// head).
+/// partial last query block, head sizes below, at and between multiples of the kernel's
+/// register block (2, 4, 6, 16, 40), and grouped-query attention (2 and 4 query heads per
+/// key/value head).
 const SHAPES: [Attention; 5] = [
     Attention {
         b: 1,
@@ -127,9 +128,9 @@ const SHAPES: [Attention; 5] = [
     Attention {
         b: 2,
         t: 70,
-        c: 32,
-        heads: 4,
-        kv_heads: 2,
+        c: 80,
+        heads: 2,
+        kv_heads: 1,
     },
     Attention {
         b: 1,
