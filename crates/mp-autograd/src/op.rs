@@ -156,6 +156,17 @@ impl<B: Backend> Forward<'_, '_, B> {
         self.tape.grad_enabled()
     }
 
+    /// True when the backward pass will want input `i`'s gradient (gradients are enabled and
+    /// the input leads to a parameter).
+    pub fn needs_grad(&self, i: usize) -> bool {
+        self.tape.grad_enabled() && self.tape.nodes[self.inputs[i]].grad != GradLoc::None
+    }
+
+    /// The seed the backward pass is expected to get ([`Tape::with_loss_seed`]).
+    pub fn loss_seed(&self) -> f32 {
+        self.tape.loss_seed()
+    }
+
     /// A shape error naming this op.
     pub fn shape_err(&self, msg: impl Into<String>) -> AutogradError {
         AutogradError::Shape {

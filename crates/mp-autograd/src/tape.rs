@@ -101,6 +101,8 @@ pub struct Tape<'a, B: Backend> {
     /// `(seed, step)` of the random ops (dropout), and how many have drawn from it.
     rng: Option<(u64, u64)>,
     draws: u64,
+    /// The seed [`Tape::backward`] is expected to get (see [`Tape::with_loss_seed`]).
+    loss_seed: f32,
 }
 
 pub(crate) fn numel(shape: &[usize]) -> usize {
@@ -122,6 +124,7 @@ impl<'a, B: Backend> Tape<'a, B> {
             casts: HashMap::new(),
             rng: None,
             draws: 0,
+            loss_seed: 1.0,
         }
     }
 
@@ -166,6 +169,20 @@ impl<'a, B: Backend> Tape<'a, B> {
     pub fn with_rng(mut self, seed: u64, step: u64) -> Self {
         self.rng = Some((seed, step));
         self
+    }
+
+    /// Announces the seed the coming [`Tape::backward`] will get (the loss scale over the
+    /// accumulation steps; 1 by default), so that a loss can compute its gradient during the
+    /// forward pass, fused with the loss ([`Tape::cross_entropy`]). A backward with another seed
+    /// stays correct: the early gradient is rescaled, at the cost of one more pass.
+    pub fn with_loss_seed(mut self, seed: f32) -> Self {
+        self.loss_seed = seed;
+        self
+    }
+
+    /// The seed announced by [`Tape::with_loss_seed`].
+    pub fn loss_seed(&self) -> f32 {
+        self.loss_seed
     }
 
     /// The backend.

@@ -194,6 +194,30 @@ extern "C" __global__ void mp_cross_entropy_bwd(const void* logits, int ldt, con
     }
 }
 
+// The fused classifier: losses[r] = logsumexp - logits[t] and dlogits = (softmax - onehot(t))
+// * dloss from one block's pass over the row (the row is read for the max, the sum and the
+// gradient, from L2 after the first read; written once).
+extern "C" __global__ void mp_cross_entropy_fused(const void* logits, int ldt, const u32* targets,
+                                                  u64 rows, u64 vocab, float dloss, void* losses,
+                                                  int lossdt, void* dlogits, int dldt) {
+    for (u64 r = blockIdx.x; r < rows; r += gridDim.x) {
+        u64 base = r * vocab;
+        float mx = -INFINITY;
+        for (u64 j = threadIdx.x; j < vocab; j += blockDim.x) mx = nanmax(mx, ld(logits, base + j, ldt));
+        mx = block_max(mx);
+        float s = 0.0f;
+        for (u64 j = threadIdx.x; j < vocab; j += blockDim.x) s += expf(ld(logits, base + j, ldt) - mx);
+        s = block_sum(s);
+        u64 t = targets[r];
+        if (threadIdx.x == 0) st_rne(losses, r, lossdt, mx + logf(s) - ld(logits, base + t, ldt));
+        float inv = 1.0f / s;
+        for (u64 j = threadIdx.x; j < vocab; j += blockDim.x) {
+            float p = expf(ld(logits, base + j, ldt) - mx) * inv;
+            st_rne(dlogits, base + j, dldt, (p - (j == t ? 1.0f : 0.0f)) * dloss);
+        }
+    }
+}
+
 // Softmax backward from the output y: dx += y (dy - sum dy y), or for log-softmax
 // dx += dy - exp(y) sum dy; masked entries (log-softmax y = -inf) get and pass no gradient.
 extern "C" __global__ void mp_softmax_bwd(const void* y, int ydt, const void* dy, int dydt, u64 rows,

@@ -223,17 +223,22 @@ impl<B: Backend> Trainer<B> {
         let lr = schedule::learning_rate(cfg, self.step);
         let scale = self.scaler.get_scale();
         self.gpt.zero_grads(be)?;
-        let mut loss_sum = 0.0f64;
+        let mut loss_sum = be.zeros(DType::F32, 1)?;
         for k in 0..accum as u64 {
             let micro = self.step * accum as u64 + k;
             let host = self.data.train_batch(cfg.seed, micro, rows, t);
             let batch = self
                 .gpt
                 .batch(be, &host.inputs, Some(&host.targets), rows, t)?;
-            let loss =
-                self.gpt
-                    .forward_backward(be, &batch, self.autocast, scale / accum as f32)?;
-            loss_sum += f64::from(loss);
+            let (s, w) = (scale / accum as f32, 1.0 / accum as f32);
+            self.gpt.forward_backward_on_device(
+                be,
+                &batch,
+                self.autocast,
+                s,
+                loss_sum.view_mut(),
+                w,
+            )?;
         }
         let check = self.scaler.check(be, self.gpt.grads.view())?;
         let skipped = check.found_inf;
@@ -251,10 +256,12 @@ impl<B: Backend> Trainer<B> {
             )?;
         }
         self.scaler.update(None)?;
+        // the step's one read of the loss, after the optimizer
+        let loss = be.download_f32(loss_sum.view())?[0];
         self.step += 1;
         self.tokens += (rows * t * accum) as u64;
         Ok(StepOutcome {
-            loss: (loss_sum / accum as f64) as f32,
+            loss,
             lr,
             scale,
             grad_norm: (!skipped).then_some(check.grad_norm),

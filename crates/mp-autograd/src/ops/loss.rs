@@ -2,6 +2,8 @@
 //! `cross_entropy` (fused log-softmax + NLL, mean over rows), `mse_loss` (mean squared error),
 //! `sum` and `mean` of all elements.
 
+use std::cell::RefCell;
+
 use mp_dtype::DType;
 use mp_kernels::{Backend, BinaryOp, BufferExt, DeviceBuffer, ReduceOp};
 
@@ -11,9 +13,27 @@ use crate::policy::CastPolicy;
 use crate::{AutogradError, Result, Tape, Tensor};
 
 /// Mean cross-entropy of logits `[.., vocab]` against one target per row.
+///
+/// When the logits need a gradient, the forward is the fused classifier
+/// ([`LossOps::cross_entropy_fused`](mp_kernels::LossOps::cross_entropy_fused)): one pass over
+/// the logits computes the losses and the gradient at the announced seed
+/// ([`Tape::with_loss_seed`]), in the logits' dtype, which the backward hands on without
+/// reading the logits again.
 pub struct CrossEntropy<'i, B: Backend> {
-    /// The targets, one per row.
-    pub targets: &'i B::Index,
+    targets: &'i B::Index,
+    /// The gradient computed by the forward, and the seed it was computed for (taken by the
+    /// backward, which moves it on as the logits' gradient).
+    early: RefCell<Option<(B::Buffer, f32)>>,
+}
+
+impl<'i, B: Backend> CrossEntropy<'i, B> {
+    /// The loss against `targets`, one per row.
+    pub fn new(targets: &'i B::Index) -> Self {
+        CrossEntropy {
+            targets,
+            early: RefCell::new(None),
+        }
+    }
 }
 
 impl<B: Backend> TapeOp<B> for CrossEntropy<'_, B> {
@@ -33,7 +53,25 @@ impl<B: Backend> TapeOp<B> for CrossEntropy<'_, B> {
         }
         let be = cx.backend();
         let mut losses = cx.alloc(DType::F32, rows)?;
-        be.cross_entropy(cx.value(0)?, self.targets, vocab, losses.view_mut())?;
+        let logits = cx.value(0)?;
+        if cx.needs_grad(0) {
+            // written in the logits' dtype: the usual case (an activation) takes it as its
+            // gradient
+            let seed = cx.loss_seed();
+            let mut d = cx.alloc(cx.dtype(0), logits.len)?;
+            let dloss = seed / rows as f32;
+            be.cross_entropy_fused(
+                logits,
+                self.targets,
+                vocab,
+                dloss,
+                losses.view_mut(),
+                d.view_mut(),
+            )?;
+            self.early = RefCell::new(Some((d, seed)));
+        } else {
+            be.cross_entropy(logits, self.targets, vocab, losses.view_mut())?;
+        }
         let mut loss = cx.alloc(DType::F32, 1)?;
         be.reduce_rows(ReduceOp::Mean, losses.view(), rows, loss.view_mut())?;
         Ok(Output::new(loss, &[]))
@@ -42,20 +80,21 @@ impl<B: Backend> TapeOp<B> for CrossEntropy<'_, B> {
         if !g.needs(0) {
             return Ok(());
         }
-        let shape = cx.shape(0);
-        let vocab = *shape.last().unwrap_or(&1);
-        let n: usize = shape.iter().product();
-        let rows = n / vocab.max(1);
-        // written in the logits' dtype: the usual case (an activation) takes it as its gradient
-        let mut d = cx.alloc(cx.dtype(0), n)?;
-        cx.backend().cross_entropy_backward(
-            cx.value(0)?,
-            self.targets,
-            vocab,
-            cx.seed() / rows.max(1) as f32,
-            d.view_mut(),
-        )?;
-        g.add_owned(0, d)
+        let seed = cx.seed();
+        match self.early.borrow_mut().take() {
+            Some((d, at)) if at == seed => g.add_owned(0, d),
+            Some((d, at)) => g.add_scaled(0, seed / at, d.view()),
+            None => Err(AutogradError::Backward {
+                device: cx.backend().name(),
+                msg: "cross_entropy: the forward computed no gradient for the logits".into(),
+            }),
+        }
+    }
+    fn saved_bytes(&self) -> usize {
+        self.early
+            .borrow()
+            .as_ref()
+            .map_or(0, |(d, _)| d.len() * d.dtype().size_in_bytes())
     }
 }
 
@@ -155,7 +194,7 @@ impl<'a, B: Backend> Tape<'a, B> {
     /// Mean cross-entropy of `logits` (`[.., vocab]`) against `targets` (one per row): a
     /// scalar FP32 loss, to be passed to [`Tape::backward`].
     pub fn cross_entropy(&mut self, logits: Tensor, targets: &'a B::Index) -> Result<Tensor> {
-        self.apply(CrossEntropy { targets }, &[logits])
+        self.apply(CrossEntropy::new(targets), &[logits])
     }
 
     /// Mean squared error of `pred` against `target` (same shapes): a scalar FP32 loss.
@@ -197,5 +236,38 @@ mod tests {
         assert_ok(c.run("mse_loss", |t, p| t.mse_loss(p[0], p[1])));
         c.values_mut()[0] += 1.0;
         assert_ok(c.run("mse_loss shifted", |t, p| t.mse_loss(p[0], p[1])));
+    }
+
+    /// The fused classifier computes the logits' gradient in the forward at the announced
+    /// seed; a backward with another seed rescales it, and with the announced one passes it on.
+    #[test]
+    fn cross_entropy_gradient_follows_the_backward_seed() {
+        use crate::Tape;
+        use mp_kernels::prelude::*;
+        use mp_kernels::{CpuBackend, DType};
+        let be = CpuBackend::new();
+        let master = be
+            .upload_f32(&crate::gradcheck::randn(3, 4 * 6), DType::F32)
+            .unwrap();
+        let targets = vec![0, 5, 2, 1];
+        let grad = |announced: Option<f32>, seed: f32| {
+            let mut grads = be.zeros(DType::F32, 24).unwrap();
+            let mut tape = Tape::new(&be).with_params(&master);
+            if let Some(s) = announced {
+                tape = tape.with_loss_seed(s);
+            }
+            let x = tape.param_at(0, &[4, 6]).unwrap();
+            let loss = tape.cross_entropy(x, &targets).unwrap();
+            tape.backward(loss, seed, &mut grads).unwrap();
+            be.download_f32(grads.view()).unwrap()
+        };
+        let exact = grad(Some(256.0), 256.0);
+        let rescaled = grad(None, 256.0);
+        assert_eq!(exact, rescaled, "a power-of-two rescale is exact");
+        let at_one = grad(None, 1.0);
+        for (a, b) in exact.iter().zip(&at_one) {
+            assert_eq!(*a, b * 256.0);
+        }
+        assert!(exact.iter().any(|&g| g != 0.0));
     }
 }

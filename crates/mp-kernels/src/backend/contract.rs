@@ -544,6 +544,27 @@ pub fn cross_entropy_backward<B: MemoryOps + ?Sized>(
     Ok(rows)
 }
 
+/// [`super::LossOps::cross_entropy_fused`]: as [`cross_entropy`] and
+/// [`cross_entropy_backward`] together. Returns rows.
+pub fn cross_entropy_fused<B: MemoryOps + ?Sized>(
+    be: &B,
+    logits: &V<'_, B>,
+    targets: &[u32],
+    vocab: usize,
+    losses: &M<'_, B>,
+    dlogits: &M<'_, B>,
+) -> Result<usize> {
+    const OP: &str = "cross_entropy_fused";
+    let rows = cross_entropy_rows(be, OP, logits, targets, vocab)?;
+    let ck = Check::new(be, OP);
+    ck.view_mut("losses", losses)?;
+    ck.len("losses", losses.len, rows)?;
+    ck.dtype("losses", losses.dtype(), DType::F32)?;
+    ck.view_mut("dlogits", dlogits)?;
+    ck.len("dlogits", dlogits.len, logits.len)?;
+    Ok(rows)
+}
+
 /// The shape both embedding ops share: `table_len` a whole number of rows of `c`,
 /// `c` elements per id in `rows_len`, every id a row of the table; returns the row count.
 fn embedding_rows<B: MemoryOps + ?Sized>(

@@ -229,6 +229,7 @@ fn rows_dot_tile<const F: bool>(x: &[f32], hsp: usize, hs: usize, tile: &[f32], 
 /// `out[r][..] += sum_{j < n} w[r][j] m[j][..]` for [`R`] rows of `out` and rows of `m`
 /// (both `hsp` apart): `P V` and `dS K`.
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // j indexes both the tile and the rows
 fn tile_times_rows<const F: bool>(w: &Tile, n: usize, m: &[f32], hsp: usize, out: &mut [f32]) {
     let out = &mut out[..R * hsp];
     let m = &m[..n * hsp];
@@ -256,6 +257,7 @@ fn tile_times_rows<const F: bool>(w: &Tile, n: usize, m: &[f32], hsp: usize, out
 /// `m[j][..] += sum_r w[r][j] x[r][..]` for `j < n`, [`R`] rows of `x` (both `hsp` apart):
 /// `dV += Pᵀ dO` and `dK += dSᵀ Q`.
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // j indexes both the tile and the rows
 fn tile_t_times_rows<const F: bool>(w: &Tile, n: usize, x: &[f32], hsp: usize, m: &mut [f32]) {
     let x = &x[..R * hsp];
     let m = &mut m[..n * hsp];

@@ -1,4 +1,5 @@
-//! Cross-entropy fused with log-softmax, and its backward, in f32 (stable logsumexp).
+//! Cross-entropy fused with log-softmax, its backward, and both in one pass (the fused
+//! classifier), in f32 (stable logsumexp).
 
 use super::CpuBackend;
 use super::CpuBuffer;
@@ -50,12 +51,14 @@ pub(crate) fn cross_entropy(
     Ok(())
 }
 
-/// `dlogits = (softmax(logits) - onehot(targets)) * dloss`.
+/// `dlogits = (softmax(logits) - onehot(targets)) * dloss`, and with `losses` each row's
+/// `logsumexp - logits[target]` from the same pass.
 pub(crate) fn cross_entropy_backward(
     logits: View<'_, CpuBuffer>,
     targets: &[u32],
     vocab: usize,
     dloss: f32,
+    losses: Option<ViewMut<'_, CpuBuffer>>,
     dlogits: ViewMut<'_, CpuBuffer>,
 ) -> Result<()> {
     const OP: &str = "cross_entropy_backward";
@@ -63,23 +66,37 @@ pub(crate) fn cross_entropy_backward(
     let logits = bytes(OP, "logits", logits)?;
     let dlogits = bytes_mut(OP, "dlogits", dlogits)?;
     let rows_per = (CHUNK / vocab).max(1);
+    let mut none = Vec::new();
+    let losses: &mut [f32] = match losses {
+        Some(l) => as_f32_mut(bytes_mut(OP, "losses", l)?),
+        None => &mut none,
+    };
+    let with_loss = !losses.is_empty();
+    let mut loss_chunks: Vec<&mut [f32]> = losses.chunks_mut(rows_per).collect();
+    loss_chunks.resize_with(targets.len().div_ceil(rows_per), Default::default);
     dlogits
         .par_chunks_mut(rows_per * vocab * dd.size_in_bytes())
         .zip(logits.par_chunks(rows_per * vocab * dl.size_in_bytes()))
         .zip(targets.par_chunks(rows_per))
+        .zip(loss_chunks.into_par_iter())
         .for_each_init(
             || (Vec::new(), Vec::new()),
-            |(tx, to), ((oc, xc), tc)| {
+            |(tx, to), (((oc, xc), tc), lc)| {
                 let xc = load(dl, xc, tx);
                 with_f32_mut(dd, oc, to, false, |o| {
-                    for ((orow, row), &tg) in o
+                    for (r, ((orow, row), &tg)) in o
                         .chunks_exact_mut(vocab)
                         .zip(xc.chunks_exact(vocab))
                         .zip(tc)
+                        .enumerate()
                     {
                         let m = max(row);
                         exp_sub(row, m, orow);
-                        let k = dloss / sum(orow);
+                        let s = sum(orow);
+                        if with_loss {
+                            lc[r] = m + s.ln() - row[tg as usize];
+                        }
+                        let k = dloss / s;
                         for o in orow.iter_mut() {
                             *o *= k;
                         }
@@ -112,6 +129,19 @@ impl LossOps for CpuBackend {
         dlogits: ViewMut<'_, CpuBuffer>,
     ) -> Result<()> {
         contract::cross_entropy_backward(self, &logits, targets, vocab, &dlogits)?;
-        cross_entropy_backward(logits, targets, vocab, dloss, dlogits)
+        cross_entropy_backward(logits, targets, vocab, dloss, None, dlogits)
+    }
+
+    fn cross_entropy_fused(
+        &self,
+        logits: View<'_, CpuBuffer>,
+        targets: &Vec<u32>,
+        vocab: usize,
+        dloss: f32,
+        losses: ViewMut<'_, CpuBuffer>,
+        dlogits: ViewMut<'_, CpuBuffer>,
+    ) -> Result<()> {
+        contract::cross_entropy_fused(self, &logits, targets, vocab, &losses, &dlogits)?;
+        cross_entropy_backward(logits, targets, vocab, dloss, Some(losses), dlogits)
     }
 }

@@ -84,6 +84,7 @@ pub const KERNELS: &[(&str, KernelModule)] = &[
     ("mp_layer_norm_bwd_dwb_partial", KernelModule::Rows),
     ("mp_cross_entropy", KernelModule::Rows),
     ("mp_cross_entropy_bwd", KernelModule::Rows),
+    ("mp_cross_entropy_fused", KernelModule::Rows),
     ("mp_embedding", KernelModule::Attention),
     ("mp_embedding_bwd", KernelModule::Attention),
     ("mp_heads", KernelModule::Attention),

@@ -952,6 +952,36 @@ impl LossOps for CudaBackend {
             &kargs![la.ptr, la.dt, t, r, v, dloss, da.ptr, da.dt],
         )
     }
+
+    fn cross_entropy_fused(
+        &self,
+        logits: View<'_, CudaBuffer>,
+        targets: &CudaIndex,
+        vocab: usize,
+        dloss: f32,
+        losses: ViewMut<'_, CudaBuffer>,
+        dlogits: ViewMut<'_, CudaBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "cross_entropy_fused";
+        let rows =
+            contract::cross_entropy_fused(self, &logits, &targets.host, vocab, &losses, &dlogits)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let (la, oa, da, t) = (
+            self.arg(logits),
+            self.arg_mut(&losses),
+            self.arg_mut(&dlogits),
+            self.index_ptr(targets),
+        );
+        let (r, v) = (rows as u64, vocab as u64);
+        self.launch_rows(
+            OP,
+            "mp_cross_entropy_fused",
+            Self::grid_rows(rows, WIDE_ROW_BLOCK),
+            &kargs![la.ptr, la.dt, t, r, v, dloss, oa.ptr, oa.dt, da.ptr, da.dt],
+        )
+    }
 }
 
 impl EmbeddingOps for CudaBackend {

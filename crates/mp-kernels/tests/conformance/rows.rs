@@ -210,7 +210,7 @@ fn loss_and_embeddings_match_cpu(dtype: DType) {
         logits: &[f32],
         t: &[u32],
         vocab: usize,
-    ) -> (Vec<f32>, Vec<f32>) {
+    ) -> [Vec<f32>; 4] {
         let bl = up(be, logits, dt);
         let ti = be.upload_index(t).expect("index");
         let mut loss = poisoned(be, DType::F32, t.len());
@@ -219,19 +219,24 @@ fn loss_and_embeddings_match_cpu(dtype: DType) {
         let mut dl = poisoned(be, dt, logits.len());
         be.cross_entropy_backward(bl.view(), &ti, vocab, 0.37, dl.view_mut())
             .expect("ce backward");
-        (down(be, &loss), down(be, &dl))
+        let mut fl = poisoned(be, DType::F32, t.len());
+        let mut fd = poisoned(be, dt, logits.len());
+        let (fv, dv) = (fl.view_mut(), fd.view_mut());
+        be.cross_entropy_fused(bl.view(), &ti, vocab, 0.37, fv, dv)
+            .expect("ce fused");
+        [&loss, &dl, &fl, &fd].map(|b| down(be, b))
     }
     let want = run(&c, dtype, &logits, &t, vocab);
     let got = run(g, dtype, &logits, &t, vocab);
-    close("cross_entropy", &got.0, &want.0, DType::F32, 1e-4, 64.0);
-    close(
-        "cross_entropy_backward",
-        &got.1,
-        &want.1,
-        dtype,
-        abs,
-        k * 2.0,
-    );
+    for (name, i) in [("cross_entropy", 0), ("cross_entropy_fused losses", 2)] {
+        close(name, &got[i], &want[i], DType::F32, 1e-4, 64.0);
+    }
+    for (name, i) in [
+        ("cross_entropy_backward", 1),
+        ("cross_entropy_fused grad", 3),
+    ] {
+        close(name, &got[i], &want[i], dtype, abs, k * 2.0);
+    }
 
     let (n, c_, v) = (300, 48, 97);
     let table = random_vec(v * c_, 53);

@@ -48,6 +48,21 @@ fn cross_entropy_forward_backward() {
                 .cross_entropy_backward(xb.view(), &targets, vocab, dloss as f32, dl.view_mut())
                 .unwrap();
             assert_close(&format!("{what} backward"), &down(&dl), &want_grad, dt);
+            // the fused classifier: the same losses and gradient, bit for bit, from one pass
+            let mut fl = CpuBuffer::zeros(DType::F32, rows);
+            let mut fd = up(&random_vec(rows * vocab, 54), dt);
+            cpu()
+                .cross_entropy_fused(
+                    xb.view(),
+                    &targets,
+                    vocab,
+                    dloss as f32,
+                    fl.view_mut(),
+                    fd.view_mut(),
+                )
+                .unwrap();
+            assert_eq!(fl.as_bytes(), losses.as_bytes(), "{what} fused losses");
+            assert_eq!(fd.as_bytes(), dl.as_bytes(), "{what} fused gradient");
         }
     });
 }

@@ -22,7 +22,7 @@ use std::path::Path;
 
 use mp_autograd::{Autocast, ParamEntry, ParamLayout, Tape, Tensor, WeightLayout};
 use mp_dtype::DType;
-use mp_kernels::{Backend, BufferExt, DeviceBuffer, Rounding};
+use mp_kernels::{Backend, BufferExt, DeviceBuffer, Rounding, ViewMut};
 use serde::{Deserialize, Serialize};
 
 use crate::{Result, TrainError};
@@ -428,12 +428,31 @@ impl<B: Backend> Gpt<B> {
         autocast: Autocast,
         scale: f32,
     ) -> Result<f32> {
-        let mut tape = tape_for(be, &self.params, self.model_copy.as_ref(), autocast)?;
+        let mut loss = be.zeros(DType::F32, 1)?;
+        self.forward_backward_on_device(be, batch, autocast, scale, loss.view_mut(), 1.0)?;
+        Ok(be.download_f32(loss.view())?[0])
+    }
+
+    /// [`Gpt::forward_backward`] without reading anything back: adds `weight * loss` into the
+    /// one-element FP32 `loss_sum` on the device, so that a step reads its loss once, after the
+    /// optimizer. The loss and its gradient come from one pass over the logits (the tape
+    /// announces `scale` to the fused classifier).
+    pub fn forward_backward_on_device(
+        &mut self,
+        be: &B,
+        batch: &Batch<B>,
+        autocast: Autocast,
+        scale: f32,
+        loss_sum: ViewMut<'_, B::Buffer>,
+        weight: f32,
+    ) -> Result<()> {
+        let tape = tape_for(be, &self.params, self.model_copy.as_ref(), autocast)?;
+        let mut tape = tape.with_loss_seed(scale);
         let logits = self.forward(&mut tape, batch)?;
         let loss = tape.cross_entropy(logits, batch_targets(batch)?)?;
-        let value = tape.to_vec_f32(loss)?[0];
+        be.axpy(weight, tape.view(loss)?, loss_sum)?;
         tape.backward(loss, scale, &mut self.grads)?;
-        Ok(value)
+        Ok(())
     }
 
     /// The logits `[b, t, vocab]` (row-major, widened to f32) and, when the batch has
