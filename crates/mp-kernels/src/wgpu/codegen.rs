@@ -234,6 +234,13 @@ pub(crate) mod shaders {
         tensors: &["params", "grads", "s1", "s2", "model"],
         consts: &["C_OPT", "C_SR", "C_MODEL"],
     };
+    /// Causal attention saving the log-sum-exp, and its backward.
+    pub(crate) const ATTENTION: Shader = Shader {
+        name: "attention",
+        body: include_str!("../../shaders/attention.wgsl"),
+        tensors: &["qkv", "out", "lse", "dout", "delta", "dqkv"],
+        consts: &[],
+    };
     /// Tiled GEMM.
     pub(crate) const GEMM: Shader = Shader {
         name: "gemm",
@@ -259,6 +266,7 @@ mod tests {
             shaders::STATS,
             shaders::OPTIM,
             shaders::GEMM,
+            shaders::ATTENTION,
         ];
         for dtype in DType::ALL {
             for sh in &all {

@@ -998,7 +998,94 @@ impl LayoutOps for WgpuBackend {
     }
 }
 
-impl AttentionOps for WgpuBackend {}
+/// The largest head size of the WGSL attention kernel (its private accumulators); larger
+/// heads run the trait's default composition.
+const ATTENTION_MAX_HS: usize = 256;
+
+impl WgpuBackend {
+    /// The attention kernel's parameters: `count` invocations over a shape of head size `hs`.
+    fn attention_params(&self, op: &'static str, s: &Attention, count: usize) -> Result<[u32; 8]> {
+        let hs = s.head_size();
+        Ok([
+            self.u32p(op, "invocations", count)?,
+            self.u32p(op, "t", s.t)?,
+            self.u32p(op, "heads", s.heads)?,
+            self.u32p(op, "kv_heads", s.kv_heads)?,
+            self.u32p(op, "head size", hs)?,
+            self.u32p(op, "c", s.c)?,
+            self.u32p(op, "qkv row", s.qkv_row())?,
+            (1.0 / (hs as f32).sqrt()).to_bits(),
+        ])
+    }
+}
+
+/// One invocation per row of `n`: workgroups of 64.
+fn attention_groups(n: usize) -> u64 {
+    (n as u64).div_ceil(64)
+}
+
+impl AttentionOps for WgpuBackend {
+    fn attention(
+        &self,
+        qkv: View<'_, WgpuBuffer>,
+        s: &Attention,
+        out: ViewMut<'_, WgpuBuffer>,
+        lse: ViewMut<'_, WgpuBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "attention";
+        let hs = contract::attention_forward(self, &qkv, s, &out, &lse)?;
+        if hs > ATTENTION_MAX_HS {
+            return crate::gemm_attention::forward(self, qkv, s, out, lse);
+        }
+        let rows = s.lse_len();
+        let params = self.attention_params(OP, s, rows)?;
+        let args = [
+            self.arg(OP, "qkv", qkv)?,
+            self.arg_mut(OP, "out", &out)?,
+            self.arg_mut(OP, "lse", &lse)?,
+        ];
+        let entries = [("attn_fwd", attention_groups(rows))];
+        self.whole(OP, &shaders::ATTENTION, &entries, &[], &args, &params)
+    }
+
+    fn attention_backward(
+        &self,
+        dout: View<'_, WgpuBuffer>,
+        qkv: View<'_, WgpuBuffer>,
+        out: View<'_, WgpuBuffer>,
+        lse: View<'_, WgpuBuffer>,
+        s: &Attention,
+        dqkv: ViewMut<'_, WgpuBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "attention_backward";
+        let hs = contract::attention_backward(self, &dout, &qkv, &out, &lse, s, &dqkv)?;
+        if hs > ATTENTION_MAX_HS {
+            return crate::gemm_attention::backward(self, dout, qkv, out, lse, s, dqkv);
+        }
+        let rows = s.lse_len();
+        let mut delta = self.scratch_f32(rows);
+        let delta = delta.view_mut();
+        let args = [
+            self.arg(OP, "qkv", qkv)?,
+            self.arg(OP, "out", out)?,
+            self.arg(OP, "lse", lse)?,
+            self.arg(OP, "dout", dout)?,
+            self.arg_mut(OP, "delta", &delta)?,
+            self.arg_mut(OP, "dqkv", &dqkv)?,
+        ];
+        // D first, then the two gradient passes (each element of dqkv has one writer)
+        let params = self.attention_params(OP, s, rows)?;
+        let first = [
+            ("attn_delta", attention_groups(rows)),
+            ("attn_dq", attention_groups(rows)),
+        ];
+        self.whole(OP, &shaders::ATTENTION, &first, &[], &args, &params)?;
+        let keys = s.b * s.kv_heads * s.t;
+        let params = self.attention_params(OP, s, keys)?;
+        let entries = [("attn_dkv", attention_groups(keys))];
+        self.whole(OP, &shaders::ATTENTION, &entries, &[], &args, &params)
+    }
+}
 
 impl OptimOps for WgpuBackend {
     fn grad_stats(&self, grads: View<'_, WgpuBuffer>, grad_mult: f32) -> Result<GradStats> {
