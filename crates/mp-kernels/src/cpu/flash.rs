@@ -122,14 +122,6 @@ type Tile = [[f32; BC]; R];
 /// constant).
 type V8 = [f32; 8];
 
-/// `x[at..at + 8]`.
-#[inline(always)]
-fn load8(x: &[f32], at: usize) -> V8 {
-    let mut v = [0.0; 8];
-    v.copy_from_slice(&x[at..at + 8]);
-    v
-}
-
 /// `acc + w * x`, lane by lane: fused (one rounding) when `F`, the copy compiled for FMA
 /// units, else a multiply and an add.
 #[inline(always)]
@@ -203,18 +195,41 @@ macro_rules! fma_dispatch {
     };
 }
 
+/// The [`R`] = 4 rows of a micro-tile, each `len` elements of `x` (rows `hsp` apart).
+#[inline(always)]
+fn rows4(x: &[f32], hsp: usize, len: usize) -> [&[f32]; R] {
+    [0, 1, 2, 3].map(|r| &x[r * hsp..r * hsp + len])
+}
+
+/// The two 8-lane halves of a block of [`W`].
+#[inline(always)]
+fn halves(x: &[f32; W]) -> (V8, V8) {
+    let mut lo = [0.0; 8];
+    let mut hi = [0.0; 8];
+    lo.copy_from_slice(&x[..8]);
+    hi.copy_from_slice(&x[8..]);
+    (lo, hi)
+}
+
+/// `x[at..at + W]` as a block.
+#[inline(always)]
+fn block(x: &[f32], at: usize) -> &[f32; W] {
+    x[at..at + W].try_into().expect("a whole block")
+}
+
 /// `s[r][j] = sum_{d < hs} x[r][d] tile[d][j]` for [`R`] rows of `x` (`hsp` apart) and the
 /// [`BC`] keys of `tile`: per 16 keys, the 4 x 16 sums stay in eight registers.
 #[inline(always)]
 fn rows_dot_tile<const F: bool>(x: &[f32], hsp: usize, hs: usize, tile: &[f32], s: &mut Tile) {
-    let x = &x[..R * hsp];
+    const { assert!(R == 4) };
+    let [x0, x1, x2, x3] = rows4(x, hsp, hs);
     let tile = &tile[..hs * BC];
     for jc in (0..BC).step_by(W) {
         let mut acc = [[0.0f32; 8]; 2 * R];
-        for d in 0..hs {
-            let (k0, k1) = (load8(tile, d * BC + jc), load8(tile, d * BC + jc + 8));
-            for r in 0..R {
-                let xd = x[r * hsp + d];
+        let cols = x0.iter().zip(x1).zip(x2).zip(x3);
+        for ((((&a, &b), &c), &e), krow) in cols.zip(tile.chunks_exact(BC)) {
+            let (k0, k1) = halves(block(krow, jc));
+            for (r, xd) in [a, b, c, e].into_iter().enumerate() {
                 acc[2 * r] = madd::<F>(acc[2 * r], xd, k0);
                 acc[2 * r + 1] = madd::<F>(acc[2 * r + 1], xd, k1);
             }
@@ -229,27 +244,27 @@ fn rows_dot_tile<const F: bool>(x: &[f32], hsp: usize, hs: usize, tile: &[f32], 
 /// `out[r][..] += sum_{j < n} w[r][j] m[j][..]` for [`R`] rows of `out` and rows of `m`
 /// (both `hsp` apart): `P V` and `dS K`.
 #[inline(always)]
-#[allow(clippy::needless_range_loop)] // j indexes both the tile and the rows
 fn tile_times_rows<const F: bool>(w: &Tile, n: usize, m: &[f32], hsp: usize, out: &mut [f32]) {
     let out = &mut out[..R * hsp];
     let m = &m[..n * hsp];
+    let [w0, w1, w2, w3] = [0, 1, 2, 3].map(|r| &w[r][..n]);
     for dc in (0..hsp).step_by(W) {
         let mut acc = [[0.0f32; 8]; 2 * R];
         for r in 0..R {
-            acc[2 * r] = load8(out, r * hsp + dc);
-            acc[2 * r + 1] = load8(out, r * hsp + dc + 8);
+            (acc[2 * r], acc[2 * r + 1]) = halves(block(out, r * hsp + dc));
         }
-        for j in 0..n {
-            let (v0, v1) = (load8(m, j * hsp + dc), load8(m, j * hsp + dc + 8));
-            for r in 0..R {
-                let wj = w[r][j];
+        let ws = w0.iter().zip(w1).zip(w2).zip(w3);
+        for ((((&a, &b), &c), &e), mrow) in ws.zip(m.chunks_exact(hsp)) {
+            let (v0, v1) = halves(block(mrow, dc));
+            for (r, wj) in [a, b, c, e].into_iter().enumerate() {
                 acc[2 * r] = madd::<F>(acc[2 * r], wj, v0);
                 acc[2 * r + 1] = madd::<F>(acc[2 * r + 1], wj, v1);
             }
         }
-        for r in 0..R {
-            out[r * hsp + dc..r * hsp + dc + 8].copy_from_slice(&acc[2 * r]);
-            out[r * hsp + dc + 8..r * hsp + dc + 16].copy_from_slice(&acc[2 * r + 1]);
+        for (r, acc) in acc.chunks_exact(2).enumerate() {
+            let at = r * hsp + dc;
+            out[at..at + 8].copy_from_slice(&acc[0]);
+            out[at + 8..at + 16].copy_from_slice(&acc[1]);
         }
     }
 }
@@ -257,26 +272,25 @@ fn tile_times_rows<const F: bool>(w: &Tile, n: usize, m: &[f32], hsp: usize, out
 /// `m[j][..] += sum_r w[r][j] x[r][..]` for `j < n`, [`R`] rows of `x` (both `hsp` apart):
 /// `dV += Pᵀ dO` and `dK += dSᵀ Q`.
 #[inline(always)]
-#[allow(clippy::needless_range_loop)] // j indexes both the tile and the rows
 fn tile_t_times_rows<const F: bool>(w: &Tile, n: usize, x: &[f32], hsp: usize, m: &mut [f32]) {
     let x = &x[..R * hsp];
     let m = &mut m[..n * hsp];
+    let [w0, w1, w2, w3] = [0, 1, 2, 3].map(|r| &w[r][..n]);
     for dc in (0..hsp).step_by(W) {
         let mut xs = [[0.0f32; 8]; 2 * R];
         for r in 0..R {
-            xs[2 * r] = load8(x, r * hsp + dc);
-            xs[2 * r + 1] = load8(x, r * hsp + dc + 8);
+            (xs[2 * r], xs[2 * r + 1]) = halves(block(x, r * hsp + dc));
         }
-        for j in 0..n {
-            let at = j * hsp + dc;
-            let (mut a0, mut a1) = (load8(m, at), load8(m, at + 8));
-            for r in 0..R {
-                let wj = w[r][j];
+        let ws = w0.iter().zip(w1).zip(w2).zip(w3);
+        for ((((&a, &b), &c), &e), mrow) in ws.zip(m.chunks_exact_mut(hsp)) {
+            let row: &mut [f32; W] = (&mut mrow[dc..dc + W]).try_into().expect("a whole block");
+            let (mut a0, mut a1) = halves(row);
+            for (r, wj) in [a, b, c, e].into_iter().enumerate() {
                 a0 = madd::<F>(a0, wj, xs[2 * r]);
                 a1 = madd::<F>(a1, wj, xs[2 * r + 1]);
             }
-            m[at..at + 8].copy_from_slice(&a0);
-            m[at + 8..at + 16].copy_from_slice(&a1);
+            row[..8].copy_from_slice(&a0);
+            row[8..].copy_from_slice(&a1);
         }
     }
 }
