@@ -17,6 +17,37 @@ use std::path::{Path, PathBuf};
 /// an OS thread of the global pool).
 pub const MAX_THREADS: usize = 1024;
 
+/// The storage dtype of a tensor the precision leaves open (the residual stream, the gradient
+/// arena).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StorageDtype {
+    /// FP32 (PyTorch autocast's choice).
+    #[default]
+    #[serde(rename = "fp32")]
+    Fp32,
+    /// BF16 (llm.c's choice).
+    #[serde(rename = "bf16")]
+    Bf16,
+}
+
+impl StorageDtype {
+    /// The dtype.
+    pub const fn dtype(self) -> DType {
+        match self {
+            StorageDtype::Fp32 => DType::F32,
+            StorageDtype::Bf16 => DType::BF16,
+        }
+    }
+
+    /// The name used in configs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            StorageDtype::Fp32 => "fp32",
+            StorageDtype::Bf16 => "bf16",
+        }
+    }
+}
+
 /// Numeric precision of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Precision {
@@ -287,6 +318,12 @@ pub struct TrainConfig {
     pub save_steps: u64,
     /// Keep at most this many checkpoints (oldest deleted first; 0: keep all).
     pub save_total_limit: usize,
+    /// The residual stream's dtype between blocks: `fp32` (as PyTorch autocast) or `bf16` (as
+    /// llm.c: half the residual activations; needs a BF16 precision).
+    pub residual_dtype: StorageDtype,
+    /// The gradient arena's dtype: `fp32`, or `bf16` (half the gradient memory; every
+    /// micro-batch's contribution is rounded once into it).
+    pub grad_dtype: StorageDtype,
     /// Loss scaling.
     pub loss_scaling: LossScaling,
     /// The model.
@@ -321,6 +358,8 @@ impl Default for TrainConfig {
             eval_problems: 100,
             save_steps: 500,
             save_total_limit: 2,
+            residual_dtype: StorageDtype::Fp32,
+            grad_dtype: StorageDtype::Fp32,
             loss_scaling: LossScaling::default(),
             model: ModelConfig::default(),
             data: DataConfig::default(),
@@ -434,6 +473,18 @@ impl TrainConfig {
                 Ok(())
             }
         };
+        if self.residual_dtype == StorageDtype::Bf16
+            && !matches!(self.precision, Precision::Bf16 | Precision::Bf16Sr)
+        {
+            return Err(TrainError::invalid(
+                "residual_dtype",
+                "bf16",
+                format!(
+                    "a BF16 residual stream needs precision bf16 or bf16-sr, not {}",
+                    self.precision.name()
+                ),
+            ));
+        }
         positive("model.n_layer", m.n_layer)?;
         positive("model.n_embd", m.n_embd)?;
         positive("model.n_head", m.n_head)?;
@@ -633,6 +684,11 @@ eval_problems = {eval_problems}
 save_steps = {save_steps}
 # Keep the last K checkpoints (0: all).
 save_total_limit = {save_total_limit}
+# The residual stream between blocks: "fp32" (PyTorch autocast) or "bf16" (llm.c; needs
+# precision bf16 or bf16-sr).
+residual_dtype = "{residual_dtype}"
+# The gradient arena: "fp32" or "bf16".
+grad_dtype = "{grad_dtype}"
 
 [loss_scaling]
 # "auto" (dynamic for fp16, none otherwise), "dynamic", "static" or "none".
@@ -690,6 +746,8 @@ reverse_answer = {reverse_answer}
         eval_problems = c.eval_problems,
         save_steps = c.save_steps,
         save_total_limit = c.save_total_limit,
+        residual_dtype = c.residual_dtype.name(),
+        grad_dtype = c.grad_dtype.name(),
         init_scale = s.init_scale,
         growth_factor = s.growth_factor,
         backoff_factor = s.backoff_factor,
@@ -784,6 +842,17 @@ mod tests {
         }
         let e = TrainConfig::from_toml_str("", "f", &["precision=fp8".into()]).unwrap_err();
         assert!(e.to_string().contains("fp8"), "{e}");
+        let bf16_res = ["precision=fp16".into(), "residual_dtype=bf16".into()];
+        let e = TrainConfig::from_toml_str("", "f", &bf16_res).unwrap_err();
+        assert!(e.to_string().contains("residual_dtype"), "{e}");
+        let e = TrainConfig::from_toml_str("", "f", &["grad_dtype=fp8".into()]).unwrap_err();
+        assert!(e.to_string().contains("fp8"), "{e}");
+        let ok = ["residual_dtype=bf16".into(), "grad_dtype=bf16".into()];
+        let c = TrainConfig::from_toml_str("", "f", &ok).unwrap();
+        assert_eq!(
+            (c.residual_dtype, c.grad_dtype),
+            (StorageDtype::Bf16, StorageDtype::Bf16)
+        );
         let e = TrainConfig::from_toml_str("", "f", &["novalue".into()]).unwrap_err();
         assert!(e.to_string().contains("key=value"), "{e}");
     }

@@ -64,12 +64,14 @@ pub fn estimate(cfg: &TrainConfig) -> MemoryBreakdown {
         m.vocab_size as u128,
     );
     let tokens = b * t;
-    // Per token and layer: FP32 layer-norm outputs and residual sums (4c), low-precision
+    // Per token and layer: FP32 layer-norm outputs (2c) and the residual sums (2c, in the
+    // residual dtype), low-precision
     // GEMM inputs/outputs and the GELU (16c, of which the two layer-norm casts vanish in
     // FP32), attention's FP32 log-sum-exp (h floats: the tiled attention saves nothing of
     // size t), layer-norm mean and rstd (4 floats).
     let casts = if p == Precision::Fp32 { 0 } else { 2 * c };
-    let per_layer = 4 * c * 4 + (14 * c + casts) * low + h * 4 + 4 * 4;
+    let res = cfg.residual_dtype.dtype().size_in_bytes() as u128;
+    let per_layer = 2 * c * 4 + 2 * c * res + (14 * c + casts) * low + h * 4 + 4 * 4;
     // Embeddings (token, position, sum: FP32), the final layer norm (+ cast), the logits
     // (low) and their FP32 upcast for the loss, the per-token losses.
     let head = 3 * c * 4 + c * 4 + casts / 2 * low + v * low + v * 4 + 4;
@@ -80,7 +82,7 @@ pub fn estimate(cfg: &TrainConfig) -> MemoryBreakdown {
             Precision::Fp32 => 0,
             _ => 2 * n,
         }),
-        grads: sat(4 * n),
+        grads: sat(cfg.grad_dtype.dtype().size_in_bytes() as u128 * n),
         optimizer: sat(8 * n),
         activations: sat(activations),
     }

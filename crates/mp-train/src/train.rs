@@ -13,7 +13,7 @@
 //! ```
 
 use crate::checkpoint::{self, TrainerState};
-use crate::config::{Precision, ScalingMode, TrainConfig};
+use crate::config::{Precision, ScalingMode, StorageDtype, TrainConfig};
 use crate::data::Dataset;
 use crate::error::{Result, TrainError};
 use crate::memory::{self, MemoryBreakdown};
@@ -128,6 +128,10 @@ impl<B: Backend> Trainer<B> {
             }
             Precision::Bf16Sr => to_pure_bf16(&be, &mut gpt)?,
         }
+        if cfg.grad_dtype != StorageDtype::Fp32 {
+            gpt.set_grad_dtype(&be, cfg.grad_dtype.dtype())?;
+        }
+        gpt.residual_dtype = cfg.residual_dtype.dtype();
         let groups = ParamGroup::decay_by_ndim(
             gpt.layout
                 .entries()

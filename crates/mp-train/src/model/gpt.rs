@@ -164,6 +164,8 @@ pub struct Gpt<B: Backend> {
     /// The low-precision model copy the optimizer writes; when present and of the autocast
     /// dtype, the forward pass reads lowered weights from it instead of casting.
     pub model_copy: Option<B::Buffer>,
+    /// The residual stream's dtype between blocks (FP32 unless set; BF16 halves it, as llm.c).
+    pub residual_dtype: DType,
     wte: ParamEntry,
     wpe: ParamEntry,
     blocks: Vec<Block>,
@@ -278,6 +280,7 @@ impl<B: Backend> Gpt<B> {
             params,
             grads,
             model_copy: None,
+            residual_dtype: DType::F32,
         })
     }
 
@@ -367,6 +370,9 @@ impl<B: Backend> Gpt<B> {
         let pos = tape.embedding(wpe, &batch.positions, n)?;
         let x = tape.add(tok, pos)?;
         let mut x = tape.reshape(x, &[b, t, c])?;
+        if self.residual_dtype != DType::F32 {
+            x = tape.cast(x, self.residual_dtype)?;
+        }
         for blk in &self.blocks {
             let h = self.layer_norm(tape, x, &blk.ln_1, eps)?;
             let qkv = self.linear(tape, h, &blk.c_attn)?;

@@ -72,3 +72,24 @@ fn fp16_without_scaling_runs() {
 fn pure_bf16_with_stochastic_rounding_learns() {
     assert_learns("bf16-sr", &run(Precision::Bf16Sr, ScalingMode::Auto));
 }
+
+/// The llm.c-style storage options: a BF16 residual stream and a BF16 gradient arena train
+/// too, and the arena really is BF16.
+#[test]
+fn bf16_residual_stream_and_gradient_arena_learn() {
+    use mp_kernels::{CpuBackend, DeviceBuffer};
+    use mp_train::config::StorageDtype;
+    let mut cfg = tiny(24);
+    cfg.residual_dtype = StorageDtype::Bf16;
+    cfg.grad_dtype = StorageDtype::Bf16;
+    let data = mp_train::data::Dataset::arithmetic(&cfg.data, cfg.seed);
+    let tr = mp_train::train::Trainer::new(CpuBackend::new(), cfg.clone(), data).unwrap();
+    assert_eq!(tr.gpt.grads.dtype(), mp_kernels::DType::BF16);
+    assert_eq!(tr.gpt.residual_dtype, mp_kernels::DType::BF16);
+    let dir = scratch("prec-bf16-storage");
+    let out = dir.join("run");
+    train(cfg, quiet(&out)).unwrap();
+    let recs: Vec<StepRecord> = read_jsonl(&out.join("metrics.jsonl")).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_learns("bf16 residual + bf16 grads", &recs);
+}
