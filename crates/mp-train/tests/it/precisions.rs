@@ -77,7 +77,7 @@ fn pure_bf16_with_stochastic_rounding_learns() {
 /// too, and the arena really is BF16.
 #[test]
 fn bf16_residual_stream_and_gradient_arena_learn() {
-    use mp_kernels::{CpuBackend, DeviceBuffer};
+    use mp_kernels::CpuBackend;
     use mp_train::config::StorageDtype;
     let mut cfg = tiny(24);
     cfg.residual_dtype = StorageDtype::Bf16;
