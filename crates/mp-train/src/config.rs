@@ -324,6 +324,9 @@ pub struct TrainConfig {
     /// The gradient arena's dtype: `fp32`, or `bf16` (half the gradient memory; every
     /// micro-batch's contribution is rounded once into it).
     pub grad_dtype: StorageDtype,
+    /// Recompute each MLP's GELU in the backward pass instead of saving its output (the same
+    /// gradients bit for bit; `4c` fewer saved values per token and layer).
+    pub recompute_gelu: bool,
     /// Loss scaling.
     pub loss_scaling: LossScaling,
     /// The model.
@@ -360,6 +363,7 @@ impl Default for TrainConfig {
             save_total_limit: 2,
             residual_dtype: StorageDtype::Fp32,
             grad_dtype: StorageDtype::Fp32,
+            recompute_gelu: false,
             loss_scaling: LossScaling::default(),
             model: ModelConfig::default(),
             data: DataConfig::default(),
@@ -689,6 +693,8 @@ save_total_limit = {save_total_limit}
 residual_dtype = "{residual_dtype}"
 # The gradient arena: "fp32" or "bf16".
 grad_dtype = "{grad_dtype}"
+# Recompute the MLP's GELU in the backward pass instead of saving it (same gradients).
+recompute_gelu = {recompute_gelu}
 
 [loss_scaling]
 # "auto" (dynamic for fp16, none otherwise), "dynamic", "static" or "none".
@@ -748,6 +754,7 @@ reverse_answer = {reverse_answer}
         save_total_limit = c.save_total_limit,
         residual_dtype = c.residual_dtype.name(),
         grad_dtype = c.grad_dtype.name(),
+        recompute_gelu = c.recompute_gelu,
         init_scale = s.init_scale,
         growth_factor = s.growth_factor,
         backoff_factor = s.backoff_factor,

@@ -71,7 +71,8 @@ pub fn estimate(cfg: &TrainConfig) -> MemoryBreakdown {
     // size t), layer-norm mean and rstd (4 floats).
     let casts = if p == Precision::Fp32 { 0 } else { 2 * c };
     let res = cfg.residual_dtype.dtype().size_in_bytes() as u128;
-    let per_layer = 2 * c * 4 + 2 * c * res + (14 * c + casts) * low + h * 4 + 4 * 4;
+    let gelu = if cfg.recompute_gelu { 4 * c } else { 0 };
+    let per_layer = 2 * c * 4 + 2 * c * res + (14 * c - gelu + casts) * low + h * 4 + 4 * 4;
     // Embeddings (token, position, sum: FP32), the final layer norm (+ cast), the logits
     // (low) and their FP32 upcast for the loss, the per-token losses.
     let head = 3 * c * 4 + c * 4 + casts / 2 * low + v * low + v * 4 + 4;

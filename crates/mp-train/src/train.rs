@@ -132,6 +132,7 @@ impl<B: Backend> Trainer<B> {
             gpt.set_grad_dtype(&be, cfg.grad_dtype.dtype())?;
         }
         gpt.residual_dtype = cfg.residual_dtype.dtype();
+        gpt.recompute_gelu = cfg.recompute_gelu;
         let groups = ParamGroup::decay_by_ndim(
             gpt.layout
                 .entries()

@@ -3,7 +3,7 @@
 //! accumulate in FP32.
 
 use mp_dtype::DType;
-use mp_kernels::{Backend, BufferExt, Gemm};
+use mp_kernels::{Backend, BufferExt, Gemm, UnaryOp};
 
 use crate::op::{Backward, Forward, Grads, Output, TapeOp};
 use crate::policy::CastPolicy;
@@ -44,6 +44,91 @@ impl Linear {
     }
 }
 
+/// `out = x W (+ b)` for the weight and bias inputs 1 and 2 of `cx` (FP32 accumulation, one
+/// rounding after the bias).
+fn linear_forward<B: Backend>(
+    cx: &Forward<'_, '_, B>,
+    layout: WeightLayout,
+    x: mp_kernels::View<'_, B::Buffer>,
+    (rows, din, dout): (usize, usize, usize),
+) -> Result<B::Buffer> {
+    let be = cx.backend();
+    let spec = Gemm {
+        trans_b: layout == WeightLayout::OutIn,
+        ..Gemm::new(rows, dout, din)
+    };
+    let mut out = cx.alloc(cx.out_dtype(), rows * dout)?;
+    if cx.inputs() == 2 {
+        be.gemm(x, cx.value(1)?, out.view_mut(), &spec)?;
+    } else {
+        // FP32 product, then one rounding after the bias.
+        let mut acc = cx.alloc(DType::F32, rows * dout)?;
+        be.gemm(x, cx.value(1)?, acc.view_mut(), &spec)?;
+        be.bias_add(acc.view(), cx.value(2)?, out.view_mut())?;
+    }
+    Ok(out)
+}
+
+/// `dx += dy W^T`: the input gradient of [`linear_forward`].
+fn linear_dx<B: Backend>(
+    cx: &Backward<'_, '_, B>,
+    layout: WeightLayout,
+    dx: mp_kernels::ViewMut<'_, B::Buffer>,
+) -> Result<()> {
+    let din = *cx.shape(0).last().expect("checked in forward");
+    let rows = numel(cx.shape(0)) / din.max(1);
+    let dout = numel(cx.shape(1)) / din.max(1);
+    let spec = Gemm {
+        trans_b: layout == WeightLayout::InOut,
+        beta: 1.0,
+        ..Gemm::new(rows, din, dout)
+    };
+    cx.backend().gemm(cx.dy()?, cx.value(1)?, dx, &spec)?;
+    Ok(())
+}
+
+/// The weight's and bias's gradients of [`linear_forward`] with input `x` (`rows x din`),
+/// into inputs 1 and 2 of `g`.
+fn linear_dw_db<B: Backend>(
+    cx: &Backward<'_, '_, B>,
+    g: &mut Grads<'_, '_, B>,
+    layout: WeightLayout,
+    x: mp_kernels::View<'_, B::Buffer>,
+) -> Result<()> {
+    let be = cx.backend();
+    let din = *cx.shape(0).last().expect("checked in forward");
+    let rows = numel(cx.shape(0)) / din.max(1);
+    let dout = numel(cx.shape(1)) / din.max(1);
+    let dy = cx.dy()?;
+    if let Some(dw) = g.get(1)? {
+        let spec = Gemm {
+            trans_a: true,
+            beta: 1.0,
+            ..match layout {
+                WeightLayout::InOut => Gemm::new(din, dout, rows), // dW[in, out] += x^T dy
+                WeightLayout::OutIn => Gemm::new(dout, din, rows), // dW[out, in] += dy^T x
+            }
+        };
+        match layout {
+            WeightLayout::InOut => be.gemm(x, dy, dw, &spec)?,
+            WeightLayout::OutIn => be.gemm(dy, x, dw, &spec)?,
+        }
+    }
+    if cx.inputs() == 3
+        && let Some(db) = g.get(2)?
+    {
+        be.sum_cols_acc(dy, db)?;
+    }
+    Ok(())
+}
+
+/// The output shape: `x`'s with the last axis `dout`.
+fn out_shape(x: &[usize], dout: usize) -> Vec<usize> {
+    let mut shape = x.to_vec();
+    *shape.last_mut().expect("checked in dims") = dout;
+    shape
+}
+
 impl<B: Backend> TapeOp<B> for Linear {
     fn name(&self) -> &'static str {
         "linear"
@@ -52,60 +137,73 @@ impl<B: Backend> TapeOp<B> for Linear {
         CastPolicy::Lower
     }
     fn forward(&mut self, cx: &Forward<'_, '_, B>) -> Result<Output<B>> {
-        let (rows, din, dout) = self.dims(cx)?;
-        let be = cx.backend();
-        let spec = Gemm {
-            trans_b: self.layout == WeightLayout::OutIn,
-            ..Gemm::new(rows, dout, din)
-        };
-        let mut out = cx.alloc(cx.out_dtype(), rows * dout)?;
-        if cx.inputs() == 2 {
-            be.gemm(cx.value(0)?, cx.value(1)?, out.view_mut(), &spec)?;
-        } else {
-            // FP32 product, then one rounding after the bias.
-            let mut acc = cx.alloc(DType::F32, rows * dout)?;
-            be.gemm(cx.value(0)?, cx.value(1)?, acc.view_mut(), &spec)?;
-            be.bias_add(acc.view(), cx.value(2)?, out.view_mut())?;
+        let dims = self.dims(cx)?;
+        let out = linear_forward(cx, self.layout, cx.value(0)?, dims)?;
+        Ok(Output::new(out, &out_shape(cx.shape(0), dims.2)))
+    }
+    fn backward(&self, cx: &Backward<'_, '_, B>, g: &mut Grads<'_, '_, B>) -> Result<()> {
+        if let Some(dx) = g.get(0)? {
+            linear_dx(cx, self.layout, dx)?;
         }
-        let mut shape = cx.shape(0).to_vec();
-        *shape.last_mut().expect("checked in dims") = dout;
-        Ok(Output::new(out, &shape))
+        linear_dw_db(cx, g, self.layout, cx.value(0)?)
+    }
+}
+
+/// `gelu(x) W + b` (GELU, tanh approximation) that keeps only `x` for the backward and
+/// recomputes `gelu(x)` there: the MLP's `4c`-wide GELU output is never saved (the
+/// `recompute_gelu` option). Gradients equal those of [`Tape::gelu`] then [`Tape::linear`]
+/// bit for bit.
+pub struct GeluLinear {
+    /// The weight's layout.
+    pub layout: WeightLayout,
+    /// The dtype the GELU output was computed in (set by the forward).
+    act: Option<DType>,
+}
+
+impl GeluLinear {
+    /// `gelu(x) W + b` with a weight of `layout`.
+    pub fn new(layout: WeightLayout) -> Self {
+        GeluLinear { layout, act: None }
+    }
+}
+
+impl<B: Backend> TapeOp<B> for GeluLinear {
+    fn name(&self) -> &'static str {
+        "gelu_linear"
+    }
+    fn cast_policy(&self) -> CastPolicy {
+        CastPolicy::Lower
+    }
+    fn forward(&mut self, cx: &Forward<'_, '_, B>) -> Result<Output<B>> {
+        let dims = (Linear {
+            layout: self.layout,
+        })
+        .dims(cx)?;
+        let x = cx.value(0)?;
+        // the GELU in the input's dtype, as Tape::gelu (promote) computes it
+        let act = cx.dtype(0);
+        let mut h = cx.alloc(act, x.len)?;
+        cx.backend().unary(UnaryOp::GeluTanh, x, h.view_mut())?;
+        let out = linear_forward(cx, self.layout, h.view(), dims)?;
+        self.act = Some(act);
+        Ok(Output::new(out, &out_shape(cx.shape(0), dims.2)))
     }
     fn backward(&self, cx: &Backward<'_, '_, B>, g: &mut Grads<'_, '_, B>) -> Result<()> {
         let be = cx.backend();
-        let din = *cx.shape(0).last().expect("checked in forward");
-        let rows = numel(cx.shape(0)) / din.max(1);
-        let dout = numel(cx.shape(1)) / din.max(1);
-        let dy = cx.dy()?;
-        if let Some(dx) = g.get(0)? {
-            // dx += dy W^T
-            let spec = Gemm {
-                trans_b: self.layout == WeightLayout::InOut,
-                beta: 1.0,
-                ..Gemm::new(rows, din, dout)
-            };
-            be.gemm(dy, cx.value(1)?, dx, &spec)?;
-        }
-        if let Some(dw) = g.get(1)? {
-            let spec = Gemm {
-                trans_a: true,
-                beta: 1.0,
-                ..match self.layout {
-                    WeightLayout::InOut => Gemm::new(din, dout, rows), // dW[in, out] += x^T dy
-                    WeightLayout::OutIn => Gemm::new(dout, din, rows), // dW[out, in] += dy^T x
-                }
-            };
-            match self.layout {
-                WeightLayout::InOut => be.gemm(cx.value(0)?, dy, dw, &spec)?,
-                WeightLayout::OutIn => be.gemm(dy, cx.value(0)?, dw, &spec)?,
+        let x = cx.value(0)?;
+        let act = self.act.unwrap_or(cx.dtype(0));
+        let mut h = cx.alloc(act, x.len)?;
+        be.unary(UnaryOp::GeluTanh, x, h.view_mut())?;
+        if g.needs(0) {
+            // dh = dy W^T in the GELU output's dtype (one rounding, as a fresh gradient of
+            // the unfused graph), then dx += gelu'(x) dh
+            let mut dh = cx.zeros(act, x.len)?;
+            linear_dx(cx, self.layout, dh.view_mut())?;
+            if let Some(dx) = g.get(0)? {
+                be.unary_backward(UnaryOp::GeluTanh, x, dh.view(), dx)?;
             }
         }
-        if cx.inputs() == 3
-            && let Some(db) = g.get(2)?
-        {
-            be.sum_cols_acc(dy, db)?;
-        }
-        Ok(())
+        linear_dw_db(cx, g, self.layout, h.view())
     }
 }
 
@@ -214,6 +312,21 @@ impl<'a, B: Backend> Tape<'a, B> {
         self.apply(Linear { layout }, &ins)
     }
 
+    /// `linear(gelu(x), w, b)` that keeps only `x` for the backward pass and recomputes the
+    /// GELU there (see [`GeluLinear`]): the same values and gradients as [`Tape::gelu`]
+    /// followed by [`Tape::linear`], without saving the GELU output.
+    pub fn gelu_linear(
+        &mut self,
+        x: Tensor,
+        w: Tensor,
+        b: Option<Tensor>,
+        layout: WeightLayout,
+    ) -> Result<Tensor> {
+        let mut ins = vec![x, w];
+        ins.extend(b);
+        self.apply(GeluLinear::new(layout), &ins)
+    }
+
     /// The batched matrix product `a @ b`: `a [.., m, k]` with `b [.., k, n]` (same leading
     /// dimensions) or `b [k, n]`; returns `[.., m, n]`.
     pub fn matmul(&mut self, a: Tensor, b: Tensor) -> Result<Tensor> {
@@ -240,6 +353,58 @@ mod tests {
         assert_ok(c.run("linear OutIn", |t, p| {
             t.linear(p[0], p[1], None, WeightLayout::OutIn)
         }));
+    }
+
+    #[test]
+    fn gelu_linear_both_layouts() {
+        let c = GradCheck::new(
+            &[("x", &[6, 5]), ("w", &[5, 3]), ("b", &[3]), ("v", &[3, 5])],
+            4,
+        );
+        assert_ok(c.run("gelu_linear InOut", |t, p| {
+            t.gelu_linear(p[0], p[1], Some(p[2]), WeightLayout::InOut)
+        }));
+        assert_ok(c.run("gelu_linear OutIn", |t, p| {
+            t.gelu_linear(p[0], p[3], None, WeightLayout::OutIn)
+        }));
+    }
+
+    /// The recomputing op gives the unfused graph's values and gradients bit for bit, in
+    /// FP32 and under BF16 autocast.
+    #[test]
+    fn gelu_linear_equals_gelu_then_linear() {
+        use crate::{Autocast, Tape};
+        use mp_kernels::prelude::*;
+        use mp_kernels::{CpuBackend, DType};
+        let be = CpuBackend::new();
+        let (rows, din, dout) = (7, 12, 5);
+        let n = rows * din + din * dout + dout;
+        let master = be
+            .upload_f32(&crate::gradcheck::randn(9, n), DType::F32)
+            .unwrap();
+        for autocast in [Autocast::OFF, Autocast::to(DType::BF16)] {
+            let run = |fused: bool| {
+                let mut grads = be.zeros(DType::F32, n).unwrap();
+                let mut t = Tape::new(&be).with_params(&master).with_autocast(autocast);
+                let x = t.param_at(0, &[rows, din]).unwrap();
+                let w = t.param_at(rows * din, &[din, dout]).unwrap();
+                let b = t.param_at(rows * din + din * dout, &[dout]).unwrap();
+                // the MLP's case: the GELU's input is a (lowered) linear output
+                let x = t.scale(x, 1.0).unwrap();
+                let x = t.cast(x, autocast.dtype.unwrap_or(DType::F32)).unwrap();
+                let y = if fused {
+                    t.gelu_linear(x, w, Some(b), WeightLayout::InOut).unwrap()
+                } else {
+                    let h = t.gelu(x).unwrap();
+                    t.linear(h, w, Some(b), WeightLayout::InOut).unwrap()
+                };
+                let out = t.to_vec_f32(y).unwrap();
+                let loss = t.sum(y).unwrap();
+                t.backward(loss, 1.0, &mut grads).unwrap();
+                (out, be.download_f32(grads.view()).unwrap())
+            };
+            assert_eq!(run(true), run(false), "{autocast:?}");
+        }
     }
 
     #[test]

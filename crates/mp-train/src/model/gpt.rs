@@ -166,6 +166,9 @@ pub struct Gpt<B: Backend> {
     pub model_copy: Option<B::Buffer>,
     /// The residual stream's dtype between blocks (FP32 unless set; BF16 halves it, as llm.c).
     pub residual_dtype: DType,
+    /// Recompute each MLP's GELU in the backward pass instead of saving it
+    /// ([`Tape::gelu_linear`]; the same gradients, `4c` fewer saved values per token and layer).
+    pub recompute_gelu: bool,
     wte: ParamEntry,
     wpe: ParamEntry,
     blocks: Vec<Block>,
@@ -281,6 +284,7 @@ impl<B: Backend> Gpt<B> {
             grads,
             model_copy: None,
             residual_dtype: DType::F32,
+            recompute_gelu: false,
         })
     }
 
@@ -381,8 +385,14 @@ impl<B: Backend> Gpt<B> {
             x = tape.add(x, a)?;
             let h = self.layer_norm(tape, x, &blk.ln_2, eps)?;
             let h = self.linear(tape, h, &blk.c_fc)?;
-            let h = tape.gelu(h)?;
-            let h = self.linear(tape, h, &blk.mlp_proj)?;
+            let h = if self.recompute_gelu {
+                let p = &blk.mlp_proj;
+                let (w, b) = (tape.param(&p[0])?, tape.param(&p[1])?);
+                tape.gelu_linear(h, w, Some(b), WeightLayout::InOut)?
+            } else {
+                let h = tape.gelu(h)?;
+                self.linear(tape, h, &blk.mlp_proj)?
+            };
             x = tape.add(x, h)?;
         }
         let h = self.layer_norm(tape, x, &self.ln_f, eps)?;

@@ -93,3 +93,22 @@ fn bf16_residual_stream_and_gradient_arena_learn() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert_learns("bf16 residual + bf16 grads", &recs);
 }
+
+/// `recompute_gelu` changes what is saved, not what is computed: the same losses and
+/// gradient norms, bit for bit.
+#[test]
+fn recompute_gelu_trains_bit_identically() {
+    let run = |recompute: bool| {
+        let mut cfg = tiny(8);
+        cfg.recompute_gelu = recompute;
+        let dir = scratch(&format!("recompute-gelu-{recompute}"));
+        let out = dir.join("run");
+        train(cfg, quiet(&out)).unwrap();
+        let recs: Vec<StepRecord> = read_jsonl(&out.join("metrics.jsonl")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        recs.iter()
+            .map(|r| (r.loss.to_bits(), r.grad_norm.map(f64::to_bits)))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(run(true), run(false));
+}
