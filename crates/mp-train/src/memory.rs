@@ -74,8 +74,9 @@ pub fn estimate(cfg: &TrainConfig) -> MemoryBreakdown {
     let gelu = if cfg.recompute_gelu { 4 * c } else { 0 };
     let per_layer = 2 * c * 4 + 2 * c * res + (14 * c - gelu + casts) * low + h * 4 + 4 * 4;
     // Embeddings (token, position, sum: FP32), the final layer norm (+ cast), the logits
-    // (low) and their FP32 upcast for the loss, the per-token losses.
-    let head = 3 * c * 4 + c * 4 + casts / 2 * low + v * low + v * 4 + 4;
+    // (low) and the fused classifier's gradient in the same dtype (computed in the forward,
+    // alive until the backward takes it), the per-token losses.
+    let head = 3 * c * 4 + c * 4 + casts / 2 * low + 2 * v * low + 4;
     let activations = tokens * (m.n_layer as u128 * per_layer + head);
     MemoryBreakdown {
         master: sat(if p.has_master() { 4 * n } else { 0 }),
