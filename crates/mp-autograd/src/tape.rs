@@ -288,6 +288,41 @@ impl<'a, B: Backend> Tape<'a, B> {
             .sum()
     }
 
+    /// Frees the value of `t` (and of its autocast copies) now, unless something recorded for
+    /// the backward pass reads it or another tensor is a reshape of it: a hint that the
+    /// caller will not read `t` again. Under [`Tape::no_grad`] (inference, evaluation) nothing
+    /// is recorded, so activations go at their last use instead of living until the tape
+    /// drops; while recording it frees only what the backward never needs. Reading a released
+    /// tensor afterwards is an error naming it.
+    pub fn release(&mut self, t: Tensor) -> Result<()> {
+        let i = self.node("release", t)?;
+        let casts: Vec<usize> = self
+            .casts
+            .iter()
+            .filter(|((src, _, _), _)| *src == i)
+            .map(|(_, &c)| c)
+            .collect();
+        for n in std::iter::once(i).chain(casts) {
+            if !self.read_later(n) {
+                self.nodes[n].value = Value::Freed;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether node `n`'s value may still be read: it is not an owned activation, the
+    /// backward pass reads it (an input of a recorded op, or a recorded op's own output), or
+    /// another node is a reshape of it.
+    fn read_later(&self, n: usize) -> bool {
+        if !matches!(self.nodes[n].value, Value::Owned(_)) || self.nodes[n].op.is_some() {
+            return true;
+        }
+        self.nodes.iter().any(|m| {
+            matches!(m.value, Value::Alias(src) if src == n)
+                || m.op.as_ref().is_some_and(|r| r.inputs.contains(&n))
+        })
+    }
+
     /// A leaf tensor holding `buffer` (data: no gradient).
     pub fn input(&mut self, buffer: B::Buffer, shape: &[usize]) -> Result<Tensor> {
         if buffer.len() != numel(shape) {
@@ -532,7 +567,7 @@ impl<'a, B: Backend> Tape<'a, B> {
             &Value::Model(o) => param(self.model, o),
             &Value::Alias(src) => self.val(src),
             Value::Freed => Err(self.backward_err(&format!(
-                "tensor {t} was read after the backward pass freed it"
+                "tensor {t} was read after it was freed (by the backward pass or Tape::release)"
             ))),
         }
     }

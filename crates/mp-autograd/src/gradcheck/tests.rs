@@ -293,3 +293,43 @@ fn zero_sized_batches_work_or_name_the_op() {
     let e = tape.cross_entropy(x, &targets).unwrap_err().to_string();
     assert!(e.starts_with("cross_entropy"), "{e}");
 }
+
+/// `release` frees activations at their last use without gradients, refuses nothing the
+/// backward pass needs while recording, and a released tensor read again is a typed error.
+#[test]
+fn release_frees_only_what_nothing_reads_again() {
+    let be = Cpu::new();
+    let master = be.upload_f32(&super::randn(4, 4 * 3), DType::F32).unwrap();
+    let x_data = || be.upload_f32(&super::randn(5, 8 * 4), DType::F32).unwrap();
+    // without gradients: h goes, y stays readable
+    let mut tape = Tape::new(&be).with_params(&master);
+    tape.no_grad(|tape| {
+        let w = tape.param_at(0, &[4, 3]).unwrap();
+        let x = tape.input(x_data(), &[8, 4]).unwrap();
+        let h = tape.gelu(x).unwrap();
+        let y = tape.linear(h, w, None, WeightLayout::InOut).unwrap();
+        let before = tape.activation_bytes();
+        tape.release(h).unwrap();
+        assert_eq!(tape.activation_bytes(), before - 8 * 4 * 4);
+        assert!(matches!(tape.view(h), Err(AutogradError::Backward { .. })));
+        assert_eq!(tape.to_vec_f32(y).unwrap().len(), 8 * 3);
+    });
+    // while recording: h is the linear's saved input, so release keeps it and backward works
+    let mut grads = be.zeros(DType::F32, 12).unwrap();
+    let mut tape = Tape::new(&be).with_params(&master);
+    let w = tape.param_at(0, &[4, 3]).unwrap();
+    let x = tape.input(x_data(), &[8, 4]).unwrap();
+    let h = tape.gelu(x).unwrap();
+    let y = tape.linear(h, w, None, WeightLayout::InOut).unwrap();
+    let before = tape.activation_bytes();
+    tape.release(h).unwrap();
+    assert_eq!(tape.activation_bytes(), before);
+    let s = tape.sum(y).unwrap();
+    tape.backward(s, 1.0, &mut grads).unwrap();
+    assert!(
+        be.download_f32(grads.view())
+            .unwrap()
+            .iter()
+            .any(|&g| g != 0.0)
+    );
+}

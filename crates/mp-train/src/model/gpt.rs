@@ -377,26 +377,41 @@ impl<B: Backend> Gpt<B> {
         if self.residual_dtype != DType::F32 {
             x = tape.cast(x, self.residual_dtype)?;
         }
+        // without gradients (evaluation, decoding) each activation goes at its last use
+        let done = |tape: &mut Tape<'a, B>, ts: &[Tensor]| -> Result<()> {
+            if !tape.grad_enabled() {
+                for &t in ts {
+                    tape.release(t)?;
+                }
+            }
+            Ok(())
+        };
         for blk in &self.blocks {
             let h = self.layer_norm(tape, x, &blk.ln_1, eps)?;
             let qkv = self.linear(tape, h, &blk.c_attn)?;
             let a = tape.attention(qkv, self.config.n_head)?;
-            let a = self.linear(tape, a, &blk.attn_proj)?;
-            x = tape.add(x, a)?;
-            let h = self.layer_norm(tape, x, &blk.ln_2, eps)?;
-            let h = self.linear(tape, h, &blk.c_fc)?;
-            let h = if self.recompute_gelu {
+            let o = self.linear(tape, a, &blk.attn_proj)?;
+            let x1 = tape.add(x, o)?;
+            done(tape, &[h, qkv, a, o, x])?;
+            let h = self.layer_norm(tape, x1, &blk.ln_2, eps)?;
+            let f = self.linear(tape, h, &blk.c_fc)?;
+            let m = if self.recompute_gelu {
                 let p = &blk.mlp_proj;
                 let (w, b) = (tape.param(&p[0])?, tape.param(&p[1])?);
-                tape.gelu_linear(h, w, Some(b), WeightLayout::InOut)?
+                tape.gelu_linear(f, w, Some(b), WeightLayout::InOut)?
             } else {
-                let h = tape.gelu(h)?;
-                self.linear(tape, h, &blk.mlp_proj)?
+                let g = tape.gelu(f)?;
+                let m = self.linear(tape, g, &blk.mlp_proj)?;
+                done(tape, &[g])?;
+                m
             };
-            x = tape.add(x, h)?;
+            x = tape.add(x1, m)?;
+            done(tape, &[h, f, m, x1])?;
         }
         let h = self.layer_norm(tape, x, &self.ln_f, eps)?;
-        Ok(tape.linear(h, wte, None, WeightLayout::OutIn)?)
+        let logits = tape.linear(h, wte, None, WeightLayout::OutIn)?;
+        done(tape, &[x, h])?;
+        Ok(logits)
     }
 
     fn layer_norm(
