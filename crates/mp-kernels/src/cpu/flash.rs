@@ -26,6 +26,7 @@
 use super::CpuBuffer;
 use super::check::{bytes, bytes_mut};
 use super::convert::{narrow, widen, with_f32_mut};
+use super::math::{exp_with as exp, fma_dispatch};
 use super::reduce::{dot, max, sum};
 use crate::Result;
 use crate::backend::{Attention, View, ViewMut};
@@ -135,64 +136,6 @@ fn madd<const F: bool>(acc: V8, w: f32, x: V8) -> V8 {
         };
     }
     o
-}
-
-/// `a * b + c`: fused when `F`.
-#[inline(always)]
-fn fma<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if F { a.mul_add(b, c) } else { a * b + c }
-}
-
-/// `e^x`: the Cephes `expf` of `math::exp` (clamped to `[-87.3, 88.3]`, within 2 ulp), its
-/// polynomial in fused multiply-adds when `F`.
-#[inline(always)]
-fn exp<const F: bool>(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const C1: f32 = 0.693_359_4;
-    const C2: f32 = -2.121_944_4e-4;
-    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
-    let xc = x.clamp(-87.3, 88.3);
-    let y = fma::<F>(xc, LOG2E, MAGIC);
-    let n = y - MAGIC;
-    let ni = (y.to_bits() as i32).wrapping_sub(0x4B40_0000);
-    let r = fma::<F>(-n, C2, fma::<F>(-n, C1, xc));
-    let mut p = 1.987_569_1e-4f32;
-    for c in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        0.5,
-    ] {
-        p = fma::<F>(p, r, c);
-    }
-    let e = fma::<F>(p * r, r, r + 1.0);
-    e * f32::from_bits(((ni + 127) as u32) << 23)
-}
-
-/// Defines `fn $name(args)` that runs `$body::<true>` (fused multiply-adds) compiled for
-/// AVX2+FMA when the CPU has both, `$body::<false>` for the baseline target otherwise (as
-/// `simd_dispatch`, with the FMA choice made visible to the body).
-macro_rules! fma_dispatch {
-    ($(#[$m:meta])* fn $name:ident => $body:ident($($arg:ident: $ty:ty),* $(,)?)) => {
-        $(#[$m])*
-        fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx2,fma")]
-                fn avx2($($arg: $ty),*) {
-                    $body::<true>($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            $body::<false>($($arg),*)
-        }
-    };
 }
 
 /// The [`R`] = 4 rows of a micro-tile, each `len` elements of `x` (rows `hsp` apart).
@@ -602,26 +545,4 @@ pub(crate) fn attention_backward(
             }
         });
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::exp;
-
-    #[test]
-    fn exp_is_within_two_ulp_fused_or_not() {
-        let mut worst = 0.0f64;
-        let mut x = -87.0f32;
-        while x < 88.0 {
-            let want = f64::from(x).exp();
-            let ulp = f64::from(f32::EPSILON) * want;
-            for got in [exp::<true>(x), exp::<false>(x)] {
-                worst = worst.max((f64::from(got) - want).abs() / ulp);
-            }
-            x += 0.0137;
-        }
-        assert!(worst <= 2.0, "worst error {worst} ulp");
-        assert!(exp::<true>(f32::NAN).is_nan());
-        assert!(exp::<false>(f32::NEG_INFINITY) < 1e-37);
-    }
 }
