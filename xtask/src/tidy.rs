@@ -200,6 +200,11 @@ fn cuda_kernels(root: &Path) -> Result<Vec<String>> {
     for (module, file) in &files {
         let src = read(&dir.join("kernels").join(file))?;
         for part in src.split("extern \"C\" __global__ void ").skip(1) {
+            // the name follows a `__launch_bounds__(..)` where there is one
+            let part = match part.strip_prefix("__launch_bounds__(") {
+                Some(bounded) => bounded.split_once(") ").map_or("", |(_, rest)| rest),
+                None => part,
+            };
             let name: String = part
                 .chars()
                 .take_while(|c| c.is_alphanumeric() || *c == '_')

@@ -27,15 +27,18 @@ pub enum KernelModule {
     Attention,
     /// The fused gradient check, AdamW and SGD passes.
     Optim,
+    /// Tensor-core flash attention: forward, delta, dK/dV and dQ kernels.
+    Flash,
 }
 
 impl KernelModule {
     /// Every module.
-    pub const ALL: [KernelModule; 4] = [
+    pub const ALL: [KernelModule; 5] = [
         KernelModule::Elementwise,
         KernelModule::Rows,
         KernelModule::Attention,
         KernelModule::Optim,
+        KernelModule::Flash,
     ];
 
     /// The file name of the module's source.
@@ -45,6 +48,7 @@ impl KernelModule {
             KernelModule::Rows => "rows.cu",
             KernelModule::Attention => "attention.cu",
             KernelModule::Optim => "optim.cu",
+            KernelModule::Flash => "flash.cu",
         }
     }
 
@@ -55,6 +59,7 @@ impl KernelModule {
             KernelModule::Rows => include_str!("../../kernels/rows.cu"),
             KernelModule::Attention => include_str!("../../kernels/attention.cu"),
             KernelModule::Optim => include_str!("../../kernels/optim.cu"),
+            KernelModule::Flash => include_str!("../../kernels/flash.cu"),
         }
     }
 
@@ -92,6 +97,19 @@ pub const KERNELS: &[(&str, KernelModule)] = &[
     ("mp_grad_stats_final", KernelModule::Optim),
     ("mp_adamw", KernelModule::Optim),
     ("mp_sgd", KernelModule::Optim),
+    ("mp_flash_delta", KernelModule::Flash),
+    ("mp_flash_fwd_bf16_64", KernelModule::Flash),
+    ("mp_flash_fwd_bf16_128", KernelModule::Flash),
+    ("mp_flash_fwd_f16_64", KernelModule::Flash),
+    ("mp_flash_fwd_f16_128", KernelModule::Flash),
+    ("mp_flash_bwd_dkv_bf16_64", KernelModule::Flash),
+    ("mp_flash_bwd_dkv_bf16_128", KernelModule::Flash),
+    ("mp_flash_bwd_dkv_f16_64", KernelModule::Flash),
+    ("mp_flash_bwd_dkv_f16_128", KernelModule::Flash),
+    ("mp_flash_bwd_dq_bf16_64", KernelModule::Flash),
+    ("mp_flash_bwd_dq_bf16_128", KernelModule::Flash),
+    ("mp_flash_bwd_dq_f16_64", KernelModule::Flash),
+    ("mp_flash_bwd_dq_f16_128", KernelModule::Flash),
 ];
 
 /// The module that defines kernel `name`.
@@ -269,10 +287,15 @@ pub fn compile_all(arch: &'static str) -> Result<Vec<(KernelModule, usize)>, Com
 mod tests {
     use super::*;
 
-    /// The names of the `extern "C" __global__` functions of a source.
+    /// The names of the `extern "C" __global__` functions of a source (after a
+    /// `__launch_bounds__(..)` where there is one).
     fn kernels_in(src: &str) -> Vec<&str> {
         src.split("extern \"C\" __global__ void ")
             .skip(1)
+            .map(|rest| match rest.strip_prefix("__launch_bounds__(") {
+                Some(bounded) => bounded.split_once(") ").map_or("", |(_, name)| name),
+                None => rest,
+            })
             .filter_map(|rest| rest.split('(').next())
             .collect()
     }

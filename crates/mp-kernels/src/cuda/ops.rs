@@ -1,6 +1,7 @@
 //! The op families for [`CudaBackend`]: each op's contract ([`contract`]), then one or a few
 //! launches.
 
+use cudarc::driver::sys::CUfunction_attribute_enum;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use mp_dtype::DType;
 
@@ -208,6 +209,14 @@ impl CudaBackend {
         let module =
             module_of(name).ok_or_else(|| self.dev_err(op, format!("unknown kernel {name}")))?;
         let f = self.func(module, name)?;
+        if cfg.shared_mem_bytes > 48 * 1024 {
+            // dynamic shared memory beyond the default limit needs the kernel's opt-in
+            f.set_attribute(
+                CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                cfg.shared_mem_bytes as i32,
+            )
+            .map_err(|e| self.dev_err(op, e))?;
+        }
         let mut l = self.stream.launch_builder(&f);
         for a in args {
             match a {
@@ -1097,7 +1106,178 @@ impl LayoutOps for CudaBackend {
     }
 }
 
-impl AttentionOps for CudaBackend {}
+/// The tensor-core attention kernels (`kernels/flash.cu`) of one (compute type, head size):
+/// BF16 or FP16 `qkv` with a head size of 64 or 128. Other shapes run the default GEMM
+/// composition ([`crate::gemm_attention`]).
+#[derive(Clone, Copy, Debug)]
+struct Flash {
+    /// The compute type: the dtype of `qkv`, to which `dout` is converted when it differs.
+    dtype: DType,
+    hs: usize,
+    fwd: &'static str,
+    dkv: &'static str,
+    dq: &'static str,
+}
+
+/// Threads of a flash attention block (4 warps of 16 rows: 64 queries or keys).
+const FLASH_THREADS: u32 = 128;
+/// Rows (queries or keys) of a flash attention block.
+const FLASH_ROWS: usize = 64;
+
+impl Flash {
+    fn select(s: &Attention, dtype: DType) -> Option<Flash> {
+        let hs = s.head_size();
+        let (fwd, dkv, dq) = match (dtype, hs) {
+            (DType::BF16, 64) => (
+                "mp_flash_fwd_bf16_64",
+                "mp_flash_bwd_dkv_bf16_64",
+                "mp_flash_bwd_dq_bf16_64",
+            ),
+            (DType::BF16, 128) => (
+                "mp_flash_fwd_bf16_128",
+                "mp_flash_bwd_dkv_bf16_128",
+                "mp_flash_bwd_dq_bf16_128",
+            ),
+            (DType::F16, 64) => (
+                "mp_flash_fwd_f16_64",
+                "mp_flash_bwd_dkv_f16_64",
+                "mp_flash_bwd_dq_f16_64",
+            ),
+            (DType::F16, 128) => (
+                "mp_flash_fwd_f16_128",
+                "mp_flash_bwd_dkv_f16_128",
+                "mp_flash_bwd_dq_f16_128",
+            ),
+            _ => return None,
+        };
+        // the query/key blocks go in the grid's y dimension
+        if s.t.div_ceil(FLASH_ROWS) > 65535 {
+            return None;
+        }
+        Some(Flash {
+            dtype,
+            hs,
+            fwd,
+            dkv,
+            dq,
+        })
+    }
+
+    /// A padded shared-memory tile of `rows` rows in bytes.
+    fn tile(&self, rows: usize) -> usize {
+        rows * (self.hs + 8) * 2
+    }
+
+    /// The query tile of the dK/dV kernel (smaller at head size 128, for registers).
+    fn dkv_queries(&self) -> usize {
+        if self.hs > 64 { 32 } else { 64 }
+    }
+
+    fn grid(&self, s: &Attention, heads: usize, smem: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: ((s.b * heads) as u32, s.t.div_ceil(FLASH_ROWS) as u32, 1),
+            block_dim: (FLASH_THREADS, 1, 1),
+            shared_mem_bytes: smem as u32,
+        }
+    }
+}
+
+impl CudaBackend {
+    /// `v` as a flash kernel operand: in the compute type and 16-byte aligned (what cp.async
+    /// needs), converted or copied into a fresh buffer when it is not (the buffer is returned to
+    /// live as long as the launch's argument).
+    fn flash_operand(
+        &self,
+        v: View<'_, CudaBuffer>,
+        dtype: DType,
+    ) -> Result<(Arg, Option<CudaBuffer>)> {
+        let a = self.arg(v);
+        if v.dtype() == dtype && a.ptr.is_multiple_of(16) {
+            return Ok((a, None));
+        }
+        let mut copy = self.uninit(dtype, v.len)?;
+        self.cast(v, copy.view_mut(), Rounding::NearestEven)?;
+        Ok((self.arg(copy.view()), Some(copy)))
+    }
+}
+
+impl AttentionOps for CudaBackend {
+    fn attention(
+        &self,
+        qkv: View<'_, CudaBuffer>,
+        shape: &Attention,
+        out: ViewMut<'_, CudaBuffer>,
+        lse: ViewMut<'_, CudaBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "attention";
+        contract::attention_forward(self, &qkv, shape, &out, &lse)?;
+        let Some(f) = Flash::select(shape, qkv.dtype()) else {
+            return crate::gemm_attention::forward(self, qkv, shape, out, lse);
+        };
+        if shape.b * shape.t == 0 {
+            return Ok(());
+        }
+        let (q, _copy) = self.flash_operand(qkv, f.dtype)?;
+        let (o, l) = (self.arg_mut(&out), self.arg_mut(&lse));
+        let s = shape;
+        let [t, h, kvh, row] = [s.t, s.heads, s.kv_heads, s.qkv_row()].map(|v| v as u64);
+        let scale = 1.0 / (f.hs as f32).sqrt();
+        self.launch_rows(
+            OP,
+            f.fwd,
+            f.grid(s, s.heads, 2 * f.tile(FLASH_ROWS)),
+            &kargs![q.ptr, o.ptr, o.dt, l.ptr, t, h, kvh, row, scale],
+        )
+    }
+
+    fn attention_backward(
+        &self,
+        dout: View<'_, CudaBuffer>,
+        qkv: View<'_, CudaBuffer>,
+        out: View<'_, CudaBuffer>,
+        lse: View<'_, CudaBuffer>,
+        shape: &Attention,
+        dqkv: ViewMut<'_, CudaBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "attention_backward";
+        contract::attention_backward(self, &dout, &qkv, &out, &lse, shape, &dqkv)?;
+        let Some(f) = Flash::select(shape, qkv.dtype()) else {
+            return crate::gemm_attention::backward(self, dout, qkv, out, lse, shape, dqkv);
+        };
+        if shape.b * shape.t == 0 {
+            return Ok(());
+        }
+        let s = shape;
+        let [b, t, h, kvh, row, hs] =
+            [s.b, s.t, s.heads, s.kv_heads, s.qkv_row(), f.hs].map(|v| v as u64);
+        // delta = rowsum(dO ∘ O) per (batch entry, head, query): one warp a row
+        let delta = self.uninit(DType::F32, s.lse_len())?;
+        let (da, oa, dl) = (self.arg(dout), self.arg(out), self.arg(delta.view()));
+        let warps = (s.lse_len() as u64).div_ceil(8);
+        let delta_cfg = LaunchConfig {
+            grid_dim: (warps.clamp(1, self.sm_count as u64 * 32) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        self.launch_rows(
+            OP,
+            "mp_flash_delta",
+            delta_cfg,
+            &kargs![da.ptr, da.dt, oa.ptr, oa.dt, dl.ptr, b, t, h, hs],
+        )?;
+        let (q, _qcopy) = self.flash_operand(qkv, f.dtype)?;
+        let (d, _dcopy) = self.flash_operand(dout, f.dtype)?;
+        let (l, g) = (self.arg(lse), self.arg_mut(&dqkv));
+        let scale = 1.0 / (f.hs as f32).sqrt();
+        let args = kargs![
+            q.ptr, d.ptr, l.ptr, dl.ptr, g.ptr, g.dt, t, h, kvh, row, scale
+        ];
+        let bq = f.dkv_queries();
+        let dkv_smem = 2 * f.tile(FLASH_ROWS) + 2 * f.tile(bq) + 2 * bq * 4;
+        self.launch_rows(OP, f.dkv, f.grid(s, s.kv_heads, dkv_smem), &args)?;
+        self.launch_rows(OP, f.dq, f.grid(s, s.heads, 4 * f.tile(FLASH_ROWS)), &args)
+    }
+}
 
 impl OptimOps for CudaBackend {
     fn grad_stats(&self, grads: View<'_, CudaBuffer>, grad_mult: f32) -> Result<GradStats> {

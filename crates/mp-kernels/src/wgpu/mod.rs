@@ -146,6 +146,11 @@ pub struct WgpuBackend {
     pipelines: Mutex<HashMap<String, Arc<Pipeline>>>,
     errors: Arc<Mutex<Vec<String>>>,
     shared: Arc<Shared>,
+    /// The most loop iterations one invocation may run, where the driver stops loops early:
+    /// Mesa's llvmpipe (lavapipe) ends a shader's divergent loops after 65535 iterations in all
+    /// (`LP_MAX_TGSI_LOOP_ITERATIONS`) without an error, so kernels whose loops could run longer
+    /// take another formulation there.
+    loop_limit: Option<u64>,
 }
 
 impl std::fmt::Debug for WgpuBackend {
@@ -162,6 +167,16 @@ fn no_device(reason: impl Into<String>) -> KernelError {
         backend: BACKEND,
         reason: reason.into(),
     }
+}
+
+/// Mesa llvmpipe's `LP_MAX_TGSI_LOOP_ITERATIONS`: the iterations, over all the loops of one
+/// shader invocation, after which its loops end.
+const LLVMPIPE_LOOP_LIMIT: u64 = 65535;
+
+/// Whether the adapter is Mesa's llvmpipe (lavapipe on Vulkan, or GL/GLES on llvmpipe).
+fn is_llvmpipe(info: &wg::AdapterInfo) -> bool {
+    let has = |s: &str| s.to_ascii_lowercase().contains("llvmpipe");
+    has(&info.name) || has(&info.driver) || has(&info.driver_info)
 }
 
 impl WgpuBackend {
@@ -251,12 +266,19 @@ impl WgpuBackend {
             shared: Arc::new(Shared {
                 pool: Mutex::default(),
             }),
+            loop_limit: is_llvmpipe(&info).then_some(LLVMPIPE_LOOP_LIMIT),
         })
     }
 
     /// Bytes of the largest storage binding an op may use.
     pub fn max_binding_bytes(&self) -> u64 {
         self.max_binding
+    }
+
+    /// Whether a kernel whose invocations run up to `iterations` loop iterations in all gets
+    /// them all on this adapter (false only on drivers that end long loops early: llvmpipe).
+    pub(crate) fn loops_fit(&self, iterations: u64) -> bool {
+        self.loop_limit.is_none_or(|limit| iterations <= limit)
     }
 
     fn device_err(&self, op: &'static str, msg: impl Into<String>) -> KernelError {

@@ -1003,6 +1003,16 @@ impl LayoutOps for WgpuBackend {
 const ATTENTION_MAX_HS: usize = 256;
 
 impl WgpuBackend {
+    /// Whether `attention.wgsl` runs shape `s` (head size `hs`): heads up to
+    /// [`ATTENTION_MAX_HS`], and loops the adapter runs to the end. Its longest invocation (the
+    /// first key of a group in `attn_dkv`) loops `group x t` times over the query rows, two
+    /// `hs` loops each, plus the head loops around them. Otherwise the trait's default
+    /// composition runs, whose loops are short (llvmpipe at long context).
+    fn attention_kernel_runs(&self, s: &Attention, hs: usize) -> bool {
+        let longest = (s.group() * s.t) as u64 * (2 * hs as u64 + 1) + 4 * hs as u64 + 64;
+        hs <= ATTENTION_MAX_HS && self.loops_fit(longest)
+    }
+
     /// The attention kernel's parameters: `count` invocations over a shape of head size `hs`.
     fn attention_params(&self, op: &'static str, s: &Attention, count: usize) -> Result<[u32; 8]> {
         let hs = s.head_size();
@@ -1034,7 +1044,7 @@ impl AttentionOps for WgpuBackend {
     ) -> Result<()> {
         const OP: &str = "attention";
         let hs = contract::attention_forward(self, &qkv, s, &out, &lse)?;
-        if hs > ATTENTION_MAX_HS {
+        if !self.attention_kernel_runs(s, hs) {
             return crate::gemm_attention::forward(self, qkv, s, out, lse);
         }
         let rows = s.lse_len();
@@ -1059,7 +1069,7 @@ impl AttentionOps for WgpuBackend {
     ) -> Result<()> {
         const OP: &str = "attention_backward";
         let hs = contract::attention_backward(self, &dout, &qkv, &out, &lse, s, &dqkv)?;
-        if hs > ATTENTION_MAX_HS {
+        if !self.attention_kernel_runs(s, hs) {
             return crate::gemm_attention::backward(self, dout, qkv, out, lse, s, dqkv);
         }
         let rows = s.lse_len();

@@ -303,7 +303,9 @@ pub(crate) fn attention_run<B: Backend>(
 }
 
 /// The device's attention against the CPU backend's tiled kernel, multi-head and
-/// grouped-query.
+/// grouped-query; head sizes 64 and 128 over several 64-row tiles with a partial last one
+/// are the shapes of CUDA's tensor-core kernels (16-bit dtypes); the last shape's loops exceed
+/// llvmpipe's limit, so there the backend must choose its other formulation.
 fn attention_matches_cpu(dtype: DType) {
     let Some(g) = gpu("attention_matches_cpu") else {
         return;
@@ -314,7 +316,22 @@ fn attention_matches_cpu(dtype: DType) {
         kv_heads: 2,
         ..Attention::mha(2, 70, 64, 4)
     };
-    for s in [Attention::mha(2, 37, 64, 4), gqa] {
+    let wide_gqa = Attention {
+        kv_heads: 2,
+        ..Attention::mha(1, 130, 512, 4)
+    };
+    // long enough that lavapipe runs it as the GEMM composition (its loop limit)
+    let long_gqa = Attention {
+        kv_heads: 1,
+        ..Attention::mha(1, 300, 128, 2)
+    };
+    for s in [
+        Attention::mha(2, 37, 64, 4),
+        gqa,
+        Attention::mha(2, 150, 256, 4),
+        wide_gqa,
+        long_gqa,
+    ] {
         let qkv = random_normal(s.b * s.t * s.qkv_row(), 1.0, 61);
         let dout = random_vec(s.b * s.t * s.c, 62);
         let dq0 = random_vec(qkv.len(), 63);

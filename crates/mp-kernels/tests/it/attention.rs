@@ -102,8 +102,8 @@ pub fn attention_backward_ref(dout: &[f64], qkv: &[f64], s: &Attention) -> Vec<f
 /// Shapes covering one token, odd sizes, several key tiles with a partial last one, a
 /// partial last query block, head sizes below, at and between multiples of the kernel's
 /// register block (2, 4, 6, 16, 40), and grouped-query attention (2 and 4 query heads per
-/// key/value head).
-const SHAPES: [Attention; 5] = [
+/// key/value head), and a head size of 128 (the tensor-core kernels' widest) with groups.
+const SHAPES: [Attention; 6] = [
     Attention {
         b: 1,
         t: 1,
@@ -138,6 +138,13 @@ const SHAPES: [Attention; 5] = [
         c: 24,
         heads: 4,
         kv_heads: 1,
+    },
+    Attention {
+        b: 1,
+        t: 130,
+        c: 512,
+        heads: 4,
+        kv_heads: 2,
     },
 ];
 
