@@ -63,6 +63,16 @@ pub trait TapeOp<B: Backend> {
     /// gradient [`Backward::dy`] (or the seed of a loss).
     fn backward(&self, cx: &Backward<'_, '_, B>, grads: &mut Grads<'_, '_, B>) -> Result<()>;
 
+    /// The input whose gradient contribution is the output's gradient itself (factor 1, the
+    /// output's shape), as for the first operand of `a + b`: the tape hands the output's
+    /// gradient buffer over to that input after [`TapeOp::backward`] ran (moving it, no copy,
+    /// when it is the input's first contribution in its dtype), and during `backward` the
+    /// [`Grads`] calls for that input do nothing. `None` (the default): the op adds every
+    /// input's gradient itself.
+    fn passes_dy_to(&self) -> Option<usize> {
+        None
+    }
+
     /// Device bytes the op holds for its backward (counted by [`Tape::activation_bytes`]).
     fn saved_bytes(&self) -> usize {
         0
@@ -234,17 +244,24 @@ pub struct Grads<'g, 'a, B: Backend> {
     pub(crate) inputs: &'g [usize],
     pub(crate) gs: &'g mut [Option<B::Buffer>],
     pub(crate) arena: &'g mut B::Buffer,
+    /// The input the tape gives the output's gradient to after the backward
+    /// ([`TapeOp::passes_dy_to`]): the op's calls for it do nothing.
+    pub(crate) passed: Option<usize>,
 }
 
 impl<B: Backend> Grads<'_, '_, B> {
-    /// True when input `i` needs a gradient.
+    /// True when input `i` needs a gradient (false for the input the tape passes the output's
+    /// gradient to, see [`TapeOp::passes_dy_to`]).
     pub fn needs(&self, i: usize) -> bool {
-        self.tape.nodes[self.inputs[i]].grad != GradLoc::None
+        self.passed != Some(i) && self.tape.nodes[self.inputs[i]].grad != GradLoc::None
     }
 
     /// The gradient of input `i` (allocated zeroed in the input's dtype on first use), or
     /// `None` when nothing needs it. Kernels add into it.
     pub fn get(&mut self, i: usize) -> Result<Option<ViewMut<'_, B::Buffer>>> {
+        if self.passed == Some(i) {
+            return Ok(None);
+        }
         self.tape.grad_of(self.inputs[i], self.gs, self.arena)
     }
 
@@ -265,6 +282,9 @@ impl<B: Backend> Grads<'_, '_, B> {
     /// `grad(i) += buf`, moving `buf` in as the gradient when it is the first contribution
     /// to an activation of the same dtype (no copy), else adding it.
     pub fn add_owned(&mut self, i: usize, buf: B::Buffer) -> Result<()> {
+        if self.passed == Some(i) {
+            return Ok(());
+        }
         let t = self.inputs[i];
         let n = &self.tape.nodes[t];
         if buf.len() != n.numel() {

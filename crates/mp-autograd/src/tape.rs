@@ -504,23 +504,35 @@ impl<'a, B: Backend> Tape<'a, B> {
                 && let Some(rec) = self.nodes[i].op.take()
             {
                 let name = rec.op.name();
-                let cx = Backward {
-                    ins: Inputs {
-                        tape: &self,
-                        inputs: &rec.inputs,
-                    },
-                    node: i,
-                    dy: dy.as_ref(),
-                    seed,
-                    name,
-                };
+                let passed = rec.op.passes_dy_to().filter(|_| dy.is_some());
                 let mut g = Grads {
                     tape: &self,
                     inputs: &rec.inputs,
                     gs: &mut gs,
                     arena: grads,
+                    passed,
                 };
-                rec.op.backward(&cx, &mut g)?;
+                {
+                    let cx = Backward {
+                        ins: Inputs {
+                            tape: &self,
+                            inputs: &rec.inputs,
+                        },
+                        node: i,
+                        dy: dy.as_ref(),
+                        seed,
+                        name,
+                    };
+                    rec.op.backward(&cx, &mut g)?;
+                }
+                // the output's gradient itself goes to the pass-through input: moved in when
+                // it is that input's first contribution in its dtype, else added
+                if let (Some(k), Some(dy)) = (passed, dy) {
+                    g.passed = None;
+                    if g.needs(k) {
+                        g.add_owned(k, dy)?;
+                    }
+                }
             }
             // Every consumer of node i has already run: its value can go.
             if let Value::Owned(_) = self.nodes[i].value {

@@ -60,6 +60,25 @@ fn small_transformer_block() {
     }));
 }
 
+/// `a + b` and `a - b` hand the output's gradient over to `a` (`TapeOp::passes_dy_to`):
+/// right when `a` is also `b`, when `a` is an activation with other consumers (before and
+/// after), when `a` already has a gradient, and when `a` is a parameter (arena gradient).
+#[test]
+fn add_and_sub_hand_their_gradient_over() {
+    let mut chk = GradCheck::new(&[("w", &[3, 4]), ("v", &[3, 4])], 5);
+    assert_ok(chk.run_with("pass-through", &Env::default(), |t, p, _| {
+        let x = t.tanh(p[0])?;
+        let y = t.silu(p[1])?;
+        let twice = t.add(x, x)?;
+        let d = t.sub(twice, y)?;
+        let e = t.add(p[0], d)?;
+        let f = t.mul(e, x)?;
+        let g = t.add(f, d)?;
+        let h = t.add(g, f)?;
+        t.sum(h)
+    }));
+}
+
 /// Runs `build` once under `autocast` and returns (loss, grads).
 fn loss_and_grads(
     values: &[f32],

@@ -24,6 +24,10 @@ impl<B: Backend> TapeOp<B> for Binary {
     fn cast_policy(&self) -> CastPolicy {
         CastPolicy::Promote
     }
+    fn passes_dy_to(&self) -> Option<usize> {
+        // d(a ± b)/da = 1: a's gradient is the output's, handed over without a copy
+        matches!(self.0, BinaryOp::Add | BinaryOp::Sub).then_some(0)
+    }
     fn forward(&mut self, cx: &Forward<'_, '_, B>) -> Result<Output<B>> {
         same_shapes(cx)?;
         let (a, b) = (cx.value(0)?, cx.value(1)?);
@@ -34,6 +38,8 @@ impl<B: Backend> TapeOp<B> for Binary {
     fn backward(&self, cx: &Backward<'_, '_, B>, g: &mut Grads<'_, '_, B>) -> Result<()> {
         let dy = cx.dy()?;
         match self.0 {
+            // input 0's gradient is dy itself: the tape hands it over (passes_dy_to), and
+            // these calls for input 0 do nothing
             BinaryOp::Add => {
                 g.add(0, dy)?;
                 g.add(1, dy)
