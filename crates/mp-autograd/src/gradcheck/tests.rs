@@ -65,7 +65,7 @@ fn small_transformer_block() {
 /// after), when `a` already has a gradient, and when `a` is a parameter (arena gradient).
 #[test]
 fn add_and_sub_hand_their_gradient_over() {
-    let mut chk = GradCheck::new(&[("w", &[3, 4]), ("v", &[3, 4])], 5);
+    let chk = GradCheck::new(&[("w", &[3, 4]), ("v", &[3, 4])], 5);
     assert_ok(chk.run_with("pass-through", &Env::default(), |t, p, _| {
         let x = t.tanh(p[0])?;
         let y = t.silu(p[1])?;
