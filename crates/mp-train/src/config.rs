@@ -327,6 +327,10 @@ pub struct TrainConfig {
     /// Recompute each MLP's GELU in the backward pass instead of saving its output (the same
     /// gradients bit for bit; `4c` fewer saved values per token and layer).
     pub recompute_gelu: bool,
+    /// Testing hook: the optimizer steps (from 0) at which the gradient arena is poisoned with
+    /// `+inf` before the non-finite check, e.g. `"3,10-12,0-999/10"` (see
+    /// [`crate::fault::StepSet`]); empty (the default): never.
+    pub poison_grad_steps: String,
     /// Loss scaling.
     pub loss_scaling: LossScaling,
     /// The model.
@@ -364,6 +368,7 @@ impl Default for TrainConfig {
             residual_dtype: StorageDtype::Fp32,
             grad_dtype: StorageDtype::Fp32,
             recompute_gelu: false,
+            poison_grad_steps: String::new(),
             loss_scaling: LossScaling::default(),
             model: ModelConfig::default(),
             data: DataConfig::default(),
@@ -489,6 +494,8 @@ impl TrainConfig {
                 ),
             ));
         }
+        crate::fault::StepSet::parse(&self.poison_grad_steps)
+            .map_err(|e| TrainError::invalid("poison_grad_steps", &self.poison_grad_steps, e))?;
         positive("model.n_layer", m.n_layer)?;
         positive("model.n_embd", m.n_embd)?;
         positive("model.n_head", m.n_head)?;
@@ -695,6 +702,9 @@ residual_dtype = "{residual_dtype}"
 grad_dtype = "{grad_dtype}"
 # Recompute the MLP's GELU in the backward pass instead of saving it (same gradients).
 recompute_gelu = {recompute_gelu}
+# Testing hook: poison the gradients (+inf) at these steps, e.g. "3,10-12,0-999/10"; a correct
+# run skips exactly them. Empty: never.
+poison_grad_steps = "{poison_grad_steps}"
 
 [loss_scaling]
 # "auto" (dynamic for fp16, none otherwise), "dynamic", "static" or "none".
@@ -755,6 +765,7 @@ reverse_answer = {reverse_answer}
         residual_dtype = c.residual_dtype.name(),
         grad_dtype = c.grad_dtype.name(),
         recompute_gelu = c.recompute_gelu,
+        poison_grad_steps = c.poison_grad_steps,
         init_scale = s.init_scale,
         growth_factor = s.growth_factor,
         backoff_factor = s.backoff_factor,

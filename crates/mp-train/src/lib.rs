@@ -23,6 +23,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod fault;
 pub mod fsutil;
 pub mod memory;
 pub mod metrics;

@@ -214,6 +214,12 @@ pub fn prepare_out_dir(opts: &RunOptions, resuming_here: bool) -> Result<fsutil:
 /// Trains `cfg` (resuming if `opts.resume` says so) and returns the summary.
 pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunSummary> {
     cfg.validate()?;
+    if !cfg.poison_grad_steps.trim().is_empty() {
+        eprintln!(
+            "fault injection: the gradients are poisoned (+inf) at steps {} (poison_grad_steps)",
+            cfg.poison_grad_steps.trim()
+        );
+    }
     let resume = match &opts.resume {
         Some(path) => {
             let (dir, state, warnings) = checkpoint::resolve(path)?;

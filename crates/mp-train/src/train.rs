@@ -16,6 +16,7 @@ use crate::checkpoint::{self, TrainerState};
 use crate::config::{Precision, ScalingMode, StorageDtype, TrainConfig};
 use crate::data::Dataset;
 use crate::error::{Result, TrainError};
+use crate::fault::StepSet;
 use crate::memory::{self, MemoryBreakdown};
 use crate::metrics::EvalRecord;
 use crate::model::{Gpt, GptConfig};
@@ -111,6 +112,8 @@ pub struct Trainer<B: Backend> {
     /// Steps skipped for non-finite gradients.
     pub skipped: u64,
     autocast: Autocast,
+    /// The steps whose gradients are poisoned (`poison_grad_steps`, a testing hook).
+    poison: StepSet,
 }
 
 impl<B: Backend> Trainer<B> {
@@ -158,6 +161,8 @@ impl<B: Backend> Trainer<B> {
             groups,
         )?;
         let scaler = GradScaler::new(scaler_config(&cfg))?;
+        let poison = StepSet::parse(&cfg.poison_grad_steps)
+            .map_err(|e| TrainError::invalid("poison_grad_steps", &cfg.poison_grad_steps, e))?;
         Ok(Trainer {
             cfg,
             be,
@@ -169,6 +174,7 @@ impl<B: Backend> Trainer<B> {
             tokens: 0,
             skipped: 0,
             autocast,
+            poison,
         })
     }
 
@@ -244,6 +250,10 @@ impl<B: Backend> Trainer<B> {
                 loss_sum.view_mut(),
                 w,
             )?;
+        }
+        if self.poison.contains(self.step) {
+            // the testing hook: an overflow in the backward pass, as the check would see it
+            be.fill(self.gpt.grads.slice_mut(0, 1), f32::INFINITY)?;
         }
         let check = self.scaler.check(be, self.gpt.grads.view())?;
         let skipped = check.found_inf;

@@ -106,6 +106,11 @@ fn bad_input_table() {
             vec!["fp8"],
         ),
         (
+            "bad fault-injection steps",
+            train_args(&dir, "o9b", &["--set", "poison_grad_steps=9-3"]),
+            vec!["poison_grad_steps", "9-3", "ends before it starts"],
+        ),
+        (
             "empty data",
             train_args(&dir, "o10", &["--data", &empty]),
             vec!["empty.txt", "empty"],

@@ -4,6 +4,7 @@ mod gpt;
 mod bad_input;
 mod checkpoint;
 mod common;
+mod fault;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod gpu_training;
 mod precisions;
