@@ -17,7 +17,6 @@
 //! optimizer.step(&mut gpt.params, &gpt.grads, gpt.model_copy.as_mut())?;
 //! ```
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use mp_autograd::{Autocast, ParamEntry, ParamLayout, Tape, Tensor, WeightLayout};
@@ -25,6 +24,8 @@ use mp_dtype::DType;
 use mp_kernels::{Backend, BufferExt, DeviceBuffer, Rounding, ViewMut};
 use serde::{Deserialize, Serialize};
 
+use super::Batch;
+use super::common::{SplitMix, named, read_safetensors, tape_for, write_safetensors};
 use crate::{Result, TrainError};
 
 /// The shape of a GPT (HF `GPT2Config` field names).
@@ -136,20 +137,6 @@ struct Block {
     mlp_proj: [ParamEntry; 2],
 }
 
-/// One batch of token ids (and next-token targets) on the device.
-pub struct Batch<B: Backend> {
-    /// `b * t` token ids, row-major `[b, t]`.
-    pub ids: B::Index,
-    /// `b * t` target ids, when a loss is wanted.
-    pub targets: Option<B::Index>,
-    /// The position of every token (`0..t`, `b` times).
-    pub positions: B::Index,
-    /// Sequences.
-    pub b: usize,
-    /// Tokens per sequence.
-    pub t: usize,
-}
-
 /// A GPT: its configuration, the parameter layout and the three flat arenas.
 pub struct Gpt<B: Backend> {
     /// The shape.
@@ -183,28 +170,6 @@ impl<B: Backend> std::fmt::Debug for Gpt<B> {
             .field("grad_dtype", &self.grads.dtype())
             .field("model_copy", &self.model_copy.as_ref().map(|c| c.dtype()))
             .finish()
-    }
-}
-
-/// SplitMix64: a tiny, portable, seedable generator (the same stream on every platform).
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in (0, 1].
-    fn unit(&mut self) -> f64 {
-        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
-    }
-    /// Standard normal (Box-Muller).
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.unit(), self.unit());
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
     }
 }
 
@@ -325,41 +290,7 @@ impl<B: Backend> Gpt<B> {
         t: usize,
     ) -> Result<Batch<B>> {
         let cfg = &self.config;
-        if b == 0 || t == 0 || t > cfg.n_positions {
-            return Err(TrainError::invalid(
-                "batch sequence length",
-                t,
-                format!(
-                    "must be in 1..={} (n_positions), with b = {b} > 0",
-                    cfg.n_positions
-                ),
-            ));
-        }
-        for (what, v) in [("ids", Some(ids)), ("targets", targets)] {
-            let Some(v) = v else { continue };
-            if v.len() != b * t {
-                return Err(TrainError::invalid(
-                    format!("batch {what}"),
-                    v.len(),
-                    format!("expected b * t = {} token ids", b * t),
-                ));
-            }
-            if let Some(bad) = v.iter().find(|&&x| x as usize >= cfg.vocab_size) {
-                return Err(TrainError::invalid(
-                    format!("batch {what}"),
-                    bad,
-                    format!("token id out of the vocabulary of {}", cfg.vocab_size),
-                ));
-            }
-        }
-        let positions: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
-        Ok(Batch {
-            ids: be.upload_index(ids)?,
-            targets: targets.map(|v| be.upload_index(v)).transpose()?,
-            positions: be.upload_index(&positions)?,
-            b,
-            t,
-        })
+        Batch::upload(be, ids, targets, b, t, cfg.vocab_size, cfg.n_positions)
     }
 
     /// Records the forward pass on `tape` (which must read this model's [`Gpt::params`]) and
@@ -437,10 +368,7 @@ impl<B: Backend> Gpt<B> {
         logits: Tensor,
         batch: &'a Batch<B>,
     ) -> Result<Tensor> {
-        let targets = batch.targets.as_ref().ok_or_else(|| {
-            TrainError::invalid("batch targets", "none", "a loss needs next-token targets")
-        })?;
-        Ok(tape.cross_entropy(logits, targets)?)
+        Ok(tape.cross_entropy(logits, batch.targets()?)?)
     }
 
     /// A tape over this model's weights under `autocast`, reading the model copy when it
@@ -480,7 +408,7 @@ impl<B: Backend> Gpt<B> {
         let tape = tape_for(be, &self.params, self.model_copy.as_ref(), autocast)?;
         let mut tape = tape.with_loss_seed(scale);
         let logits = self.forward(&mut tape, batch)?;
-        let loss = tape.cross_entropy(logits, batch_targets(batch)?)?;
+        let loss = tape.cross_entropy(logits, batch.targets()?)?;
         be.axpy(weight, tape.view(loss)?, loss_sum)?;
         tape.backward(loss, scale, &mut self.grads)?;
         Ok(())
@@ -513,39 +441,7 @@ impl<B: Backend> Gpt<B> {
     /// exact shape; the error names the tensor and both shapes. Tensors the model does not
     /// use (`lm_head.weight`, which is tied, and HF's attention-mask buffers) are ignored.
     pub fn load_safetensors(&mut self, be: &B, path: &Path) -> Result<()> {
-        let bytes = std::fs::read(path).map_err(TrainError::io("reading", path))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| TrainError::checkpoint(path, format!("not a safetensors file: {e}")))?;
-        let mut host = vec![0.0f32; self.layout.numel()];
-        for e in self.layout.entries() {
-            let view = st.tensor(&e.name).map_err(|_| {
-                TrainError::checkpoint(
-                    path,
-                    format!("missing tensor {} (expected shape {:?})", e.name, e.shape),
-                )
-            })?;
-            if view.shape() != e.shape.as_slice() {
-                return Err(TrainError::checkpoint(
-                    path,
-                    format!(
-                        "tensor {}: expected shape {:?}, found {:?}",
-                        e.name,
-                        e.shape,
-                        view.shape()
-                    ),
-                ));
-            }
-            let dst = &mut host[e.offset..e.offset + e.numel()];
-            decode(view.dtype(), view.data(), dst).map_err(|found| {
-                TrainError::checkpoint(
-                    path,
-                    format!(
-                        "tensor {}: dtype {found} (expected F32, F16 or BF16)",
-                        e.name
-                    ),
-                )
-            })?;
-        }
+        let host = read_safetensors(&self.layout, path)?;
         self.params = be.upload_f32(&host, DType::F32)?;
         if let Some(copy) = self.model_copy.as_mut() {
             be.cast(self.params.view(), copy.view_mut(), Rounding::NearestEven)?;
@@ -556,80 +452,13 @@ impl<B: Backend> Gpt<B> {
     /// Writes the master weights as an HF GPT-2 safetensors file (F32, HF names; the tied
     /// head is not duplicated, as HF saves it).
     pub fn save_safetensors(&self, be: &B, path: &Path) -> Result<()> {
-        let host = be.download_f32(self.params.view())?;
-        let bytes: Vec<u8> = host.iter().flat_map(|x| x.to_le_bytes()).collect();
-        let mut views = Vec::with_capacity(self.layout.entries().len());
-        for e in self.layout.entries() {
-            let data = &bytes[4 * e.offset..4 * (e.offset + e.numel())];
-            let view = safetensors::tensor::TensorView::new(
-                safetensors::Dtype::F32,
-                e.shape.clone(),
-                data,
-            )
-            .map_err(|err| TrainError::checkpoint(path, format!("tensor {}: {err}", e.name)))?;
-            views.push((e.name.clone(), view));
-        }
-        let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-        let out = safetensors::serialize(views, Some(meta))
-            .map_err(|e| TrainError::checkpoint(path, format!("serialising: {e}")))?;
-        crate::fsutil::write_atomic(path, &out)
+        write_safetensors(be, &self.layout, &self.params, path)
     }
 
     /// The (name, f32 values) of every gradient, in layout order (waits for the device).
     pub fn named_grads(&self, be: &B) -> Result<Vec<(String, Vec<f32>)>> {
-        let all = be.download_f32(self.grads.view())?;
-        Ok(self
-            .layout
-            .entries()
-            .iter()
-            .map(|e| (e.name.clone(), all[e.offset..e.offset + e.numel()].to_vec()))
-            .collect())
+        named(be, &self.layout, &self.grads)
     }
-}
-
-fn batch_targets<B: Backend>(batch: &Batch<B>) -> Result<&B::Index> {
-    batch.targets.as_ref().ok_or_else(|| {
-        TrainError::invalid("batch targets", "none", "a loss needs next-token targets")
-    })
-}
-
-/// A tape over `params` (and `copy` when it holds the autocast dtype).
-fn tape_for<'a, B: Backend>(
-    be: &'a B,
-    params: &'a B::Buffer,
-    copy: Option<&'a B::Buffer>,
-    autocast: Autocast,
-) -> Result<Tape<'a, B>> {
-    let tape = Tape::new(be).with_params(params).with_autocast(autocast);
-    match copy {
-        Some(c) if autocast.dtype == Some(c.dtype()) => Ok(tape.with_model_copy(c)?),
-        _ => Ok(tape),
-    }
-}
-
-/// Widens little-endian F32/F16/BF16 bytes into `dst`; the unsupported dtype otherwise.
-fn decode(
-    dtype: safetensors::Dtype,
-    data: &[u8],
-    dst: &mut [f32],
-) -> std::result::Result<(), String> {
-    use safetensors::Dtype as D;
-    match dtype {
-        D::F32 => dst
-            .iter_mut()
-            .zip(data.chunks_exact(4))
-            .for_each(|(d, b)| *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        D::F16 => dst
-            .iter_mut()
-            .zip(data.chunks_exact(2))
-            .for_each(|(d, b)| *d = half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
-        D::BF16 => dst
-            .iter_mut()
-            .zip(data.chunks_exact(2))
-            .for_each(|(d, b)| *d = half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
-        other => return Err(format!("{other:?}")),
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,279 +1,65 @@
-//! Golden tests of the GPT against HF GPT-2 (PyTorch, CPU): `shared/golden/gpt2_tiny.*`.
-//!
-//! Everything (model config, inputs, targets, expected logits, loss, gradients, AdamW
-//! hyper-parameters, training losses, PyTorch's own BF16 autocast error) is read from the
-//! files, so another golden file of the same format tests the same code.
-//!
-//! Each check is one function generic over the backend; the CPU tests call it with the CPU
-//! backend, the `*_wgpu` tests (feature `wgpu`) and `*_cuda` tests (feature `cuda`) with a GPU
-//! backend, against the same golden values and the same bounds.
+//! Golden tests of the GPT against HF GPT-2 (PyTorch, CPU): `shared/golden/gpt2_tiny.*`,
+//! through the shared harness (`golden.rs`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use mp_autograd::Autocast;
+use mp_autograd::{Autocast, ParamLayout};
 use mp_dtype::DType;
+use mp_kernels::Backend;
 use mp_kernels::cpu::CpuBackend;
-use mp_kernels::{Backend, BufferExt, Rounding};
-use mp_optim::{AdamW, AdamWConfig};
 use mp_train::model::{Batch, Gpt, GptConfig};
 use serde_json::Value;
 
-/// The golden folder: `$MP_GOLDEN_DIR` when set (the GPU bundle carries its own copy, since a
-/// test binary run elsewhere cannot see `../shared`), where a missing file is a failure; else
-/// `../shared/golden` beside the repository, whose absence is a loud skip.
-fn golden_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("MP_GOLDEN_DIR") {
-        let dir = PathBuf::from(dir);
-        assert!(
-            dir.join("gpt2_tiny.json").exists(),
-            "MP_GOLDEN_DIR={} has no gpt2_tiny.json",
-            dir.display()
-        );
-        return Some(dir);
+use crate::golden::{self, GoldenModel};
+
+impl<B: Backend> GoldenModel<B> for Gpt<B> {
+    const STEM: &'static str = "gpt2_tiny";
+    fn load(be: &B, dir: &Path, json: &Value) -> Self {
+        let config: GptConfig = serde_json::from_value(json["config"].clone()).unwrap();
+        Gpt::from_safetensors(be, config, &dir.join("gpt2_tiny.safetensors")).unwrap()
     }
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden");
-    if dir.join("gpt2_tiny.json").exists() {
-        Some(dir)
-    } else {
-        eprintln!("SKIPPED: {} golden folder absent", dir.display());
-        None
+    fn vocab(&self) -> usize {
+        self.config.vocab_size
     }
-}
-
-/// The golden model, its batch and the json record.
-struct Golden<B: Backend> {
-    dir: PathBuf,
-    json: Value,
-    gpt: Gpt<B>,
-    batch: Batch<B>,
-}
-
-fn ids(v: &Value) -> (Vec<u32>, usize, usize) {
-    let rows = v.as_array().expect("[b, t] ids");
-    let flat: Vec<u32> = rows
-        .iter()
-        .flat_map(|r| {
-            r.as_array()
-                .expect("row")
-                .iter()
-                .map(|x| x.as_u64().expect("id") as u32)
-        })
-        .collect();
-    let b = rows.len();
-    (flat.clone(), b, flat.len() / b)
-}
-
-fn load<B: Backend>(be: &B) -> Option<Golden<B>> {
-    let dir = golden_dir()?;
-    let json: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("gpt2_tiny.json")).unwrap())
-            .unwrap();
-    let config: GptConfig = serde_json::from_value(json["config"].clone()).unwrap();
-    let gpt = Gpt::from_safetensors(be, config, &dir.join("gpt2_tiny.safetensors")).unwrap();
-    let (input, b, t) = ids(&json["input_ids"]);
-    let (targets, tb, tt) = ids(&json["targets"]);
-    assert_eq!((b, t), (tb, tt));
-    let batch = gpt.batch(be, &input, Some(&targets), b, t).unwrap();
-    Some(Golden {
-        dir,
-        json,
-        gpt,
-        batch,
-    })
-}
-
-/// Every tensor of a safetensors file as (name, shape, f32 values).
-fn read_tensors(path: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(name, v)| {
-            assert_eq!(v.dtype(), safetensors::Dtype::F32, "{name}");
-            let vals = v
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            (name, v.shape().to_vec(), vals)
-        })
-        .collect()
-}
-
-/// ||got - want|| / ||want||, in f64.
-fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let num: f64 = got
-        .iter()
-        .zip(want)
-        .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
-        .sum();
-    let den: f64 = want.iter().map(|&b| (b as f64).powi(2)).sum();
-    (num / den).sqrt()
-}
-
-fn reference_logits<B: Backend>(g: &Golden<B>) -> Vec<f32> {
-    let mut t = read_tensors(&g.dir.join("gpt2_tiny.logits.safetensors"));
-    let (_, shape, logits) = t.remove(t.iter().position(|(n, ..)| n == "logits").unwrap());
-    let v = g.gpt.config.vocab_size;
-    assert_eq!(shape, [g.batch.b, g.batch.t, v]);
-    logits
-}
-
-/// FP32 logits (rel L2 < 1e-5), loss (1e-5) and every parameter gradient (rel L2 < 1e-4)
-/// against PyTorch.
-fn fp32_logits_loss_and_every_gradient<B: Backend>(be: &B) {
-    let Some(mut g) = load(be) else { return };
-    let be_name = be.name();
-    let want = reference_logits(&g);
-    let (logits, eval_loss) = g.gpt.evaluate(be, &g.batch, Autocast::OFF).unwrap();
-    let err = rel_l2(&logits, &want);
-    eprintln!("{be_name}: fp32 logits rel L2 {err:.3e}");
-    assert!(err < 1e-5, "{be_name}: fp32 logits rel L2 {err}");
-
-    let want_loss = g.json["loss"].as_f64().unwrap();
-    g.gpt.zero_grads(be).unwrap();
-    let loss = g
-        .gpt
-        .forward_backward(be, &g.batch, Autocast::OFF, 1.0)
-        .unwrap();
-    eprintln!("{be_name}: fp32 loss {loss} (reference {want_loss})");
-    assert!(
-        (loss as f64 - want_loss).abs() < 1e-5,
-        "{be_name}: loss {loss} vs {want_loss}"
-    );
-    assert_eq!(
-        eval_loss.unwrap().to_bits(),
-        loss.to_bits(),
-        "{be_name}: evaluate and forward_backward losses"
-    );
-
-    let grads = g.gpt.named_grads(be).unwrap();
-    let reference = read_tensors(&g.dir.join("gpt2_tiny.grads.safetensors"));
-    assert_eq!(
-        reference.len(),
-        grads.len(),
-        "{be_name}: one reference gradient per parameter"
-    );
-    let mut worst = (0.0f64, String::new());
-    for (name, shape, want) in &reference {
-        let entry = g
-            .gpt
-            .layout
-            .get(name)
-            .unwrap_or_else(|| panic!("{name} not in model"));
-        assert_eq!(&entry.shape, shape, "{name}");
-        let got = &grads.iter().find(|(n, _)| n == name).unwrap().1;
-        let err = rel_l2(got, want);
-        assert!(err < 1e-4, "{be_name}: gradient of {name}: rel L2 {err}");
-        if err > worst.0 {
-            worst = (err, name.clone());
-        }
+    fn batch(&self, be: &B, ids: &[u32], targets: &[u32], b: usize, t: usize) -> Batch<B> {
+        Gpt::batch(self, be, ids, Some(targets), b, t).unwrap()
     }
-    eprintln!(
-        "{be_name}: worst gradient rel L2 {:.3e} ({})",
-        worst.0, worst.1
-    );
-}
-
-/// BF16 and FP16 autocast logits within twice PyTorch's own BF16 autocast error, FP16 more
-/// accurate than BF16, and the optimizer's BF16 model copy giving the same logits bit for bit.
-fn bf16_and_fp16_autocast_logits<B: Backend>(be: &B) {
-    let Some(mut g) = load(be) else { return };
-    let be_name = be.name();
-    let want = reference_logits(&g);
-    let torch_bf16 = g.json["torch_cpu_bf16_autocast_logits_rel_err"]
-        .as_f64()
-        .unwrap();
-    let err = |gpt: &Gpt<B>, dt| {
-        let (l, _) = gpt.evaluate(be, &g.batch, Autocast::to(dt)).unwrap();
-        (rel_l2(&l, &want), l)
-    };
-    let (bf16, bf16_logits) = err(&g.gpt, DType::BF16);
-    let (f16, _) = err(&g.gpt, DType::F16);
-    eprintln!(
-        "{be_name}: autocast logits rel L2: bf16 {bf16:.3e}, f16 {f16:.3e}, torch bf16 {torch_bf16:.3e}"
-    );
-    assert!(
-        bf16 <= 2.0 * torch_bf16,
-        "{be_name}: bf16 {bf16} vs torch {torch_bf16}"
-    );
-    assert!(
-        f16 <= 2.0 * torch_bf16,
-        "{be_name}: f16 {f16} vs torch bf16 {torch_bf16}"
-    );
-    assert!(
-        f16 < bf16,
-        "{be_name}: fp16 ({f16}) must be more accurate than bf16 ({bf16})"
-    );
-
-    // Forward from the optimizer's BF16 model copy: no weight cast, same numbers.
-    g.gpt.enable_model_copy(be, DType::BF16).unwrap();
-    let (from_copy, copy_logits) = err(&g.gpt, DType::BF16);
-    assert_eq!(
-        from_copy, bf16,
-        "{be_name}: logits from the BF16 model copy"
-    );
-    assert!(
-        copy_logits
-            .iter()
-            .zip(&bf16_logits)
-            .all(|(a, b)| a.to_bits() == b.to_bits()),
-        "{be_name}: logits from the BF16 model copy differ from the cast master's"
-    );
-}
-
-/// Eight FP32 AdamW steps: every loss within 1e-4 of PyTorch's.
-fn fp32_adamw_training_losses<B: Backend>(be: &B) {
-    let Some(mut g) = load(be) else { return };
-    let be_name = be.name();
-    let hp = &g.json["adamw"];
-    let f = |v: &Value| v.as_f64().unwrap() as f32;
-    let config = AdamWConfig {
-        lr: f(&hp["lr"]),
-        beta1: f(&hp["betas"][0]),
-        beta2: f(&hp["betas"][1]),
-        eps: f(&hp["eps"]),
-        weight_decay: f(&hp["weight_decay"]),
-        rounding: Rounding::NearestEven,
-    };
-    let want: Vec<f64> = g.json["train_losses_fp32"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect();
-    // Weight decay on every parameter, as torch.optim.AdamW(model.parameters()).
-    let mut opt = AdamW::new(be, g.gpt.num_params(), config).unwrap();
-    for (i, &w) in want.iter().enumerate() {
-        g.gpt.zero_grads(be).unwrap();
-        let loss = g
-            .gpt
-            .forward_backward(be, &g.batch, Autocast::OFF, 1.0)
-            .unwrap();
-        eprintln!("{be_name}: step {i}: loss {loss} (reference {w})");
-        assert!(
-            (loss as f64 - w).abs() < 1e-4,
-            "{be_name}: step {i}: loss {loss} vs {w}"
-        );
-        opt.step(be, g.gpt.params.view_mut(), g.gpt.grads.view(), None, 1.0)
-            .unwrap();
+    fn evaluate(&self, be: &B, batch: &Batch<B>, ac: Autocast) -> (Vec<f32>, Option<f32>) {
+        Gpt::evaluate(self, be, batch, ac).unwrap()
+    }
+    fn forward_backward(&mut self, be: &B, batch: &Batch<B>, ac: Autocast) -> f32 {
+        Gpt::forward_backward(self, be, batch, ac, 1.0).unwrap()
+    }
+    fn zero_grads(&mut self, be: &B) {
+        Gpt::zero_grads(self, be).unwrap()
+    }
+    fn named_grads(&self, be: &B) -> Vec<(String, Vec<f32>)> {
+        Gpt::named_grads(self, be).unwrap()
+    }
+    fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+    fn enable_model_copy(&mut self, be: &B, dtype: DType) {
+        Gpt::enable_model_copy(self, be, dtype).unwrap()
+    }
+    fn arenas(&mut self) -> (&mut B::Buffer, &B::Buffer) {
+        (&mut self.params, &self.grads)
     }
 }
 
 #[test]
 fn golden_gpt_fp32_logits_loss_and_every_gradient() {
-    fp32_logits_loss_and_every_gradient(&CpuBackend::new());
+    golden::fp32_logits_loss_and_every_gradient::<_, Gpt<CpuBackend>>(&CpuBackend::new());
 }
 
 #[test]
 fn golden_gpt_bf16_and_fp16_autocast_logits() {
-    bf16_and_fp16_autocast_logits(&CpuBackend::new());
+    golden::bf16_and_fp16_autocast_logits::<_, Gpt<CpuBackend>>(&CpuBackend::new());
 }
 
 #[test]
 fn golden_gpt_fp32_adamw_training_losses() {
-    fp32_adamw_training_losses(&CpuBackend::new());
+    golden::fp32_adamw_training_losses::<_, Gpt<CpuBackend>>(&CpuBackend::new());
 }
 
 #[cfg(feature = "wgpu")]
@@ -281,7 +67,7 @@ fn golden_gpt_fp32_adamw_training_losses() {
 fn golden_gpt_fp32_logits_loss_and_every_gradient_wgpu() {
     let test = "golden_gpt_fp32_logits_loss_and_every_gradient_wgpu";
     if let Some(be) = crate::common::wgpu_backend(test) {
-        fp32_logits_loss_and_every_gradient(be);
+        golden::fp32_logits_loss_and_every_gradient::<_, Gpt<_>>(be);
     }
 }
 
@@ -289,7 +75,7 @@ fn golden_gpt_fp32_logits_loss_and_every_gradient_wgpu() {
 #[test]
 fn golden_gpt_bf16_and_fp16_autocast_logits_wgpu() {
     if let Some(be) = crate::common::wgpu_backend("golden_gpt_bf16_and_fp16_autocast_logits_wgpu") {
-        bf16_and_fp16_autocast_logits(be);
+        golden::bf16_and_fp16_autocast_logits::<_, Gpt<_>>(be);
     }
 }
 
@@ -297,7 +83,7 @@ fn golden_gpt_bf16_and_fp16_autocast_logits_wgpu() {
 #[test]
 fn golden_gpt_fp32_adamw_training_losses_wgpu() {
     if let Some(be) = crate::common::wgpu_backend("golden_gpt_fp32_adamw_training_losses_wgpu") {
-        fp32_adamw_training_losses(be);
+        golden::fp32_adamw_training_losses::<_, Gpt<_>>(be);
     }
 }
 
@@ -306,7 +92,7 @@ fn golden_gpt_fp32_adamw_training_losses_wgpu() {
 fn golden_gpt_fp32_logits_loss_and_every_gradient_cuda() {
     let test = "golden_gpt_fp32_logits_loss_and_every_gradient_cuda";
     if let Some(be) = crate::common::cuda_backend(test) {
-        fp32_logits_loss_and_every_gradient(be);
+        golden::fp32_logits_loss_and_every_gradient::<_, Gpt<_>>(be);
     }
 }
 
@@ -314,7 +100,7 @@ fn golden_gpt_fp32_logits_loss_and_every_gradient_cuda() {
 #[test]
 fn golden_gpt_bf16_and_fp16_autocast_logits_cuda() {
     if let Some(be) = crate::common::cuda_backend("golden_gpt_bf16_and_fp16_autocast_logits_cuda") {
-        bf16_and_fp16_autocast_logits(be);
+        golden::bf16_and_fp16_autocast_logits::<_, Gpt<_>>(be);
     }
 }
 
@@ -322,6 +108,6 @@ fn golden_gpt_bf16_and_fp16_autocast_logits_cuda() {
 #[test]
 fn golden_gpt_fp32_adamw_training_losses_cuda() {
     if let Some(be) = crate::common::cuda_backend("golden_gpt_fp32_adamw_training_losses_cuda") {
-        fp32_adamw_training_losses(be);
+        golden::fp32_adamw_training_losses::<_, Gpt<_>>(be);
     }
 }

@@ -1,5 +1,7 @@
 //! Integration tests of mp-train.
+mod golden;
 mod gpt;
+mod llama;
 
 mod bad_input;
 mod checkpoint;

@@ -1,0 +1,218 @@
+//! What every model of this crate shares: the device batch, the seeded initialiser, the tape
+//! over the weight arenas, and HF safetensors files read into and written from a layout.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use mp_autograd::{Autocast, ParamLayout, Tape};
+use mp_kernels::{Backend, BufferExt, DeviceBuffer};
+
+use crate::{Result, TrainError};
+
+/// One batch of token ids (and next-token targets) on the device.
+pub struct Batch<B: Backend> {
+    /// `b * t` token ids, row-major `[b, t]`.
+    pub ids: B::Index,
+    /// `b * t` target ids, when a loss is wanted.
+    pub targets: Option<B::Index>,
+    /// The position of every token (`0..t`, `b` times).
+    pub positions: B::Index,
+    /// Sequences.
+    pub b: usize,
+    /// Tokens per sequence.
+    pub t: usize,
+}
+
+impl<B: Backend> Batch<B> {
+    /// Uploads `b` sequences of `t` tokens (`ids` and optional next-token `targets` row-major
+    /// `[b, t]`), checking the ids against `vocab` and `t` against the context `n_positions`.
+    pub fn upload(
+        be: &B,
+        ids: &[u32],
+        targets: Option<&[u32]>,
+        b: usize,
+        t: usize,
+        vocab: usize,
+        n_positions: usize,
+    ) -> Result<Self> {
+        if b == 0 || t == 0 || t > n_positions {
+            return Err(TrainError::invalid(
+                "batch sequence length",
+                t,
+                format!("must be in 1..={n_positions} (n_positions), with b = {b} > 0"),
+            ));
+        }
+        for (what, v) in [("ids", Some(ids)), ("targets", targets)] {
+            let Some(v) = v else { continue };
+            if v.len() != b * t {
+                return Err(TrainError::invalid(
+                    format!("batch {what}"),
+                    v.len(),
+                    format!("expected b * t = {} token ids", b * t),
+                ));
+            }
+            if let Some(bad) = v.iter().find(|&&x| x as usize >= vocab) {
+                return Err(TrainError::invalid(
+                    format!("batch {what}"),
+                    bad,
+                    format!("token id out of the vocabulary of {vocab}"),
+                ));
+            }
+        }
+        let positions: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
+        Ok(Batch {
+            ids: be.upload_index(ids)?,
+            targets: targets.map(|v| be.upload_index(v)).transpose()?,
+            positions: be.upload_index(&positions)?,
+            b,
+            t,
+        })
+    }
+
+    /// The targets, or an error saying a loss needs them.
+    pub fn targets(&self) -> Result<&B::Index> {
+        self.targets.as_ref().ok_or_else(|| {
+            TrainError::invalid("batch targets", "none", "a loss needs next-token targets")
+        })
+    }
+}
+
+/// SplitMix64: a tiny, portable, seedable generator (the same stream on every platform).
+pub(crate) struct SplitMix(pub(crate) u64);
+
+impl SplitMix {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in (0, 1].
+    fn unit(&mut self) -> f64 {
+        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
+    }
+    /// Standard normal (Box-Muller).
+    pub(crate) fn normal(&mut self) -> f64 {
+        let (u, v) = (self.unit(), self.unit());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+}
+
+/// A tape over `params` (and `copy` when it holds the autocast dtype).
+pub(crate) fn tape_for<'a, B: Backend>(
+    be: &'a B,
+    params: &'a B::Buffer,
+    copy: Option<&'a B::Buffer>,
+    autocast: Autocast,
+) -> Result<Tape<'a, B>> {
+    let tape = Tape::new(be).with_params(params).with_autocast(autocast);
+    match copy {
+        Some(c) if autocast.dtype == Some(c.dtype()) => Ok(tape.with_model_copy(c)?),
+        _ => Ok(tape),
+    }
+}
+
+/// The values of every parameter of `layout` (in arena order, widened to f32) from an HF
+/// safetensors file (F32, F16 or BF16 tensors). Every parameter must be present with its exact
+/// shape; the error names the tensor and both shapes. Other tensors are ignored.
+pub(crate) fn read_safetensors(layout: &ParamLayout, path: &Path) -> Result<Vec<f32>> {
+    let bytes = std::fs::read(path).map_err(TrainError::io("reading", path))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| TrainError::checkpoint(path, format!("not a safetensors file: {e}")))?;
+    let mut host = vec![0.0f32; layout.numel()];
+    for e in layout.entries() {
+        let view = st.tensor(&e.name).map_err(|_| {
+            TrainError::checkpoint(
+                path,
+                format!("missing tensor {} (expected shape {:?})", e.name, e.shape),
+            )
+        })?;
+        if view.shape() != e.shape.as_slice() {
+            return Err(TrainError::checkpoint(
+                path,
+                format!(
+                    "tensor {}: expected shape {:?}, found {:?}",
+                    e.name,
+                    e.shape,
+                    view.shape()
+                ),
+            ));
+        }
+        let dst = &mut host[e.offset..e.offset + e.numel()];
+        decode(view.dtype(), view.data(), dst).map_err(|found| {
+            TrainError::checkpoint(
+                path,
+                format!(
+                    "tensor {}: dtype {found} (expected F32, F16 or BF16)",
+                    e.name
+                ),
+            )
+        })?;
+    }
+    Ok(host)
+}
+
+/// Writes the FP32 arena `params` of `layout` as an HF safetensors file (F32, the layout's
+/// names), atomically.
+pub(crate) fn write_safetensors<B: Backend>(
+    be: &B,
+    layout: &ParamLayout,
+    params: &B::Buffer,
+    path: &Path,
+) -> Result<()> {
+    let host = be.download_f32(params.view())?;
+    let bytes: Vec<u8> = host.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let mut views = Vec::with_capacity(layout.entries().len());
+    for e in layout.entries() {
+        let data = &bytes[4 * e.offset..4 * (e.offset + e.numel())];
+        let view =
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, e.shape.clone(), data)
+                .map_err(|err| TrainError::checkpoint(path, format!("tensor {}: {err}", e.name)))?;
+        views.push((e.name.clone(), view));
+    }
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let out = safetensors::serialize(views, Some(meta))
+        .map_err(|e| TrainError::checkpoint(path, format!("serialising: {e}")))?;
+    crate::fsutil::write_atomic(path, &out)
+}
+
+/// The (name, f32 values) of every entry of `layout` in the arena `grads` (waits for the
+/// device).
+pub(crate) fn named<B: Backend>(
+    be: &B,
+    layout: &ParamLayout,
+    grads: &B::Buffer,
+) -> Result<Vec<(String, Vec<f32>)>> {
+    let all = be.download_f32(grads.view())?;
+    Ok(layout
+        .entries()
+        .iter()
+        .map(|e| (e.name.clone(), all[e.offset..e.offset + e.numel()].to_vec()))
+        .collect())
+}
+
+/// Widens little-endian F32/F16/BF16 bytes into `dst`; the unsupported dtype otherwise.
+fn decode(
+    dtype: safetensors::Dtype,
+    data: &[u8],
+    dst: &mut [f32],
+) -> std::result::Result<(), String> {
+    use safetensors::Dtype as D;
+    match dtype {
+        D::F32 => dst
+            .iter_mut()
+            .zip(data.chunks_exact(4))
+            .for_each(|(d, b)| *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        D::F16 => dst
+            .iter_mut()
+            .zip(data.chunks_exact(2))
+            .for_each(|(d, b)| *d = half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        D::BF16 => dst
+            .iter_mut()
+            .zip(data.chunks_exact(2))
+            .for_each(|(d, b)| *d = half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+        other => return Err(format!("{other:?}")),
+    }
+    Ok(())
+}
