@@ -13,7 +13,7 @@
 //! against the manifest, so a truncated or corrupt checkpoint is an error naming the file, and
 //! [`resolve`] falls back from a run folder to its newest intact checkpoint.
 
-use crate::config::{ModelConfig, TrainConfig};
+use crate::config::{Arch, ModelConfig, TrainConfig};
 use crate::error::{Result, TrainError};
 use crate::fsutil;
 use serde::{Deserialize, Serialize};
@@ -116,7 +116,90 @@ impl HfGpt2Config {
             n_head: self.n_head,
             n_positions: self.n_positions,
             vocab_size: self.vocab_size,
+            ..ModelConfig::default()
         }
+    }
+}
+
+/// An HF `LlamaConfig` (`config.json` of a `LlamaForCausalLM`), as written.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HfLlamaConfig {
+    /// `["LlamaForCausalLM"]`.
+    pub architectures: Vec<String>,
+    /// `"llama"`.
+    pub model_type: String,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Positions.
+    pub max_position_embeddings: usize,
+    /// Width.
+    pub hidden_size: usize,
+    /// SwiGLU width.
+    pub intermediate_size: usize,
+    /// Blocks.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads.
+    pub num_key_value_heads: usize,
+    /// Elements per head.
+    pub head_dim: usize,
+    /// `"silu"`.
+    pub hidden_act: String,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f32,
+    /// RoPE base.
+    pub rope_theta: f32,
+    /// No biases.
+    pub attention_bias: bool,
+    /// No biases.
+    pub mlp_bias: bool,
+    /// The output head is the token embedding.
+    pub tie_word_embeddings: bool,
+    /// Initialiser standard deviation.
+    pub initializer_range: f32,
+    /// dtype of the stored weights.
+    pub torch_dtype: String,
+    /// Beginning-of-text token (bytes: newline).
+    pub bos_token_id: u32,
+    /// End-of-text token (bytes: newline).
+    pub eos_token_id: u32,
+}
+
+impl HfLlamaConfig {
+    /// The HF config of a Llama model config.
+    pub fn from_model(m: &ModelConfig) -> Self {
+        let l = m.llama();
+        HfLlamaConfig {
+            architectures: vec!["LlamaForCausalLM".into()],
+            model_type: "llama".into(),
+            vocab_size: l.vocab_size,
+            max_position_embeddings: l.max_position_embeddings,
+            hidden_size: l.hidden_size,
+            intermediate_size: l.intermediate_size,
+            num_hidden_layers: l.num_hidden_layers,
+            num_attention_heads: l.num_attention_heads,
+            num_key_value_heads: l.num_key_value_heads,
+            head_dim: l.head_dim,
+            hidden_act: "silu".into(),
+            rms_norm_eps: l.rms_norm_eps,
+            rope_theta: l.rope_theta,
+            attention_bias: false,
+            mlp_bias: false,
+            tie_word_embeddings: l.tie_word_embeddings,
+            initializer_range: 0.02,
+            torch_dtype: "float32".into(),
+            bos_token_id: u32::from(b'\n'),
+            eos_token_id: u32::from(b'\n'),
+        }
+    }
+}
+
+/// The HF `config.json` text of a model config, in its architecture's format.
+pub fn hf_config_json(m: &ModelConfig) -> std::result::Result<String, serde_json::Error> {
+    match m.arch {
+        Arch::Gpt2 => serde_json::to_string_pretty(&HfGpt2Config::from_model(m)),
+        Arch::Llama => serde_json::to_string_pretty(&HfLlamaConfig::from_model(m)),
     }
 }
 
@@ -205,12 +288,10 @@ pub fn save(
     std::fs::create_dir_all(&tmp).map_err(TrainError::io("creating", &tmp))?;
     let result = (|| {
         write_files(&tmp)?;
-        let hf = serde_json::to_string_pretty(&HfGpt2Config::from_model(&config.model)).map_err(
-            |source| TrainError::Json {
-                path: tmp.join(HF_CONFIG_FILE),
-                source,
-            },
-        )?;
+        let hf = hf_config_json(&config.model).map_err(|source| TrainError::Json {
+            path: tmp.join(HF_CONFIG_FILE),
+            source,
+        })?;
         fsutil::write_synced(&tmp.join(HF_CONFIG_FILE), hf.as_bytes())?;
         fsutil::write_synced(&tmp.join(RUN_CONFIG_FILE), config.to_toml().as_bytes())?;
         state.files.clear();
@@ -370,24 +451,82 @@ pub fn run_config(dir: &Path) -> Result<TrainConfig> {
     TrainConfig::from_toml_str(&text, &path.display().to_string(), &[])
 }
 
+/// The model config a checkpoint's `config.json` describes (HF GPT-2 or Llama); a Llama
+/// whose head size is not `hidden_size / num_attention_heads` is an error (the run config has
+/// no field for it).
+pub fn hf_model(dir: &Path) -> Result<ModelConfig> {
+    let path = dir.join(HF_CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(TrainError::io("reading", &path))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| TrainError::checkpoint(&path, format!("not JSON: {e}")))?;
+    match v["model_type"].as_str() {
+        Some("llama") => {
+            let l = crate::model::LlamaConfig::from_hf_json(&path)?;
+            if l.head_dim * l.num_attention_heads != l.hidden_size {
+                return Err(TrainError::checkpoint(
+                    &path,
+                    format!(
+                        "head_dim {} x {} heads != hidden_size {}: not expressible as a run \
+                         config",
+                        l.head_dim, l.num_attention_heads, l.hidden_size
+                    ),
+                ));
+            }
+            Ok(ModelConfig {
+                arch: Arch::Llama,
+                n_layer: l.num_hidden_layers,
+                n_embd: l.hidden_size,
+                n_head: l.num_attention_heads,
+                n_positions: l.max_position_embeddings,
+                vocab_size: l.vocab_size,
+                n_kv_head: l.num_key_value_heads,
+                intermediate_size: l.intermediate_size,
+                rope_theta: l.rope_theta,
+                rms_norm_eps: l.rms_norm_eps,
+                tie_word_embeddings: l.tie_word_embeddings,
+            })
+        }
+        _ => Ok(hf_config(dir)?.model()),
+    }
+}
+
 /// Errors unless the checkpoint's model is `model` (field by field, naming the first that
-/// differs).
+/// differs; Llama sizes compared as they are in effect, e.g. `n_kv_head = 0` as `n_head`).
 pub fn check_model(dir: &Path, model: &ModelConfig) -> Result<()> {
-    let theirs = hf_config(dir)?.model();
-    let fields: [(&'static str, usize, usize); 5] = [
-        ("model.n_layer", theirs.n_layer, model.n_layer),
-        ("model.n_embd", theirs.n_embd, model.n_embd),
-        ("model.n_head", theirs.n_head, model.n_head),
-        ("model.n_positions", theirs.n_positions, model.n_positions),
-        ("model.vocab_size", theirs.vocab_size, model.vocab_size),
-    ];
-    for (field, a, b) in fields {
+    let theirs = hf_model(dir)?;
+    let fields = |m: &ModelConfig| -> Vec<(&'static str, String)> {
+        let mut f = vec![
+            ("model.arch", m.arch.name().to_string()),
+            ("model.n_layer", m.n_layer.to_string()),
+            ("model.n_embd", m.n_embd.to_string()),
+            ("model.n_head", m.n_head.to_string()),
+            ("model.n_positions", m.n_positions.to_string()),
+            ("model.vocab_size", m.vocab_size.to_string()),
+        ];
+        if m.arch == Arch::Llama {
+            f.extend([
+                ("model.n_kv_head", m.kv_heads().to_string()),
+                (
+                    "model.intermediate_size",
+                    m.llama_intermediate().to_string(),
+                ),
+                ("model.rope_theta", m.rope_theta.to_string()),
+                ("model.rms_norm_eps", m.rms_norm_eps.to_string()),
+                (
+                    "model.tie_word_embeddings",
+                    m.tie_word_embeddings.to_string(),
+                ),
+            ]);
+        }
+        f
+    };
+    for ((field, a), (_, b)) in fields(&theirs).into_iter().zip(fields(model)) {
         if a != b {
             return Err(TrainError::ModelMismatch {
                 path: dir.to_path_buf(),
                 field,
-                checkpoint: a.to_string(),
-                config: b.to_string(),
+                checkpoint: a,
+                config: b,
             });
         }
     }

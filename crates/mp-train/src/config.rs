@@ -48,6 +48,29 @@ impl StorageDtype {
     }
 }
 
+/// The model architecture (`model.arch`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Arch {
+    /// HF GPT-2 (`GPT2LMHeadModel`): learned positions, LayerNorm, GELU MLP, biases, tied head.
+    #[default]
+    #[serde(rename = "gpt2")]
+    Gpt2,
+    /// HF Llama (`LlamaForCausalLM`): RoPE, RMSNorm, SwiGLU, grouped-query attention, no
+    /// biases.
+    #[serde(rename = "llama")]
+    Llama,
+}
+
+impl Arch {
+    /// The name used in configs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Arch::Gpt2 => "gpt2",
+            Arch::Llama => "llama",
+        }
+    }
+}
+
 /// Numeric precision of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Precision {
@@ -209,10 +232,14 @@ impl LossScaling {
     }
 }
 
-/// The GPT model (`[model]`), HF GPT-2 architecture.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The model (`[model]`): the architecture and its shape. The sizes every architecture has
+/// use GPT-2's names; the Llama-only fields are ignored by (and must keep their defaults for)
+/// GPT-2.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
+    /// The architecture: `gpt2` or `llama`.
+    pub arch: Arch,
     /// Transformer blocks (`n_layer`).
     pub n_layer: usize,
     /// Model width (`n_embd`).
@@ -223,16 +250,82 @@ pub struct ModelConfig {
     pub n_positions: usize,
     /// Vocabulary size; at least 256 (byte-level tokens).
     pub vocab_size: usize,
+    /// Llama: key/value heads (0: `n_head`, no grouping); must divide `n_head`.
+    pub n_kv_head: usize,
+    /// Llama: the SwiGLU MLP's width (0: `8/3 n_embd` rounded up to a multiple of 16).
+    pub intermediate_size: usize,
+    /// Llama: the rotary embedding's base.
+    pub rope_theta: f32,
+    /// Llama: RMSNorm epsilon.
+    pub rms_norm_eps: f32,
+    /// Llama: the output head is the token embedding (GPT-2's always is).
+    pub tie_word_embeddings: bool,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
         ModelConfig {
+            arch: Arch::Gpt2,
             n_layer: 2,
             n_embd: 64,
             n_head: 4,
             n_positions: 64,
             vocab_size: 256,
+            n_kv_head: 0,
+            intermediate_size: 0,
+            rope_theta: 10000.0,
+            rms_norm_eps: 1e-5,
+            tie_word_embeddings: false,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Key/value heads in effect (`n_kv_head`, or `n_head` when 0).
+    pub fn kv_heads(&self) -> usize {
+        if self.n_kv_head == 0 {
+            self.n_head
+        } else {
+            self.n_kv_head
+        }
+    }
+
+    /// The Llama MLP width in effect (`intermediate_size`, or 8/3 of the width rounded up
+    /// to a multiple of 16 when 0).
+    pub fn llama_intermediate(&self) -> usize {
+        if self.intermediate_size == 0 {
+            (8 * self.n_embd).div_ceil(3).div_ceil(16) * 16
+        } else {
+            self.intermediate_size
+        }
+    }
+
+    /// The GPT this config describes (GPT-2 architecture).
+    pub fn gpt(&self) -> crate::model::GptConfig {
+        crate::model::GptConfig {
+            vocab_size: self.vocab_size,
+            n_positions: self.n_positions,
+            n_embd: self.n_embd,
+            n_layer: self.n_layer,
+            n_head: self.n_head,
+            layer_norm_epsilon: 1e-5,
+        }
+    }
+
+    /// The Llama this config describes (Llama architecture).
+    pub fn llama(&self) -> crate::model::LlamaConfig {
+        crate::model::LlamaConfig {
+            vocab_size: self.vocab_size,
+            max_position_embeddings: self.n_positions,
+            hidden_size: self.n_embd,
+            intermediate_size: self.llama_intermediate(),
+            num_hidden_layers: self.n_layer,
+            num_attention_heads: self.n_head,
+            num_key_value_heads: self.kv_heads(),
+            head_dim: self.n_embd / self.n_head.max(1),
+            rms_norm_eps: self.rms_norm_eps,
+            rope_theta: self.rope_theta,
+            tie_word_embeddings: self.tie_word_embeddings,
         }
     }
 }
@@ -418,6 +511,79 @@ fn parse_value(raw: &str) -> toml::Value {
 }
 
 impl TrainConfig {
+    /// The architecture-specific rules: Llama's key/value heads divide the heads, its head
+    /// size is even, its epsilon and base are positive; GPT-2 leaves the Llama fields at their
+    /// defaults; the GPT-only options (`residual_dtype`, `recompute_gelu`) need GPT-2.
+    fn validate_arch(&self) -> Result<()> {
+        let m = &self.model;
+        let d = ModelConfig::default();
+        match m.arch {
+            Arch::Gpt2 => {
+                let llama_only: [(&str, bool, String); 5] = [
+                    (
+                        "model.n_kv_head",
+                        m.n_kv_head != d.n_kv_head,
+                        m.n_kv_head.to_string(),
+                    ),
+                    (
+                        "model.intermediate_size",
+                        m.intermediate_size != d.intermediate_size,
+                        m.intermediate_size.to_string(),
+                    ),
+                    (
+                        "model.rope_theta",
+                        m.rope_theta != d.rope_theta,
+                        m.rope_theta.to_string(),
+                    ),
+                    (
+                        "model.rms_norm_eps",
+                        m.rms_norm_eps != d.rms_norm_eps,
+                        m.rms_norm_eps.to_string(),
+                    ),
+                    (
+                        "model.tie_word_embeddings",
+                        m.tie_word_embeddings != d.tie_word_embeddings,
+                        m.tie_word_embeddings.to_string(),
+                    ),
+                ];
+                if let Some((field, _, v)) = llama_only.into_iter().find(|f| f.1) {
+                    return Err(TrainError::invalid(
+                        field,
+                        v,
+                        "is a Llama field: set model.arch = \"llama\" (GPT-2 has none)",
+                    ));
+                }
+            }
+            Arch::Llama => {
+                m.llama().validate().map_err(|e| match e {
+                    TrainError::InvalidField {
+                        field,
+                        value,
+                        reason,
+                    } => TrainError::InvalidField {
+                        field: llama_field(&field).to_string(),
+                        value,
+                        reason,
+                    },
+                    other => other,
+                })?;
+                for (field, on) in [
+                    ("residual_dtype", self.residual_dtype != StorageDtype::Fp32),
+                    ("recompute_gelu", self.recompute_gelu),
+                ] {
+                    if on {
+                        return Err(TrainError::invalid(
+                            field,
+                            "set",
+                            "is a GPT-2 option (model.arch = \"gpt2\")",
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Reads a config file (absent: defaults), applies `overrides`, and validates.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
         let (text, source_name) = match path {
@@ -521,6 +687,7 @@ impl TrainConfig {
                 "must be at least 256 (tokens are bytes)",
             ));
         }
+        self.validate_arch()?;
         if self.threads > MAX_THREADS {
             return Err(TrainError::invalid(
                 "threads",
@@ -721,6 +888,8 @@ min_scale = {min_scale:.1}
 max_scale = {max_scale:.1}
 
 [model]
+# "gpt2" (HF GPT2LMHeadModel) or "llama" (HF LlamaForCausalLM).
+arch = "{arch}"
 n_layer = {n_layer}
 n_embd = {n_embd}
 n_head = {n_head}
@@ -728,6 +897,13 @@ n_head = {n_head}
 n_positions = {n_positions}
 # At least 256: tokens are bytes.
 vocab_size = {vocab_size}
+# Llama only: key/value heads (0: n_head; must divide n_head), the SwiGLU width (0: 8/3
+# n_embd rounded up to a multiple of 16), the RoPE base, the RMSNorm epsilon, a tied head.
+n_kv_head = {n_kv_head}
+intermediate_size = {intermediate_size}
+rope_theta = {rope_theta:.1}
+rms_norm_eps = {rms_norm_eps:e}
+tie_word_embeddings = {tie_word_embeddings}
 
 [data]
 # A text file to train on; left out: the embedded arithmetic corpus.
@@ -776,6 +952,12 @@ reverse_answer = {reverse_answer}
         n_layer = m.n_layer,
         n_embd = m.n_embd,
         n_head = m.n_head,
+        arch = m.arch.name(),
+        n_kv_head = m.n_kv_head,
+        intermediate_size = m.intermediate_size,
+        rope_theta = m.rope_theta,
+        rms_norm_eps = m.rms_norm_eps,
+        tie_word_embeddings = m.tie_word_embeddings,
         n_positions = m.n_positions,
         vocab_size = m.vocab_size,
         val_fraction = d.val_fraction,
@@ -783,6 +965,22 @@ reverse_answer = {reverse_answer}
         problems = d.problems,
         reverse_answer = d.reverse_answer,
     )
+}
+
+/// The `[model]` field behind a field of [`crate::model::LlamaConfig`] (for its errors).
+fn llama_field(hf: &str) -> &'static str {
+    match hf {
+        "num_key_value_heads" => "model.n_kv_head",
+        "head_dim" | "num_attention_heads" => "model.n_head",
+        "intermediate_size" => "model.intermediate_size",
+        "rms_norm_eps" => "model.rms_norm_eps",
+        "rope_theta" => "model.rope_theta",
+        "hidden_size" => "model.n_embd",
+        "num_hidden_layers" => "model.n_layer",
+        "vocab_size" => "model.vocab_size",
+        "max_position_embeddings" => "model.n_positions",
+        _ => "model",
+    }
 }
 
 #[cfg(test)]

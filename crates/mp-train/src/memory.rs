@@ -1,6 +1,6 @@
 //! Memory by category, computed from buffer sizes: what the precision study reports.
 
-use crate::config::{Precision, TrainConfig};
+use crate::config::{Arch, Precision, TrainConfig};
 use serde::{Deserialize, Serialize};
 
 /// Peak device bytes of one training step, by category.
@@ -27,8 +27,8 @@ impl MemoryBreakdown {
     }
 }
 
-/// Parameters of the GPT a config describes (HF GPT-2 layout, tied head); saturates at
-/// `u64::MAX` for configs no machine holds.
+/// Parameters of the model a config describes (HF GPT-2 layout with its tied head, or HF
+/// Llama); saturates at `u64::MAX` for configs no machine holds.
 pub fn num_params(cfg: &TrainConfig) -> u64 {
     sat(params_wide(cfg))
 }
@@ -39,6 +39,18 @@ fn sat(v: u128) -> u64 {
 
 fn params_wide(cfg: &TrainConfig) -> u128 {
     let m = &cfg.model;
+    if m.arch == Arch::Llama {
+        let (c, v, l) = (m.n_embd as u128, m.vocab_size as u128, m.n_layer as u128);
+        let hd = (m.n_embd / m.n_head.max(1)) as u128;
+        let (q, kv, f) = (
+            m.n_head as u128 * hd,
+            m.kv_heads() as u128 * hd,
+            m.llama_intermediate() as u128,
+        );
+        let block = c * q + 2 * c * kv + q * c + 3 * c * f + 2 * c;
+        let head = if m.tie_word_embeddings { 0 } else { v * c };
+        return v * c + l * block + c + head;
+    }
     let (c, v, p, l) = (
         m.n_embd as u128,
         m.vocab_size as u128,
@@ -64,6 +76,9 @@ pub fn estimate(cfg: &TrainConfig) -> MemoryBreakdown {
         m.vocab_size as u128,
     );
     let tokens = b * t;
+    if m.arch == Arch::Llama {
+        return llama_estimate(cfg, n, tokens);
+    }
     // Per token and layer: FP32 layer-norm outputs (2c) and the residual sums (2c, in the
     // residual dtype), low-precision
     // GEMM inputs/outputs and the GELU (16c, of which the two layer-norm casts vanish in
@@ -77,6 +92,50 @@ pub fn estimate(cfg: &TrainConfig) -> MemoryBreakdown {
     // (low) and the fused classifier's gradient in the same dtype (computed in the forward,
     // alive until the backward takes it), the per-token losses.
     let head = 3 * c * 4 + c * 4 + casts / 2 * low + 2 * v * low + 4;
+    let activations = tokens * (m.n_layer as u128 * per_layer + head);
+    MemoryBreakdown {
+        master: sat(if p.has_master() { 4 * n } else { 0 }),
+        model_copy: sat(match p {
+            Precision::Fp32 => 0,
+            _ => 2 * n,
+        }),
+        grads: sat(cfg.grad_dtype.dtype().size_in_bytes() as u128 * n),
+        optimizer: sat(8 * n),
+        activations: sat(activations),
+    }
+}
+
+/// [`estimate`] for a Llama of `n` parameters at `tokens` tokens a micro-batch. Per token
+/// and layer: the two RMSNorm outputs and the residual sums (FP32) with their low casts, the
+/// query/key/value projections (low), the rotary embedding's FP32 intermediates (product,
+/// rotation, sum) and the packed FP32 attention input and its low cast, the log-sum-exp, the
+/// attention output and `o_proj` (low), the gate, up, SiLU and product (low, `f` wide), the
+/// norms' `rstd`.
+fn llama_estimate(cfg: &TrainConfig, n: u128, tokens: u128) -> MemoryBreakdown {
+    let m = &cfg.model;
+    let p = cfg.precision;
+    let low = p.compute_dtype().size_in_bytes() as u128;
+    let c = m.n_embd as u128;
+    let hd = (m.n_embd / m.n_head.max(1)) as u128;
+    let (h, q, kv, f) = (
+        m.n_head as u128,
+        m.n_head as u128 * hd,
+        m.kv_heads() as u128 * hd,
+        m.llama_intermediate() as u128,
+    );
+    let casts = if p == Precision::Fp32 { 0 } else { 2 * c };
+    let packed = q + 2 * kv;
+    let per_layer = 4 * c * 4
+        + casts * low
+        + packed * low
+        + 3 * (q + kv) * 4
+        + packed * (4 + low)
+        + h * 4
+        + (q + c) * low
+        + 4 * f * low
+        + 2 * 4;
+    let v = m.vocab_size as u128;
+    let head = 2 * c * 4 + casts / 2 * low + 2 * v * low + 4;
     let activations = tokens * (m.n_layer as u128 * per_layer + head);
     MemoryBreakdown {
         master: sat(if p.has_master() { 4 * n } else { 0 }),
@@ -160,10 +219,33 @@ mod tests {
                 n_head: 12,
                 n_positions: 1024,
                 vocab_size: 50257,
+                ..Default::default()
             },
             ..TrainConfig::default()
         };
         assert_eq!(num_params(&cfg), 124_439_808);
+    }
+
+    #[test]
+    fn llama_parameters_follow_hf() {
+        // the golden llama_tiny shape: 2 layers, 64 wide, 4 heads of 16, 2 key/value heads,
+        // SwiGLU 176, vocabulary 256, untied head
+        let cfg = TrainConfig {
+            model: crate::config::ModelConfig {
+                arch: Arch::Llama,
+                n_layer: 2,
+                n_embd: 64,
+                n_head: 4,
+                n_kv_head: 2,
+                intermediate_size: 176,
+                n_positions: 64,
+                vocab_size: 256,
+                ..Default::default()
+            },
+            ..TrainConfig::default()
+        };
+        let per_layer = 64 * 64 * 2 + 2 * 64 * 32 + 3 * 64 * 176 + 2 * 64;
+        assert_eq!(num_params(&cfg), 2 * 256 * 64 + 2 * per_layer + 64);
     }
 
     #[test]

@@ -91,7 +91,7 @@ impl BackendJob for SampleJob {
         let mut counter = 0u64;
         let out = train::generate(
             &tr.be,
-            &tr.gpt,
+            &tr.model,
             tr.autocast(),
             &[prompt],
             self.opts.tokens,
@@ -145,7 +145,7 @@ pub fn sample(dir: &Path, opts: SampleOptions) -> Result<Vec<u8>> {
 /// A human-readable description of what a checkpoint holds (files, state, tensors).
 pub fn inspect(dir: &Path) -> Result<String> {
     let state = checkpoint::verify(dir)?;
-    let hf = checkpoint::hf_config(dir)?;
+    let hf = checkpoint::hf_model(dir)?;
     let cfg = checkpoint::run_config(dir)?;
     let mut s = String::new();
     let _ = writeln!(
@@ -175,7 +175,7 @@ pub fn inspect(dir: &Path) -> Result<String> {
     let _ = writeln!(
         s,
         "model: {} {} layers, n_embd {}, n_head {}, n_positions {}, vocab {} ({} parameters)",
-        hf.model_type,
+        hf.arch.name(),
         hf.n_layer,
         hf.n_embd,
         hf.n_head,

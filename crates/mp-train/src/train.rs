@@ -19,11 +19,11 @@ use crate::error::{Result, TrainError};
 use crate::fault::StepSet;
 use crate::memory::{self, MemoryBreakdown};
 use crate::metrics::EvalRecord;
-use crate::model::{Gpt, GptConfig};
+use crate::model::Model;
 use crate::schedule;
 use mp_autograd::Autocast;
 use mp_dtype::{DType, RangeStats, Rounding};
-use mp_kernels::{Backend, BufferExt, DeviceBuffer};
+use mp_kernels::{Backend, BufferExt};
 use mp_optim::{AdamW, AdamWConfig, OptimizerState, ParamGroup};
 use mp_scaler::{GradScaler, ScalerConfig};
 use std::path::{Path, PathBuf};
@@ -56,19 +56,6 @@ pub struct GradProbe {
     pub histogram: Vec<u64>,
 }
 
-/// The GPT config of a run config.
-pub fn gpt_config(cfg: &TrainConfig) -> GptConfig {
-    let m = &cfg.model;
-    GptConfig {
-        vocab_size: m.vocab_size,
-        n_positions: m.n_positions,
-        n_embd: m.n_embd,
-        n_layer: m.n_layer,
-        n_head: m.n_head,
-        layer_norm_epsilon: 1e-5,
-    }
-}
-
 /// The loss scaler a config asks for. `none` is a static scale of 1, so steps with
 /// non-finite gradients are still skipped.
 pub fn scaler_config(cfg: &TrainConfig) -> ScalerConfig {
@@ -98,7 +85,7 @@ pub struct Trainer<B: Backend> {
     /// The device.
     pub be: B,
     /// The model (master weights, gradients, model copy).
-    pub gpt: Gpt<B>,
+    pub model: Model<B>,
     /// AdamW (FP32 moments; weight decay on 2-D parameters only).
     pub opt: AdamW<B>,
     /// The loss scaler.
@@ -119,7 +106,7 @@ pub struct Trainer<B: Backend> {
 impl<B: Backend> Trainer<B> {
     /// A fresh run: weights initialised from the seed, zero optimizer state.
     pub fn new(be: B, cfg: TrainConfig, data: Dataset) -> Result<Self> {
-        let mut gpt = Gpt::new(&be, gpt_config(&cfg), cfg.seed)?;
+        let mut model = Model::new(&be, &cfg.model, cfg.seed)?;
         let autocast = match cfg.precision {
             Precision::Fp32 => Autocast::OFF,
             p => Autocast::to(p.compute_dtype()),
@@ -127,17 +114,21 @@ impl<B: Backend> Trainer<B> {
         match cfg.precision {
             Precision::Fp32 => {}
             Precision::Bf16 | Precision::Fp16 => {
-                gpt.enable_model_copy(&be, cfg.precision.compute_dtype())?
+                model.enable_model_copy(&be, cfg.precision.compute_dtype())?
             }
-            Precision::Bf16Sr => to_pure_bf16(&be, &mut gpt)?,
+            Precision::Bf16Sr => model.to_pure_bf16(&be)?,
         }
         if cfg.grad_dtype != StorageDtype::Fp32 {
-            gpt.set_grad_dtype(&be, cfg.grad_dtype.dtype())?;
+            model.set_grad_dtype(&be, cfg.grad_dtype.dtype())?;
         }
-        gpt.residual_dtype = cfg.residual_dtype.dtype();
-        gpt.recompute_gelu = cfg.recompute_gelu;
+        if let Some(gpt) = model.as_gpt_mut() {
+            // GPT-only options (the config refuses them for other architectures)
+            gpt.residual_dtype = cfg.residual_dtype.dtype();
+            gpt.recompute_gelu = cfg.recompute_gelu;
+        }
         let groups = ParamGroup::decay_by_ndim(
-            gpt.layout
+            model
+                .layout()
                 .entries()
                 .iter()
                 .map(|e| (e.offset..e.offset + e.numel(), e.shape.len())),
@@ -145,7 +136,7 @@ impl<B: Backend> Trainer<B> {
         );
         let opt = AdamW::with_groups(
             &be,
-            gpt.num_params(),
+            model.num_params(),
             AdamWConfig {
                 lr: cfg.learning_rate as f32,
                 beta1: cfg.adam_beta1 as f32,
@@ -166,7 +157,7 @@ impl<B: Backend> Trainer<B> {
         Ok(Trainer {
             cfg,
             be,
-            gpt,
+            model,
             opt,
             scaler,
             data,
@@ -181,10 +172,10 @@ impl<B: Backend> Trainer<B> {
     /// Restores weights, optimizer, scaler and counters from a verified checkpoint folder.
     pub fn restore(&mut self, dir: &Path, state: &TrainerState) -> Result<()> {
         checkpoint::check_model(dir, &self.cfg.model)?;
-        self.gpt
+        self.model
             .load_safetensors(&self.be, &dir.join(checkpoint::MODEL_FILE))?;
         if self.cfg.precision == Precision::Bf16Sr {
-            to_pure_bf16(&self.be, &mut self.gpt)?;
+            self.model.to_pure_bf16(&self.be)?;
         }
         let meta_path = dir.join(checkpoint::OPTIMIZER_META_FILE);
         let tensors_path = dir.join(checkpoint::OPTIMIZER_FILE);
@@ -214,10 +205,10 @@ impl<B: Backend> Trainer<B> {
     /// Loads only the weights of a checkpoint (for evaluation and sampling).
     pub fn load_weights(&mut self, dir: &Path) -> Result<()> {
         checkpoint::check_model(dir, &self.cfg.model)?;
-        self.gpt
+        self.model
             .load_safetensors(&self.be, &dir.join(checkpoint::MODEL_FILE))?;
         if self.cfg.precision == Precision::Bf16Sr {
-            to_pure_bf16(&self.be, &mut self.gpt)?;
+            self.model.to_pure_bf16(&self.be)?;
         }
         Ok(())
     }
@@ -233,16 +224,16 @@ impl<B: Backend> Trainer<B> {
         let (rows, t, accum) = (cfg.batch_size, self.seq_len(), cfg.grad_accum_steps);
         let lr = schedule::learning_rate(cfg, self.step);
         let scale = self.scaler.get_scale();
-        self.gpt.zero_grads(be)?;
+        self.model.zero_grads(be)?;
         let mut loss_sum = be.zeros(DType::F32, 1)?;
         for k in 0..accum as u64 {
             let micro = self.step * accum as u64 + k;
             let host = self.data.train_batch(cfg.seed, micro, rows, t);
             let batch = self
-                .gpt
+                .model
                 .batch(be, &host.inputs, Some(&host.targets), rows, t)?;
             let (s, w) = (scale / accum as f32, 1.0 / accum as f32);
-            self.gpt.forward_backward_on_device(
+            self.model.forward_backward_on_device(
                 be,
                 &batch,
                 self.autocast,
@@ -253,20 +244,21 @@ impl<B: Backend> Trainer<B> {
         }
         if self.poison.contains(self.step) {
             // the testing hook: an overflow in the backward pass, as the check would see it
-            be.fill(self.gpt.grads.slice_mut(0, 1), f32::INFINITY)?;
+            be.fill(self.model.grads_mut().slice_mut(0, 1), f32::INFINITY)?;
         }
-        let check = self.scaler.check(be, self.gpt.grads.view())?;
+        let check = self.scaler.check(be, self.model.grads().view())?;
         let skipped = check.found_inf;
         if skipped {
             self.skipped += 1;
         } else {
             let clip = check.clip_factor(cfg.max_grad_norm);
             self.opt.set_lr(lr as f32)?;
+            let (params, grads, copy) = self.model.arenas_mut();
             self.opt.step(
                 be,
-                self.gpt.params.view_mut(),
-                self.gpt.grads.view(),
-                self.gpt.model_copy.as_mut().map(|c| c.view_mut()),
+                params.view_mut(),
+                grads.view(),
+                copy.map(|c| c.view_mut()),
                 check.grad_mult(clip),
             )?;
         }
@@ -288,7 +280,7 @@ impl<B: Backend> Trainer<B> {
     /// underflow in FP16 at scale 1 and at `scale`, and their exponent histogram. The arena
     /// holds `g * scale`.
     pub fn probe_grads(&self, scale: f32) -> Result<GradProbe> {
-        let host = self.be.download_f32(self.gpt.grads.view())?;
+        let host = self.be.download_f32(self.model.grads().view())?;
         let inv = 1.0 / scale;
         let at_1 = mp_dtype::range_stats(&host, DType::F16, inv);
         let at_s = mp_dtype::range_stats(&host, DType::F16, 1.0);
@@ -310,9 +302,9 @@ impl<B: Backend> Trainer<B> {
         for i in 0..cfg.eval_batches {
             let host = self.data.val_batch(i, cfg.eval_batches, cfg.batch_size, t);
             let batch =
-                self.gpt
+                self.model
                     .batch(&self.be, &host.inputs, Some(&host.targets), host.rows, t)?;
-            let (_, loss) = self.gpt.evaluate(&self.be, &batch, self.autocast)?;
+            let (_, loss) = self.model.evaluate(&self.be, &batch, self.autocast)?;
             sum += f64::from(loss.unwrap_or(f32::NAN));
         }
         let val_loss = (sum / cfg.eval_batches as f64) as f32;
@@ -350,7 +342,7 @@ impl<B: Backend> Trainer<B> {
     /// Greedy continuation of equally long prompts by `n` tokens each (the window slides
     /// when it would exceed the context).
     pub fn generate_greedy(&self, prompts: &[Vec<u32>], n: usize) -> Result<Vec<Vec<u32>>> {
-        generate(&self.be, &self.gpt, self.autocast, prompts, n, |logits| {
+        generate(&self.be, &self.model, self.autocast, prompts, n, |logits| {
             argmax(logits)
         })
     }
@@ -379,7 +371,7 @@ impl<B: Backend> Trainer<B> {
     ) -> Result<PathBuf> {
         let state = self.trainer_state(last_eval);
         let path = checkpoint::save(run_dir, state, &self.cfg, |dir| {
-            self.gpt
+            self.model
                 .save_safetensors(&self.be, &dir.join(checkpoint::MODEL_FILE))?;
             let state = self.opt.state(&self.be)?;
             crate::fsutil::write_synced(
@@ -408,18 +400,6 @@ impl<B: Backend> Trainer<B> {
     }
 }
 
-/// Replaces the FP32 master arena by BF16 parameters (pure-BF16 mode), rounded to nearest.
-fn to_pure_bf16<B: Backend>(be: &B, gpt: &mut Gpt<B>) -> Result<()> {
-    if gpt.params.dtype() == DType::BF16 {
-        return Ok(());
-    }
-    let mut p = be.zeros(DType::BF16, gpt.params.len())?;
-    be.cast(gpt.params.view(), p.view_mut(), Rounding::NearestEven)?;
-    gpt.params = p;
-    gpt.model_copy = None;
-    Ok(())
-}
-
 /// Index of the largest logit (the first on ties; NaN never wins).
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0usize;
@@ -435,7 +415,7 @@ pub fn argmax(logits: &[f32]) -> u32 {
 /// last position's logits; the window keeps the last `n_positions` tokens.
 pub fn generate<B: Backend>(
     be: &B,
-    gpt: &Gpt<B>,
+    model: &Model<B>,
     autocast: Autocast,
     prompts: &[Vec<u32>],
     n: usize,
@@ -453,8 +433,8 @@ pub fn generate<B: Backend>(
             "prompts must be non-empty and of one length",
         ));
     }
-    let ctx = gpt.config.n_positions;
-    let vocab = gpt.config.vocab_size;
+    let ctx = model.context();
+    let vocab = model.vocab();
     let mut seqs: Vec<Vec<u32>> = prompts.to_vec();
     let mut out = vec![Vec::with_capacity(n); rows];
     for _ in 0..n {
@@ -463,8 +443,8 @@ pub fn generate<B: Backend>(
             .iter()
             .flat_map(|s| s[s.len() - t..].iter().copied())
             .collect();
-        let batch = gpt.batch(be, &ids, None, rows, t)?;
-        let (logits, _) = gpt.evaluate(be, &batch, autocast)?;
+        let batch = model.batch(be, &ids, None, rows, t)?;
+        let (logits, _) = model.evaluate(be, &batch, autocast)?;
         for (r, seq) in seqs.iter_mut().enumerate() {
             let last = &logits[(r * t + t - 1) * vocab..(r * t + t) * vocab];
             let tok = pick(last);

@@ -9,8 +9,8 @@ use mp_train::train::Trainer;
 
 fn logits(tr: &Trainer<CpuBackend>, ds: &Dataset) -> Vec<u32> {
     let b = ds.val_batch(0, 1, 2, 32);
-    let batch = tr.gpt.batch(&tr.be, &b.inputs, None, 2, 32).unwrap();
-    let (l, _) = tr.gpt.evaluate(&tr.be, &batch, tr.autocast()).unwrap();
+    let batch = tr.model.batch(&tr.be, &b.inputs, None, 2, 32).unwrap();
+    let (l, _) = tr.model.evaluate(&tr.be, &batch, tr.autocast()).unwrap();
     l.iter().map(|x| x.to_bits()).collect()
 }
 

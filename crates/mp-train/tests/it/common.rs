@@ -25,6 +25,7 @@ pub fn tiny(steps: u64) -> TrainConfig {
             n_head: 2,
             n_positions: 32,
             vocab_size: 256,
+            ..ModelConfig::default()
         },
         ..TrainConfig::default()
     };

@@ -12,7 +12,7 @@ use mp_train::train::Trainer;
 
 /// The master weights (bits) and the optimizer state of a trainer.
 fn snapshot(tr: &Trainer<CpuBackend>) -> (Vec<u32>, mp_optim::OptimizerState) {
-    let w = tr.be.download_f32(tr.gpt.params.view()).unwrap();
+    let w = tr.be.download_f32(tr.model.params().view()).unwrap();
     let bits = w.iter().map(|x| x.to_bits()).collect();
     (bits, tr.opt.state(&tr.be).unwrap())
 }

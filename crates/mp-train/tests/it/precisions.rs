@@ -84,8 +84,11 @@ fn bf16_residual_stream_and_gradient_arena_learn() {
     cfg.grad_dtype = StorageDtype::Bf16;
     let data = mp_train::data::Dataset::arithmetic(&cfg.data, cfg.seed);
     let tr = mp_train::train::Trainer::new(CpuBackend::new(), cfg.clone(), data).unwrap();
-    assert_eq!(tr.gpt.grads.dtype(), mp_kernels::DType::BF16);
-    assert_eq!(tr.gpt.residual_dtype, mp_kernels::DType::BF16);
+    assert_eq!(tr.model.grads().dtype(), mp_kernels::DType::BF16);
+    let mp_train::model::Model::Gpt(gpt) = &tr.model else {
+        panic!("a GPT-2 config builds a GPT")
+    };
+    assert_eq!(gpt.residual_dtype, mp_kernels::DType::BF16);
     let dir = scratch("prec-bf16-storage");
     let out = dir.join("run");
     train(cfg, quiet(&out)).unwrap();
