@@ -1,10 +1,12 @@
-//! One GPT training step (forward + backward + `mp_optim::AdamW`, one fused pass), config
-//! `gpt-cpu` (4 layers, 128 wide, 4 heads, context 64, vocabulary 256) at batch 16, in FP32
+//! One training step (forward + backward + `mp_optim::AdamW`, one fused pass) of each
+//! architecture through the trainer's [`Model`], config `gpt-cpu` (4 layers, 128 wide, 4
+//! heads, context 64, vocabulary 256; the Llama with 2 key/value heads) at batch 16, in FP32
 //! and under BF16 autocast (forward from the optimizer's BF16 model copy, and from FP32 master
 //! weights with per-step cached casts). Throughput is in tokens; compare with
 //! `shared/bench/torch_cpu_reference.py` (PyTorch, same config, same thread count).
 //!
-//! On the CPU backend (group `gpt_cpu_train_step`) always; built with the `wgpu` feature, the
+//! On the CPU backend (groups `gpt_cpu_train_step`, `llama_cpu_train_step`) always; built
+//! with the `wgpu` feature, the GPT's
 //! BF16 model-copy step on the wgpu backend too (group `gpt_cpu_train_step_wgpu`), in the same
 //! run, so the two read side by side (`cargo bench -p mp-train --features wgpu --bench step`). Each step reads its loss back (as the trainer does), so a GPU
 //! iteration times the whole step, not just its submission. Without the feature, or without
@@ -16,7 +18,8 @@ use mp_dtype::DType;
 use mp_kernels::cpu::CpuBackend;
 use mp_kernels::{Backend, BufferExt, Rounding};
 use mp_optim::{AdamW, AdamWConfig};
-use mp_train::model::{Gpt, GptConfig};
+use mp_train::config::{Arch, ModelConfig};
+use mp_train::model::{GptConfig, Model};
 
 /// (name, autocast dtype, forward from the optimizer's model copy).
 type Mode = (&'static str, Option<DType>, bool);
@@ -42,33 +45,55 @@ fn tokens(n: usize, vocab: usize) -> (Vec<u32>, Vec<u32>) {
     (ids, targets)
 }
 
-/// Benchmarks one training step per mode on `be` in the criterion group `group`.
-fn steps<B: Backend>(c: &mut Criterion, be: &B, group: &str, modes: &[Mode], samples: usize) {
-    let cfg = GptConfig::GPT_CPU;
+/// The `gpt-cpu` shape in `arch`.
+fn model_config(arch: Arch) -> ModelConfig {
+    let g = GptConfig::GPT_CPU;
+    ModelConfig {
+        arch,
+        n_layer: g.n_layer,
+        n_embd: g.n_embd,
+        n_head: g.n_head,
+        n_positions: g.n_positions,
+        vocab_size: g.vocab_size,
+        n_kv_head: if arch == Arch::Llama { 2 } else { 0 },
+        ..ModelConfig::default()
+    }
+}
+
+/// Benchmarks one training step per mode of `arch` on `be` in the criterion group `group`.
+fn steps<B: Backend>(
+    c: &mut Criterion,
+    be: &B,
+    (group, arch): (&str, Arch),
+    modes: &[Mode],
+    samples: usize,
+) {
+    let cfg = model_config(arch);
     let (b, t) = (16, cfg.n_positions);
     let (ids, targets) = tokens(b * t, cfg.vocab_size);
     let mut group = c.benchmark_group(group);
     group.throughput(Throughput::Elements((b * t) as u64));
     group.sample_size(samples);
     for &(name, low, copy) in modes {
-        let mut gpt = Gpt::new(be, cfg, 0).expect("model");
+        let mut model = Model::new(be, &cfg, 0).expect("model");
         if let (Some(dt), true) = (low, copy) {
-            gpt.enable_model_copy(be, dt).expect("model copy");
+            model.enable_model_copy(be, dt).expect("model copy");
         }
-        let batch = gpt.batch(be, &ids, Some(&targets), b, t).expect("batch");
+        let batch = model.batch(be, &ids, Some(&targets), b, t).expect("batch");
         let config = AdamWConfig {
             lr: 3e-4,
             rounding: Rounding::NearestEven,
             ..AdamWConfig::default()
         };
-        let mut opt = AdamW::new(be, gpt.num_params(), config).expect("optimizer");
+        let mut opt = AdamW::new(be, model.num_params(), config).expect("optimizer");
         let autocast = Autocast { dtype: low };
         group.bench_function(name, |bench| {
             bench.iter(|| {
-                gpt.zero_grads(be).unwrap();
-                let loss = gpt.forward_backward(be, &batch, autocast, 1.0).unwrap();
-                let model = gpt.model_copy.as_mut().map(|c| c.view_mut());
-                opt.step(be, gpt.params.view_mut(), gpt.grads.view(), model, 1.0)
+                model.zero_grads(be).unwrap();
+                let loss = model.forward_backward(be, &batch, autocast, 1.0).unwrap();
+                let (params, grads, copy) = model.arenas_mut();
+                let copy = copy.map(|c| c.view_mut());
+                opt.step(be, params.view_mut(), grads.view(), copy, 1.0)
                     .unwrap();
                 be.synchronize().unwrap();
                 loss
@@ -86,7 +111,8 @@ fn wgpu_steps(c: &mut Criterion) {
     match mp_kernels::wgpu::WgpuBackend::new() {
         Ok(be) => {
             eprintln!("wgpu adapter: {}", mp_kernels::MemoryOps::name(&be));
-            steps(c, &be, "gpt_cpu_train_step_wgpu", &CPU_MODES[1..2], 10);
+            let group = ("gpt_cpu_train_step_wgpu", Arch::Gpt2);
+            steps(c, &be, group, &CPU_MODES[1..2], 10);
         }
         Err(e) => eprintln!(
             "SKIPPED: the wgpu training-step benchmark: {e} \
@@ -96,7 +122,15 @@ fn wgpu_steps(c: &mut Criterion) {
 }
 
 fn step(c: &mut Criterion) {
-    steps(c, &CpuBackend::new(), "gpt_cpu_train_step", &CPU_MODES, 20);
+    let be = CpuBackend::new();
+    steps(c, &be, ("gpt_cpu_train_step", Arch::Gpt2), &CPU_MODES, 20);
+    steps(
+        c,
+        &be,
+        ("llama_cpu_train_step", Arch::Llama),
+        &CPU_MODES,
+        20,
+    );
     wgpu_steps(c);
 }
 

@@ -451,6 +451,14 @@ pub fn run_config(dir: &Path) -> Result<TrainConfig> {
     TrainConfig::from_toml_str(&text, &path.display().to_string(), &[])
 }
 
+/// Whether `dir` is a model folder written by HF transformers (`save_pretrained`): a
+/// `config.json` and a `model.safetensors`, and no trainer state of ours.
+pub fn is_hf_folder(dir: &Path) -> bool {
+    dir.join(HF_CONFIG_FILE).is_file()
+        && dir.join(MODEL_FILE).is_file()
+        && !dir.join(STATE_FILE).exists()
+}
+
 /// The model config a checkpoint's `config.json` describes (HF GPT-2 or Llama); a Llama
 /// whose head size is not `hidden_size / num_attention_heads` is an error (the run config has
 /// no field for it).

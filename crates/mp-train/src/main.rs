@@ -101,6 +101,11 @@ struct TrainArgs {
     /// Resume from a checkpoint folder, or from the newest intact checkpoint of a run folder.
     #[arg(long, value_name = "DIR")]
     resume: Option<PathBuf>,
+    /// Start from the weights of a model folder (a checkpoint, or `config.json` +
+    /// `model.safetensors` written by HF transformers) with a fresh optimizer: fine-tuning.
+    /// The model's shape comes from its `config.json`.
+    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
+    init_from: Option<PathBuf>,
     /// Print the default config, every field documented, and exit.
     #[arg(long)]
     print_config: bool,
@@ -196,6 +201,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     let opts = RunOptions {
         overwrite: a.common.overwrite,
         resume: resume_dir,
+        init_from: a.init_from.clone(),
         progress: progress(a.common.plain),
         ..RunOptions::new(&out)
     };

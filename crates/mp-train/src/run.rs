@@ -48,6 +48,11 @@ pub struct RunOptions {
     pub overwrite: bool,
     /// A checkpoint folder (or a run folder: its newest intact checkpoint) to resume from.
     pub resume: Option<PathBuf>,
+    /// A model folder (`config.json` + `model.safetensors`: one of our checkpoints or one
+    /// written by HF transformers) whose weights start the run (fine-tuning): the model's
+    /// architecture and shape come from its `config.json`; the optimizer, scaler and counters
+    /// start fresh.
+    pub init_from: Option<PathBuf>,
     /// Write checkpoints.
     pub checkpoints: bool,
     /// Draw the plots at the end.
@@ -63,6 +68,7 @@ impl RunOptions {
             out_dir: out_dir.into(),
             overwrite: false,
             resume: None,
+            init_from: None,
             checkpoints: true,
             plots: true,
             progress: Progress::Auto,
@@ -212,7 +218,23 @@ pub fn prepare_out_dir(opts: &RunOptions, resuming_here: bool) -> Result<fsutil:
 }
 
 /// Trains `cfg` (resuming if `opts.resume` says so) and returns the summary.
-pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunSummary> {
+pub fn train(mut cfg: TrainConfig, opts: RunOptions) -> Result<RunSummary> {
+    if let Some(dir) = &opts.init_from {
+        if opts.resume.is_some() {
+            return Err(TrainError::invalid(
+                "--init-from",
+                dir.display(),
+                "starts a new run from weights; --resume continues one: give one of them",
+            ));
+        }
+        cfg.model = checkpoint::hf_model(dir)?;
+        eprintln!(
+            "initialising from {} ({} model of {}; fresh optimizer)",
+            dir.display(),
+            cfg.model.arch.name(),
+            dir.join(checkpoint::HF_CONFIG_FILE).display()
+        );
+    }
     cfg.validate()?;
     if !cfg.poison_grad_steps.trim().is_empty() {
         eprintln!(
@@ -298,6 +320,9 @@ impl BackendJob for TrainJob {
         });
         if let Some((dir, state)) = &self.resume {
             tr.restore(dir, state)?;
+        }
+        if let Some(dir) = &self.opts.init_from {
+            tr.load_weights(dir)?;
         }
         // held until the run ends: a second writer into this folder is refused
         let _lock = prepare_out_dir(&self.opts, resuming_here)?;

@@ -12,8 +12,21 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 /// The run config of a checkpoint with `overrides` applied (`--set`), after verifying the
-/// checkpoint's files.
+/// checkpoint's files. A folder written by HF transformers (`config.json` and
+/// `model.safetensors`, no trainer state) gets the default run config in FP32 with the model
+/// its `config.json` describes.
 pub fn checkpoint_config(dir: &Path, overrides: &[String]) -> Result<TrainConfig> {
+    if checkpoint::is_hf_folder(dir) {
+        let mut sets = vec![
+            "precision=\"fp32\"".to_string(),
+            format!("model.arch=\"{}\"", checkpoint::hf_model(dir)?.arch.name()),
+        ];
+        sets.extend(overrides.iter().cloned());
+        let mut cfg = TrainConfig::load(None, &sets)?;
+        cfg.model = checkpoint::hf_model(dir)?;
+        cfg.validate()?;
+        return Ok(cfg);
+    }
     checkpoint::verify(dir)?;
     let path = dir.join(checkpoint::RUN_CONFIG_FILE);
     TrainConfig::load(Some(&path), overrides)
@@ -30,8 +43,9 @@ impl BackendJob for EvalJob {
     fn run<B: Backend>(self, be: B) -> Result<EvalRecord> {
         let mut tr = Trainer::new(be, self.cfg, self.data)?;
         tr.load_weights(&self.dir)?;
-        let state = checkpoint::verify(&self.dir)?;
-        tr.step = state.global_step;
+        if !checkpoint::is_hf_folder(&self.dir) {
+            tr.step = checkpoint::verify(&self.dir)?.global_step;
+        }
         tr.evaluate()
     }
 }

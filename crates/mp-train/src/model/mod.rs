@@ -173,6 +173,18 @@ impl<B: Backend> Model<B> {
         each!(self, m => m.forward_backward_on_device(be, batch, autocast, scale, loss_sum, weight))
     }
 
+    /// Forward, loss and backward of one batch into the gradient arena (not zeroed here);
+    /// returns the unscaled loss (one read of the device).
+    pub fn forward_backward(
+        &mut self,
+        be: &B,
+        batch: &Batch<B>,
+        autocast: Autocast,
+        scale: f32,
+    ) -> Result<f32> {
+        each!(self, m => m.forward_backward(be, batch, autocast, scale))
+    }
+
     /// Logits (f32) and the loss when the batch has targets, without gradients.
     pub fn evaluate(
         &self,

@@ -2,6 +2,7 @@
 mod golden;
 mod gpt;
 mod llama;
+mod llama_runs;
 
 mod bad_input;
 mod checkpoint;

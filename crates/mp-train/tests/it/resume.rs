@@ -1,14 +1,22 @@
 //! Resuming from step k reproduces the uninterrupted run's losses bit for bit.
 
 use crate::common::{scratch, tiny};
-use mp_train::config::Precision;
+use mp_train::config::{Arch, Precision};
 use mp_train::metrics::{StepRecord, read_jsonl};
 use mp_train::run::{Progress, RunOptions, train};
 
 fn check(precision: Precision) {
-    let dir = scratch(&format!("resume-{precision}"));
+    check_arch(precision, Arch::Gpt2);
+}
+
+fn check_arch(precision: Precision, arch: Arch) {
+    let dir = scratch(&format!("resume-{precision}-{}", arch.name()));
     let mut cfg = tiny(12);
     cfg.precision = precision;
+    cfg.model.arch = arch;
+    if arch == Arch::Llama {
+        cfg.model.n_kv_head = 1;
+    }
     cfg.save_steps = 5;
     cfg.grad_accum_steps = 2;
     let quiet = |out: &std::path::Path| RunOptions {
@@ -80,4 +88,10 @@ fn resume_is_bit_identical_pure_bf16_sr() {
 #[test]
 fn resume_is_bit_identical_fp32() {
     check(Precision::Fp32);
+}
+
+#[test]
+fn resume_is_bit_identical_llama_bf16_and_fp16() {
+    check_arch(Precision::Bf16, Arch::Llama);
+    check_arch(Precision::Fp16, Arch::Llama);
 }
