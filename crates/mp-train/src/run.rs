@@ -707,11 +707,23 @@ pub fn draw_run_plots(out: &Path, cfg: &TrainConfig, hist: &[u64], scale: f32) -
 }
 
 impl TrainConfig {
-    /// `"4x128, ctx 64"`: the model in a few characters.
+    /// `"GPT 4x128, 4 heads, ctx 64"` (a Llama adds its key/value heads): the model in a few
+    /// characters.
     pub fn model_summary(&self) -> String {
+        let m = &self.model;
+        let name = match m.arch {
+            crate::config::Arch::Gpt2 => "GPT",
+            crate::config::Arch::Llama => "Llama",
+        };
+        let kv = match m.arch {
+            crate::config::Arch::Llama if m.kv_heads() != m.n_head => {
+                format!(" ({} key/value)", m.kv_heads())
+            }
+            _ => String::new(),
+        };
         format!(
-            "GPT {}x{}, {} heads, ctx {}",
-            self.model.n_layer, self.model.n_embd, self.model.n_head, self.model.n_positions
+            "{name} {}x{}, {} heads{kv}, ctx {}",
+            m.n_layer, m.n_embd, m.n_head, m.n_positions
         )
     }
 }

@@ -106,3 +106,13 @@ fn init_from_and_resume_together_are_refused() {
     );
     assert!(!out.exists(), "a refused run left {}", out.display());
 }
+
+/// `configs/llama.toml`, the default Llama of the README, is a valid GQA Llama config.
+#[test]
+fn the_default_llama_config_is_a_grouped_query_llama() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/llama.toml");
+    let cfg = mp_train::config::TrainConfig::load(Some(&path), &[]).unwrap();
+    assert_eq!(cfg.model.arch, Arch::Llama);
+    assert!(cfg.model.kv_heads() < cfg.model.n_head, "{:?}", cfg.model);
+    assert_eq!(cfg.data.path, None, "the embedded arithmetic corpus");
+}
