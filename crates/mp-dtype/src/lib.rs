@@ -15,6 +15,17 @@
 //! (Epsilon is the distance from 1 to the next larger value; the FP8 rows match `ml_dtypes`'
 //! `float8_e4m3fn` and `float8_e5m2`, checked by the golden tests.)
 //!
+//! ## FP8 overflow: two conventions
+//!
+//! By default a conversion rounds as `ml_dtypes` and PyTorch's `tensor.to(torch.float8_*)` do:
+//! a value whose rounding exceeds the largest finite value becomes NaN in `f8e4m3`, which has
+//! no infinity (everything above 464; 464 itself, the midpoint above 448, ties down to 448), and
+//! ±inf in `f8e5m2` (from 61440, the midpoint above 57344, which ties up). FP8 training recipes instead **saturate** (NVIDIA Transformer Engine, the PTX
+//! `cvt.rn.satfinite` instructions): out-of-range values, and ±inf, clamp to ±max (448 or
+//! 57344), which is what a scaled FP8 cast wants, since one outlier must not poison the tensor.
+//! [`EncodeOptions::saturate`] (and the `sat` flag of the device kernels) selects it; NaN stays
+//! NaN either way. The two agree on every in-range value.
+//!
 //! ## What is here
 //!
 //! * Scalar reference conversions ([`f32_to_bits`], [`f32_to_bits_sr`], [`bits_to_f32`]):

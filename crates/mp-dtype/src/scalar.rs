@@ -303,6 +303,25 @@ fn pow2(k: i32) -> f32 {
 
 #[cfg(test)]
 mod tests {
+
+    /// The two FP8 overflow conventions of the crate docs: NaN (E4M3) / inf (E5M2) past the
+    /// rounding midpoint above max by default, ±max when saturating.
+    #[test]
+    fn fp8_overflow_rounds_to_nan_or_inf_unless_saturating() {
+        let back = |x: f32, dt: DType, sat: bool| bits_to_f32(f32_to_bits(x, dt, sat), dt);
+        // 464, the midpoint above 448, ties to 448 (even); 61440 ties away from 57344 (odd)
+        assert_eq!(back(464.0, DType::F8E4M3, false), 448.0);
+        assert!(back(464.1, DType::F8E4M3, false).is_nan());
+        assert!(back(f32::INFINITY, DType::F8E4M3, false).is_nan());
+        assert_eq!(back(61439.0, DType::F8E5M2, false), 57344.0);
+        assert_eq!(back(61440.0, DType::F8E5M2, false), f32::INFINITY);
+        for (dt, max) in [(DType::F8E4M3, 448.0), (DType::F8E5M2, 57344.0)] {
+            assert_eq!(back(1e6, dt, true), max);
+            assert_eq!(back(f32::NEG_INFINITY, dt, true), -max);
+            assert!(back(f32::NAN, dt, true).is_nan());
+        }
+    }
+
     use super::*;
 
     #[test]

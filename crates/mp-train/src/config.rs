@@ -420,6 +420,9 @@ pub struct TrainConfig {
     /// Recompute each MLP's GELU in the backward pass instead of saving its output (the same
     /// gradients bit for bit; `4c` fewer saved values per token and layer).
     pub recompute_gelu: bool,
+    /// Accept a software wgpu adapter (llvmpipe/lavapipe, WARP: a renderer on the CPU, far
+    /// slower than the cpu backend), which is otherwise refused.
+    pub allow_software_adapter: bool,
     /// Testing hook: the optimizer steps (from 0) at which the gradient arena is poisoned with
     /// `+inf` before the non-finite check, e.g. `"3,10-12,0-999/10"` (see
     /// [`crate::fault::StepSet`]); empty (the default): never.
@@ -461,6 +464,7 @@ impl Default for TrainConfig {
             residual_dtype: StorageDtype::Fp32,
             grad_dtype: StorageDtype::Fp32,
             recompute_gelu: false,
+            allow_software_adapter: false,
             poison_grad_steps: String::new(),
             loss_scaling: LossScaling::default(),
             model: ModelConfig::default(),
@@ -869,6 +873,8 @@ residual_dtype = "{residual_dtype}"
 grad_dtype = "{grad_dtype}"
 # Recompute the MLP's GELU in the backward pass instead of saving it (same gradients).
 recompute_gelu = {recompute_gelu}
+# backend = "wgpu" on a software adapter (llvmpipe/lavapipe, WARP: the CPU, slowly) only if true.
+allow_software_adapter = {allow_software_adapter}
 # Testing hook: poison the gradients (+inf) at these steps, e.g. "3,10-12,0-999/10"; a correct
 # run skips exactly them. Empty: never.
 poison_grad_steps = "{poison_grad_steps}"
@@ -941,6 +947,7 @@ reverse_answer = {reverse_answer}
         residual_dtype = c.residual_dtype.name(),
         grad_dtype = c.grad_dtype.name(),
         recompute_gelu = c.recompute_gelu,
+        allow_software_adapter = c.allow_software_adapter,
         poison_grad_steps = c.poison_grad_steps,
         init_scale = s.init_scale,
         growth_factor = s.growth_factor,

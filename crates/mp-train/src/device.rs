@@ -4,7 +4,7 @@
 //! A GPU backend that is not compiled in returns [`mp_kernels::KernelError::NotCompiled`]; one that is
 //! compiled in but finds no device returns its `NoDevice` error. Nothing falls back to the CPU.
 
-use crate::config::BackendKind;
+use crate::config::{BackendKind, TrainConfig};
 use crate::error::Result;
 use mp_kernels::prelude::*;
 
@@ -46,14 +46,20 @@ pub fn set_threads(threads: usize) -> Result<()> {
     }
 }
 
-/// Opens the backend `kind` and runs `job` on it.
-pub fn dispatch<J: BackendJob>(kind: BackendKind, threads: usize, job: J) -> Result<J::Output> {
-    set_threads(threads)?;
-    match kind {
+/// Opens the backend `cfg.backend` names (a software wgpu adapter only with
+/// `allow_software_adapter` or `MP_ALLOW_SOFTWARE_ADAPTER=1`), sizes the CPU pool to
+/// `cfg.threads`, and runs `job` on it.
+pub fn dispatch<J: BackendJob>(cfg: &TrainConfig, job: J) -> Result<J::Output> {
+    set_threads(cfg.threads)?;
+    match cfg.backend {
         BackendKind::Cpu => job.run(mp_kernels::CpuBackend::new()),
         // Without its feature, each GPU backend is mp-kernels' stand-in, whose constructor
         // returns `KernelError::NotCompiled`: no `cfg` here.
         BackendKind::Cuda => job.run(mp_kernels::cuda::CudaBackend::new()?),
-        BackendKind::Wgpu => job.run(mp_kernels::wgpu::WgpuBackend::new()?),
+        BackendKind::Wgpu => {
+            let mut opts = mp_kernels::wgpu::WgpuOptions::default();
+            opts.allow_software |= cfg.allow_software_adapter;
+            job.run(mp_kernels::wgpu::WgpuBackend::with_options(opts)?)
+        }
     }
 }

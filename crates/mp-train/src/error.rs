@@ -133,15 +133,18 @@ pub enum TrainError {
         /// The checkpoint written for it (none when the run writes no checkpoints).
         checkpoint: Option<PathBuf>,
     },
-    /// Training diverged: the loss became non-finite in a run without loss scaling to skip it.
-    #[error("training diverged at step {step}: loss is {loss} ({precision})")]
+    /// Training diverged: the loss or the weights became non-finite, or every step of the last
+    /// hundred overflowed.
+    #[error("training diverged at step {step}: {what} ({precision}); {hint}")]
     Diverged {
         /// The step.
         step: u64,
-        /// The loss.
-        loss: f32,
+        /// What went non-finite (`"loss is NaN"`, `"the weights are no longer finite"`, ...).
+        what: String,
         /// The precision of the run.
         precision: String,
+        /// What may help, for this precision.
+        hint: String,
     },
     /// A line of a JSON-lines file that could not be parsed (not the torn last line of an
     /// interrupted write, which is dropped with a warning).

@@ -86,6 +86,10 @@ struct ConfigArgs {
     /// Plain progress lines instead of a progress bar.
     #[arg(long)]
     plain: bool,
+    /// Accept a software wgpu adapter (llvmpipe/lavapipe, WARP), otherwise refused
+    /// (`allow_software_adapter`).
+    #[arg(long)]
+    allow_software_adapter: bool,
 }
 
 #[derive(Args, Debug)]
@@ -139,6 +143,9 @@ fn overrides(c: &ConfigArgs, extra: &[(&str, Option<String>)]) -> Vec<String> {
     }
     if let Some(b) = &c.backend {
         v.push(format!("backend={}", quote(b)));
+    }
+    if c.allow_software_adapter {
+        v.push("allow_software_adapter=true".into());
     }
     for (k, val) in extra {
         if let Some(val) = val {

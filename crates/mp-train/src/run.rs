@@ -282,8 +282,7 @@ pub fn train(mut cfg: TrainConfig, opts: RunOptions) -> Result<RunSummary> {
         });
     }
     device::dispatch(
-        cfg.backend,
-        cfg.threads,
+        &cfg,
         TrainJob {
             cfg: cfg.clone(),
             opts,
@@ -291,6 +290,26 @@ pub fn train(mut cfg: TrainConfig, opts: RunOptions) -> Result<RunSummary> {
             resume,
         },
     )
+}
+
+/// What may help a diverged run of `cfg`'s precision.
+fn divergence_hint(cfg: &TrainConfig) -> String {
+    use crate::config::{Precision, ScalingMode};
+    match (cfg.precision, cfg.scaling_mode()) {
+        (Precision::Fp16, ScalingMode::None) => {
+            "FP16 overflowed without loss scaling: set loss_scaling.mode = \"dynamic\"".into()
+        }
+        (Precision::Fp16, _) => {
+            "FP16 overflowed at every scale tried: lower the learning rate, clip harder \
+             (max_grad_norm), or train in bf16"
+                .into()
+        }
+        _ => format!(
+            "{} has FP32's exponent range, so no loss scale can fix it: lower the learning rate \
+             or clip harder (max_grad_norm)",
+            cfg.precision
+        ),
+    }
 }
 
 fn same_path(a: &Path, b: &Path) -> bool {
@@ -313,6 +332,11 @@ impl BackendJob for TrainJob {
         // The backend is open: only now is the run folder created or changed, so a run that
         // cannot start (no device, bad checkpoint) leaves nothing behind.
         let device = be.name();
+        if let Some(free) = be.free_memory() {
+            // a device that can say how much it has: a config that cannot fit is refused
+            // before the model is allocated (the CPU was checked before the backend opened)
+            crate::memory::check_fits(&self.cfg, free)?;
+        }
         let mut tr = Trainer::new(be, self.cfg, self.data)?;
         let resuming_here = self.resume.as_ref().is_some_and(|(dir, _)| {
             let parent = dir.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -493,16 +517,30 @@ pub fn run_loop<B: Backend>(
         window_tokens += cfg.tokens_per_step() as u64;
         window_losses.push(s.loss);
         consecutive_skips = if s.skipped { consecutive_skips + 1 } else { 0 };
-        if consecutive_skips >= 100 || (!s.loss.is_finite() && !s.skipped) {
-            rep.finish();
-            return Err(TrainError::Diverged {
-                step: tr.step,
-                loss: s.loss,
-                precision: format!("{}, loss scaling {:?}", cfg.precision, cfg.scaling_mode()),
-            });
-        }
         let step = tr.step;
         let last = step == cfg.max_steps;
+        // the weights are checked where the loss is logged (one pass over them)
+        let weights_bad = (step.is_multiple_of(cfg.logging_steps) || last)
+            && !s.skipped
+            && tr.weights_non_finite()?;
+        let what = if weights_bad {
+            Some("the weights are no longer finite".to_string())
+        } else if !s.loss.is_finite() && !s.skipped {
+            Some(format!("loss is {}", s.loss))
+        } else if consecutive_skips >= 100 {
+            Some("the last 100 steps all had non-finite gradients".to_string())
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            rep.finish();
+            return Err(TrainError::Diverged {
+                step,
+                what,
+                precision: format!("{}, loss scaling {:?}", cfg.precision, cfg.scaling_mode()),
+                hint: divergence_hint(&cfg),
+            });
+        }
         if step.is_multiple_of(cfg.logging_steps) || last {
             let probe = tr.probe_grads(s.scale)?;
             probes += 1;

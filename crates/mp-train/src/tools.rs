@@ -55,10 +55,9 @@ pub fn evaluate(dir: &Path, overrides: &[String]) -> Result<EvalRecord> {
     let cfg = checkpoint_config(dir, overrides)?;
     let data = Dataset::from_config(&cfg.data, cfg.seed, cfg.model.n_positions)?;
     device::dispatch(
-        cfg.backend,
-        cfg.threads,
+        &cfg,
         EvalJob {
-            cfg,
+            cfg: cfg.clone(),
             dir: dir.to_path_buf(),
             data,
         },
@@ -146,10 +145,9 @@ pub fn sample(dir: &Path, opts: SampleOptions) -> Result<Vec<u8>> {
     }
     let cfg = checkpoint_config(dir, &[])?;
     device::dispatch(
-        cfg.backend,
-        cfg.threads,
+        &cfg,
         SampleJob {
-            cfg,
+            cfg: cfg.clone(),
             dir: dir.to_path_buf(),
             opts,
         },

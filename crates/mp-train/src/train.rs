@@ -276,6 +276,14 @@ impl<B: Backend> Trainer<B> {
         })
     }
 
+    /// Whether any master weight is NaN or infinite (one pass over the arena).
+    pub fn weights_non_finite(&self) -> Result<bool> {
+        Ok(self
+            .be
+            .grad_stats(self.model.params().view(), 1.0)?
+            .non_finite)
+    }
+
     /// Looks at the gradients of the last step (before the next zeroing): how many would
     /// underflow in FP16 at scale 1 and at `scale`, and their exponent histogram. The arena
     /// holds `g * scale`.

@@ -37,6 +37,12 @@ pub trait MemoryOps: Send + Sync + 'static {
     fn index_values<'i>(&self, ids: &'i Self::Index) -> &'i [u32];
     /// Waits until every queued op has finished.
     fn synchronize(&self) -> Result<()>;
+    /// Device bytes free for new buffers now, where the device can say (CUDA:
+    /// `cuMemGetInfo`); `None` where it cannot (the CPU, whose memory is the host's, and
+    /// wgpu, which has no such query).
+    fn free_memory(&self) -> Option<u64> {
+        None
+    }
 
     /// `dst = src` converted to `dst`'s dtype with `rounding` (same length).
     fn cast(

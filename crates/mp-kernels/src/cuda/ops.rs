@@ -367,6 +367,10 @@ impl MemoryOps for CudaBackend {
         &ids.host
     }
 
+    fn free_memory(&self) -> Option<u64> {
+        self.ctx.mem_get_info().ok().map(|(free, _)| free as u64)
+    }
+
     fn synchronize(&self) -> Result<()> {
         self.stream
             .synchronize()

@@ -36,11 +36,29 @@ use codegen::{Shader, Slot};
 const BACKEND: &str = "wgpu";
 
 /// Options of a [`WgpuBackend`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WgpuOptions {
     /// Caps the bytes of one storage binding below the adapter's limit, at least 64 KiB (tests use a small cap
     /// to exercise the chunked paths); `None` uses the adapter's limit.
     pub max_binding_bytes: Option<u64>,
+    /// Accept a software adapter (one that renders on the CPU: Mesa's llvmpipe/lavapipe,
+    /// WARP), which is otherwise refused with an error naming it: it is far slower than the
+    /// CPU backend, and a GPU run that lands on it by accident should say so.
+    pub allow_software: bool,
+}
+
+/// The environment variable that lets [`WgpuOptions::default`] accept a software adapter
+/// (`1`; CI sets it to test on lavapipe).
+pub const ALLOW_SOFTWARE_ENV: &str = "MP_ALLOW_SOFTWARE_ADAPTER";
+
+impl Default for WgpuOptions {
+    /// The adapter's own limits; a software adapter only when `MP_ALLOW_SOFTWARE_ADAPTER=1`.
+    fn default() -> Self {
+        WgpuOptions {
+            max_binding_bytes: None,
+            allow_software: std::env::var(ALLOW_SOFTWARE_ENV).is_ok_and(|v| v == "1"),
+        }
+    }
 }
 
 /// Pooled device buffers by byte size.
@@ -205,6 +223,14 @@ impl WgpuBackend {
             ))
         })?;
         let info = adapter.get_info();
+        if info.device_type == wg::DeviceType::Cpu && !opts.allow_software {
+            return Err(no_device(format!(
+                "the adapter wgpu offers is {} ({:?}, driver {:?}), a software renderer on the CPU, \
+                 far slower than the cpu backend; to use it anyway set {ALLOW_SOFTWARE_ENV}=1 \
+                 (mp-train: --allow-software-adapter)",
+                info.name, info.backend, info.driver
+            )));
+        }
         let limits = adapter.limits();
         // What the kernels need: 12 storage bindings (layer-norm backward binds 8), 8 KiB of
         // workgroup memory (GEMM tiles), 256 invocations per workgroup.

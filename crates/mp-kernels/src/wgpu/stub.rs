@@ -6,7 +6,12 @@
 pub struct WgpuOptions {
     /// Caps the bytes of one storage binding below the adapter's limit.
     pub max_binding_bytes: Option<u64>,
+    /// Accept a software adapter.
+    pub allow_software: bool,
 }
+
+/// The environment variable that lets the real backend accept a software adapter.
+pub const ALLOW_SOFTWARE_ENV: &str = "MP_ALLOW_SOFTWARE_ADAPTER";
 
 crate::stub::not_compiled_backend!(
     WgpuBackend,

@@ -54,6 +54,40 @@ fn wgpu_backend_reports_its_adapter_or_a_typed_error() {
     }
 }
 
+/// A software adapter (lavapipe here) is refused with an error naming it and the way to allow
+/// it, and accepted when allowed; a hardware adapter is accepted either way.
+#[test]
+fn wgpu_a_software_adapter_needs_to_be_allowed() {
+    let allowed = WgpuBackend::with_options(WgpuOptions {
+        allow_software: true,
+        ..WgpuOptions::default()
+    });
+    let Ok(be) = allowed else {
+        common::skip_or_fail("wgpu_a_software_adapter_needs_to_be_allowed", "no adapter");
+        return;
+    };
+    let software = be.name().contains("llvmpipe");
+    let refused = WgpuBackend::with_options(WgpuOptions {
+        allow_software: false,
+        ..WgpuOptions::default()
+    });
+    match refused {
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(software, "a hardware adapter was refused: {msg}");
+            assert!(
+                msg.contains("software") && msg.contains(mp_kernels::wgpu::ALLOW_SOFTWARE_ENV),
+                "{msg}"
+            );
+        }
+        Ok(_) => assert!(
+            !software,
+            "{} was accepted without being allowed",
+            be.name()
+        ),
+    }
+}
+
 /// With the storage bindings capped at 64 KiB, flat ops run in many chunks: casts (with
 /// stochastic rounding, whose counter must continue across chunks), pointwise ops, AdamW and
 /// the gradient check must still match the CPU; a row op whose view exceeds the cap is a
@@ -62,6 +96,7 @@ fn wgpu_backend_reports_its_adapter_or_a_typed_error() {
 fn wgpu_flat_ops_split_at_the_binding_limit() {
     let be = match WgpuBackend::with_options(WgpuOptions {
         max_binding_bytes: Some(64 << 10),
+        ..WgpuOptions::default()
     }) {
         Ok(be) => be,
         Err(e) => {

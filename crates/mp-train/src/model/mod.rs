@@ -54,6 +54,20 @@ impl<B: Backend> Model<B> {
         })
     }
 
+    /// The model of a checkpoint folder, its architecture and shape read from its
+    /// `config.json`: one of ours, every file of which is first checked against the manifest
+    /// (a truncated or corrupt file is an error naming it), or a folder HF transformers wrote
+    /// (`save_pretrained`: `config.json` + `model.safetensors`, no manifest to check).
+    pub fn from_checkpoint(be: &B, dir: &Path) -> Result<Self> {
+        if !crate::checkpoint::is_hf_folder(dir) {
+            crate::checkpoint::verify(dir)?;
+        }
+        let cfg = crate::checkpoint::hf_model(dir)?;
+        let mut model = Model::new(be, &cfg, 0)?;
+        model.load_safetensors(be, &dir.join(crate::checkpoint::MODEL_FILE))?;
+        Ok(model)
+    }
+
     /// The architecture.
     pub fn arch(&self) -> Arch {
         match self {

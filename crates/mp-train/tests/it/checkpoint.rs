@@ -174,3 +174,43 @@ fn golden_checkpoint_matches_hf_gpt2_layout() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `Model::from_checkpoint` reads a checkpoint of either architecture (same logits as the
+/// trainer that wrote it) after checking its manifest: a flipped byte in the weights is an
+/// error naming the file.
+#[test]
+fn a_model_loads_from_a_verified_checkpoint() {
+    for arch in [mp_train::config::Arch::Gpt2, mp_train::config::Arch::Llama] {
+        let dir = scratch(&format!("ckpt-model-{}", arch.name()));
+        let mut cfg = tiny(2);
+        cfg.model.arch = arch;
+        let ds = Dataset::from_config(&cfg.data, cfg.seed, 32).unwrap();
+        let mut tr = Trainer::new(CpuBackend::new(), cfg.clone(), ds.clone()).unwrap();
+        tr.step().unwrap();
+        let path = tr.save_checkpoint(&dir, None).unwrap();
+        let m = mp_train::model::Model::from_checkpoint(&tr.be, &path).unwrap();
+        assert_eq!(m.arch(), arch);
+        let b = ds.val_batch(0, 1, 2, 32);
+        let batch = m.batch(&tr.be, &b.inputs, None, 2, 32).unwrap();
+        let (got, _) = m
+            .evaluate(&tr.be, &batch, mp_autograd::Autocast::OFF)
+            .unwrap();
+        let mut fp32 = Trainer::new(CpuBackend::new(), cfg.clone(), ds.clone()).unwrap();
+        fp32.load_weights(&path).unwrap();
+        let (want, _) = fp32
+            .model
+            .evaluate(&fp32.be, &batch, mp_autograd::Autocast::OFF)
+            .unwrap();
+        assert_eq!(got, want, "{}", arch.name());
+        let weights = path.join(checkpoint::MODEL_FILE);
+        let mut bytes = std::fs::read(&weights).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        std::fs::write(&weights, bytes).unwrap();
+        let err = mp_train::model::Model::from_checkpoint(&tr.be, &path)
+            .err()
+            .expect("a corrupt checkpoint loads")
+            .to_string();
+        assert!(err.contains("model.safetensors"), "{err}");
+    }
+}

@@ -118,3 +118,35 @@ fn a_long_run_with_ten_percent_poisoned_steps_converges() {
         "poisoned run's loss {poisoned} vs clean {clean}"
     );
 }
+
+/// A run whose every step overflows stops after 100 of them, and one whose weights blow up
+/// stops at once; both name the step, what went non-finite and what may help.
+#[test]
+fn diverged_runs_stop_with_the_step_and_a_hint() {
+    let dir = scratch("fault-diverged");
+    let mut cfg = tiny(150);
+    cfg.poison_grad_steps = "0-149".into();
+    let err = train(cfg, quiet(&dir.join("skips")))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("diverged at step 100")
+            && err.contains("the last 100 steps all had non-finite gradients")
+            && err.contains("no loss scale can fix it"),
+        "{err}"
+    );
+    let mut cfg = tiny(20);
+    cfg.precision = Precision::Fp32;
+    cfg.learning_rate = 1e38;
+    cfg.max_grad_norm = 0.0;
+    cfg.warmup_steps = 0;
+    let err = train(cfg, quiet(&dir.join("blowup")))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("training diverged at step")
+            && (err.contains("weights are no longer finite") || err.contains("loss is NaN"))
+            && err.contains("lower the learning rate"),
+        "{err}"
+    );
+}
