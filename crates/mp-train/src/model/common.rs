@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use mp_autograd::{Autocast, ParamLayout, Tape};
-use mp_kernels::{Backend, BufferExt, DeviceBuffer};
+use mp_autograd::{Autocast, ParamLayout, Tape, Tensor};
+use mp_dtype::DType;
+use mp_kernels::{Backend, BufferExt, DeviceBuffer, Rounding, ViewMut};
 
 use crate::{Result, TrainError};
 
@@ -111,6 +112,60 @@ pub(crate) fn tape_for<'a, B: Backend>(
         Some(c) if autocast.dtype == Some(c.dtype()) => Ok(tape.with_model_copy(c)?),
         _ => Ok(tape),
     }
+}
+
+/// The logits `[b, t, vocab]` of `forward` on a gradient-free `tape` (row-major, widened to
+/// f32) and, when the batch has targets, the mean cross-entropy: a model's `evaluate`.
+pub(crate) fn evaluate_with<'a, B: Backend>(
+    mut tape: Tape<'a, B>,
+    batch: &'a Batch<B>,
+    forward: impl FnOnce(&mut Tape<'a, B>, &'a Batch<B>) -> Result<Tensor>,
+) -> Result<(Vec<f32>, Option<f32>)> {
+    tape.no_grad(|tape| {
+        let logits = forward(tape, batch)?;
+        let loss = match &batch.targets {
+            Some(tg) => {
+                let loss = tape.cross_entropy(logits, tg)?;
+                Some(tape.to_vec_f32(loss)?[0])
+            }
+            None => None,
+        };
+        Ok((tape.to_vec_f32(logits)?, loss))
+    })
+}
+
+/// The end of a training forward: the mean cross-entropy of `logits` against the batch's
+/// targets, `weight * loss` added into the device scalar `loss_sum`, and the backward pass from
+/// it (seed `scale`) into the gradient arena `grads`.
+pub(crate) fn loss_and_backward<'a, B: Backend>(
+    mut tape: Tape<'a, B>,
+    logits: Tensor,
+    batch: &'a Batch<B>,
+    (scale, weight): (f32, f32),
+    loss_sum: ViewMut<'_, B::Buffer>,
+    grads: &mut B::Buffer,
+) -> Result<()> {
+    let loss = tape.cross_entropy(logits, batch.targets()?)?;
+    tape.backend().axpy(weight, tape.view(loss)?, loss_sum)?;
+    tape.backward(loss, scale, grads)?;
+    Ok(())
+}
+
+/// Overwrites the master arena `params` (and the model copy, if any) with the tensors of an
+/// HF safetensors file for `layout` (see [`read_safetensors`]): a model's `load_safetensors`.
+pub(crate) fn load_into<B: Backend>(
+    be: &B,
+    layout: &ParamLayout,
+    params: &mut B::Buffer,
+    copy: Option<&mut B::Buffer>,
+    path: &Path,
+) -> Result<()> {
+    let host = read_safetensors(layout, path)?;
+    *params = be.upload_f32(&host, DType::F32)?;
+    if let Some(copy) = copy {
+        be.cast(params.view(), copy.view_mut(), Rounding::NearestEven)?;
+    }
+    Ok(())
 }
 
 /// The values of every parameter of `layout` (in arena order, widened to f32) from an HF

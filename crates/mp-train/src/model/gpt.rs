@@ -25,7 +25,9 @@ use mp_kernels::{Backend, BufferExt, DeviceBuffer, Rounding, ViewMut};
 use serde::{Deserialize, Serialize};
 
 use super::Batch;
-use super::common::{SplitMix, named, read_safetensors, tape_for, write_safetensors};
+use super::common::{
+    SplitMix, evaluate_with, load_into, loss_and_backward, named, tape_for, write_safetensors,
+};
 use crate::{Result, TrainError};
 
 /// The shape of a GPT (HF `GPT2Config` field names).
@@ -408,10 +410,8 @@ impl<B: Backend> Gpt<B> {
         let tape = tape_for(be, &self.params, self.model_copy.as_ref(), autocast)?;
         let mut tape = tape.with_loss_seed(scale);
         let logits = self.forward(&mut tape, batch)?;
-        let loss = tape.cross_entropy(logits, batch.targets()?)?;
-        be.axpy(weight, tape.view(loss)?, loss_sum)?;
-        tape.backward(loss, scale, &mut self.grads)?;
-        Ok(())
+        let weights = (scale, weight);
+        loss_and_backward(tape, logits, batch, weights, loss_sum, &mut self.grads)
     }
 
     /// The logits `[b, t, vocab]` (row-major, widened to f32) and, when the batch has
@@ -422,17 +422,8 @@ impl<B: Backend> Gpt<B> {
         batch: &Batch<B>,
         autocast: Autocast,
     ) -> Result<(Vec<f32>, Option<f32>)> {
-        let mut tape = self.tape(be, autocast)?;
-        tape.no_grad(|tape| {
-            let logits = self.forward(tape, batch)?;
-            let loss = match &batch.targets {
-                Some(tg) => {
-                    let loss = tape.cross_entropy(logits, tg)?;
-                    Some(tape.to_vec_f32(loss)?[0])
-                }
-                None => None,
-            };
-            Ok((tape.to_vec_f32(logits)?, loss))
+        evaluate_with(self.tape(be, autocast)?, batch, |tape, batch| {
+            self.forward(tape, batch)
         })
     }
 
@@ -441,12 +432,13 @@ impl<B: Backend> Gpt<B> {
     /// exact shape; the error names the tensor and both shapes. Tensors the model does not
     /// use (`lm_head.weight`, which is tied, and HF's attention-mask buffers) are ignored.
     pub fn load_safetensors(&mut self, be: &B, path: &Path) -> Result<()> {
-        let host = read_safetensors(&self.layout, path)?;
-        self.params = be.upload_f32(&host, DType::F32)?;
-        if let Some(copy) = self.model_copy.as_mut() {
-            be.cast(self.params.view(), copy.view_mut(), Rounding::NearestEven)?;
-        }
-        Ok(())
+        load_into(
+            be,
+            &self.layout,
+            &mut self.params,
+            self.model_copy.as_mut(),
+            path,
+        )
     }
 
     /// Writes the master weights as an HF GPT-2 safetensors file (F32, HF names; the tied

@@ -21,7 +21,10 @@ use mp_kernels::{Backend, BufferExt, DeviceBuffer, Rounding, ViewMut};
 use serde::{Deserialize, Serialize};
 
 use super::Batch;
-use super::common::{SplitMix, named, read_safetensors, tape_for, write_safetensors};
+use super::common::{
+    SplitMix, evaluate_with, load_into, loss_and_backward, named, read_safetensors, tape_for,
+    write_safetensors,
+};
 use crate::{Result, TrainError};
 
 /// The shape of a Llama (HF `LlamaConfig` field names).
@@ -513,10 +516,8 @@ impl<B: Backend> Llama<B> {
         let tape = tape_for(be, &self.params, self.model_copy.as_ref(), autocast)?;
         let mut tape = tape.with_loss_seed(scale);
         let logits = self.forward(&mut tape, batch)?;
-        let loss = tape.cross_entropy(logits, batch.targets()?)?;
-        be.axpy(weight, tape.view(loss)?, loss_sum)?;
-        tape.backward(loss, scale, &mut self.grads)?;
-        Ok(())
+        let weights = (scale, weight);
+        loss_and_backward(tape, logits, batch, weights, loss_sum, &mut self.grads)
     }
 
     /// The logits `[b, t, vocab]` (row-major, widened to f32) and, when the batch has
@@ -527,17 +528,8 @@ impl<B: Backend> Llama<B> {
         batch: &Batch<B>,
         autocast: Autocast,
     ) -> Result<(Vec<f32>, Option<f32>)> {
-        let mut tape = self.tape(be, autocast)?;
-        tape.no_grad(|tape| {
-            let logits = self.forward(tape, batch)?;
-            let loss = match &batch.targets {
-                Some(tg) => {
-                    let loss = tape.cross_entropy(logits, tg)?;
-                    Some(tape.to_vec_f32(loss)?[0])
-                }
-                None => None,
-            };
-            Ok((tape.to_vec_f32(logits)?, loss))
+        evaluate_with(self.tape(be, autocast)?, batch, |tape, batch| {
+            self.forward(tape, batch)
         })
     }
 
@@ -545,12 +537,13 @@ impl<B: Backend> Llama<B> {
     /// Llama safetensors file (F32, F16 or BF16; every parameter present with its exact shape,
     /// the error names the tensor; `lm_head.weight` is ignored when the head is tied).
     pub fn load_safetensors(&mut self, be: &B, path: &Path) -> Result<()> {
-        let host = read_safetensors(&self.layout, path)?;
-        self.params = be.upload_f32(&host, DType::F32)?;
-        if let Some(copy) = self.model_copy.as_mut() {
-            be.cast(self.params.view(), copy.view_mut(), Rounding::NearestEven)?;
-        }
-        Ok(())
+        load_into(
+            be,
+            &self.layout,
+            &mut self.params,
+            self.model_copy.as_mut(),
+            path,
+        )
     }
 
     /// Writes the master weights as an HF Llama safetensors file (F32, HF names; a tied head
