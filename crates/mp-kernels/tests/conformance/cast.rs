@@ -120,6 +120,30 @@ fn stochastic_rounding_is_bit_exact_with_mp_dtype() {
     }
 }
 
+/// What the device says it has free (where it can say: CUDA) is positive and shrinks by
+/// about what a 256 MiB buffer takes; a backend without the query says `None`.
+#[test]
+fn free_memory_is_reported_and_shrinks_with_an_allocation() {
+    let Some(g) = gpu("free_memory_is_reported_and_shrinks_with_an_allocation") else {
+        return;
+    };
+    let Some(before) = g.free_memory() else {
+        eprintln!("{}: no free-memory query (None)", g.name());
+        return;
+    };
+    assert!(before > 0);
+    let big = g.zeros(DType::F32, 64 << 20).unwrap();
+    let after = g
+        .free_memory()
+        .expect("a backend that answered once answers again");
+    assert!(
+        before.saturating_sub(after) >= 200 << 20,
+        "{}: free {before} -> {after} after a 256 MiB buffer",
+        g.name()
+    );
+    drop(big);
+}
+
 #[test]
 fn upload_download_and_fill_are_bit_exact() {
     let Some(g) = gpu("upload_download_and_fill_are_bit_exact") else {
