@@ -2,7 +2,7 @@
 //!
 //! The machines that build this project usually have no GPU, and the GPU machine has no Rust
 //! toolchain. So `test-gpu --build-only` builds here (release, `--features cuda`) the CUDA test
-//! binary, mp-train's tests (the GPT golden tests and the training run that tracks the CPU, on
+//! binary, mp-train's tests (the GPT and Llama golden tests and the training run that tracks the CPU, on
 //! CUDA) and the benchmark, and copies them into `.gpu/` with the golden files those tests
 //! read, PyTorch's reference script and `run.sh`; on the GPU machine, `bash .gpu/run.sh` runs everything in one call and ends with
 //! `N passed, N failed`. Without `--build-only`, `test-gpu` also runs it, and fails (non-zero)
@@ -72,12 +72,18 @@ fn copy_stripped(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The golden files mp-train's GPT tests read (`../shared/golden/gpt2_tiny.*`).
+/// The golden files mp-train's GPT and Llama tests read (`../shared/golden/gpt2_tiny.*`,
+/// `llama_tiny.*`).
 const GOLDEN_FILES: &[&str] = &[
     "gpt2_tiny.json",
     "gpt2_tiny.safetensors",
     "gpt2_tiny.logits.safetensors",
     "gpt2_tiny.grads.safetensors",
+    "llama_tiny.json",
+    "llama_tiny.config.json",
+    "llama_tiny.safetensors",
+    "llama_tiny.logits.safetensors",
+    "llama_tiny.grads.safetensors",
 ];
 
 /// Copies the golden files into the bundle: on the GPU machine the test binary cannot see
