@@ -145,7 +145,7 @@ impl LlamaConfig {
                 "num_key_value_heads",
                 self.num_key_value_heads,
                 format!(
-                    "must divide num_attention_heads = {}",
+                    "must divide the number of query heads ({})",
                     self.num_attention_heads
                 ),
             ));
