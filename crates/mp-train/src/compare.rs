@@ -57,21 +57,77 @@ pub const VARIANTS: [Variant; 5] = [
 pub struct ArmResult {
     /// The arm.
     pub variant: Variant,
+    /// Its run folder (the config's seed).
+    pub dir: PathBuf,
+    /// The summary, or what went wrong.
+    pub outcome: std::result::Result<RunSummary, String>,
+    /// The runs of the further seeds (`--seeds N`: the config's seed + 1, + 2, ...), each in
+    /// `<arm>-seed<seed>/`.
+    pub more_seeds: Vec<SeedRun>,
+}
+
+/// One further seed of an arm.
+#[derive(Debug)]
+pub struct SeedRun {
+    /// The seed.
+    pub seed: u64,
     /// Its run folder.
     pub dir: PathBuf,
     /// The summary, or what went wrong.
     pub outcome: std::result::Result<RunSummary, String>,
 }
 
-/// Runs every arm into `out/<arm>/` and writes `out/report.md` and the comparison plots.
-/// A diverging arm is reported, not fatal; a bad config or I/O error stops the study.
+impl ArmResult {
+    /// Every seed's outcome, the config's seed first.
+    fn all_outcomes(&self) -> Vec<&std::result::Result<RunSummary, String>> {
+        std::iter::once(&self.outcome)
+            .chain(self.more_seeds.iter().map(|s| &s.outcome))
+            .collect()
+    }
+}
+
+/// The folder of seed `seed` of arm `name` (the config's own seed: `name/`).
+fn seed_dir(out: &Path, name: &str, seed: u64, base_seed: u64) -> PathBuf {
+    if seed == base_seed {
+        out.join(name)
+    } else {
+        out.join(format!("{name}-seed{seed}"))
+    }
+}
+
+/// Trains one run of the study, a divergence being an outcome rather than an error.
+fn run_arm(
+    cfg: TrainConfig,
+    dir: &Path,
+    progress: Progress,
+) -> Result<std::result::Result<RunSummary, String>> {
+    let opts = RunOptions {
+        checkpoints: false,
+        progress,
+        ..RunOptions::new(dir)
+    };
+    match run::train(cfg, opts) {
+        Ok(s) => Ok(Ok(s)),
+        Err(e @ TrainError::Diverged { .. }) => Ok(Err(e.to_string())),
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs every arm into `out/<arm>/` (and each further seed of `seeds` into
+/// `out/<arm>-seed<seed>/`) and writes `out/report.md` and the comparison plots (of the
+/// config's seed). A diverging run is reported, not fatal; a bad config or I/O error stops the
+/// study.
 pub fn compare(
     base: &TrainConfig,
     out: &Path,
     overwrite: bool,
     progress: Progress,
+    seeds: u64,
 ) -> Result<(PathBuf, Vec<ArmResult>)> {
     base.validate()?;
+    if seeds == 0 {
+        return Err(TrainError::invalid("--seeds", seeds, "must be at least 1"));
+    }
     // the study folder stays locked for the whole study (each arm locks its own folder too)
     let _lock = run::prepare_out_dir(
         &RunOptions {
@@ -93,20 +149,26 @@ pub fn compare(
                 v.name, v.precision, v.scaling
             );
         }
-        let opts = RunOptions {
-            checkpoints: false,
-            progress,
-            ..RunOptions::new(&dir)
-        };
-        let outcome = match run::train(cfg, opts) {
-            Ok(s) => Ok(s),
-            Err(e @ TrainError::Diverged { .. }) => Err(e.to_string()),
-            Err(e) => return Err(e),
-        };
+        let outcome = run_arm(cfg.clone(), &dir, progress)?;
+        let mut more_seeds = Vec::new();
+        for seed in base.seed + 1..base.seed + seeds {
+            let dir = seed_dir(out, v.name, seed, base.seed);
+            if progress != Progress::Quiet {
+                println!("== {} seed {seed}", v.name);
+            }
+            let cfg = TrainConfig {
+                seed,
+                output_dir: Some(dir.clone()),
+                ..cfg.clone()
+            };
+            let outcome = run_arm(cfg, &dir, progress)?;
+            more_seeds.push(SeedRun { seed, dir, outcome });
+        }
         results.push(ArmResult {
             variant: v,
             dir,
             outcome,
+            more_seeds,
         });
     }
     draw_compare_plots(out, &results)?;
@@ -127,20 +189,32 @@ pub fn load(out: &Path) -> Result<(TrainConfig, Vec<ArmResult>)> {
         if base.is_none() && dir.join("config.toml").exists() {
             base = Some(TrainConfig::load(Some(&dir.join("config.toml")), &[])?);
         }
-        let path = dir.join("summary.json");
-        let outcome = match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(
-                serde_json::from_str(&text).map_err(|source| TrainError::Json {
-                    path: path.clone(),
-                    source,
-                })?,
-            ),
-            Err(_) => Err(format!("no {} (the run did not finish)", path.display())),
-        };
+        let outcome = read_outcome(&dir)?;
+        // the further seeds: `<arm>-seed<seed>/`, in seed order
+        let prefix = format!("{}-seed", v.name);
+        let mut more_seeds = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(out) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(seed) = name
+                    .strip_prefix(&prefix)
+                    .and_then(|n| n.parse::<u64>().ok())
+                {
+                    let dir = e.path();
+                    more_seeds.push(SeedRun {
+                        seed,
+                        outcome: read_outcome(&dir)?,
+                        dir,
+                    });
+                }
+            }
+        }
+        more_seeds.sort_by_key(|r| r.seed);
         results.push(ArmResult {
             variant: v,
             dir,
             outcome,
+            more_seeds,
         });
     }
     let base = base.ok_or_else(|| TrainError::Data {
@@ -148,6 +222,23 @@ pub fn load(out: &Path) -> Result<(TrainConfig, Vec<ArmResult>)> {
         reason: "not a precision-study folder (no <arm>/config.toml)".into(),
     })?;
     Ok((base, results))
+}
+
+/// A run folder's `summary.json`, or why there is none.
+fn read_outcome(dir: &Path) -> Result<std::result::Result<RunSummary, String>> {
+    let path = dir.join("summary.json");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Ok(serde_json::from_str(&text).map_err(|source| {
+            TrainError::Json {
+                path: path.clone(),
+                source,
+            }
+        })?)),
+        Err(_) => Ok(Err(format!(
+            "no {} (the run did not finish)",
+            path.display()
+        ))),
+    }
 }
 
 /// Redraws the comparison plots of a finished study folder and rewrites its `report.md`.
@@ -218,6 +309,65 @@ fn draw_compare_plots(out: &Path, results: &[ArmResult]) -> Result<()> {
         &scale,
         true,
     )
+}
+
+/// The exact-match accuracy a seed must reach to count as having learnt the task.
+const TARGET_ACCURACY: f64 = 0.95;
+
+/// `mean (min - max)` of `xs` with `digits` decimals; `-` when empty.
+fn spread(xs: &[f64], fmt: impl Fn(f64) -> String) -> String {
+    if xs.is_empty() {
+        return "-".into();
+    }
+    let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+    let lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{} ({} - {})", fmt(mean), fmt(lo), fmt(hi))
+}
+
+/// The section of a study with more than one seed: per arm, the mean and range of the final
+/// losses and accuracy over its seeds, how many reached the target accuracy, and how many
+/// did not finish.
+fn across_seeds(s: &mut String, base: &TrainConfig, results: &[ArmResult], seeds: usize) {
+    let _ = writeln!(
+        s,
+        "\n## Across seeds ({seeds} seeds from {}: mean (min - max))\n",
+        base.seed
+    );
+    let _ = writeln!(
+        s,
+        "| run | seeds finished | final train loss | final val loss | exact-match accuracy | reached {} | skipped steps |",
+        pct(TARGET_ACCURACY)
+    );
+    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for r in results {
+        let outs = r.all_outcomes();
+        let ok: Vec<&RunSummary> = outs.iter().filter_map(|o| o.as_ref().ok()).collect();
+        let col = |f: &dyn Fn(&RunSummary) -> Option<f64>| -> Vec<f64> {
+            ok.iter().filter_map(|x| f(x)).collect()
+        };
+        let train = col(&|x| Some(f64::from(x.final_train_loss)));
+        let val = col(&|x| Some(f64::from(x.final_val_loss)));
+        let acc = col(&|x| x.final_accuracy);
+        let skipped = col(&|x| Some(x.skipped_steps as f64));
+        let reached = acc.iter().filter(|&&a| a >= TARGET_ACCURACY).count();
+        let _ = writeln!(
+            s,
+            "| {} | {} of {} | {} | {} | {} | {} | {} |",
+            r.variant.name,
+            ok.len(),
+            outs.len(),
+            spread(&train, |x| format!("{x:.4}")),
+            spread(&val, |x| format!("{x:.4}")),
+            spread(&acc, pct),
+            if acc.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{reached} of {}", outs.len())
+            },
+            spread(&skipped, |x| format!("{x:.0}")),
+        );
+    }
 }
 
 fn pct(x: f64) -> String {
@@ -354,6 +504,14 @@ pub fn report_markdown(base: &TrainConfig, results: &[ArmResult], plot_prefix: &
             pct(x.zero_grad_fraction)
         );
     }
+    let seeds = results
+        .iter()
+        .map(|r| 1 + r.more_seeds.len())
+        .max()
+        .unwrap_or(1);
+    if seeds > 1 {
+        across_seeds(&mut s, base, results, seeds);
+    }
     let _ = writeln!(s, "\n## Findings (computed from the numbers above)\n");
     if let Some(f) = fp32_val {
         for (r, x) in &ok {
@@ -381,7 +539,31 @@ pub fn report_markdown(base: &TrainConfig, results: &[ArmResult], plot_prefix: &
             let _ = writeln!(s, "- {} did not finish: {e}", r.variant.name);
         }
     }
-    let _ = writeln!(s, "\n## Plots\n");
+    if seeds > 1 {
+        for r in results {
+            let outs = r.all_outcomes();
+            let reached = outs
+                .iter()
+                .filter(|o| {
+                    o.as_ref()
+                        .is_ok_and(|x| x.final_accuracy.is_some_and(|a| a >= TARGET_ACCURACY))
+                })
+                .count();
+            if outs
+                .iter()
+                .any(|o| o.as_ref().is_ok_and(|x| x.final_accuracy.is_some()))
+            {
+                let _ = writeln!(
+                    s,
+                    "- {}: reached {} exact match in {reached} of {} seeds.",
+                    r.variant.name,
+                    pct(TARGET_ACCURACY),
+                    outs.len()
+                );
+            }
+        }
+    }
+    let _ = writeln!(s, "\n## Plots (the config's seed)\n");
     for (file, what) in [
         ("compare_train_loss.png", "training loss"),
         ("compare_val_loss.png", "validation loss"),

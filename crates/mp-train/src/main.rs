@@ -123,8 +123,12 @@ struct CompareArgs {
     /// (e.g. `docs/precision-study.md`).
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// Seeds per arm (the config's seed, then + 1, + 2, ...): the report gives each arm's
+    /// mean and range over them and how many reached the target accuracy.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    seeds: u64,
     /// Do not train: re-render the report and plots of a finished study folder.
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["config", "set", "max_steps", "data", "backend", "overwrite"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["config", "set", "max_steps", "data", "backend", "overwrite", "seeds"])]
     from: Option<PathBuf>,
 }
 
@@ -275,8 +279,8 @@ fn cmd_compare(a: CompareArgs) -> Result<()> {
                     "compare",
                 )
             });
-            let (_, results) =
-                compare::compare(&cfg, &out, a.common.overwrite, progress(a.common.plain))?;
+            let progress = progress(a.common.plain);
+            let (_, results) = compare::compare(&cfg, &out, a.common.overwrite, progress, a.seeds)?;
             (cfg, out, results)
         }
     };

@@ -12,4 +12,5 @@ mod fault;
 mod gpu_training;
 mod precisions;
 mod resume;
+mod study;
 mod tape_ops;
