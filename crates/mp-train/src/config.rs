@@ -523,34 +523,37 @@ impl TrainConfig {
         let d = ModelConfig::default();
         match m.arch {
             Arch::Gpt2 => {
-                let llama_only: [(&str, bool, String); 5] = [
-                    (
+                let changed = |field, ours: String, default: String| {
+                    (ours != default).then_some((field, ours))
+                };
+                let llama_only = [
+                    changed(
                         "model.n_kv_head",
-                        m.n_kv_head != d.n_kv_head,
                         m.n_kv_head.to_string(),
+                        d.n_kv_head.to_string(),
                     ),
-                    (
+                    changed(
                         "model.intermediate_size",
-                        m.intermediate_size != d.intermediate_size,
                         m.intermediate_size.to_string(),
+                        d.intermediate_size.to_string(),
                     ),
-                    (
+                    changed(
                         "model.rope_theta",
-                        m.rope_theta != d.rope_theta,
                         m.rope_theta.to_string(),
+                        d.rope_theta.to_string(),
                     ),
-                    (
+                    changed(
                         "model.rms_norm_eps",
-                        m.rms_norm_eps != d.rms_norm_eps,
                         m.rms_norm_eps.to_string(),
+                        d.rms_norm_eps.to_string(),
                     ),
-                    (
+                    changed(
                         "model.tie_word_embeddings",
-                        m.tie_word_embeddings != d.tie_word_embeddings,
                         m.tie_word_embeddings.to_string(),
+                        d.tie_word_embeddings.to_string(),
                     ),
                 ];
-                if let Some((field, _, v)) = llama_only.into_iter().find(|f| f.1) {
+                if let Some((field, v)) = llama_only.into_iter().flatten().next() {
                     return Err(TrainError::invalid(
                         field,
                         v,

@@ -93,16 +93,7 @@ pub fn estimate(cfg: &TrainConfig) -> MemoryBreakdown {
     // alive until the backward takes it), the per-token losses.
     let head = 3 * c * 4 + c * 4 + casts / 2 * low + 2 * v * low + 4;
     let activations = tokens * (m.n_layer as u128 * per_layer + head);
-    MemoryBreakdown {
-        master: sat(if p.has_master() { 4 * n } else { 0 }),
-        model_copy: sat(match p {
-            Precision::Fp32 => 0,
-            _ => 2 * n,
-        }),
-        grads: sat(cfg.grad_dtype.dtype().size_in_bytes() as u128 * n),
-        optimizer: sat(8 * n),
-        activations: sat(activations),
-    }
+    breakdown(cfg, n, activations)
 }
 
 /// [`estimate`] for a Llama of `n` parameters at `tokens` tokens a micro-batch. Per token
@@ -137,6 +128,14 @@ fn llama_estimate(cfg: &TrainConfig, n: u128, tokens: u128) -> MemoryBreakdown {
     let v = m.vocab_size as u128;
     let head = 2 * c * 4 + casts / 2 * low + 2 * v * low + 4;
     let activations = tokens * (m.n_layer as u128 * per_layer + head);
+    breakdown(cfg, n, activations)
+}
+
+/// The breakdown of `n` parameters under `cfg`'s precision (FP32 master unless pure BF16, a
+/// 16-bit model copy unless FP32, the gradient arena's dtype, two FP32 AdamW moments) beside
+/// `activations` bytes.
+fn breakdown(cfg: &TrainConfig, n: u128, activations: u128) -> MemoryBreakdown {
+    let p = cfg.precision;
     MemoryBreakdown {
         master: sat(if p.has_master() { 4 * n } else { 0 }),
         model_copy: sat(match p {
