@@ -72,7 +72,7 @@ fn copy_stripped(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The golden files mp-train's GPT and Llama tests read (`../shared/golden/gpt2_tiny.*`,
+/// The golden files mp-train's GPT and Llama tests read (`golden/gpt2_tiny.*`,
 /// `llama_tiny.*`).
 const GOLDEN_FILES: &[&str] = &[
     "gpt2_tiny.json",
@@ -87,16 +87,16 @@ const GOLDEN_FILES: &[&str] = &[
 ];
 
 /// Copies the golden files into the bundle: on the GPU machine the test binary cannot see
-/// `../shared`, and `run.sh` points `MP_GOLDEN_DIR` here. Missing files are an error, so the
+/// the repository's `golden/`, and `run.sh` points `MP_GOLDEN_DIR` here. Missing files are an error, so the
 /// golden tests never pass there by skipping.
 fn copy_goldens(to: &Path) -> Result<()> {
-    let from = root().join("../shared/golden");
+    let from = root().join("golden");
     std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
     for name in GOLDEN_FILES {
         let src = from.join(name);
         if !src.is_file() {
             bail!(
-                "{} not found: the GPU bundle needs the golden files of ../shared/golden",
+                "{} not found: the GPU bundle needs the golden files of golden/",
                 src.display()
             );
         }
@@ -309,11 +309,7 @@ fn no_gpu_reason() -> Option<String> {
 }
 
 /// `cargo xtask test-gpu [--build-only]`.
-pub fn test_gpu(rest: &[String]) -> Result<()> {
-    let build_only = rest.iter().any(|a| a == "--build-only");
-    if let Some(a) = rest.iter().find(|a| *a != "--build-only") {
-        bail!("test-gpu: unknown argument {a:?} (only --build-only)");
-    }
+pub fn test_gpu(build_only: bool) -> Result<()> {
     if !build_only && let Some(why) = no_gpu_reason() {
         bail!(
             "test-gpu: this machine has no usable GPU ({why}).\n\
@@ -337,10 +333,7 @@ pub fn test_gpu(rest: &[String]) -> Result<()> {
 }
 
 /// `cargo xtask bench --gpu`: the CUDA benchmark on this machine's GPU.
-pub fn bench(rest: &[String]) -> Result<()> {
-    if let Some(a) = rest.iter().find(|a| *a != "--gpu") {
-        bail!("bench --gpu: unknown argument {a:?}");
-    }
+pub fn bench() -> Result<()> {
     if let Some(why) = no_gpu_reason() {
         bail!(
             "bench --gpu: this machine has no usable GPU ({why}). `cargo xtask test-gpu \

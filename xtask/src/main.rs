@@ -9,46 +9,65 @@
 //!   GPU run (see [`gpu`]).
 
 use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod gpu;
 mod tidy;
 
-fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (cmd, rest) = args
-        .split_first()
-        .map(|(c, r)| (c.as_str(), r))
-        .unwrap_or(("help", &[]));
-    match cmd {
-        "test" => test(rest),
-        "tidy" => tidy::tidy(&root()),
-        "bench" if rest.iter().any(|a| a == "--gpu") => gpu::bench(rest),
-        "bench" => bench(rest),
-        "test-gpu" => gpu::test_gpu(rest),
-        "help" | "-h" | "--help" => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        other => bail!("unknown xtask command {other:?}\n\n{USAGE}"),
-    }
+/// The project's automation.
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
 }
 
-const USAGE: &str = "usage: cargo xtask <command>
+#[derive(Subcommand)]
+enum Task {
+    /// cargo fmt --check, tidy, clippy -D warnings, cargo doc -D warnings, every test in
+    /// release mode and the mp-autograd custom_op example (what CI runs)
+    Test {
+        /// Passed on to `cargo test --workspace --release` (a filter, `-- --nocapture`, ...)
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        cargo_test_args: Vec<String>,
+    },
+    /// The structural rules: no cfg(feature) outside mp-kernels, every backend op in the
+    /// conformance suite, CUDA kernel table = .cu sources, WGSL shaders = their declarations,
+    /// docs on every crate and module
+    Tidy,
+    /// The criterion benches, then a summary table of medians and throughputs
+    Bench {
+        /// Build the wgpu backend in too, so its GEMM, attention and training-step benches run
+        /// (they need an adapter: `WGPU_BACKEND=vulkan` on lavapipe)
+        #[arg(long, conflicts_with = "gpu")]
+        wgpu: bool,
+        /// Run the CUDA benchmark on this machine's GPU instead
+        #[arg(long)]
+        gpu: bool,
+        /// Only the benches whose names contain one of these
+        #[arg(conflicts_with = "gpu")]
+        filters: Vec<String>,
+    },
+    /// Build the CUDA tests and benchmark into .gpu/ and run them on this machine's GPU
+    /// (`bash .gpu/run.sh`)
+    TestGpu {
+        /// Only build the bundle, for `bash .gpu/run.sh` on a GPU machine
+        #[arg(long)]
+        build_only: bool,
+    },
+}
 
-commands:
-  test        cargo fmt --check, tidy, clippy -D warnings, cargo doc -D warnings, all tests
-              in release mode, and the mp-autograd custom_op example
-  tidy        the structural rules: no cfg(feature) outside mp-kernels, every backend op
-              in the conformance suite, CUDA kernel table = .cu sources, WGSL shaders =
-              their declarations, docs on every crate and module
-  bench [--wgpu] [F]
-              run the criterion benches (optionally only those matching F), print a summary;
-              --wgpu builds the wgpu backend in, so its GEMM/attention/step benches run too
-  bench --gpu the CUDA benchmark on this machine's GPU
-  test-gpu    build the CUDA tests + benchmark and run them on this machine's GPU
-              (--build-only: just bundle them into .gpu/ for `bash .gpu/run.sh` elsewhere)";
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Task::Test { cargo_test_args } => test(&cargo_test_args),
+        Task::Tidy => tidy::tidy(&root()),
+        Task::Bench { gpu: true, .. } => gpu::bench(),
+        Task::Bench { wgpu, filters, .. } => bench(wgpu, &filters),
+        Task::TestGpu { build_only } => gpu::test_gpu(build_only),
+    }
+}
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -117,23 +136,16 @@ fn test(rest: &[String]) -> Result<()> {
     )
 }
 
-fn bench(rest: &[String]) -> Result<()> {
+fn bench(wgpu: bool, filters: &[String]) -> Result<()> {
     // `--benches` skips the benches whose features are off (`--bench *` refused the wgpu one)
     let mut args = vec!["bench", "--workspace", "--benches"];
-    // `--wgpu`: build the wgpu backend in too, so the wgpu halves (GEMM, attention, training
-    // step beside the CPU) run; they need an adapter (`WGPU_BACKEND=vulkan` on lavapipe).
-    let wgpu = rest.iter().any(|a| a == "--wgpu");
+    // the wgpu halves (GEMM, attention, training step beside the CPU)
     if wgpu {
         args.extend(["--features", "mp-kernels/wgpu,mp-train/wgpu"]);
     }
-    let filters: Vec<&str> = rest
-        .iter()
-        .map(String::as_str)
-        .filter(|a| *a != "--wgpu")
-        .collect();
     if !filters.is_empty() {
         args.push("--");
-        args.extend(filters);
+        args.extend(filters.iter().map(String::as_str));
     }
     run("cargo", &args)?;
     summary()

@@ -1,27 +1,12 @@
 //! Helpers shared by the test modules.
 
 use std::io::Write;
-use std::path::PathBuf;
 
 use mp_dtype::{DType, Isa, bits_to_f32, mix32};
 
 /// Writes a line to the real stderr, bypassing libtest's capture, so that CI logs show it.
 pub fn report(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
-}
-
-/// The shared golden folder, or `None` (after a loud notice) when it is absent.
-pub fn golden_dir(test: &str) -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden");
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        report(&format!(
-            "SKIPPED: {test}: golden folder absent ({})",
-            dir.display()
-        ));
-        None
-    }
 }
 
 /// The instruction-set paths this CPU runs, reported once per caller.

@@ -1,11 +1,11 @@
-//! Golden tests against `../shared/golden/float_formats.json` (made with ml_dtypes / numpy).
+//! Golden tests against `golden/float_formats.json` (made with ml_dtypes / numpy).
 //! Every expected value, and the list of formats, is read from the file.
 
 use serde_json::Value;
 
 use mp_dtype::{DType, EncodeOptions, bits_to_f32, decode, encode, f32_to_bits};
 
-use crate::common::golden_dir;
+use mp_golden::num as number;
 
 /// The file's format keys and the matching dtype.
 fn dtype_of(key: &str) -> Option<DType> {
@@ -19,26 +19,9 @@ fn dtype_of(key: &str) -> Option<DType> {
     }
 }
 
-fn load(test: &str) -> Option<Value> {
-    let dir = golden_dir(test)?;
-    let path = dir.join("float_formats.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{test}: cannot read {}: {e}", path.display()));
-    Some(serde_json::from_str(&text).unwrap_or_else(|e| panic!("{test}: bad JSON: {e}")))
-}
-
-/// A value as the file writes it: a number, or "nan" / "inf" / "-inf".
-fn number(v: &Value) -> f64 {
-    match v {
-        Value::Number(n) => n.as_f64().expect("finite JSON number"),
-        Value::String(s) => match s.as_str() {
-            "nan" => f64::NAN,
-            "inf" => f64::INFINITY,
-            "-inf" => f64::NEG_INFINITY,
-            other => panic!("unexpected value string {other:?}"),
-        },
-        other => panic!("unexpected value {other}"),
-    }
+/// The golden file of the float formats.
+fn load() -> Value {
+    mp_golden::load_json("float_formats.json")
 }
 
 /// Every (format key, dtype, object) in the file that has a field `field`.
@@ -67,9 +50,7 @@ fn same(got: f32, want: f64) -> bool {
 
 #[test]
 fn golden_dtype_value_tables() {
-    let Some(doc) = load("golden_dtype_value_tables") else {
-        return;
-    };
+    let doc = load();
     for (key, dtype, fmt) in formats_with(&doc, "to_f32") {
         let table = fmt["to_f32"].as_array().expect("to_f32 is an array");
         assert_eq!(
@@ -100,9 +81,7 @@ fn golden_dtype_value_tables() {
 
 #[test]
 fn golden_dtype_finfo() {
-    let Some(doc) = load("golden_dtype_finfo") else {
-        return;
-    };
+    let doc = load();
     for (key, dtype, fmt) in formats_with(&doc, "max") {
         let checks = [
             ("max", dtype.max()),
@@ -119,9 +98,7 @@ fn golden_dtype_finfo() {
 
 #[test]
 fn golden_dtype_rne_bits() {
-    let Some(doc) = load("golden_dtype_rne_bits") else {
-        return;
-    };
+    let doc = load();
     let inputs: Vec<f32> = doc["f32_inputs"]
         .as_array()
         .expect("f32_inputs is an array")

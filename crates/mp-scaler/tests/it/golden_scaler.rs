@@ -2,7 +2,7 @@
 //! traces. Everything (shapes, scaler config, AdamW hyper-parameters, every expected value) is
 //! read from the file.
 
-use crate::golden::{self, assert_close, f, flat};
+use mp_golden::{self as golden, assert_close, flat, num as f};
 use mp_kernels::prelude::*;
 use mp_kernels::{CpuBackend, CpuBuffer, DType};
 use mp_optim::{AdamW, AdamWConfig};
@@ -11,8 +11,7 @@ use mp_scaler::{GradScaler, OptimizerId, ScalerConfig, ScalerState};
 type BoxErr = Box<dyn std::error::Error + Send + Sync>;
 
 fn run_trace(file: &str) {
-    let Some(dir) = golden::dir(file) else { return };
-    let g = golden::load(&dir.join(file));
+    let g = golden::load_json(file);
     let be = CpuBackend;
 
     let c = &g["config"];
@@ -139,8 +138,7 @@ fn golden_scaler_growth_to_max() {
 #[test]
 fn golden_scaler_check_api_matches_step_api() {
     let file = "grad_scaler_adamw_trace.json";
-    let Some(dir) = golden::dir(file) else { return };
-    let g = golden::load(&dir.join(file));
+    let g = golden::load_json(file);
     let be = CpuBackend;
     let c = &g["config"];
     let config = ScalerConfig::default()

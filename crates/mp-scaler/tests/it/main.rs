@@ -2,6 +2,5 @@
 //! machine, fault injection, state round trips.
 
 mod fault;
-mod golden;
 mod golden_scaler;
 mod machine;

@@ -121,23 +121,9 @@ fn only_the_last_k_checkpoints_are_kept() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The golden folder (`../shared/golden` beside the repository), if present.
-fn golden_dir() -> Option<std::path::PathBuf> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden");
-    if dir.join("gpt2_tiny.safetensors").exists() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "SKIPPED: golden_checkpoint_matches_hf_gpt2_layout: golden folder absent ({})",
-            dir.display()
-        );
-        None
-    }
-}
-
 #[test]
 fn golden_checkpoint_matches_hf_gpt2_layout() {
-    let Some(golden) = golden_dir() else { return };
+    let golden = mp_golden::dir();
     let spec: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(golden.join("gpt2_tiny.json")).unwrap())
             .unwrap();

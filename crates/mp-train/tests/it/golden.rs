@@ -1,5 +1,5 @@
 //! The golden-test harness shared by the GPT (`gpt.rs`, HF GPT-2) and Llama (`llama.rs`, HF
-//! `LlamaForCausalLM`) tests: `shared/golden/{stem}.*` made by PyTorch on the CPU.
+//! `LlamaForCausalLM`) tests: `golden/{stem}.*` made by PyTorch on the CPU.
 //!
 //! Everything (model config, inputs, targets, expected logits, loss, gradients, AdamW
 //! hyper-parameters, training losses, PyTorch's own autocast errors) is read from the files,
@@ -44,29 +44,6 @@ pub trait GoldenModel<B: Backend>: Sized {
     fn arenas(&mut self) -> (&mut B::Buffer, &B::Buffer);
 }
 
-/// The golden folder: `$MP_GOLDEN_DIR` when set (the GPU bundle carries its own copy, since a
-/// test binary run elsewhere cannot see `../shared`), where a missing file is a failure; else
-/// `../shared/golden` beside the repository, whose absence is a loud skip.
-fn golden_dir(stem: &str) -> Option<PathBuf> {
-    let json = format!("{stem}.json");
-    if let Some(dir) = std::env::var_os("MP_GOLDEN_DIR") {
-        let dir = PathBuf::from(dir);
-        assert!(
-            dir.join(&json).exists(),
-            "MP_GOLDEN_DIR={} has no {json}",
-            dir.display()
-        );
-        return Some(dir);
-    }
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden");
-    if dir.join(&json).exists() {
-        Some(dir)
-    } else {
-        eprintln!("SKIPPED: {} golden folder absent", dir.display());
-        None
-    }
-}
-
 /// The golden model, its batch and the json record.
 struct Golden<B: Backend, M> {
     dir: PathBuf,
@@ -90,21 +67,20 @@ fn ids(v: &Value) -> (Vec<u32>, usize, usize) {
     (flat.clone(), b, flat.len() / b)
 }
 
-fn load<B: Backend, M: GoldenModel<B>>(be: &B) -> Option<Golden<B, M>> {
-    let dir = golden_dir(M::STEM)?;
-    let text = std::fs::read_to_string(dir.join(format!("{}.json", M::STEM))).unwrap();
-    let json: Value = serde_json::from_str(&text).unwrap();
+fn load<B: Backend, M: GoldenModel<B>>(be: &B) -> Golden<B, M> {
+    let json = mp_golden::load_json(&format!("{}.json", M::STEM));
+    let dir = mp_golden::dir();
     let gpt = M::load(be, &dir, &json);
     let (input, b, t) = ids(&json["input_ids"]);
     let (targets, tb, tt) = ids(&json["targets"]);
     assert_eq!((b, t), (tb, tt));
     let batch = gpt.batch(be, &input, &targets, b, t);
-    Some(Golden {
+    Golden {
         dir,
         json,
         gpt,
         batch,
-    })
+    }
 }
 
 /// Every tensor of a safetensors file as (name, shape, f32 values).
@@ -148,9 +124,7 @@ fn reference_logits<B: Backend, M: GoldenModel<B>>(g: &Golden<B, M>) -> Vec<f32>
 /// FP32 logits (rel L2 < 1e-5), loss (1e-5) and every parameter gradient (rel L2 < 1e-4)
 /// against PyTorch.
 pub fn fp32_logits_loss_and_every_gradient<B: Backend, M: GoldenModel<B>>(be: &B) {
-    let Some(mut g) = load::<B, M>(be) else {
-        return;
-    };
+    let mut g = load::<B, M>(be);
     let be_name = be.name();
     let want = reference_logits(&g);
     let (logits, eval_loss) = g.gpt.evaluate(be, &g.batch, Autocast::OFF);
@@ -204,9 +178,7 @@ pub fn fp32_logits_loss_and_every_gradient<B: Backend, M: GoldenModel<B>>(be: &B
 /// where the file records one, else its BF16 error), FP16 more accurate than BF16, and the
 /// optimizer's BF16 model copy giving the same logits bit for bit.
 pub fn bf16_and_fp16_autocast_logits<B: Backend, M: GoldenModel<B>>(be: &B) {
-    let Some(mut g) = load::<B, M>(be) else {
-        return;
-    };
+    let mut g = load::<B, M>(be);
     let be_name = be.name();
     let want = reference_logits(&g);
     let torch_bf16 = g.json["torch_cpu_bf16_autocast_logits_rel_err"]
@@ -255,9 +227,7 @@ pub fn bf16_and_fp16_autocast_logits<B: Backend, M: GoldenModel<B>>(be: &B) {
 
 /// Eight FP32 AdamW steps: every loss within 1e-4 of PyTorch's.
 pub fn fp32_adamw_training_losses<B: Backend, M: GoldenModel<B>>(be: &B) {
-    let Some(mut g) = load::<B, M>(be) else {
-        return;
-    };
+    let mut g = load::<B, M>(be);
     let be_name = be.name();
     let hp = &g.json["adamw"];
     let f = |v: &Value| v.as_f64().unwrap() as f32;

@@ -1,4 +1,4 @@
-//! Golden tests of the GPT against HF GPT-2 (PyTorch, CPU): `shared/golden/gpt2_tiny.*`,
+//! Golden tests of the GPT against HF GPT-2 (PyTorch, CPU): `golden/gpt2_tiny.*`,
 //! through the shared harness (`golden.rs`).
 
 use std::path::Path;

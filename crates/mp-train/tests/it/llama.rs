@@ -1,5 +1,5 @@
 //! Golden tests of the Llama against HF `LlamaForCausalLM` (PyTorch, CPU):
-//! `shared/golden/llama_tiny.*` (the config read from its HF `config.json`), through the
+//! `golden/llama_tiny.*` (the config read from its HF `config.json`), through the
 //! shared harness (`golden.rs`).
 
 use std::path::Path;

@@ -11,33 +11,22 @@ use mp_train::run::{RunOptions, train};
 use mp_train::tools::{self, SampleOptions};
 use std::path::{Path, PathBuf};
 
-/// The golden Llama as HF's `save_pretrained` lays it out, or `None` (a loud skip) without
-/// the golden folder.
-fn hf_folder(name: &str) -> Option<PathBuf> {
-    let golden = match std::env::var_os("MP_GOLDEN_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden"),
-    };
-    if !golden.join("llama_tiny.config.json").exists() {
-        eprintln!("SKIPPED: {} golden folder absent", golden.display());
-        return None;
-    }
+/// The golden Llama as HF's `save_pretrained` lays it out.
+fn hf_folder(name: &str) -> PathBuf {
     let dir = scratch(name).join("hf");
     std::fs::create_dir_all(&dir).unwrap();
     for (from, to) in [
         ("llama_tiny.config.json", checkpoint::HF_CONFIG_FILE),
         ("llama_tiny.safetensors", checkpoint::MODEL_FILE),
     ] {
-        std::fs::copy(golden.join(from), dir.join(to)).unwrap();
+        std::fs::copy(mp_golden::path(from), dir.join(to)).unwrap();
     }
-    Some(dir)
+    dir
 }
 
 #[test]
 fn an_hf_llama_folder_fine_tunes_samples_and_evaluates() {
-    let Some(hf) = hf_folder("llama-hf") else {
-        return;
-    };
+    let hf = hf_folder("llama-hf");
     let out = hf.parent().unwrap().join("run");
     let mut cfg = tiny(6);
     cfg.model = Default::default(); // replaced by the folder's config.json
@@ -86,9 +75,7 @@ fn an_hf_llama_folder_fine_tunes_samples_and_evaluates() {
 
 #[test]
 fn init_from_and_resume_together_are_refused() {
-    let Some(hf) = hf_folder("llama-hf-both") else {
-        return;
-    };
+    let hf = hf_folder("llama-hf-both");
     let out = hf.parent().unwrap().join("run");
     let err = train(
         tiny(2),
