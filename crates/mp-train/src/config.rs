@@ -334,7 +334,10 @@ impl ModelConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
-    /// A text file to train on (byte-level tokens). Absent: the embedded arithmetic corpus.
+    /// A text file to train on (tokenized whole by the `tokenizer`), or llm.c token shards: a
+    /// shard file, a folder of `*.bin` shards or a glob; `*_val_*` shards validate (without
+    /// them the training shards' last `val_fraction` does). Absent: the embedded arithmetic
+    /// corpus.
     pub path: Option<PathBuf>,
     /// Fraction of the data (or of the arithmetic problems) held out for validation.
     pub val_fraction: f64,
@@ -427,6 +430,11 @@ pub struct TrainConfig {
     /// `+inf` before the non-finite check, e.g. `"3,10-12,0-999/10"` (see
     /// [`crate::fault::StepSet`]); empty (the default): never.
     pub poison_grad_steps: String,
+    /// `"bytes"` (each byte a token, vocabulary 256: the default, which the embedded corpus
+    /// needs), or a BPE tokenizer: a `tokenizer.json`, or a folder holding one or GPT-2's
+    /// `vocab.json` + `merges.txt`. The model's vocabulary follows it (see
+    /// [`crate::tokenizer`]).
+    pub tokenizer: String,
     /// Loss scaling.
     pub loss_scaling: LossScaling,
     /// The model.
@@ -466,6 +474,7 @@ impl Default for TrainConfig {
             recompute_gelu: false,
             allow_software_adapter: false,
             poison_grad_steps: String::new(),
+            tokenizer: crate::tokenizer::BYTES.into(),
             loss_scaling: LossScaling::default(),
             model: ModelConfig::default(),
             data: DataConfig::default(),
@@ -881,6 +890,9 @@ allow_software_adapter = {allow_software_adapter}
 # Testing hook: poison the gradients (+inf) at these steps, e.g. "3,10-12,0-999/10"; a correct
 # run skips exactly them. Empty: never.
 poison_grad_steps = "{poison_grad_steps}"
+# "bytes" (vocabulary 256; the embedded corpus needs it), or a BPE tokenizer: a tokenizer.json,
+# or a folder with one or with GPT-2's vocab.json + merges.txt. model.vocab_size follows it.
+tokenizer = "{tokenizer}"
 
 [loss_scaling]
 # "auto" (dynamic for fp16, none otherwise), "dynamic", "static" or "none".
@@ -904,7 +916,7 @@ n_embd = {n_embd}
 n_head = {n_head}
 # Context length (also the training sequence length).
 n_positions = {n_positions}
-# At least 256: tokens are bytes.
+# At least 256, and at least the tokenizer's vocabulary (left at 256, it follows the tokenizer).
 vocab_size = {vocab_size}
 # Llama only: key/value heads (0: n_head; must divide n_head), the SwiGLU width (0: 8/3
 # n_embd rounded up to a multiple of 16), the RoPE base, the RMSNorm epsilon, a tied head.
@@ -915,7 +927,9 @@ rms_norm_eps = {rms_norm_eps:e}
 tie_word_embeddings = {tie_word_embeddings}
 
 [data]
-# A text file to train on; left out: the embedded arithmetic corpus.
+# A text file to train on (tokenized whole), or llm.c token shards (a .bin file, a folder of
+# them or a glob such as "data/fineweb_*.bin"; *_val_* shards validate, memory-mapped);
+# left out: the embedded arithmetic corpus.
 # path = "input.txt"
 # Fraction held out for validation.
 val_fraction = {val_fraction}
@@ -952,6 +966,7 @@ reverse_answer = {reverse_answer}
         recompute_gelu = c.recompute_gelu,
         allow_software_adapter = c.allow_software_adapter,
         poison_grad_steps = c.poison_grad_steps,
+        tokenizer = c.tokenizer,
         init_scale = s.init_scale,
         growth_factor = s.growth_factor,
         backoff_factor = s.backoff_factor,

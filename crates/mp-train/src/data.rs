@@ -1,7 +1,7 @@
-//! Training data: byte-level tokens from any text file, or the embedded arithmetic corpus.
+//! Training data: a text file (bytes, or a BPE [`Tokenizer`]'s tokens), llm.c token shards
+//! (memory-mapped, read window by window: [`crate::shards`]), or the embedded arithmetic corpus.
 //!
-//! Tokens are bytes (vocabulary 256). A [`Dataset`] holds a training and a validation token
-//! stream. Batches are windows of `context + 1` tokens (inputs and next-token targets) whose
+//! A [`Dataset`] holds a training and a validation token stream ([`Tokens`]). Batches are windows of `context + 1` tokens (inputs and next-token targets) whose
 //! offsets are a pure function of `(seed, micro-batch index, row)`, so the data position of a
 //! run is just its step count: a resumed run sees exactly the batches the uninterrupted run saw.
 //!
@@ -14,7 +14,10 @@
 
 use crate::config::DataConfig;
 use crate::error::{Result, TrainError};
+use crate::shards::{self, Shard};
+use crate::tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// SplitMix64: a tiny, fast, well-mixed counter-based generator step.
 pub fn mix64(mut z: u64) -> u64 {
@@ -80,24 +83,138 @@ impl Arithmetic {
     }
 }
 
-/// Where a dataset's text came from.
+/// Where a dataset's tokens came from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Source {
-    /// A text file, split at `1 - val_fraction` of its bytes.
+    /// A text file (tokenized whole), split at `1 - val_fraction` of its tokens.
     File(PathBuf),
+    /// llm.c token shards: `data.path` (a file, folder or glob) and how many shards went into
+    /// each split.
+    Shards {
+        /// The `data.path` that named them.
+        spec: PathBuf,
+        /// Training shards.
+        train: usize,
+        /// Validation shards (`*_val_*`; 0 when the validation tokens are the training
+        /// shards' tail).
+        val: usize,
+    },
     /// The embedded arithmetic corpus.
     Arithmetic(Arithmetic),
 }
 
-/// A training and a validation token stream.
+/// A contiguous run of one shard's tokens.
+#[derive(Clone, Debug)]
+pub struct Span {
+    /// The shard.
+    pub shard: Arc<Shard>,
+    /// First token.
+    pub start: usize,
+    /// Tokens.
+    pub len: usize,
+}
+
+/// A token stream: held in memory, or spans of memory-mapped shards read window by window.
+#[derive(Clone, Debug)]
+pub enum Tokens {
+    /// Tokens in memory (the arithmetic corpus, a tokenized text file).
+    Memory(Vec<u32>),
+    /// Spans of shards; a window never crosses a span's end.
+    Shards(Vec<Span>),
+}
+
+impl Default for Tokens {
+    fn default() -> Self {
+        Tokens::Memory(Vec::new())
+    }
+}
+
+impl Tokens {
+    /// Tokens in the stream.
+    pub fn len(&self) -> usize {
+        match self {
+            Tokens::Memory(v) => v.len(),
+            Tokens::Shards(spans) => spans.iter().map(|s| s.len).sum(),
+        }
+    }
+
+    /// Whether the stream is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The tokens, when they are in memory.
+    pub fn as_slice(&self) -> Option<&[u32]> {
+        match self {
+            Tokens::Memory(v) => Some(v),
+            Tokens::Shards(_) => None,
+        }
+    }
+
+    /// How many windows of `t + 1` tokens start at a multiple of `align` (shards: any
+    /// position inside one span).
+    fn starts(&self, t: usize, align: usize) -> usize {
+        let fit = |len: usize| {
+            if len > t {
+                (len - t - 1) / align + 1
+            } else {
+                0
+            }
+        };
+        match self {
+            Tokens::Memory(v) => fit(v.len()),
+            Tokens::Shards(spans) => spans.iter().map(|s| fit(s.len)).sum(),
+        }
+    }
+
+    /// Appends the inputs and targets of window `k` (of [`Tokens::starts`]) to `batch`.
+    fn window(
+        &self,
+        k: usize,
+        t: usize,
+        align: usize,
+        vocab: usize,
+        batch: &mut Batch,
+    ) -> Result<()> {
+        match self {
+            Tokens::Memory(v) => {
+                let off = k * align;
+                batch.inputs.extend_from_slice(&v[off..off + t]);
+                batch.targets.extend_from_slice(&v[off + 1..off + t + 1]);
+            }
+            Tokens::Shards(spans) => {
+                let mut k = k;
+                for span in spans {
+                    let here = span.len.saturating_sub(t);
+                    if k < here {
+                        let mut w = Vec::with_capacity(t + 1);
+                        span.shard.read(span.start + k, t + 1, vocab, &mut w)?;
+                        batch.inputs.extend_from_slice(&w[..t]);
+                        batch.targets.extend_from_slice(&w[1..]);
+                        return Ok(());
+                    }
+                    k -= here;
+                }
+                unreachable!("window index beyond the stream's starts");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A training and a validation token stream, and the tokenizer that made them.
 #[derive(Clone, Debug)]
 pub struct Dataset {
-    /// Where the text came from.
+    /// Where the tokens came from.
     pub source: Source,
+    /// The tokenizer (bytes for the arithmetic corpus).
+    pub tokenizer: Tokenizer,
     /// Training tokens.
-    pub train: Vec<u32>,
+    pub train: Tokens,
     /// Validation tokens.
-    pub val: Vec<u32>,
+    pub val: Tokens,
+    /// The model's vocabulary: shard ids at or beyond it are errors.
+    pub vocab: usize,
 }
 
 /// One batch: `rows x t` inputs and their next-token targets.
@@ -118,16 +235,53 @@ fn bytes_to_tokens(bytes: &[u8]) -> Vec<u32> {
 }
 
 impl Dataset {
-    /// The dataset a config asks for, checked to fit `context` (sequence length).
+    /// The byte-level dataset a config asks for, checked to fit `context` (sequence length).
     pub fn from_config(cfg: &DataConfig, seed: u64, context: usize) -> Result<Self> {
-        match &cfg.path {
-            Some(path) => Self::from_file(path, cfg.val_fraction, context),
+        Self::load(cfg, seed, context, Tokenizer::Bytes, 256)
+    }
+
+    /// A dataset with no tokens (for sampling): only its tokenizer.
+    pub fn empty(tokenizer: Tokenizer) -> Self {
+        let vocab = tokenizer.vocab_size();
+        Dataset {
+            source: Source::File(PathBuf::new()),
+            tokenizer,
+            train: Tokens::default(),
+            val: Tokens::default(),
+            vocab,
+        }
+    }
+
+    /// The dataset of `data.path` (a text file tokenized by `tokenizer`, or llm.c shards)
+    /// or the embedded corpus, for a model of vocabulary `vocab`, checked to fit `context`.
+    pub fn load(
+        cfg: &DataConfig,
+        seed: u64,
+        context: usize,
+        tokenizer: Tokenizer,
+        vocab: usize,
+    ) -> Result<Self> {
+        let mut d = match &cfg.path {
+            Some(path) if path.is_file() && !Shard::sniff(path) => {
+                Self::from_text_file(path, cfg.val_fraction, context, tokenizer)?
+            }
+            Some(path) => Self::from_shards(path, cfg.val_fraction, context, tokenizer)?,
             None => {
+                if !matches!(tokenizer, Tokenizer::Bytes) {
+                    return Err(TrainError::invalid(
+                        "tokenizer",
+                        tokenizer.describe(),
+                        "the embedded arithmetic corpus is byte-level: set data.path to a \
+                         text file or token shards to train with a BPE tokenizer",
+                    ));
+                }
                 let d = Self::arithmetic(cfg, seed);
                 d.check_arithmetic_fits(cfg, context)?;
-                Ok(d)
+                d
             }
-        }
+        };
+        d.vocab = vocab;
+        Ok(d)
     }
 
     /// Fails, naming `data.problems`, unless both splits of the arithmetic corpus hold a
@@ -139,7 +293,6 @@ impl Dataset {
         }
         let line = self.alignment();
         let lines = need.div_ceil(line);
-        // the validation split has max(ceil(problems * val_fraction), 64) problems
         let for_val = if lines <= 64 {
             0
         } else {
@@ -159,9 +312,18 @@ impl Dataset {
         ))
     }
 
-    /// Byte-level tokens from a text file; the last `val_fraction` of it is the validation
-    /// split. Each split must hold at least `context + 1` tokens.
+    /// A byte-level text file, split at `1 - val_fraction` of its bytes.
     pub fn from_file(path: &Path, val_fraction: f64, context: usize) -> Result<Self> {
+        Self::from_text_file(path, val_fraction, context, Tokenizer::Bytes)
+    }
+
+    /// A text file tokenized whole, split at `1 - val_fraction` of its tokens.
+    fn from_text_file(
+        path: &Path,
+        val_fraction: f64,
+        context: usize,
+        tokenizer: Tokenizer,
+    ) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(TrainError::io("reading data", path))?;
         let bad = |reason: String| TrainError::Data {
             path: path.to_path_buf(),
@@ -170,27 +332,132 @@ impl Dataset {
         if bytes.is_empty() {
             return Err(bad("the file is empty".into()));
         }
-        let n_val = ((bytes.len() as f64) * val_fraction).round() as usize;
-        let n_train = bytes.len() - n_val;
+        let tokens = match &tokenizer {
+            Tokenizer::Bytes => bytes_to_tokens(&bytes),
+            Tokenizer::Bpe { .. } => {
+                let text = String::from_utf8(bytes).map_err(|e| {
+                    bad(format!(
+                        "not UTF-8 text (byte {}), which a BPE tokenizer needs",
+                        e.utf8_error().valid_up_to()
+                    ))
+                })?;
+                tokenizer.encode(&text)?
+            }
+        };
+        let unit = match tokenizer {
+            Tokenizer::Bytes => "bytes",
+            Tokenizer::Bpe { .. } => "tokens",
+        };
+        let n_val = ((tokens.len() as f64) * val_fraction).round() as usize;
+        let n_train = tokens.len() - n_val;
         let need = context + 1;
         if n_train < need || n_val < need {
             let total = (need as f64 / val_fraction.min(1.0 - val_fraction)).ceil() as usize;
             return Err(bad(format!(
-                "{} bytes is too short: with context {context} and val_fraction {val_fraction} \
-                 each split needs at least {need} bytes (train {n_train}, validation {n_val}); \
-                 give at least {total} bytes",
-                bytes.len()
+                "{} {unit} is too short: with context {context} and val_fraction {val_fraction} \
+                 each split needs at least {need} {unit} (train {n_train}, validation {n_val}); \
+                 give at least {total} {unit}",
+                tokens.len()
             )));
         }
+        let val = tokens[n_train..].to_vec();
+        let mut train = tokens;
+        train.truncate(n_train);
+        let vocab = tokenizer.vocab_size();
         Ok(Dataset {
             source: Source::File(path.to_path_buf()),
-            train: bytes_to_tokens(&bytes[..n_train]),
-            val: bytes_to_tokens(&bytes[n_train..]),
+            tokenizer,
+            train: Tokens::Memory(train),
+            val: Tokens::Memory(val),
+            vocab,
         })
     }
 
-    /// The embedded arithmetic corpus: `cfg.problems` training problems over the pairs not
-    /// held out, and `cfg.problems * val_fraction` (at least 64) over the held-out pairs.
+    /// llm.c shards: the `*_val_*` ones validate, the others train; without validation shards
+    /// the last `val_fraction` of the training tokens validate.
+    fn from_shards(
+        spec: &Path,
+        val_fraction: f64,
+        context: usize,
+        tokenizer: Tokenizer,
+    ) -> Result<Self> {
+        let files = shards::resolve(spec)?;
+        let mut train = Vec::new();
+        let mut val = Vec::new();
+        for f in &files {
+            let shard = Arc::new(Shard::open(f)?);
+            let span = Span {
+                len: shard.len(),
+                shard,
+                start: 0,
+            };
+            if shards::is_validation(f) {
+                val.push(span);
+            } else {
+                train.push(span);
+            }
+        }
+        let bad = |reason: String| TrainError::Data {
+            path: spec.to_path_buf(),
+            reason,
+        };
+        if train.is_empty() {
+            return Err(bad(format!(
+                "{} shard(s), all validation (*_val_*): no training shard",
+                val.len()
+            )));
+        }
+        let val_shards = val.len();
+        if val.is_empty() {
+            let total: usize = train.iter().map(|s| s.len).sum();
+            let mut n_val = ((total as f64) * val_fraction).round() as usize;
+            while n_val > 0 {
+                let last = train.last_mut().expect("a training shard");
+                let take = n_val.min(last.len);
+                val.insert(
+                    0,
+                    Span {
+                        shard: last.shard.clone(),
+                        start: last.start + last.len - take,
+                        len: take,
+                    },
+                );
+                last.len -= take;
+                n_val -= take;
+                if last.len == 0 {
+                    train.pop();
+                }
+                if train.is_empty() {
+                    break;
+                }
+            }
+        }
+        let (train, val) = (Tokens::Shards(train), Tokens::Shards(val));
+        for (name, split) in [("training", &train), ("validation", &val)] {
+            if split.starts(context, 1) == 0 {
+                return Err(bad(format!(
+                    "the {name} split ({} tokens) has no shard span of {} tokens, which \
+                     context {context} (model.n_positions) needs",
+                    split.len(),
+                    context + 1
+                )));
+            }
+        }
+        let vocab = tokenizer.vocab_size();
+        Ok(Dataset {
+            source: Source::Shards {
+                spec: spec.to_path_buf(),
+                train: files.len() - val_shards,
+                val: val_shards,
+            },
+            tokenizer,
+            train,
+            val,
+            vocab,
+        })
+    }
+
+    /// The embedded arithmetic corpus of `cfg`, generated from `seed`.
     pub fn arithmetic(cfg: &DataConfig, seed: u64) -> Self {
         let task = Arithmetic {
             digits: cfg.digits,
@@ -208,7 +475,6 @@ impl Dataset {
                 }
             }
         }
-        // Tiny operand spaces may leave a split empty: then both use every pair.
         if val_pairs.is_empty() || train_pairs.is_empty() {
             train_pairs.append(&mut val_pairs);
             val_pairs = train_pairs.clone();
@@ -224,21 +490,23 @@ impl Dataset {
         let n_val = ((cfg.problems as f64 * cfg.val_fraction).ceil() as usize).max(64);
         Dataset {
             source: Source::Arithmetic(task),
-            train: text(&train_pairs, cfg.problems, 1),
-            val: text(&val_pairs, n_val, 2),
+            tokenizer: Tokenizer::Bytes,
+            train: Tokens::Memory(text(&train_pairs, cfg.problems, 1)),
+            val: Tokens::Memory(text(&val_pairs, n_val, 2)),
+            vocab: 256,
         }
     }
 
-    /// The arithmetic task, when this is the embedded corpus.
+    /// The arithmetic task, when the data is the embedded corpus.
     pub fn arithmetic_task(&self) -> Option<Arithmetic> {
         match self.source {
             Source::Arithmetic(a) => Some(a),
-            Source::File(_) => None,
+            _ => None,
         }
     }
 
-    /// The longest prompt that starts at a line boundary, ends with a problem's `=` and
-    /// leaves room for the answer within `context` tokens (0 for text files).
+    /// Tokens of context before each evaluated problem's answer: whole problem lines that fit
+    /// (arithmetic), else 0.
     pub fn prompt_len(&self, context: usize) -> usize {
         match self.arithmetic_task() {
             Some(task) => {
@@ -249,71 +517,90 @@ impl Dataset {
         }
     }
 
-    /// A short description for logs and reports.
+    /// One line for the run summary.
     pub fn describe(&self) -> String {
+        let (train, val) = (self.train.len(), self.val.len());
         match &self.source {
-            Source::File(p) => format!(
-                "{} ({} train / {} validation bytes)",
-                p.display(),
-                self.train.len(),
-                self.val.len()
+            Source::File(p) => match self.tokenizer {
+                Tokenizer::Bytes => {
+                    format!("{} ({train} train / {val} validation bytes)", p.display())
+                }
+                Tokenizer::Bpe { .. } => {
+                    format!("{} ({train} train / {val} validation tokens)", p.display())
+                }
+            },
+            Source::Shards {
+                spec,
+                train: nt,
+                val: nv,
+            } => format!(
+                "{} ({nt} training shard(s), {train} tokens; {} {val} validation tokens), \
+                 memory-mapped",
+                spec.display(),
+                if *nv == 0 {
+                    "the last shard's tail:".to_string()
+                } else {
+                    format!("{nv} validation shard(s),")
+                }
             ),
             Source::Arithmetic(a) => format!(
-                "embedded arithmetic corpus, {}-digit addition{} ({} train / {} validation bytes)",
+                "embedded arithmetic corpus, {}-digit addition{} ({train} train / {val} \
+                 validation bytes)",
                 a.digits,
                 if a.reversed { ", answers reversed" } else { "" },
-                self.train.len(),
-                self.val.len()
             ),
         }
     }
 
-    /// Training micro-batch number `micro` (`step * grad_accum + k`): `rows` random windows.
-    pub fn train_batch(&self, seed: u64, micro: u64, rows: usize, t: usize) -> Batch {
+    /// Training micro-batch `micro`: `rows` windows of `t + 1` tokens drawn from
+    /// `(seed, micro, row)` alone, so resuming at a step replays the same batches.
+    pub fn train_batch(&self, seed: u64, micro: u64, rows: usize, t: usize) -> Result<Batch> {
         let align = self.alignment();
-        // Window starts: multiples of `align` with room for t + 1 tokens (>= 1 of them:
-        // checked at construction).
-        let starts = ((self.train.len() - t - 1) / align + 1) as u64;
-        let offsets =
-            (0..rows as u64).map(|r| draw(seed ^ 0x7EA1, micro, r, starts) as usize * align);
-        window_batch(&self.train, offsets, rows, t)
+        let starts = self.train.starts(t, align) as u64;
+        let mut batch = Batch::with_capacity(rows, t);
+        for r in 0..rows as u64 {
+            let k = draw(seed ^ 0x7EA1, micro, r, starts) as usize;
+            self.train.window(k, t, align, self.vocab, &mut batch)?;
+        }
+        Ok(batch)
     }
 
-    /// Windows start at multiples of this: one problem line for the arithmetic corpus (so
-    /// every digit place sits at the same positions modulo the line length, which the learned
-    /// position embedding picks up at once), one byte for text files.
+    /// Window starts fall on multiples of this (one problem line for the arithmetic corpus,
+    /// so every window starts at a problem).
     pub fn alignment(&self) -> usize {
         match self.source {
             Source::Arithmetic(a) => a.line_len(),
-            Source::File(_) => 1,
+            _ => 1,
         }
     }
 
-    /// Validation batch number `index` of `count`: evenly spaced, fixed windows, the same in
-    /// every evaluation and every run.
-    pub fn val_batch(&self, index: usize, count: usize, rows: usize, t: usize) -> Batch {
+    /// Validation batch `index` of `count`: windows evenly spread over the validation split.
+    pub fn val_batch(&self, index: usize, count: usize, rows: usize, t: usize) -> Result<Batch> {
         let align = self.alignment();
-        let starts = (self.val.len() - t - 1) / align + 1;
+        let starts = self.val.starts(t, align);
         let total = (count * rows).max(1);
-        let offsets = (0..rows).map(|r| ((index * rows + r) * starts) / total * align);
-        window_batch(&self.val, offsets, rows, t)
+        let mut batch = Batch::with_capacity(rows, t);
+        for r in 0..rows {
+            let k = ((index * rows + r) * starts) / total;
+            self.val.window(k, t, align, self.vocab, &mut batch)?;
+        }
+        Ok(batch)
     }
 
-    /// Up to `count` held-out problems as `(prompt tokens, expected answer)`: each prompt is
-    /// the `prompt_tokens` validation tokens ending with a problem's `=` (use
-    /// [`Dataset::prompt_len`] to start prompts at a line, as training windows do).
+    /// Up to `count` held-out problems from the validation text: (the `prompt_tokens` tokens
+    /// ending with a problem's `=`, its expected answer). Empty unless arithmetic.
     pub fn eval_problems(&self, count: usize, prompt_tokens: usize) -> Vec<(Vec<u32>, String)> {
-        let Some(task) = self.arithmetic_task() else {
+        let (Some(task), Some(val)) = (self.arithmetic_task(), self.val.as_slice()) else {
             return Vec::new();
         };
         let line = task.line_len();
         let mut out = Vec::new();
         let mut start = 0;
-        while out.len() < count && start + line <= self.val.len() {
+        while out.len() < count && start + line <= val.len() {
             let end = start + task.prompt_len();
             if end >= prompt_tokens {
-                let prompt = self.val[end - prompt_tokens..end].to_vec();
-                let answer: String = self.val[end..end + task.answer_len()]
+                let prompt = val[end - prompt_tokens..end].to_vec();
+                let answer: String = val[end..end + task.answer_len()]
                     .iter()
                     .map(|&b| char::from(b as u8))
                     .collect();
@@ -325,23 +612,14 @@ impl Dataset {
     }
 }
 
-fn window_batch(
-    tokens: &[u32],
-    offsets: impl Iterator<Item = usize>,
-    rows: usize,
-    t: usize,
-) -> Batch {
-    let mut inputs = Vec::with_capacity(rows * t);
-    let mut targets = Vec::with_capacity(rows * t);
-    for off in offsets {
-        inputs.extend_from_slice(&tokens[off..off + t]);
-        targets.extend_from_slice(&tokens[off + 1..off + t + 1]);
-    }
-    Batch {
-        rows,
-        t,
-        inputs,
-        targets,
+impl Batch {
+    fn with_capacity(rows: usize, t: usize) -> Self {
+        Batch {
+            rows,
+            t,
+            inputs: Vec::with_capacity(rows * t),
+            targets: Vec::with_capacity(rows * t),
+        }
     }
 }
 
@@ -401,8 +679,8 @@ mod tests {
                 })
                 .collect()
         };
-        let train: std::collections::HashSet<_> = parse(&ds.train).into_iter().collect();
-        let val = parse(&ds.val);
+        let train: std::collections::HashSet<_> = parse(ds.train.as_slice().unwrap()).into_iter().collect();
+        let val = parse(ds.val.as_slice().unwrap());
         assert!(val.iter().all(|p| !train.contains(p)));
         assert_eq!(ds.train.len(), 2000 * task.line_len());
     }
@@ -421,11 +699,11 @@ mod tests {
     #[test]
     fn batches_are_deterministic_windows_with_shifted_targets() {
         let ds = Dataset::arithmetic(&cfg(), 7);
-        let b1 = ds.train_batch(3, 10, 4, 16);
-        assert_eq!(b1, ds.train_batch(3, 10, 4, 16));
-        assert_ne!(b1, ds.train_batch(3, 11, 4, 16));
+        let b1 = ds.train_batch(3, 10, 4, 16).unwrap();
+        assert_eq!(b1, ds.train_batch(3, 10, 4, 16).unwrap());
+        assert_ne!(b1, ds.train_batch(3, 11, 4, 16).unwrap());
         assert_eq!(&b1.inputs[1..16], &b1.targets[..15]);
-        let v = ds.val_batch(1, 4, 2, 16);
+        let v = ds.val_batch(1, 4, 2, 16).unwrap();
         assert_eq!(v.inputs.len(), 32);
     }
 

@@ -7,7 +7,8 @@
 //!
 //! Code map:
 //! - [`config`]: the TOML run configuration (HF `TrainingArguments`);
-//! - [`data`]: byte-level datasets, the arithmetic corpus, batches;
+//! - [`data`]: datasets (text files, token shards, the arithmetic corpus), batches;
+//! - [`tokenizer`]: bytes or a BPE tokenizer (`tokenizers`); [`shards`]: llm.c token shards;
 //! - [`model`]: the GPT (HF GPT-2 names and layout) on the `mp-autograd` tape;
 //! - [`train`]: [`train::Trainer`], one optimizer step, evaluation, generation;
 //! - [`run`]: the run folder, the loop with logging, evaluation and checkpoints, the summary;
@@ -15,7 +16,8 @@
 //! - [`compare`]: the precision study;
 //! - [`device`]: the one place that names concrete backends;
 //! - [`tools`]: eval, sample, inspect;
-//! - [`schedule`], [`metrics`], [`memory`], [`plot`], [`fsutil`].
+//! - [`schedule`], [`metrics`] (with [`tensorboard`] event files), [`memory`], [`plot`],
+//!   [`fsutil`].
 
 pub mod checkpoint;
 pub mod compare;
@@ -31,6 +33,9 @@ pub mod model;
 pub mod plot;
 pub mod run;
 pub mod schedule;
+pub mod shards;
+pub mod tensorboard;
+pub mod tokenizer;
 pub mod tools;
 pub mod train;
 

@@ -38,10 +38,10 @@ enum Command {
     Sample {
         /// A checkpoint folder.
         checkpoint: PathBuf,
-        /// The text to continue (default: a newline).
+        /// The text to continue (default: the end-of-text token; a newline for bytes).
         #[arg(long, default_value = "")]
         prompt: String,
-        /// Bytes to generate.
+        /// Tokens to generate.
         #[arg(long, default_value_t = 200)]
         tokens: usize,
         /// Softmax temperature (0: greedy).
@@ -58,6 +58,32 @@ enum Command {
     },
     /// The precision study: fp32, bf16, fp16 with and without loss scaling, bf16-sr.
     Compare(CompareArgs),
+    /// Text files (or folders of them; one document per file) to llm.c token shards for
+    /// `--data`: `{name}_val_000000.bin`, `{name}_train_000000.bin`, ...
+    Tokenize {
+        /// The tokenizer: a `tokenizer.json`, a folder with one or with GPT-2's `vocab.json` +
+        /// `merges.txt`, or `bytes`.
+        #[arg(long, value_name = "PATH")]
+        tokenizer: String,
+        /// The folder the shards go into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Shard name prefix.
+        #[arg(long, default_value = "data")]
+        name: String,
+        /// Fraction of the tokens (the first ones) written as validation shards.
+        #[arg(long, default_value_t = 0.1)]
+        val_fraction: f64,
+        /// Tokens per shard at most (llm.c: 100M).
+        #[arg(long, default_value_t = 100_000_000)]
+        shard_tokens: usize,
+        /// No progress bar.
+        #[arg(long)]
+        plain: bool,
+        /// Text files or folders.
+        #[arg(required = true, value_name = "INPUT")]
+        inputs: Vec<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -71,9 +97,14 @@ struct ConfigArgs {
     /// Optimizer steps (`max_steps`).
     #[arg(long)]
     max_steps: Option<u64>,
-    /// Text file to train on (`data.path`); default: the embedded arithmetic corpus.
-    #[arg(long, value_name = "FILE")]
+    /// A text file, or llm.c token shards (a file, a folder or a glob), to train on
+    /// (`data.path`); default: the embedded arithmetic corpus.
+    #[arg(long, value_name = "PATH")]
     data: Option<PathBuf>,
+    /// The tokenizer (`tokenizer`): a `tokenizer.json`, a folder with one or with GPT-2's
+    /// `vocab.json` + `merges.txt`, or `bytes` (the default).
+    #[arg(long, value_name = "PATH")]
+    tokenizer: Option<String>,
     /// `cpu`, `cuda` or `wgpu` (`backend`).
     #[arg(long, value_name = "NAME")]
     backend: Option<String>,
@@ -128,7 +159,7 @@ struct CompareArgs {
     #[arg(long, default_value_t = 3, value_name = "N")]
     seeds: u64,
     /// Do not train: re-render the report and plots of a finished study folder.
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["config", "set", "max_steps", "data", "backend", "overwrite", "seeds"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["config", "set", "max_steps", "data", "tokenizer", "backend", "overwrite", "seeds"])]
     from: Option<PathBuf>,
 }
 
@@ -147,6 +178,9 @@ fn overrides(c: &ConfigArgs, extra: &[(&str, Option<String>)]) -> Vec<String> {
     }
     if let Some(b) = &c.backend {
         v.push(format!("backend={}", quote(b)));
+    }
+    if let Some(t) = &c.tokenizer {
+        v.push(format!("tokenizer={}", quote(t)));
     }
     if c.allow_software_adapter {
         v.push("allow_software_adapter=true".into());
@@ -348,11 +382,41 @@ fn run_cli(cli: Cli) -> Result<()> {
                     seed,
                 },
             )?;
-            println!("{prompt}{}", String::from_utf8_lossy(&out));
+            println!("{prompt}{}", out.text);
             Ok(())
         }
         Command::Inspect { checkpoint } => {
             print!("{}", tools::inspect(&checkpoint)?);
+            Ok(())
+        }
+        Command::Tokenize {
+            tokenizer,
+            out,
+            name,
+            val_fraction,
+            shard_tokens,
+            plain,
+            inputs,
+        } => {
+            let s = tools::tokenize(&tools::TokenizeOptions {
+                tokenizer,
+                out,
+                inputs,
+                name,
+                val_fraction,
+                shard_tokens,
+                progress: !plain,
+            })?;
+            println!(
+                "{} documents, {} tokens: {} validation and {} training shard(s)",
+                s.documents,
+                s.tokens,
+                s.val_shards.len(),
+                s.train_shards.len()
+            );
+            for p in s.val_shards.iter().chain(&s.train_shards) {
+                println!("  {}", p.display());
+            }
             Ok(())
         }
     }

@@ -20,6 +20,8 @@ use crate::fsutil;
 use crate::memory::MemoryBreakdown;
 use crate::metrics::{self, EvalRecord, JsonlWriter, StepRecord};
 use crate::plot::{self, ExponentHistogram, Marker, Series};
+use crate::tensorboard::EventWriter;
+use crate::tokenizer::Tokenizer;
 use crate::train::{self, Trainer};
 use mp_dtype::{DType, RangeStats};
 use mp_kernels::prelude::*;
@@ -153,6 +155,7 @@ fn foreign_entry(dir: &Path) -> Result<Option<String>> {
         let p = e.path();
         let name = e.file_name().to_string_lossy().into_owned();
         let known = RUN_FILES.contains(&name.as_str())
+            || crate::tensorboard::is_event_file(&name)
             || name == fsutil::LOCK_FILE
             || is_stale_temp(&name)
             || checkpoint::step_of(&p).is_some()
@@ -235,6 +238,7 @@ pub fn train(mut cfg: TrainConfig, opts: RunOptions) -> Result<RunSummary> {
             dir.join(checkpoint::HF_CONFIG_FILE).display()
         );
     }
+    let tokenizer = run_tokenizer(&mut cfg, opts.init_from.as_deref())?;
     cfg.validate()?;
     if !cfg.poison_grad_steps.trim().is_empty() {
         eprintln!(
@@ -274,7 +278,13 @@ pub fn train(mut cfg: TrainConfig, opts: RunOptions) -> Result<RunSummary> {
         // before anything is allocated: a config that cannot fit is refused, not aborted
         crate::memory::check_fits(&cfg, available)?;
     }
-    let data = Dataset::from_config(&cfg.data, cfg.seed, cfg.model.n_positions)?;
+    let data = Dataset::load(
+        &cfg.data,
+        cfg.seed,
+        cfg.model.n_positions,
+        tokenizer,
+        cfg.model.vocab_size,
+    )?;
     if !resuming_here && !opts.overwrite && !fsutil::is_empty_or_missing(&opts.out_dir)? {
         // Refuse before opening the device, so the message does not wait for it.
         return Err(TrainError::OutDirNotEmpty {
@@ -290,6 +300,61 @@ pub fn train(mut cfg: TrainConfig, opts: RunOptions) -> Result<RunSummary> {
             resume,
         },
     )
+}
+
+/// The run's tokenizer: the config's, or, fine-tuning (`--init-from DIR`) with the byte
+/// default, the folder's own (`tokenizer.json` or `vocab.json` + `merges.txt`). A vocabulary
+/// left at the byte default follows the tokenizer; one set smaller than it is an error.
+fn run_tokenizer(cfg: &mut TrainConfig, init_from: Option<&Path>) -> Result<Tokenizer> {
+    if let Some(dir) = init_from
+        && cfg.tokenizer == crate::tokenizer::BYTES
+        && (dir.join(crate::tokenizer::TOKENIZER_FILE).is_file()
+            || dir.join("merges.txt").is_file())
+    {
+        cfg.tokenizer = dir.display().to_string();
+        eprintln!("tokenizer: {}'s own", dir.display());
+    }
+    let tokenizer = Tokenizer::from_spec(&cfg.tokenizer)?;
+    let need = tokenizer.vocab_size();
+    let default = crate::config::ModelConfig::default().vocab_size;
+    if cfg.model.vocab_size < need {
+        if cfg.model.vocab_size != default || init_from.is_some() {
+            return Err(TrainError::invalid(
+                "model.vocab_size",
+                cfg.model.vocab_size,
+                format!(
+                    "smaller than the vocabulary of the tokenizer {} ({need})",
+                    tokenizer.describe()
+                ),
+            ));
+        }
+        cfg.model.vocab_size = need;
+    }
+    Ok(tokenizer)
+}
+
+/// A logged step's TensorBoard scalars (HF `Trainer`'s tag names where it has them).
+fn tensorboard_scalars(r: &StepRecord) -> Vec<(&'static str, f64)> {
+    let mut v = vec![
+        ("train/loss", f64::from(r.loss)),
+        ("train/learning_rate", r.lr),
+        ("train/loss_scale", f64::from(r.scale)),
+        ("train/tokens_per_s", r.tokens_per_s),
+        ("train/skipped_steps", r.skipped_total as f64),
+    ];
+    if let Some(g) = r.grad_norm {
+        v.push(("train/grad_norm", g));
+    }
+    v
+}
+
+/// An evaluation's TensorBoard scalars.
+fn eval_scalars(e: &EvalRecord) -> Vec<(&'static str, f64)> {
+    let mut v = vec![("eval/loss", f64::from(e.val_loss))];
+    if let Some(a) = e.accuracy {
+        v.push(("eval/accuracy", a));
+    }
+    v
 }
 
 /// What may help a diverged run of `cfg`'s precision.
@@ -489,6 +554,7 @@ pub fn run_loop<B: Backend>(
     let start_step = tr.step;
     let mut log = JsonlWriter::append(&out.join("metrics.jsonl"))?;
     let mut evals = JsonlWriter::append(&out.join("eval.jsonl"))?;
+    let mut tb = EventWriter::create(out, start_step)?;
     let rep = Reporter::new(opts.progress, start_step, cfg.max_steps);
     rep.line(&format!(
         "training {} params, {} on {device}, {} steps of {} tokens; data: {}; out: {}",
@@ -565,6 +631,7 @@ pub fn run_loop<B: Backend>(
                 fp16_underflow_at_scale: Some(probe.underflow_at_scale),
             };
             log.write(&rec)?;
+            tb.scalars(step, &tensorboard_scalars(&rec))?;
             let eta = (cfg.max_steps - step) as f64 * train_s / (step - start_step) as f64;
             rep.step(&rec, cfg.max_steps, eta);
             last_window_loss = window_losses.iter().sum::<f32>() / window_losses.len() as f32;
@@ -574,6 +641,7 @@ pub fn run_loop<B: Backend>(
         if last || (cfg.eval_steps > 0 && step.is_multiple_of(cfg.eval_steps)) {
             let e = tr.evaluate()?;
             evals.write(&e)?;
+            tb.scalars(step, &eval_scalars(&e))?;
             rep.line(&eval_line(&e));
             last_eval = Some(e);
         }
@@ -603,6 +671,7 @@ pub fn run_loop<B: Backend>(
         _ => {
             let e = tr.evaluate()?;
             evals.write(&e)?;
+            tb.scalars(e.step, &eval_scalars(&e))?;
             e
         }
     };

@@ -228,7 +228,7 @@ impl<B: Backend> Trainer<B> {
         let mut loss_sum = be.zeros(DType::F32, 1)?;
         for k in 0..accum as u64 {
             let micro = self.step * accum as u64 + k;
-            let host = self.data.train_batch(cfg.seed, micro, rows, t);
+            let host = self.data.train_batch(cfg.seed, micro, rows, t)?;
             let batch = self
                 .model
                 .batch(be, &host.inputs, Some(&host.targets), rows, t)?;
@@ -308,7 +308,9 @@ impl<B: Backend> Trainer<B> {
         let t = self.seq_len();
         let mut sum = 0.0f64;
         for i in 0..cfg.eval_batches {
-            let host = self.data.val_batch(i, cfg.eval_batches, cfg.batch_size, t);
+            let host = self
+                .data
+                .val_batch(i, cfg.eval_batches, cfg.batch_size, t)?;
             let batch =
                 self.model
                     .batch(&self.be, &host.inputs, Some(&host.targets), host.rows, t)?;
@@ -391,7 +393,8 @@ impl<B: Backend> Trainer<B> {
                 state.meta_json().as_bytes(),
             )?;
             let scaler = self.scaler.state_dict_json();
-            crate::fsutil::write_synced(&dir.join(checkpoint::SCALER_FILE), scaler.as_bytes())
+            crate::fsutil::write_synced(&dir.join(checkpoint::SCALER_FILE), scaler.as_bytes())?;
+            self.data.tokenizer.save_into(dir)
         })?;
         checkpoint::rotate(run_dir, self.cfg.save_total_limit)?;
         Ok(path)

@@ -8,7 +8,7 @@ use mp_train::data::Dataset;
 use mp_train::train::Trainer;
 
 fn logits(tr: &Trainer<CpuBackend>, ds: &Dataset) -> Vec<u32> {
-    let b = ds.val_batch(0, 1, 2, 32);
+    let b = ds.val_batch(0, 1, 2, 32).unwrap();
     let batch = tr.model.batch(&tr.be, &b.inputs, None, 2, 32).unwrap();
     let (l, _) = tr.model.evaluate(&tr.be, &batch, tr.autocast()).unwrap();
     l.iter().map(|x| x.to_bits()).collect()
@@ -176,7 +176,7 @@ fn a_model_loads_from_a_verified_checkpoint() {
         let path = tr.save_checkpoint(&dir, None).unwrap();
         let m = mp_train::model::Model::from_checkpoint(&tr.be, &path).unwrap();
         assert_eq!(m.arch(), arch);
-        let b = ds.val_batch(0, 1, 2, 32);
+        let b = ds.val_batch(0, 1, 2, 32).unwrap();
         let batch = m.batch(&tr.be, &b.inputs, None, 2, 32).unwrap();
         let (got, _) = m
             .evaluate(&tr.be, &batch, mp_autograd::Autocast::OFF)

@@ -67,7 +67,7 @@ fn an_hf_llama_folder_fine_tunes_samples_and_evaluates() {
         seed: 0,
     };
     let a = tools::sample(&hf, opts.clone()).unwrap();
-    assert_eq!(a.len(), 5);
+    assert_eq!(a.tokens.len(), 5);
     assert_eq!(tools::sample(&hf, opts).unwrap(), a);
     let eval = tools::evaluate(&hf, &[]).unwrap();
     assert!(eval.val_loss.is_finite() && eval.val_loss > 5.0, "{eval:?}");
