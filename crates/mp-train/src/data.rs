@@ -679,7 +679,8 @@ mod tests {
                 })
                 .collect()
         };
-        let train: std::collections::HashSet<_> = parse(ds.train.as_slice().unwrap()).into_iter().collect();
+        let train: std::collections::HashSet<_> =
+            parse(ds.train.as_slice().unwrap()).into_iter().collect();
         let val = parse(ds.val.as_slice().unwrap());
         assert!(val.iter().all(|p| !train.contains(p)));
         assert_eq!(ds.train.len(), 2000 * task.line_len());

@@ -14,3 +14,4 @@ mod precisions;
 mod resume;
 mod study;
 mod tape_ops;
+mod text;
