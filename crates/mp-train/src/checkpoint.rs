@@ -38,8 +38,24 @@ pub const STATE_FILE: &str = "trainer_state.json";
 /// flat optimizer state of version 1 does not line up).
 pub const FORMAT_VERSION: u32 = 2;
 
+/// HF's defaults for the `config.json` fields older files leave out (the hub's `gpt2`).
+mod hf_default {
+    pub fn initializer_range() -> f32 {
+        0.02
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn float32() -> String {
+        "float32".into()
+    }
+    pub fn gpt2_eot() -> u32 {
+        50256
+    }
+}
+
 /// An HF `GPT2Config` (`config.json`); unknown fields are ignored when reading, since HF
-/// writes many.
+/// writes many, and the fields HF has defaults for may be missing (as in the hub's `gpt2`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HfGpt2Config {
     /// `["GPT2LMHeadModel"]`.
@@ -57,28 +73,38 @@ pub struct HfGpt2Config {
     /// Heads.
     pub n_head: usize,
     /// MLP width (`null`: 4 n_embd).
+    #[serde(default)]
     pub n_inner: Option<usize>,
     /// `"gelu_new"` (tanh GELU).
     pub activation_function: String,
     /// Layer-norm epsilon.
     pub layer_norm_epsilon: f32,
     /// Initialiser standard deviation.
+    #[serde(default = "hf_default::initializer_range")]
     pub initializer_range: f32,
-    /// Dropout probabilities (0: none is used).
+    /// Dropout probabilities (this trainer uses none).
+    #[serde(default)]
     pub resid_pdrop: f32,
     /// Embedding dropout.
+    #[serde(default)]
     pub embd_pdrop: f32,
     /// Attention dropout.
+    #[serde(default)]
     pub attn_pdrop: f32,
     /// Scores scaled by `1/sqrt(head size)`.
+    #[serde(default = "hf_default::yes")]
     pub scale_attn_weights: bool,
     /// The output head is the token embedding.
+    #[serde(default = "hf_default::yes")]
     pub tie_word_embeddings: bool,
     /// dtype of the stored weights.
+    #[serde(default = "hf_default::float32")]
     pub torch_dtype: String,
     /// Beginning-of-text token (bytes: newline).
+    #[serde(default = "hf_default::gpt2_eot")]
     pub bos_token_id: u32,
     /// End-of-text token (bytes: newline).
+    #[serde(default = "hf_default::gpt2_eot")]
     pub eos_token_id: u32,
 }
 
@@ -195,11 +221,24 @@ impl HfLlamaConfig {
     }
 }
 
-/// The HF `config.json` text of a model config, in its architecture's format.
-pub fn hf_config_json(m: &ModelConfig) -> std::result::Result<String, serde_json::Error> {
+/// The HF `config.json` text of a model config, in its architecture's format, with `eot` as
+/// the beginning- and end-of-text token (the tokenizer's; `None`: bytes, whose is a newline).
+pub fn hf_config_json(
+    m: &ModelConfig,
+    eot: Option<u32>,
+) -> std::result::Result<String, serde_json::Error> {
+    let eot = eot.unwrap_or(u32::from(b'\n'));
     match m.arch {
-        Arch::Gpt2 => serde_json::to_string_pretty(&HfGpt2Config::from_model(m)),
-        Arch::Llama => serde_json::to_string_pretty(&HfLlamaConfig::from_model(m)),
+        Arch::Gpt2 => serde_json::to_string_pretty(&HfGpt2Config {
+            bos_token_id: eot,
+            eos_token_id: eot,
+            ..HfGpt2Config::from_model(m)
+        }),
+        Arch::Llama => serde_json::to_string_pretty(&HfLlamaConfig {
+            bos_token_id: eot,
+            eos_token_id: eot,
+            ..HfLlamaConfig::from_model(m)
+        }),
     }
 }
 
@@ -273,11 +312,13 @@ pub fn list(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 /// Writes a checkpoint atomically: `write_files` fills a temporary folder, then the manifest
 /// is written, everything is fsynced, and the folder is renamed to `checkpoint-{step}` (an
 /// existing folder of that name, from a run this one resumed before its end, is replaced).
-/// Returns the final path.
+/// `config.json` names `eot` (the tokenizer's end-of-text token) as BOS/EOS. Returns the final
+/// path.
 pub fn save(
     run_dir: &Path,
     mut state: TrainerState,
     config: &TrainConfig,
+    eot: Option<u32>,
     write_files: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
     let final_dir = run_dir.join(dir_name(state.global_step));
@@ -288,7 +329,7 @@ pub fn save(
     std::fs::create_dir_all(&tmp).map_err(TrainError::io("creating", &tmp))?;
     let result = (|| {
         write_files(&tmp)?;
-        let hf = hf_config_json(&config.model).map_err(|source| TrainError::Json {
+        let hf = hf_config_json(&config.model, eot).map_err(|source| TrainError::Json {
             path: tmp.join(HF_CONFIG_FILE),
             source,
         })?;

@@ -380,7 +380,8 @@ impl<B: Backend> Trainer<B> {
         last_eval: Option<&EvalRecord>,
     ) -> Result<PathBuf> {
         let state = self.trainer_state(last_eval);
-        let path = checkpoint::save(run_dir, state, &self.cfg, |dir| {
+        let eot = self.data.tokenizer.eot();
+        let path = checkpoint::save(run_dir, state, &self.cfg, eot, |dir| {
             self.model
                 .save_safetensors(&self.be, &dir.join(checkpoint::MODEL_FILE))?;
             let state = self.opt.state(&self.be)?;

@@ -170,14 +170,20 @@ pub(crate) fn load_into<B: Backend>(
 
 /// The values of every parameter of `layout` (in arena order, widened to f32) from an HF
 /// safetensors file (F32, F16 or BF16 tensors). Every parameter must be present with its exact
-/// shape; the error names the tensor and both shapes. Other tensors are ignored.
+/// shape; the error names the tensor and both shapes. Other tensors are ignored. A file of
+/// the base model (as the hub's `gpt2` is: `h.0.attn.c_attn.weight`, no `transformer.`) is
+/// read as HF's `from_pretrained` reads it: a name without its first component matches.
 pub(crate) fn read_safetensors(layout: &ParamLayout, path: &Path) -> Result<Vec<f32>> {
     let bytes = std::fs::read(path).map_err(TrainError::io("reading", path))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| TrainError::checkpoint(path, format!("not a safetensors file: {e}")))?;
     let mut host = vec![0.0f32; layout.numel()];
     for e in layout.entries() {
-        let view = st.tensor(&e.name).map_err(|_| {
+        let base = e.name.split_once('.').map(|(_, rest)| rest);
+        let found = st
+            .tensor(&e.name)
+            .or_else(|err| base.map_or(Err(err), |b| st.tensor(b)));
+        let view = found.map_err(|_| {
             TrainError::checkpoint(
                 path,
                 format!("missing tensor {} (expected shape {:?})", e.name, e.shape),

@@ -360,3 +360,75 @@ fn the_event_file_has_every_logged_step_and_evaluation() {
         .collect();
     assert_eq!(eval_steps, [3, 6]);
 }
+
+/// A folder laid out as the hub's `gpt2` is, made from one of our checkpoints: the base
+/// model's tensor names (`h.0.attn.c_attn.weight`, no `transformer.`), a `config.json` without
+/// the fields HF defaults, and GPT-2's `vocab.json` + `merges.txt` beside them.
+fn hub_style_folder(ckpt: &Path, tok: &Path, dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let bytes = std::fs::read(ckpt.join(checkpoint::MODEL_FILE)).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n.strip_prefix("transformer.").unwrap_or(&n).to_string(), v))
+        .collect();
+    safetensors::serialize_to_file(tensors, None, &dir.join(checkpoint::MODEL_FILE)).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(ckpt.join(checkpoint::HF_CONFIG_FILE)).unwrap(),
+    )
+    .unwrap();
+    for k in [
+        "tie_word_embeddings",
+        "torch_dtype",
+        "scale_attn_weights",
+        "n_inner",
+    ] {
+        config.as_object_mut().unwrap().remove(k);
+    }
+    std::fs::write(dir.join(checkpoint::HF_CONFIG_FILE), config.to_string()).unwrap();
+    for f in ["vocab.json", "merges.txt"] {
+        std::fs::copy(tok.join(f), dir.join(f)).unwrap();
+    }
+}
+
+#[test]
+fn a_hub_style_gpt2_folder_fine_tunes_on_text_with_its_own_tokenizer() {
+    let dir = scratch("hub-gpt2");
+    let tok = gpt2_tokenizer_dir("hub-gpt2");
+    let (shards, docs, _) = tokenize_docs(&dir, &tok);
+    let base = dir.join("base");
+    train(shard_config(&shards, &tok, 4), quiet(&base)).unwrap();
+    let hub = dir.join("hub");
+    hub_style_folder(&base.join("checkpoint-4"), &tok, &hub);
+
+    // fine-tune on a plain text file: the tokenizer is the folder's own (no --tokenizer)
+    let mut cfg = tiny(3);
+    cfg.model = Default::default(); // replaced by the folder's config.json
+    cfg.data.path = Some(docs[0].clone());
+    let out = dir.join("tuned");
+    let s = train(
+        cfg,
+        RunOptions {
+            init_from: Some(hub.clone()),
+            ..quiet(&out)
+        },
+    )
+    .unwrap();
+    assert!(s.final_val_loss.is_finite());
+    let tuned = out.join("checkpoint-3");
+    assert_eq!(checkpoint::hf_config(&tuned).unwrap().vocab_size, 50257);
+    assert!(tuned.join(mp_train::tokenizer::TOKENIZER_FILE).is_file());
+    // the folder itself samples too, with its vocab.json + merges.txt
+    let out = tools::sample(
+        &hub,
+        SampleOptions {
+            prompt: "Hello".into(),
+            tokens: 3,
+            temperature: 0.0,
+            seed: 0,
+        },
+    )
+    .unwrap();
+    assert_eq!(out.tokens.len(), 3);
+}
