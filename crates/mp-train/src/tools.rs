@@ -229,6 +229,11 @@ pub fn inspect(dir: &Path) -> Result<String> {
         hf.vocab_size,
         crate::memory::num_params(&cfg)
     );
+    let _ = writeln!(
+        s,
+        "tokenizer: {}",
+        Tokenizer::of_checkpoint(dir)?.describe()
+    );
     let _ = writeln!(s, "files:");
     for (name, e) in &state.files {
         let _ = writeln!(
