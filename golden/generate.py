@@ -3,7 +3,7 @@
     pip install torch transformers safetensors numpy ml_dtypes   # CPU wheels are enough
     python golden/generate.py OUT_DIR [--only NAME ...]
 
-NAME is one of: scaler, adamw, gpt2, llama, formats (default: all). Every file this writes is
+NAME is one of: scaler, adamw, gpt2, llama, formats, health (default: all). Every file this writes is
 described in README.md beside this script; the tests read every expected value (and the model
 configs, inputs and hyper-parameters) from the files, so `MP_GOLDEN_DIR=OUT_DIR cargo xtask test`
 checks the project against a regenerated set. The checked-in files were made with PyTorch 2.15
@@ -268,7 +268,63 @@ def formats(w):
     w.json("float_formats.json", doc)
 
 
-FAMILIES = {"scaler": scaler, "adamw": adamw, "gpt2": gpt2, "llama": llama, "formats": formats}
+# ---- precision health: what a format loses, counted by ml_dtypes casts ---------------------------
+
+HEALTH_FORMATS = {"fp16": np.float16, "bf16": ml_dtypes.bfloat16,
+                  "e4m3": ml_dtypes.float8_e4m3fn, "e5m2": ml_dtypes.float8_e5m2}
+
+
+def loss_counts(x, scale, dtype):
+    """Finite non-zero x whose x * scale (in float32) casts to zero, to a subnormal, or beyond
+    the format's largest finite value (inf, or NaN for e4m3fn)."""
+    y = (x * np.float32(scale)).astype(np.float32)
+    c = y.astype(dtype).astype(np.float32)
+    finite = np.isfinite(x)
+    tiny = float(ml_dtypes.finfo(dtype).smallest_normal)
+    return {"underflow": int(np.sum(finite & (x != 0) & (c == 0))),
+            "subnormal": int(np.sum(finite & (c != 0) & np.isfinite(c) & (np.abs(c) < tiny))),
+            "overflow": int(np.sum(finite & ~np.isfinite(c)))}
+
+
+def health(w):
+    rng = np.random.default_rng(11)
+    tensors = []
+    for spread in (2, 6, 12):  # decades of magnitude around a centre
+        x = (rng.standard_normal(3000) * 10.0 ** rng.uniform(-spread, spread / 3, 3000))
+        x = x.astype(np.float32)
+        x[:6] = [0.0, -0.0, np.nan, np.inf, 65520.0, 2.0 ** -25]  # specials and RNE boundaries
+        amax = float(np.max(np.abs(x[np.isfinite(x)])))
+        scales = [{"scale": s, "counts": {n: loss_counts(x, s, d) for n, d in HEALTH_FORMATS.items()}}
+                  for s in (1.0, 1024.0, 2.0 ** -8)]
+        amax_scaled = {}
+        for n in ("e4m3", "e5m2"):
+            d = HEALTH_FORMATS[n]
+            s = np.float32(ml_dtypes.finfo(d).max) / np.float32(amax)
+            amax_scaled[n] = loss_counts(x, s, d)
+        tensors.append({"values": [special(v) for v in x], "scales": scales,
+                        "amax_scaled": amax_scaled})
+    before = (rng.standard_normal(4000) * 10.0 ** rng.uniform(-3, 1, 4000)).astype(np.float32)
+    step = (rng.standard_normal(4000) * 10.0 ** rng.uniform(-6, -1, 4000)).astype(np.float32)
+    step[::7] = 0.0
+    after = (before + step).astype(np.float32)
+    delta = (after - before).astype(np.float32)
+    lost = {}
+    for n in ("bf16", "fp16"):
+        d = HEALTH_FORMATS[n]
+        w16 = before.astype(d).astype(np.float32)
+        moved = (w16 + delta).astype(np.float32).astype(d).astype(np.float32)
+        lost[n] = int(np.sum((delta != 0) & (moved == w16)))
+    w.json("precision_health.json", {
+        "note": "counts of finite non-zero values of x*scale (float32) that ml_dtypes casts to zero, "
+                "a subnormal, or a non-finite value; lost: non-zero updates after-before that "
+                "leave round16(round16(before) + update) unchanged",
+        "tensors": tensors,
+        "lost_update": {"before": [float(v) for v in before], "after": [float(v) for v in after],
+                        "updated": int(np.sum(delta != 0)), "lost": lost}})
+
+
+FAMILIES = {"scaler": scaler, "adamw": adamw, "gpt2": gpt2, "llama": llama, "formats": formats,
+            "health": health}
 
 
 def main():

@@ -5,6 +5,7 @@
 use crate::config::{Precision, ScalingMode, TrainConfig};
 use crate::error::{Result, TrainError};
 use crate::fsutil;
+use crate::health::{self, HealthRecord, TensorHealth};
 use crate::memory::human;
 use crate::metrics::{self, EvalRecord, StepRecord};
 use crate::plot::{self, Series};
@@ -141,6 +142,7 @@ pub fn compare(
         let mut cfg = base.clone();
         cfg.precision = v.precision;
         cfg.loss_scaling.mode = v.scaling;
+        cfg.precision_health = true;
         let dir = out.join(v.name);
         cfg.output_dir = Some(dir.clone());
         if progress != Progress::Quiet {
@@ -370,6 +372,95 @@ fn across_seeds(s: &mut String, base: &TrainConfig, results: &[ArmResult], seeds
     }
 }
 
+/// The precision-health section (the config's seed of each arm): per arm the update that
+/// 16-bit weights would lose and the gradient fractions FP16 and FP8 would lose, then the five
+/// tensors that lose most. Returns the findings it supports.
+fn precision_health(s: &mut String, results: &[ArmResult], plot_prefix: &str) -> Vec<String> {
+    let runs: Vec<(&ArmResult, Vec<HealthRecord>)> = results
+        .iter()
+        .filter_map(|r| {
+            let recs = metrics::read_jsonl(&r.dir.join(run::HEALTH_FILE)).ok()?;
+            Some((r, recs))
+        })
+        .filter(|(_, recs): &(_, Vec<HealthRecord>)| !recs.is_empty())
+        .collect();
+    let mut findings = Vec::new();
+    if runs.is_empty() {
+        return findings;
+    }
+    let _ = writeln!(s, "\n## Precision health (per tensor, the config's seed)\n");
+    let _ = writeln!(
+        s,
+        "Means over logged steps, weighted by tensor size (`precision_health.jsonl` of each \
+         run). *Lost update*: the fraction of a step's non-zero updates to the 2-D weights that \
+         would vanish if applied to BF16 or FP16 weights directly, which FP32 master weights \
+         keep (`-`: the run has no FP32 master weights). *Underflow*: gradients (as the \
+         backward stored them, at the run's loss scale) that round to zero in FP16, in FP8 \
+         E5M2, and in FP8 E4M3 after per-tensor amax scaling.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| run | lost update, BF16 weights | lost update, FP16 weights | grad underflow FP16 | grad underflow E5M2 | grad underflow E4M3 (amax-scaled) |"
+    );
+    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    let matrices = |t: &TensorHealth| t.shape.len() == 2;
+    let all = |_: &TensorHealth| true;
+    let cell = |v: Option<f64>| v.map(pct).unwrap_or_else(|| "-".into());
+    for (r, recs) in &runs {
+        let lost_bf16 = health::mean_over(recs, "lost_update.bf16", matrices);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            r.variant.name,
+            cell(lost_bf16),
+            cell(health::mean_over(recs, "lost_update.fp16", matrices)),
+            cell(health::mean_over(recs, "grad.fp16.underflow", all)),
+            cell(health::mean_over(recs, "grad.e5m2.underflow", all)),
+            cell(health::mean_over(recs, "grad.e4m3_amax.underflow", all)),
+        );
+        if r.variant.precision == Precision::Bf16
+            && let Some(f) = lost_bf16
+        {
+            findings.push(format!(
+                "{}: {} of the 2-D weights' updates per step would be lost on BF16 weights \
+                 (below half a BF16 ulp); the FP32 master weights keep them.",
+                r.variant.name,
+                pct(f)
+            ));
+        }
+    }
+    for (path, what) in [
+        ("grad.fp16.underflow", "gradients that underflow in FP16"),
+        ("lost_update.bf16", "updates BF16 weights would lose"),
+    ] {
+        let _ = writeln!(s, "\nThe five tensors with the most {what}:\n");
+        let _ = writeln!(s, "| run | tensors (mean fraction) |");
+        let _ = writeln!(s, "| --- | --- |");
+        for (r, recs) in &runs {
+            let worst: Vec<String> = health::worst_tensors(recs, path, 5)
+                .into_iter()
+                .filter(|(_, v)| *v > 0.0)
+                .map(|(n, v)| format!("`{n}` {}", pct(v)))
+                .collect();
+            let list = if worst.is_empty() {
+                "none".to_string()
+            } else {
+                worst.join(", ")
+            };
+            let _ = writeln!(s, "| {} | {list} |", r.variant.name);
+        }
+    }
+    let _ = writeln!(s);
+    for (r, _) in &runs {
+        let _ = writeln!(
+            s,
+            "![{} FP16 gradient underflow per tensor]({plot_prefix}{}/precision_health.png)\n",
+            r.variant.name, r.variant.name
+        );
+    }
+    findings
+}
+
 fn pct(x: f64) -> String {
     format!("{:.2}%", 100.0 * x)
 }
@@ -504,6 +595,7 @@ pub fn report_markdown(base: &TrainConfig, results: &[ArmResult], plot_prefix: &
             pct(x.zero_grad_fraction)
         );
     }
+    let health = precision_health(&mut s, results, plot_prefix);
     let seeds = results
         .iter()
         .map(|r| 1 + r.more_seeds.len())
@@ -538,6 +630,9 @@ pub fn report_markdown(base: &TrainConfig, results: &[ArmResult], plot_prefix: &
         if let Err(e) = &r.outcome {
             let _ = writeln!(s, "- {} did not finish: {e}", r.variant.name);
         }
+    }
+    for line in health {
+        let _ = writeln!(s, "- {line}");
     }
     if seeds > 1 {
         for r in results {

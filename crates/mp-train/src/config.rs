@@ -430,6 +430,9 @@ pub struct TrainConfig {
     /// `+inf` before the non-finite check, e.g. `"3,10-12,0-999/10"` (see
     /// [`crate::fault::StepSet`]); empty (the default): never.
     pub poison_grad_steps: String,
+    /// Write `precision_health.jsonl` and `precision_health.png`: at every logged step, per
+    /// parameter tensor, what FP16, BF16 and FP8 would lose (see [`crate::health`]).
+    pub precision_health: bool,
     /// `"bytes"` (each byte a token, vocabulary 256: the default, which the embedded corpus
     /// needs), or a BPE tokenizer: a `tokenizer.json`, or a folder holding one or GPT-2's
     /// `vocab.json` + `merges.txt`. The model's vocabulary follows it (see
@@ -474,6 +477,7 @@ impl Default for TrainConfig {
             recompute_gelu: false,
             allow_software_adapter: false,
             poison_grad_steps: String::new(),
+            precision_health: false,
             tokenizer: crate::tokenizer::BYTES.into(),
             loss_scaling: LossScaling::default(),
             model: ModelConfig::default(),
@@ -890,6 +894,10 @@ allow_software_adapter = {allow_software_adapter}
 # Testing hook: poison the gradients (+inf) at these steps, e.g. "3,10-12,0-999/10"; a correct
 # run skips exactly them. Empty: never.
 poison_grad_steps = "{poison_grad_steps}"
+# At every logged step, per parameter tensor: the fractions that would underflow, be subnormal
+# or overflow in fp16/bf16/fp8 and the update bf16/fp16 weights would lose
+# (precision_health.jsonl, precision_health.png). On in compare.
+precision_health = {precision_health}
 # "bytes" (vocabulary 256; the embedded corpus needs it), or a BPE tokenizer: a tokenizer.json,
 # or a folder with one or with GPT-2's vocab.json + merges.txt. model.vocab_size follows it.
 tokenizer = "{tokenizer}"
@@ -967,6 +975,7 @@ reverse_answer = {reverse_answer}
         allow_software_adapter = c.allow_software_adapter,
         poison_grad_steps = c.poison_grad_steps,
         tokenizer = c.tokenizer,
+        precision_health = c.precision_health,
         init_scale = s.init_scale,
         growth_factor = s.growth_factor,
         backoff_factor = s.backoff_factor,

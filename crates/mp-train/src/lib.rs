@@ -13,7 +13,7 @@
 //! - [`train`]: [`train::Trainer`], one optimizer step, evaluation, generation;
 //! - [`run`]: the run folder, the loop with logging, evaluation and checkpoints, the summary;
 //! - [`checkpoint`]: atomic checkpoint folders, verification, resume;
-//! - [`compare`]: the precision study;
+//! - [`compare`]: the precision study; [`health`]: per-tensor precision health;
 //! - [`device`]: the one place that names concrete backends;
 //! - [`tools`]: eval, sample, inspect;
 //! - [`schedule`], [`metrics`] (with [`tensorboard`] event files), [`memory`], [`plot`],
@@ -27,6 +27,7 @@ pub mod device;
 pub mod error;
 pub mod fault;
 pub mod fsutil;
+pub mod health;
 pub mod memory;
 pub mod metrics;
 pub mod model;

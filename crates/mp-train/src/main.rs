@@ -338,12 +338,15 @@ fn cmd_compare(a: CompareArgs) -> Result<()> {
             std::fs::copy(out.join(f), plots.join(f)).with_context(|| format!("copying {f}"))?;
         }
         for r in &results {
-            let src = r.dir.join("grad_exponents.png");
-            if src.exists() {
-                let d = plots.join(r.variant.name);
-                std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
-                std::fs::copy(&src, d.join("grad_exponents.png"))
-                    .with_context(|| format!("copying {}", src.display()))?;
+            for file in ["grad_exponents.png", "precision_health.png"] {
+                let src = r.dir.join(file);
+                if src.exists() {
+                    let d = plots.join(r.variant.name);
+                    std::fs::create_dir_all(&d)
+                        .with_context(|| format!("creating {}", d.display()))?;
+                    std::fs::copy(&src, d.join(file))
+                        .with_context(|| format!("copying {}", src.display()))?;
+                }
             }
         }
         let text = compare::report_markdown(&cfg, &results, &format!("{stem}/"));

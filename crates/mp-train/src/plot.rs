@@ -13,7 +13,8 @@ use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-const FONT: &str = "sans-serif";
+/// The font family every chart names.
+pub const FONT: &str = "sans-serif";
 const W: u32 = 960;
 const H: u32 = 600;
 

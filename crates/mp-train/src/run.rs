@@ -135,6 +135,8 @@ const RUN_FILES: &[&str] = &[
     "loss.png",
     "loss_scale.png",
     "grad_exponents.png",
+    HEALTH_FILE,
+    "precision_health.png",
 ];
 
 /// What an interrupted write leaves in a run folder: `.name.tmp-<pid>` (an atomic file write or
@@ -333,6 +335,9 @@ fn run_tokenizer(cfg: &mut TrainConfig, init_from: Option<&Path>) -> Result<Toke
     Ok(tokenizer)
 }
 
+/// The run folder's precision-health records (`precision_health = true`).
+pub const HEALTH_FILE: &str = "precision_health.jsonl";
+
 /// A logged step's TensorBoard scalars (HF `Trainer`'s tag names where it has them).
 fn tensorboard_scalars(r: &StepRecord) -> Vec<(&'static str, f64)> {
     let mut v = vec![
@@ -421,6 +426,7 @@ impl BackendJob for TrainJob {
             let out = &self.opts.out_dir;
             metrics::truncate_after(&out.join("metrics.jsonl"), state.global_step)?;
             metrics::truncate_after(&out.join("eval.jsonl"), state.global_step)?;
+            metrics::truncate_after(&out.join(HEALTH_FILE), state.global_step)?;
         }
         let config = tr.cfg.to_toml();
         fsutil::write_atomic(&self.opts.out_dir.join("config.toml"), config.as_bytes())?;
@@ -574,7 +580,20 @@ pub fn run_loop<B: Backend>(
     let mut last_ckpt = None;
     let mut consecutive_skips = 0u64;
     let stop = StopSignal::install()?;
+    let mut health_log = if cfg.precision_health {
+        Some(JsonlWriter::append(&out.join(HEALTH_FILE))?)
+    } else {
+        None
+    };
     while tr.step < cfg.max_steps {
+        let next = tr.step + 1;
+        let logs_next = next.is_multiple_of(cfg.logging_steps) || next == cfg.max_steps;
+        // the FP32 master weights before a logged step, for the update 16-bit weights would
+        // lose (a run without master weights, pure bf16-sr, has no such what-if)
+        let before = match health_log {
+            Some(_) if logs_next && cfg.precision.has_master() => Some(tr.weights_host()?),
+            _ => None,
+        };
         let t0 = Instant::now();
         let s = tr.step()?;
         let dt = t0.elapsed().as_secs_f64();
@@ -632,6 +651,10 @@ pub fn run_loop<B: Backend>(
             };
             log.write(&rec)?;
             tb.scalars(step, &tensorboard_scalars(&rec))?;
+            if let Some(h) = health_log.as_mut() {
+                let update = before.as_deref().filter(|_| !s.skipped);
+                h.write(&tr.health(s.scale, update)?)?;
+            }
             let eta = (cfg.max_steps - step) as f64 * train_s / (step - start_step) as f64;
             rep.step(&rec, cfg.max_steps, eta);
             last_window_loss = window_losses.iter().sum::<f32>() / window_losses.len() as f32;
@@ -677,6 +700,19 @@ pub fn run_loop<B: Backend>(
     };
     if opts.plots {
         draw_run_plots(out, &cfg, &hist, tr.scaler.get_scale())?;
+    }
+    if cfg.precision_health {
+        let records: Vec<crate::health::HealthRecord> =
+            metrics::read_jsonl(&out.join(HEALTH_FILE))?;
+        crate::health::heat_map(
+            &out.join("precision_health.png"),
+            &records,
+            crate::health::DEFAULT_STATISTIC,
+            &format!(
+                "FP16 underflow of the gradients at the loss scale, {}",
+                cfg.precision
+            ),
+        )?;
     }
     let n = f64::from(probes.max(1));
     let summary = RunSummary {

@@ -284,6 +284,31 @@ impl<B: Backend> Trainer<B> {
             .non_finite)
     }
 
+    /// The master weights (the parameter arena) on the host, widened to f32.
+    pub fn weights_host(&self) -> Result<Vec<f32>> {
+        Ok(self.be.download_f32(self.model.params().view())?)
+    }
+
+    /// The precision health of the last step (see [`crate::health`]): the gradients as they
+    /// are (at `scale`), the weights, and the update from `before` (the weights before the
+    /// step; `None` for a skipped step).
+    pub fn health(
+        &self,
+        scale: f32,
+        before: Option<&[f32]>,
+    ) -> Result<crate::health::HealthRecord> {
+        let grads = self.be.download_f32(self.model.grads().view())?;
+        let weights = self.weights_host()?;
+        Ok(crate::health::record(
+            self.step,
+            scale,
+            self.model.layout(),
+            &grads,
+            &weights,
+            before,
+        ))
+    }
+
     /// Looks at the gradients of the last step (before the next zeroing): how many would
     /// underflow in FP16 at scale 1 and at `scale`, and their exponent histogram. The arena
     /// holds `g * scale`.

@@ -10,6 +10,7 @@ mod common;
 mod fault;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod gpu_training;
+mod health;
 mod precisions;
 mod resume;
 mod study;
