@@ -254,7 +254,24 @@ pub fn rerender(out: &Path) -> Result<(TrainConfig, Vec<ArmResult>)> {
     Ok((base, results))
 }
 
+/// The study's plots of the config's seed: (file, what it shows).
+pub const PLOTS: [(&str, &str); 3] = [
+    ("compare_train_loss.png", "training loss"),
+    ("compare_val_loss.png", "validation loss"),
+    ("compare_loss_scale.png", "loss scale"),
+];
+
+/// The plots over seeds (`--seeds` above 1).
+pub const SEED_PLOTS: [(&str, &str); 2] = [
+    ("compare_train_loss_seeds.png", "training loss over seeds"),
+    ("compare_val_loss_seeds.png", "validation loss over seeds"),
+];
+
+/// The comparison plots of the config's seed, and with more seeds the bands over them.
 fn draw_compare_plots(out: &Path, results: &[ArmResult]) -> Result<()> {
+    if results.iter().any(|r| !r.more_seeds.is_empty()) {
+        draw_seed_bands(out, results)?;
+    }
     let mut train = Vec::new();
     let mut val = Vec::new();
     let mut scale = Vec::new();
@@ -269,6 +286,7 @@ fn draw_compare_plots(out: &Path, results: &[ArmResult]) -> Result<()> {
                 .map(|s| (s.step as f64, f64::from(s.loss)))
                 .collect(),
             markers: false,
+            band: Vec::new(),
         });
         val.push(Series {
             name: name.clone(),
@@ -277,6 +295,7 @@ fn draw_compare_plots(out: &Path, results: &[ArmResult]) -> Result<()> {
                 .map(|e| (e.step as f64, f64::from(e.val_loss)))
                 .collect(),
             markers: false,
+            band: Vec::new(),
         });
         scale.push(Series {
             name,
@@ -285,6 +304,7 @@ fn draw_compare_plots(out: &Path, results: &[ArmResult]) -> Result<()> {
                 .map(|s| (s.step as f64, f64::from(s.scale)))
                 .collect(),
             markers: false,
+            band: Vec::new(),
         });
     }
     plot::line_chart(
@@ -316,6 +336,103 @@ fn draw_compare_plots(out: &Path, results: &[ArmResult]) -> Result<()> {
 /// The exact-match accuracy a seed must reach to count as having learnt the task.
 const TARGET_ACCURACY: f64 = 0.95;
 
+/// The validation loss whose first crossing is a seed's "jump" on the arithmetic corpus: its
+/// plateau (predicting digits without carrying) is about 1.40 nats and a solved task about
+/// 1.0, so crossing 1.2 is learning to carry.
+pub const JUMP_BELOW: f64 = 1.2;
+
+/// The first evaluated step whose validation loss is below `below`.
+pub fn jump_step(evals: &[EvalRecord], below: f64) -> Option<u64> {
+    evals
+        .iter()
+        .find(|e| f64::from(e.val_loss) < below)
+        .map(|e| e.step)
+}
+
+/// Every finished seed's run folder of an arm, the config's seed first.
+fn seed_dirs(r: &ArmResult) -> Vec<&Path> {
+    std::iter::once((&r.outcome, r.dir.as_path()))
+        .chain(r.more_seeds.iter().map(|s| (&s.outcome, s.dir.as_path())))
+        .filter(|(o, _)| o.is_ok())
+        .map(|(_, d)| d)
+        .collect()
+}
+
+/// `(x, mean, min, max)` over `runs` at every x all of them have.
+fn across(runs: &[Vec<(f64, f64)>]) -> Vec<(f64, f64, f64, f64)> {
+    let Some(first) = runs.first() else {
+        return Vec::new();
+    };
+    first
+        .iter()
+        .filter_map(|&(x, _)| {
+            let ys: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| r.iter().find(|p| p.0 == x).map(|p| p.1))
+                .collect();
+            (ys.len() == runs.len()).then(|| {
+                let mean = ys.iter().sum::<f64>() / ys.len() as f64;
+                let lo = ys.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = ys.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                (x, mean, lo, hi)
+            })
+        })
+        .collect()
+}
+
+/// The loss curves over seeds: per arm the mean line in a min-max band
+/// (`compare_{train,val}_loss_seeds.png`).
+fn draw_seed_bands(out: &Path, results: &[ArmResult]) -> Result<()> {
+    let mut train = Vec::new();
+    let mut val = Vec::new();
+    for r in results {
+        let dirs = seed_dirs(r);
+        let mut t_runs = Vec::new();
+        let mut v_runs = Vec::new();
+        for d in &dirs {
+            let steps: Vec<StepRecord> = metrics::read_jsonl(&d.join("metrics.jsonl"))?;
+            let evals: Vec<EvalRecord> = metrics::read_jsonl(&d.join("eval.jsonl"))?;
+            t_runs.push(
+                steps
+                    .iter()
+                    .map(|s| (s.step as f64, f64::from(s.loss)))
+                    .collect(),
+            );
+            v_runs.push(
+                evals
+                    .iter()
+                    .map(|e| (e.step as f64, f64::from(e.val_loss)))
+                    .collect(),
+            );
+        }
+        for (runs, into) in [(t_runs, &mut train), (v_runs, &mut val)] {
+            let pts = across(&runs);
+            into.push(Series {
+                name: format!("{} ({} seeds)", r.variant.name, dirs.len()),
+                points: pts.iter().map(|&(x, m, _, _)| (x, m)).collect(),
+                markers: false,
+                band: pts.iter().map(|&(x, _, lo, hi)| (x, lo, hi)).collect(),
+            });
+        }
+    }
+    plot::line_chart(
+        &out.join("compare_train_loss_seeds.png"),
+        "training loss over seeds (mean, min-max band)",
+        "step",
+        "cross-entropy",
+        &train,
+        false,
+    )?;
+    plot::line_chart(
+        &out.join("compare_val_loss_seeds.png"),
+        "validation loss over seeds (mean, min-max band)",
+        "step",
+        "cross-entropy",
+        &val,
+        false,
+    )
+}
+
 /// `mean (min - max)` of `xs` with `digits` decimals; `-` when empty.
 fn spread(xs: &[f64], fmt: impl Fn(f64) -> String) -> String {
     if xs.is_empty() {
@@ -338,10 +455,13 @@ fn across_seeds(s: &mut String, base: &TrainConfig, results: &[ArmResult], seeds
     );
     let _ = writeln!(
         s,
-        "| run | seeds finished | final train loss | final val loss | exact-match accuracy | reached {} | skipped steps |",
+        "| run | seeds finished | final train loss | final val loss | exact-match accuracy | reached {} | jump: val loss < {JUMP_BELOW} at step | skipped steps |",
         pct(TARGET_ACCURACY)
     );
-    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(
+        s,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     for r in results {
         let outs = r.all_outcomes();
         let ok: Vec<&RunSummary> = outs.iter().filter_map(|o| o.as_ref().ok()).collect();
@@ -353,9 +473,25 @@ fn across_seeds(s: &mut String, base: &TrainConfig, results: &[ArmResult], seeds
         let acc = col(&|x| x.final_accuracy);
         let skipped = col(&|x| Some(x.skipped_steps as f64));
         let reached = acc.iter().filter(|&&a| a >= TARGET_ACCURACY).count();
+        let jumps: Vec<f64> = seed_dirs(r)
+            .iter()
+            .filter_map(|d| metrics::read_jsonl::<EvalRecord>(&d.join("eval.jsonl")).ok())
+            .filter_map(|e| jump_step(&e, JUMP_BELOW))
+            .map(|x| x as f64)
+            .collect();
+        let jump = if jumps.is_empty() {
+            "none".to_string()
+        } else {
+            format!(
+                "{} in {} of {}",
+                spread(&jumps, |x| format!("{x:.0}")),
+                jumps.len(),
+                outs.len()
+            )
+        };
         let _ = writeln!(
             s,
-            "| {} | {} of {} | {} | {} | {} | {} | {} |",
+            "| {} | {} of {} | {} | {} | {} | {} | {jump} | {} |",
             r.variant.name,
             ok.len(),
             outs.len(),
@@ -658,12 +794,14 @@ pub fn report_markdown(base: &TrainConfig, results: &[ArmResult], plot_prefix: &
             }
         }
     }
+    if seeds > 1 {
+        let _ = writeln!(s, "\n## Plots over seeds (mean, min-max band)\n");
+        for (file, what) in SEED_PLOTS {
+            let _ = writeln!(s, "![{what}]({plot_prefix}{file})\n");
+        }
+    }
     let _ = writeln!(s, "\n## Plots (the config's seed)\n");
-    for (file, what) in [
-        ("compare_train_loss.png", "training loss"),
-        ("compare_val_loss.png", "validation loss"),
-        ("compare_loss_scale.png", "loss scale"),
-    ] {
+    for (file, what) in PLOTS {
         let _ = writeln!(s, "![{what}]({plot_prefix}{file})\n");
     }
     for r in results {

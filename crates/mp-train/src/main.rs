@@ -330,12 +330,11 @@ fn cmd_compare(a: CompareArgs) -> Result<()> {
             .unwrap_or(Path::new("."));
         let plots = parent.join(&stem);
         std::fs::create_dir_all(&plots).with_context(|| format!("creating {}", plots.display()))?;
-        for f in [
-            "compare_train_loss.png",
-            "compare_val_loss.png",
-            "compare_loss_scale.png",
-        ] {
-            std::fs::copy(out.join(f), plots.join(f)).with_context(|| format!("copying {f}"))?;
+        for (f, _) in compare::PLOTS.iter().chain(&compare::SEED_PLOTS) {
+            let src = out.join(f);
+            if src.exists() {
+                std::fs::copy(&src, plots.join(f)).with_context(|| format!("copying {f}"))?;
+            }
         }
         for r in &results {
             for file in ["grad_exponents.png", "precision_health.png"] {

@@ -90,6 +90,8 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
     /// Draw markers at each point instead of a line.
     pub markers: bool,
+    /// A shaded band `(x, low, high)` around the line (e.g. the range over seeds); empty: none.
+    pub band: Vec<(f64, f64, f64)>,
 }
 
 const PALETTE: [RGBColor; 6] = [
@@ -118,7 +120,17 @@ pub fn line_chart(
             .filter(|(x, y)| x.is_finite() && y.is_finite() && (!log_y || *y > 0.0))
             .collect::<Vec<_>>()
     };
-    let all: Vec<(f64, f64)> = series.iter().flat_map(finite).collect();
+    let band_points = |s: &Series| {
+        s.band
+            .iter()
+            .flat_map(|&(x, lo, hi)| [(x, lo), (x, hi)])
+            .filter(|(x, y)| x.is_finite() && y.is_finite() && (!log_y || *y > 0.0))
+            .collect::<Vec<_>>()
+    };
+    let all: Vec<(f64, f64)> = series
+        .iter()
+        .flat_map(|s| finite(s).into_iter().chain(band_points(s)))
+        .collect();
     let (mut x0, mut x1, mut y0, mut y1) = all.iter().fold(
         (f64::MAX, f64::MIN, f64::MAX, f64::MIN),
         |(a, b, c, d), &(x, y)| (a.min(x), b.max(x), c.min(y), d.max(y)),
@@ -203,6 +215,26 @@ where
 {
     for (i, s) in series.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
+        let ok = |y: f64| y.is_finite() && (!log_y || y > 0.0);
+        let band: Vec<(f64, f64, f64)> = s
+            .band
+            .iter()
+            .copied()
+            .filter(|&(x, lo, hi)| x.is_finite() && ok(lo) && ok(hi))
+            .collect();
+        if band.len() >= 2 {
+            let outline: Vec<(f64, f64)> = band
+                .iter()
+                .map(|&(x, _, hi)| (x, hi))
+                .chain(band.iter().rev().map(|&(x, lo, _)| (x, lo)))
+                .collect();
+            chart
+                .draw_series(std::iter::once(Polygon::new(
+                    outline,
+                    color.mix(0.18).filled(),
+                )))
+                .map_err(|e| plot_err(path, e))?;
+        }
         let pts: Vec<(f64, f64)> = s
             .points
             .iter()
@@ -361,6 +393,7 @@ mod tests {
                 .map(|i| (i as f64, 3.0 / (1.0 + i as f64)))
                 .collect(),
             markers: false,
+            band: Vec::new(),
         };
         let p = dir.join("loss.png");
         line_chart(&p, "loss", "step", "loss", std::slice::from_ref(&s), false).unwrap();

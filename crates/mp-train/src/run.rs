@@ -784,6 +784,7 @@ pub fn draw_run_plots(out: &Path, cfg: &TrainConfig, hist: &[u64], scale: f32) -
                     .map(|r| (r.step as f64, f64::from(r.loss)))
                     .collect(),
                 markers: false,
+                band: Vec::new(),
             },
             Series {
                 name: "validation".into(),
@@ -792,6 +793,7 @@ pub fn draw_run_plots(out: &Path, cfg: &TrainConfig, hist: &[u64], scale: f32) -
                     .map(|r| (r.step as f64, f64::from(r.val_loss)))
                     .collect(),
                 markers: true,
+                band: Vec::new(),
             },
         ],
         false,
@@ -809,6 +811,7 @@ pub fn draw_run_plots(out: &Path, cfg: &TrainConfig, hist: &[u64], scale: f32) -
                     .map(|r| (r.step as f64, f64::from(r.scale)))
                     .collect(),
                 markers: false,
+                band: Vec::new(),
             },
             Series {
                 name: "skipped step".into(),
@@ -818,6 +821,7 @@ pub fn draw_run_plots(out: &Path, cfg: &TrainConfig, hist: &[u64], scale: f32) -
                     .map(|r| (r.step as f64, f64::from(r.scale)))
                     .collect(),
                 markers: true,
+                band: Vec::new(),
             },
         ],
         true,

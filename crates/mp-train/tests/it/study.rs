@@ -17,6 +17,16 @@ fn a_study_over_two_seeds_reports_their_spread_and_rerenders_the_same() {
         assert_eq!(r.more_seeds.len(), 1, "{}", r.variant.name);
         assert_eq!(r.more_seeds[0].seed, cfg.seed + 1);
         assert!(r.more_seeds[0].dir.join("summary.json").exists());
+        // precision health in every run folder of the study
+        for d in [&r.dir, &r.more_seeds[0].dir] {
+            let recs: Vec<mp_train::health::HealthRecord> =
+                mp_train::metrics::read_jsonl(&d.join(mp_train::run::HEALTH_FILE)).unwrap();
+            assert_eq!(recs.len(), 6, "one record per logged step");
+            assert!(d.join("precision_health.png").is_file());
+        }
+    }
+    for (f, _) in compare::SEED_PLOTS {
+        assert!(out.join(f).is_file(), "{f}");
     }
     let text = std::fs::read_to_string(&report).unwrap();
     assert!(
@@ -25,6 +35,9 @@ fn a_study_over_two_seeds_reports_their_spread_and_rerenders_the_same() {
     );
     assert!(text.contains("| fp32 | 2 of 2 |"), "{text}");
     assert!(text.contains("exact match in "), "{text}");
+    assert!(text.contains("## Precision health"), "{text}");
+    assert!(text.contains("jump: val loss < 1.2"), "{text}");
+    assert!(text.contains("The five tensors with the most"), "{text}");
     let (_, again) = compare::rerender(&out).unwrap();
     assert_eq!(again.iter().map(|r| r.more_seeds.len()).sum::<usize>(), 5);
     assert_eq!(std::fs::read_to_string(&report).unwrap(), text);
@@ -38,4 +51,23 @@ fn a_study_over_two_seeds_reports_their_spread_and_rerenders_the_same() {
         )
         .is_err()
     );
+}
+
+#[test]
+fn the_jump_is_the_first_evaluation_below_the_threshold() {
+    let e = |step, val_loss| mp_train::metrics::EvalRecord {
+        step,
+        val_loss,
+        accuracy: None,
+        problems: 0,
+    };
+    let evals = [
+        e(250, 1.41),
+        e(500, 1.3),
+        e(750, 1.1),
+        e(1000, 1.25),
+        e(1250, 0.9),
+    ];
+    assert_eq!(compare::jump_step(&evals, 1.2), Some(750));
+    assert_eq!(compare::jump_step(&evals, 0.5), None);
 }
