@@ -157,12 +157,44 @@ impl CpuBackend {
     }
 }
 
+/// The widest SIMD path this CPU runs for GEMMs and conversions.
+fn simd_path() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16") {
+            return "AVX-512 with BF16 dot products";
+        }
+        if is_x86_feature_detected!("avx512f") {
+            return "AVX-512 (BF16 dot products emulated)";
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return "AVX2 + FMA (BF16 dot products emulated)";
+        }
+    }
+    "portable scalar code"
+}
+
 impl MemoryOps for CpuBackend {
     type Buffer = CpuBuffer;
     type Index = Vec<u32>;
 
+    /// `cpu (<model name>; <the SIMD path this machine runs>)`: runs on machines with different
+    /// paths (AVX-512 BF16 dot products against their AVX2 emulation) differ in the last bits.
     fn name(&self) -> String {
-        DEVICE.to_string()
+        static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        NAME.get_or_init(|| {
+            let model = std::fs::read_to_string("/proc/cpuinfo")
+                .ok()
+                .and_then(|t| {
+                    t.lines()
+                        .find(|l| l.starts_with("model name"))
+                        .and_then(|l| l.split_once(':'))
+                        .map(|(_, m)| m.trim().to_string())
+                })
+                .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+            format!("{DEVICE} ({model}; {})", simd_path())
+        })
+        .clone()
     }
 
     fn zeros(&self, dtype: DType, len: usize) -> Result<CpuBuffer> {
