@@ -307,22 +307,7 @@ fn draw_compare_plots(out: &Path, results: &[ArmResult]) -> Result<()> {
             band: Vec::new(),
         });
     }
-    plot::line_chart(
-        &out.join("compare_train_loss.png"),
-        "training loss by precision",
-        "step",
-        "cross-entropy",
-        &train,
-        false,
-    )?;
-    plot::line_chart(
-        &out.join("compare_val_loss.png"),
-        "validation loss by precision",
-        "step",
-        "cross-entropy",
-        &val,
-        false,
-    )?;
+    loss_charts(out, "", "by precision", &train, &val)?;
     plot::line_chart(
         &out.join("compare_loss_scale.png"),
         "loss scale by precision",
@@ -415,22 +400,34 @@ fn draw_seed_bands(out: &Path, results: &[ArmResult]) -> Result<()> {
             });
         }
     }
-    plot::line_chart(
-        &out.join("compare_train_loss_seeds.png"),
-        "training loss over seeds (mean, min-max band)",
-        "step",
-        "cross-entropy",
+    loss_charts(
+        out,
+        "_seeds",
+        "over seeds (mean, min-max band)",
         &train,
-        false,
-    )?;
-    plot::line_chart(
-        &out.join("compare_val_loss_seeds.png"),
-        "validation loss over seeds (mean, min-max band)",
-        "step",
-        "cross-entropy",
         &val,
-        false,
     )
+}
+
+/// `compare_train_loss{suffix}.png` and `compare_val_loss{suffix}.png`.
+fn loss_charts(
+    out: &Path,
+    suffix: &str,
+    what: &str,
+    train: &[Series],
+    val: &[Series],
+) -> Result<()> {
+    for (name, title, series) in [("train", "training", train), ("val", "validation", val)] {
+        plot::line_chart(
+            &out.join(format!("compare_{name}_loss{suffix}.png")),
+            &format!("{title} loss {what}"),
+            "step",
+            "cross-entropy",
+            series,
+            false,
+        )?;
+    }
+    Ok(())
 }
 
 /// `mean (min - max)` of `xs` with `digits` decimals; `-` when empty.

@@ -240,6 +240,18 @@ impl Dataset {
         Self::load(cfg, seed, context, Tokenizer::Bytes, 256)
     }
 
+    /// The dataset of a run's config (its data, seed, context and vocabulary) tokenized by
+    /// `tokenizer`.
+    pub fn for_run(cfg: &crate::config::TrainConfig, tokenizer: Tokenizer) -> Result<Self> {
+        Self::load(
+            &cfg.data,
+            cfg.seed,
+            cfg.model.n_positions,
+            tokenizer,
+            cfg.model.vocab_size,
+        )
+    }
+
     /// A dataset with no tokens (for sampling): only its tokenizer.
     pub fn empty(tokenizer: Tokenizer) -> Self {
         let vocab = tokenizer.vocab_size();

@@ -280,13 +280,7 @@ pub fn train(mut cfg: TrainConfig, opts: RunOptions) -> Result<RunSummary> {
         // before anything is allocated: a config that cannot fit is refused, not aborted
         crate::memory::check_fits(&cfg, available)?;
     }
-    let data = Dataset::load(
-        &cfg.data,
-        cfg.seed,
-        cfg.model.n_positions,
-        tokenizer,
-        cfg.model.vocab_size,
-    )?;
+    let data = Dataset::for_run(&cfg, tokenizer)?;
     if !resuming_here && !opts.overwrite && !fsutil::is_empty_or_missing(&opts.out_dir)? {
         // Refuse before opening the device, so the message does not wait for it.
         return Err(TrainError::OutDirNotEmpty {

@@ -56,13 +56,7 @@ impl BackendJob for EvalJob {
 pub fn evaluate(dir: &Path, overrides: &[String]) -> Result<EvalRecord> {
     let cfg = checkpoint_config(dir, overrides)?;
     let tokenizer = checkpoint_tokenizer(dir, &cfg)?;
-    let data = Dataset::load(
-        &cfg.data,
-        cfg.seed,
-        cfg.model.n_positions,
-        tokenizer,
-        cfg.model.vocab_size,
-    )?;
+    let data = Dataset::for_run(&cfg, tokenizer)?;
     device::dispatch(
         &cfg,
         EvalJob {
