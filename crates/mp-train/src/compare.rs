@@ -643,6 +643,17 @@ pub fn report_markdown(base: &TrainConfig, results: &[ArmResult], plot_prefix: &
             base.threads.to_string()
         },
     );
+    let n_seeds = results
+        .iter()
+        .map(|r| 1 + r.more_seeds.len())
+        .max()
+        .unwrap_or(1);
+    let _ = writeln!(
+        s,
+        "Reproduce with `mp-train compare --seeds {n_seeds}` on this config (each run folder's \
+         `config.toml`; the default config when the lines above say so); `compare --from DIR \
+         --report FILE` re-renders a finished study.\n"
+    );
     if device.starts_with("cpu") {
         let _ = writeln!(
             s,
