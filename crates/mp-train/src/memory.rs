@@ -30,17 +30,19 @@ impl MemoryBreakdown {
 /// Parameters of the model a config describes (HF GPT-2 layout with its tied head, or HF
 /// Llama); saturates at `u64::MAX` for configs no machine holds.
 pub fn num_params(cfg: &TrainConfig) -> u64 {
-    sat(params_wide(cfg))
+    sat(params_wide(cfg, cfg.model.vocab_size))
 }
 
 fn sat(v: u128) -> u64 {
     u64::try_from(v).unwrap_or(u64::MAX)
 }
 
-fn params_wide(cfg: &TrainConfig) -> u128 {
+/// Parameters with a vocabulary of `vocab` rows (HF's count with the real one, the arena's with
+/// the padded one).
+fn params_wide(cfg: &TrainConfig, vocab: usize) -> u128 {
     let m = &cfg.model;
     if m.arch == Arch::Llama {
-        let (c, v, l) = (m.n_embd as u128, m.vocab_size as u128, m.n_layer as u128);
+        let (c, v, l) = (m.n_embd as u128, vocab as u128, m.n_layer as u128);
         let hd = (m.n_embd / m.n_head.max(1)) as u128;
         let (q, kv, f) = (
             m.n_head as u128 * hd,
@@ -53,7 +55,7 @@ fn params_wide(cfg: &TrainConfig) -> u128 {
     }
     let (c, v, p, l) = (
         m.n_embd as u128,
-        m.vocab_size as u128,
+        vocab as u128,
         m.n_positions as u128,
         m.n_layer as u128,
     );
@@ -64,7 +66,10 @@ fn params_wide(cfg: &TrainConfig) -> u128 {
 
 /// The breakdown for a config (each figure saturates at `u64::MAX`).
 pub fn estimate(cfg: &TrainConfig) -> MemoryBreakdown {
-    let n = params_wide(cfg);
+    let n = params_wide(
+        cfg,
+        crate::model::common::padded_vocab(cfg.model.vocab_size),
+    );
     let p = cfg.precision;
     let low = p.compute_dtype().size_in_bytes() as u128;
     let m = &cfg.model;
@@ -73,7 +78,7 @@ pub fn estimate(cfg: &TrainConfig) -> MemoryBreakdown {
         m.n_positions as u128,
         m.n_embd as u128,
         m.n_head as u128,
-        m.vocab_size as u128,
+        crate::model::common::padded_vocab(m.vocab_size) as u128,
     );
     let tokens = b * t;
     if m.arch == Arch::Llama {
@@ -125,7 +130,7 @@ fn llama_estimate(cfg: &TrainConfig, n: u128, tokens: u128) -> MemoryBreakdown {
         + (q + c) * low
         + 4 * f * low
         + 2 * 4;
-    let v = m.vocab_size as u128;
+    let v = crate::model::common::padded_vocab(m.vocab_size) as u128;
     let head = 2 * c * 4 + casts / 2 * low + 2 * v * low + 4;
     let activations = tokens * (m.n_layer as u128 * per_layer + head);
     breakdown(cfg, n, activations)

@@ -471,7 +471,8 @@ pub fn generate<B: Backend>(
         ));
     }
     let ctx = model.context();
-    let vocab = model.vocab();
+    // logits rows are the padded width; only the vocabulary's ids are offered to `pick`
+    let (vocab, width) = (model.vocab(), model.logits_width());
     let mut seqs: Vec<Vec<u32>> = prompts.to_vec();
     let mut out = vec![Vec::with_capacity(n); rows];
     for _ in 0..n {
@@ -483,8 +484,8 @@ pub fn generate<B: Backend>(
         let batch = model.batch(be, &ids, None, rows, t)?;
         let (logits, _) = model.evaluate(be, &batch, autocast)?;
         for (r, seq) in seqs.iter_mut().enumerate() {
-            let last = &logits[(r * t + t - 1) * vocab..(r * t + t) * vocab];
-            let tok = pick(last);
+            let row = (r * t + t - 1) * width;
+            let tok = pick(&logits[row..row + vocab]);
             seq.push(tok);
             out[r].push(tok);
         }

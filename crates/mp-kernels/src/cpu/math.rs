@@ -75,8 +75,9 @@ simd_dispatch! {
     }
 }
 
-/// `e^x` for `x` in `[-87.3, 88.3]`; inputs outside are clamped (so `exp(-inf)` is ~1e-38,
-/// not 0: harmless in sums of exponentials, which always hold a 1). NaN propagates.
+/// `e^x` for `x` in `[-87.3, 88.3]`; above, the input is clamped; below, the result is 0
+/// (`e^x` is a subnormal there), so `exp(-inf)` is exactly 0 and a masked logit (-inf) gets
+/// exactly no probability. NaN propagates.
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
     exp_with::<false>(x)
@@ -113,8 +114,9 @@ pub(crate) fn exp_with<const F: bool>(x: f32) -> f32 {
     }
     let e = fma::<F>(p * r, r, r) + 1.0;
     let scale = f32::from_bits(((ni + 127) as u32) << 23);
-    // `clamp` maps NaN to NaN, and so does every operation after it.
-    e * scale
+    // `clamp` maps NaN to NaN, and so does every operation after it (NaN < x is false).
+    let v = e * scale;
+    if x < -87.3 { 0.0 } else { v }
 }
 
 /// GELU, tanh approximation: `0.5 x (1 + tanh(u))` computed as `x / (1 + e^(-2u))`.

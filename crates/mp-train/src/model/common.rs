@@ -159,8 +159,9 @@ pub(crate) fn load_into<B: Backend>(
     params: &mut B::Buffer,
     copy: Option<&mut B::Buffer>,
     path: &Path,
+    stored: StoredRows<'_>,
 ) -> Result<()> {
-    let host = read_safetensors(layout, path)?;
+    let host = read_safetensors(layout, path, stored)?;
     *params = be.upload_f32(&host, DType::F32)?;
     if let Some(copy) = copy {
         be.cast(params.view(), copy.view_mut(), Rounding::NearestEven)?;
@@ -168,12 +169,63 @@ pub(crate) fn load_into<B: Backend>(
     Ok(())
 }
 
+/// The multiple the vocabulary-sized tensors are padded to in the arena (as llm.c pads GPT-2's
+/// 50257 to 50304), so the head's GEMM has aligned shapes. The padded rows are zero, their
+/// logits are masked to -inf (out of the loss, never sampled), and files store only the
+/// vocabulary's rows.
+pub const VOCAB_MULTIPLE: usize = 128;
+
+/// `vocab` rounded up to [`VOCAB_MULTIPLE`].
+pub fn padded_vocab(vocab: usize) -> usize {
+    vocab.div_ceil(VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+}
+
+/// The tensors a file stores with fewer rows than the arena: `names` (those of the layout)
+/// hold `rows` rows in the file, the arena's further rows are padding.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StoredRows<'a> {
+    /// The vocabulary-sized tensors.
+    pub names: &'a [&'a str],
+    /// The rows a file holds (the vocabulary).
+    pub rows: usize,
+}
+
+impl StoredRows<'_> {
+    /// The shape `e` has in a file.
+    fn shape(&self, e: &mp_autograd::ParamEntry) -> Vec<usize> {
+        let mut shape = e.shape.clone();
+        if self.names.contains(&e.name.as_str()) && !shape.is_empty() {
+            shape[0] = self.rows.min(shape[0]);
+        }
+        shape
+    }
+}
+
+/// The logits mask of a padded vocabulary: 0 for the `vocab` real columns, -inf for the
+/// padding up to `padded` (`None` without padding).
+pub(crate) fn vocab_mask<B: Backend>(
+    be: &B,
+    vocab: usize,
+    padded: usize,
+) -> Result<Option<B::Buffer>> {
+    if padded == vocab {
+        return Ok(None);
+    }
+    let mut mask = vec![0.0f32; padded];
+    mask[vocab..].fill(f32::NEG_INFINITY);
+    Ok(Some(be.upload_f32(&mask, DType::F32)?))
+}
+
 /// The values of every parameter of `layout` (in arena order, widened to f32) from an HF
 /// safetensors file (F32, F16 or BF16 tensors). Every parameter must be present with its exact
 /// shape; the error names the tensor and both shapes. Other tensors are ignored. A file of
 /// the base model (as the hub's `gpt2` is: `h.0.attn.c_attn.weight`, no `transformer.`) is
 /// read as HF's `from_pretrained` reads it: a name without its first component matches.
-pub(crate) fn read_safetensors(layout: &ParamLayout, path: &Path) -> Result<Vec<f32>> {
+pub(crate) fn read_safetensors(
+    layout: &ParamLayout,
+    path: &Path,
+    stored: StoredRows<'_>,
+) -> Result<Vec<f32>> {
     let bytes = std::fs::read(path).map_err(TrainError::io("reading", path))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| TrainError::checkpoint(path, format!("not a safetensors file: {e}")))?;
@@ -189,18 +241,20 @@ pub(crate) fn read_safetensors(layout: &ParamLayout, path: &Path) -> Result<Vec<
                 format!("missing tensor {} (expected shape {:?})", e.name, e.shape),
             )
         })?;
-        if view.shape() != e.shape.as_slice() {
+        let want = stored.shape(e);
+        if view.shape() != want.as_slice() {
             return Err(TrainError::checkpoint(
                 path,
                 format!(
-                    "tensor {}: expected shape {:?}, found {:?}",
+                    "tensor {}: expected shape {want:?}, found {:?}",
                     e.name,
-                    e.shape,
                     view.shape()
                 ),
             ));
         }
-        let dst = &mut host[e.offset..e.offset + e.numel()];
+        // a padded tensor's further rows stay zero
+        let n: usize = want.iter().product();
+        let dst = &mut host[e.offset..e.offset + n];
         decode(view.dtype(), view.data(), dst).map_err(|found| {
             TrainError::checkpoint(
                 path,
@@ -215,21 +269,23 @@ pub(crate) fn read_safetensors(layout: &ParamLayout, path: &Path) -> Result<Vec<
 }
 
 /// Writes the FP32 arena `params` of `layout` as an HF safetensors file (F32, the layout's
-/// names), atomically.
+/// names, the `stored` tensors without their padding rows), atomically.
 pub(crate) fn write_safetensors<B: Backend>(
     be: &B,
     layout: &ParamLayout,
     params: &B::Buffer,
     path: &Path,
+    stored: StoredRows<'_>,
 ) -> Result<()> {
     let host = be.download_f32(params.view())?;
     let bytes: Vec<u8> = host.iter().flat_map(|x| x.to_le_bytes()).collect();
     let mut views = Vec::with_capacity(layout.entries().len());
     for e in layout.entries() {
-        let data = &bytes[4 * e.offset..4 * (e.offset + e.numel())];
-        let view =
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, e.shape.clone(), data)
-                .map_err(|err| TrainError::checkpoint(path, format!("tensor {}: {err}", e.name)))?;
+        let shape = stored.shape(e);
+        let n: usize = shape.iter().product();
+        let data = &bytes[4 * e.offset..4 * (e.offset + n)];
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, data)
+            .map_err(|err| TrainError::checkpoint(path, format!("tensor {}: {err}", e.name)))?;
         views.push((e.name.clone(), view));
     }
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);

@@ -26,14 +26,16 @@ use serde::{Deserialize, Serialize};
 
 use super::Batch;
 use super::common::{
-    SplitMix, evaluate_with, load_into, loss_and_backward, named, tape_for, write_safetensors,
+    SplitMix, StoredRows, evaluate_with, load_into, loss_and_backward, named, padded_vocab,
+    tape_for, vocab_mask, write_safetensors,
 };
 use crate::{Result, TrainError};
 
 /// The shape of a GPT (HF `GPT2Config` field names).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GptConfig {
-    /// Vocabulary size (rows of `wte`).
+    /// Vocabulary size (`wte` has as many rows, padded to a multiple of
+    /// [`super::common::VOCAB_MULTIPLE`] in the arena).
     pub vocab_size: usize,
     /// Longest sequence (rows of `wpe`).
     pub n_positions: usize,
@@ -100,7 +102,7 @@ impl GptConfig {
     /// after them, so the decay and no-decay parameter groups are one contiguous range each
     /// and every fused optimizer pass is two launches whatever the depth.
     pub fn layout(&self) -> ParamLayout {
-        let (c, v) = (self.n_embd, self.vocab_size);
+        let (c, v) = (self.n_embd, padded_vocab(self.vocab_size));
         let mut l = ParamLayout::new();
         l.push("transformer.wte.weight", &[v, c]);
         l.push("transformer.wpe.weight", &[self.n_positions, c]);
@@ -201,6 +203,9 @@ impl<B: Backend> Gpt<B> {
                     .for_each(|x| *x = (rng.normal() * std) as f32);
             }
         }
+        // the vocabulary's padding rows are zero (and stay so: their gradient is zero)
+        let wte = layout.get("transformer.wte.weight").expect("wte");
+        host[wte.offset + config.vocab_size * config.n_embd..wte.offset + wte.numel()].fill(0.0);
         let params = be.upload_f32(&host, DType::F32)?;
         Self::with_params(be, config, layout, params)
     }
@@ -342,7 +347,12 @@ impl<B: Backend> Gpt<B> {
             done(tape, &[h, f, m, x1])?;
         }
         let h = self.layer_norm(tape, x, &self.ln_f, eps)?;
-        let logits = tape.linear(h, wte, None, WeightLayout::OutIn)?;
+        let v = self.config.vocab_size;
+        let mask = match vocab_mask(tape.backend(), v, padded_vocab(v))? {
+            Some(m) => Some(tape.input(m, &[padded_vocab(v)])?),
+            None => None,
+        };
+        let logits = tape.linear(h, wte, mask, WeightLayout::OutIn)?;
         done(tape, &[x, h])?;
         Ok(logits)
     }
@@ -432,19 +442,29 @@ impl<B: Backend> Gpt<B> {
     /// exact shape; the error names the tensor and both shapes. Tensors the model does not
     /// use (`lm_head.weight`, which is tied, and HF's attention-mask buffers) are ignored.
     pub fn load_safetensors(&mut self, be: &B, path: &Path) -> Result<()> {
+        let stored = self.stored_rows();
         load_into(
             be,
             &self.layout,
             &mut self.params,
             self.model_copy.as_mut(),
             path,
+            stored,
         )
+    }
+
+    /// The vocabulary-sized tensor a file stores without its padding.
+    fn stored_rows(&self) -> StoredRows<'static> {
+        StoredRows {
+            names: &["transformer.wte.weight"],
+            rows: self.config.vocab_size,
+        }
     }
 
     /// Writes the master weights as an HF GPT-2 safetensors file (F32, HF names; the tied
     /// head is not duplicated, as HF saves it).
     pub fn save_safetensors(&self, be: &B, path: &Path) -> Result<()> {
-        write_safetensors(be, &self.layout, &self.params, path)
+        write_safetensors(be, &self.layout, &self.params, path, self.stored_rows())
     }
 
     /// The (name, f32 values) of every gradient, in layout order (waits for the device).
@@ -490,8 +510,13 @@ mod tests {
                 .all(|&x| x == 0.0)
         );
         let std = |v: Vec<f32>| (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
-        let s = std(get("transformer.wte.weight"));
+        let wte = get("transformer.wte.weight");
+        let (real, pad) = wte.split_at(tiny().vocab_size * tiny().n_embd);
+        let s = std(real.to_vec());
         assert!((0.015..0.025).contains(&s), "wte std {s}");
+        // the rows padding the vocabulary to a multiple of 128 are zero
+        assert_eq!(wte.len(), 128 * tiny().n_embd);
+        assert!(pad.iter().all(|&x| x == 0.0));
     }
 
     #[test]

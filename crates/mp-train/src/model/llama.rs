@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Batch;
 use super::common::{
-    SplitMix, evaluate_with, load_into, loss_and_backward, named, read_safetensors, tape_for,
-    write_safetensors,
+    SplitMix, StoredRows, evaluate_with, load_into, loss_and_backward, named, padded_vocab,
+    read_safetensors, tape_for, vocab_mask, write_safetensors,
 };
 use crate::{Result, TrainError};
 
@@ -175,7 +175,8 @@ impl LlamaConfig {
         let (c, hd, f) = (self.hidden_size, self.head_dim, self.intermediate_size);
         let (q, kv) = (self.num_attention_heads * hd, self.num_key_value_heads * hd);
         let mut l = ParamLayout::new();
-        l.push("model.embed_tokens.weight", &[self.vocab_size, c]);
+        let v = padded_vocab(self.vocab_size);
+        l.push("model.embed_tokens.weight", &[v, c]);
         for i in 0..self.num_hidden_layers {
             let p = format!("model.layers.{i}");
             l.push(format!("{p}.self_attn.q_proj.weight"), &[q, c]);
@@ -187,7 +188,7 @@ impl LlamaConfig {
             l.push(format!("{p}.mlp.down_proj.weight"), &[c, f]);
         }
         if !self.tie_word_embeddings {
-            l.push("lm_head.weight", &[self.vocab_size, c]);
+            l.push("lm_head.weight", &[v, c]);
         }
         for i in 0..self.num_hidden_layers {
             let p = format!("model.layers.{i}");
@@ -282,6 +283,17 @@ struct Rope {
     rot: Tensor,
 }
 
+/// The vocabulary-sized tensors (padded in the arena, not in files).
+const VOCAB_TENSORS: [&str; 2] = ["model.embed_tokens.weight", "lm_head.weight"];
+
+/// How files store the vocabulary-sized tensors: the vocabulary's rows only.
+fn stored_rows(config: &LlamaConfig) -> StoredRows<'static> {
+    StoredRows {
+        names: &VOCAB_TENSORS,
+        rows: config.vocab_size,
+    }
+}
+
 impl<B: Backend> Llama<B> {
     /// A Llama initialised like HF (`initializer_range` 0.02): every projection and the
     /// embedding normal with std 0.02, norm weights 1. Same seed, same weights, on every
@@ -300,6 +312,13 @@ impl<B: Backend> Llama<B> {
                     .for_each(|x| *x = (rng.normal() * 0.02) as f32);
             }
         }
+        // the vocabulary's padding rows are zero (and stay so: their gradient is zero)
+        for name in VOCAB_TENSORS {
+            if let Some(e) = layout.get(name) {
+                let real = config.vocab_size * config.hidden_size;
+                host[e.offset + real..e.offset + e.numel()].fill(0.0);
+            }
+        }
         let params = be.upload_f32(&host, DType::F32)?;
         Self::with_params(be, config, layout, params)
     }
@@ -309,7 +328,7 @@ impl<B: Backend> Llama<B> {
     pub fn from_safetensors(be: &B, config: LlamaConfig, path: &Path) -> Result<Self> {
         let layout = config.layout();
         config.validate()?;
-        let host = read_safetensors(&layout, path)?;
+        let host = read_safetensors(&layout, path, stored_rows(&config))?;
         let params = be.upload_f32(&host, DType::F32)?;
         Self::with_params(be, config, layout, params)
     }
@@ -478,8 +497,14 @@ impl<B: Backend> Llama<B> {
         }
         let h = norm(tape, x, &self.norm)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        let logits = lin(tape, h, head)?;
-        Ok(tape.reshape(logits, &[b, t, c.vocab_size])?)
+        let padded = padded_vocab(c.vocab_size);
+        let mask = match vocab_mask(tape.backend(), c.vocab_size, padded)? {
+            Some(m) => Some(tape.input(m, &[padded])?),
+            None => None,
+        };
+        let w = tape.param(head)?;
+        let logits = tape.linear(h, w, mask, WeightLayout::OutIn)?;
+        Ok(tape.reshape(logits, &[b, t, padded])?)
     }
 
     /// A tape over this model's weights under `autocast`, reading the model copy when it
@@ -543,13 +568,20 @@ impl<B: Backend> Llama<B> {
             &mut self.params,
             self.model_copy.as_mut(),
             path,
+            stored_rows(&self.config),
         )
     }
 
     /// Writes the master weights as an HF Llama safetensors file (F32, HF names; a tied head
     /// is not duplicated).
     pub fn save_safetensors(&self, be: &B, path: &Path) -> Result<()> {
-        write_safetensors(be, &self.layout, &self.params, path)
+        write_safetensors(
+            be,
+            &self.layout,
+            &self.params,
+            path,
+            stored_rows(&self.config),
+        )
     }
 
     /// The (name, f32 values) of every gradient, in layout order (waits for the device).
@@ -592,9 +624,10 @@ mod tests {
             l.get("model.layers.0.mlp.down_proj.weight").unwrap().shape,
             [16, 24]
         );
-        assert_eq!(l.get("lm_head.weight").unwrap().shape, [32, 16]);
+        // the vocabulary of 32 is padded to 128 rows in the arena
+        assert_eq!(l.get("lm_head.weight").unwrap().shape, [128, 16]);
         assert!(tiny(true).layout().get("lm_head.weight").is_none());
-        assert_eq!(l.numel() - tiny(true).layout().numel(), 32 * 16);
+        assert_eq!(l.numel() - tiny(true).layout().numel(), 128 * 16);
     }
 
     #[test]

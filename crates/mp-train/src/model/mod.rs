@@ -161,6 +161,12 @@ impl<B: Backend> Model<B> {
         }
     }
 
+    /// The width of a logits row: the vocabulary padded to a multiple of
+    /// [`common::VOCAB_MULTIPLE`] (the padding's logits are -inf).
+    pub fn logits_width(&self) -> usize {
+        common::padded_vocab(self.vocab())
+    }
+
     /// Uploads a batch checked against the model's vocabulary and context.
     pub fn batch(
         &self,

@@ -29,7 +29,12 @@ impl<B: Backend> GoldenModel<B> for Llama<B> {
         Llama::batch(self, be, ids, Some(targets), b, t).unwrap()
     }
     fn evaluate(&self, be: &B, batch: &Batch<B>, ac: Autocast) -> (Vec<f32>, Option<f32>) {
-        Llama::evaluate(self, be, batch, ac).unwrap()
+        let (logits, loss) = Llama::evaluate(self, be, batch, ac).unwrap();
+        let v = GoldenModel::<B>::vocab(self);
+        (
+            golden::unpadded(logits, v, mp_train::model::common::padded_vocab(v)),
+            loss,
+        )
     }
     fn forward_backward(&mut self, be: &B, batch: &Batch<B>, ac: Autocast) -> f32 {
         Llama::forward_backward(self, be, batch, ac, 1.0).unwrap()

@@ -432,3 +432,78 @@ fn a_hub_style_gpt2_folder_fine_tunes_on_text_with_its_own_tokenizer() {
     .unwrap();
     assert_eq!(out.tokens.len(), 3);
 }
+
+/// A vocabulary that is not a multiple of 128 is padded in the arena (as llm.c pads 50257 to
+/// 50304): the padding's logits are -inf, so the loss is the unpadded cross-entropy and the
+/// padding rows get no gradient; files hold the vocabulary's rows only.
+#[test]
+fn a_padded_vocabulary_is_masked_out_of_the_loss_and_stored_unpadded() {
+    use mp_autograd::Autocast;
+    use mp_kernels::cpu::CpuBackend;
+    use mp_kernels::prelude::*;
+    use mp_train::model::{Gpt, GptConfig};
+    let be = CpuBackend::new();
+    let config = GptConfig {
+        vocab_size: 200,
+        n_positions: 16,
+        n_embd: 16,
+        n_layer: 1,
+        n_head: 2,
+        layer_norm_epsilon: 1e-5,
+    };
+    let mut gpt = Gpt::new(&be, config, 3).unwrap();
+    let (b, t) = (2, 16);
+    let ids: Vec<u32> = (0..b * t).map(|i| (i * 37 % 200) as u32).collect();
+    let targets: Vec<u32> = (0..b * t).map(|i| (i * 53 % 200) as u32).collect();
+    let batch = gpt.batch(&be, &ids, Some(&targets), b, t).unwrap();
+    let (logits, loss) = gpt.evaluate(&be, &batch, Autocast::OFF).unwrap();
+    assert_eq!(logits.len(), b * t * 256);
+    let mut want = 0.0f64;
+    for (row, &tg) in logits.chunks_exact(256).zip(&targets) {
+        assert!(row[200..].iter().all(|&x| x == f32::NEG_INFINITY));
+        let real = &row[..200];
+        let max = real.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = max
+            + real
+                .iter()
+                .map(|&x| (x as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
+        want += lse - real[tg as usize] as f64;
+    }
+    want /= (b * t) as f64;
+    let loss = loss.unwrap() as f64;
+    assert!((loss - want).abs() < 1e-5, "loss {loss} vs unpadded {want}");
+
+    gpt.zero_grads(&be).unwrap();
+    gpt.forward_backward(&be, &batch, Autocast::OFF, 1.0)
+        .unwrap();
+    let grads = gpt.named_grads(&be).unwrap();
+    let wte = &grads
+        .iter()
+        .find(|(n, _)| n == "transformer.wte.weight")
+        .unwrap()
+        .1;
+    assert_eq!(wte.len(), 256 * 16);
+    assert!(
+        wte[200 * 16..].iter().all(|&g| g == 0.0),
+        "padding rows' gradient: {:?}",
+        &wte[200 * 16..200 * 16 + 8]
+    );
+    assert!(wte[..200 * 16].iter().any(|&g| g != 0.0));
+
+    let dir = scratch("padded-vocab");
+    let file = dir.join("model.safetensors");
+    gpt.save_safetensors(&be, &file).unwrap();
+    let bytes = std::fs::read(&file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(
+        st.tensor("transformer.wte.weight").unwrap().shape(),
+        [200, 16]
+    );
+    let back = Gpt::from_safetensors(&be, config, &file).unwrap();
+    assert_eq!(
+        be.download_f32(back.params.view()).unwrap(),
+        be.download_f32(gpt.params.view()).unwrap()
+    );
+}
