@@ -274,7 +274,12 @@ impl Dataset {
         vocab: usize,
     ) -> Result<Self> {
         let mut d = match &cfg.path {
-            Some(path) if path.is_file() && !Shard::sniff(path) => {
+            // a `.bin` file is a shard (a bad one is an error, never read as text)
+            Some(path)
+                if path.is_file()
+                    && path.extension().is_none_or(|e| e != "bin")
+                    && !Shard::sniff(path) =>
+            {
                 Self::from_text_file(path, cfg.val_fraction, context, tokenizer)?
             }
             Some(path) => Self::from_shards(path, cfg.val_fraction, context, tokenizer)?,
