@@ -302,15 +302,20 @@ pub fn train(mut cfg: TrainConfig, opts: RunOptions) -> Result<RunSummary> {
 /// default, the folder's own (`tokenizer.json` or `vocab.json` + `merges.txt`). A vocabulary
 /// left at the byte default follows the tokenizer; one set smaller than it is an error.
 fn run_tokenizer(cfg: &mut TrainConfig, init_from: Option<&Path>) -> Result<Tokenizer> {
-    if let Some(dir) = init_from
-        && cfg.tokenizer == crate::tokenizer::BYTES
-        && (dir.join(crate::tokenizer::TOKENIZER_FILE).is_file()
-            || dir.join("merges.txt").is_file())
-    {
-        cfg.tokenizer = dir.display().to_string();
-        eprintln!("tokenizer: {}'s own", dir.display());
-    }
-    let tokenizer = Tokenizer::from_spec(&cfg.tokenizer)?;
+    let own = match init_from {
+        Some(dir) if cfg.tokenizer == crate::tokenizer::BYTES => {
+            Tokenizer::in_folder(dir)?.map(|t| (t, dir))
+        }
+        _ => None,
+    };
+    let tokenizer = match own {
+        Some((t, dir)) => {
+            cfg.tokenizer = dir.display().to_string();
+            eprintln!("tokenizer: {}'s own", dir.display());
+            t
+        }
+        None => Tokenizer::from_spec(&cfg.tokenizer)?,
+    };
     let need = tokenizer.vocab_size();
     let default = crate::config::ModelConfig::default().vocab_size;
     if cfg.model.vocab_size < need {
@@ -621,7 +626,9 @@ pub fn run_loop<B: Backend>(
             });
         }
         if step.is_multiple_of(cfg.logging_steps) || last {
-            let probe = tr.probe_grads(s.scale)?;
+            // one download of the gradients serves the probe and the health record
+            let grads = tr.grads_host()?;
+            let probe = train::probe_grads(&grads, s.scale);
             probes += 1;
             under_1 += probe.underflow_at_1;
             under_s += probe.underflow_at_scale;
@@ -647,7 +654,7 @@ pub fn run_loop<B: Backend>(
             tb.scalars(step, &tensorboard_scalars(&rec))?;
             if let Some(h) = health_log.as_mut() {
                 let update = before.as_deref().filter(|_| !s.skipped);
-                h.write(&tr.health(s.scale, update)?)?;
+                h.write(&tr.health(&grads, s.scale, update)?)?;
             }
             let eta = (cfg.max_steps - step) as f64 * train_s / (step - start_step) as f64;
             rep.step(&rec, cfg.max_steps, eta);

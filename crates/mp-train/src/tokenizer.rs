@@ -209,14 +209,16 @@ impl Tokenizer {
         crate::fsutil::write_synced(&dir.join(TOKENIZER_CONFIG_FILE), text.as_bytes())
     }
 
-    /// The tokenizer a checkpoint carries (`tokenizer.json`), or bytes when it has none.
+    /// The tokenizer a model folder holds (`tokenizer.json`, or GPT-2's `vocab.json` +
+    /// `merges.txt`; a `merges.txt` without its `vocab.json` is an error), if any.
+    pub fn in_folder(dir: &Path) -> Result<Option<Self>> {
+        let has = dir.join(TOKENIZER_FILE).is_file() || dir.join("merges.txt").is_file();
+        has.then(|| Self::load(dir)).transpose()
+    }
+
+    /// The tokenizer a checkpoint carries, or bytes when it has none.
     pub fn of_checkpoint(dir: &Path) -> Result<Self> {
-        let path = dir.join(TOKENIZER_FILE);
-        if path.is_file() {
-            Self::load(&path)
-        } else {
-            Ok(Tokenizer::Bytes)
-        }
+        Ok(Self::in_folder(dir)?.unwrap_or(Tokenizer::Bytes))
     }
 }
 

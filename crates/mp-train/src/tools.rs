@@ -154,10 +154,9 @@ impl BackendJob for SampleJob {
 /// The tokenizer of a checkpoint or HF folder: its own (`tokenizer.json`, or GPT-2's
 /// `vocab.json` + `merges.txt`), else the one its config names.
 pub fn checkpoint_tokenizer(dir: &Path, cfg: &TrainConfig) -> Result<Tokenizer> {
-    if dir.join(crate::tokenizer::TOKENIZER_FILE).is_file() || dir.join("merges.txt").is_file() {
-        Tokenizer::load(dir)
-    } else {
-        Tokenizer::from_spec(&cfg.tokenizer)
+    match Tokenizer::in_folder(dir)? {
+        Some(t) => Ok(t),
+        None => Tokenizer::from_spec(&cfg.tokenizer),
     }
 }
 

@@ -289,41 +289,30 @@ impl<B: Backend> Trainer<B> {
         Ok(self.be.download_f32(self.model.params().view())?)
     }
 
-    /// The precision health of the last step (see [`crate::health`]): the gradients as they
-    /// are (at `scale`), the weights, and the update from `before` (the weights before the
-    /// step; `None` for a skipped step).
+    /// The gradient arena of the last step (before the next zeroing) on the host, widened
+    /// to f32: `g * scale`.
+    pub fn grads_host(&self) -> Result<Vec<f32>> {
+        Ok(self.be.download_f32(self.model.grads().view())?)
+    }
+
+    /// The precision health of the last step (see [`crate::health`]) from its gradient arena
+    /// `grads` (at `scale`, from [`Trainer::grads_host`]), the weights, and the update from
+    /// `before` (the weights before the step; `None` for a skipped step).
     pub fn health(
         &self,
+        grads: &[f32],
         scale: f32,
         before: Option<&[f32]>,
     ) -> Result<crate::health::HealthRecord> {
-        let grads = self.be.download_f32(self.model.grads().view())?;
         let weights = self.weights_host()?;
         Ok(crate::health::record(
             self.step,
             scale,
             self.model.layout(),
-            &grads,
+            grads,
             &weights,
             before,
         ))
-    }
-
-    /// Looks at the gradients of the last step (before the next zeroing): how many would
-    /// underflow in FP16 at scale 1 and at `scale`, and their exponent histogram. The arena
-    /// holds `g * scale`.
-    pub fn probe_grads(&self, scale: f32) -> Result<GradProbe> {
-        let host = self.be.download_f32(self.model.grads().view())?;
-        let inv = 1.0 / scale;
-        let at_1 = mp_dtype::range_stats(&host, DType::F16, inv);
-        let at_s = mp_dtype::range_stats(&host, DType::F16, 1.0);
-        let nonzero = (at_1.total - at_1.zero - at_1.non_finite).max(1) as f64;
-        Ok(GradProbe {
-            underflow_at_1: at_1.underflow_to_zero as f64 / nonzero,
-            underflow_at_scale: at_s.underflow_to_zero as f64 / nonzero,
-            zero_fraction: at_1.zero as f64 / at_1.total.max(1) as f64,
-            histogram: at_1.exponent_histogram,
-        })
     }
 
     /// Validation loss over `eval_batches` fixed batches, and exact-match accuracy on
@@ -434,6 +423,22 @@ impl<B: Backend> Trainer<B> {
     /// The autocast setting of the run.
     pub fn autocast(&self) -> Autocast {
         self.autocast
+    }
+}
+
+/// Looks at the gradients `host` of the last step ([`Trainer::grads_host`], `g * scale`):
+/// how many would underflow in FP16 at scale 1 and at `scale`, and their exponent
+/// histogram.
+pub fn probe_grads(host: &[f32], scale: f32) -> GradProbe {
+    let inv = 1.0 / scale;
+    let at_1 = mp_dtype::range_stats(host, DType::F16, inv);
+    let at_s = mp_dtype::range_stats(host, DType::F16, 1.0);
+    let nonzero = (at_1.total - at_1.zero - at_1.non_finite).max(1) as f64;
+    GradProbe {
+        underflow_at_1: at_1.underflow_to_zero as f64 / nonzero,
+        underflow_at_scale: at_s.underflow_to_zero as f64 / nonzero,
+        zero_fraction: at_1.zero as f64 / at_1.total.max(1) as f64,
+        histogram: at_1.exponent_histogram,
     }
 }
 

@@ -201,19 +201,35 @@ impl StoredRows<'_> {
     }
 }
 
-/// The logits mask of a padded vocabulary: 0 for the `vocab` real columns, -inf for the
-/// padding up to `padded` (`None` without padding).
-pub(crate) fn vocab_mask<B: Backend>(
-    be: &B,
+/// The head: `h · wᵀ` over the padded vocabulary, the padding's logits masked to -inf (a
+/// constant bias input), so they take no probability and get no gradient.
+pub(crate) fn vocab_head<'a, B: Backend>(
+    tape: &mut Tape<'a, B>,
+    h: Tensor,
+    w: Tensor,
     vocab: usize,
-    padded: usize,
-) -> Result<Option<B::Buffer>> {
-    if padded == vocab {
-        return Ok(None);
+) -> Result<Tensor> {
+    let padded = padded_vocab(vocab);
+    let mask = if padded == vocab {
+        None
+    } else {
+        let mut m = vec![0.0f32; padded];
+        m[vocab..].fill(f32::NEG_INFINITY);
+        let buf = tape.backend().upload_f32(&m, DType::F32)?;
+        Some(tape.input(buf, &[padded])?)
+    };
+    Ok(tape.linear(h, w, mask, mp_autograd::WeightLayout::OutIn)?)
+}
+
+/// Zeroes, in the host arena `host` of `layout`, the padding rows of the `stored` tensors
+/// (those beyond the vocabulary's rows).
+pub(crate) fn zero_vocab_padding(host: &mut [f32], layout: &ParamLayout, stored: StoredRows<'_>) {
+    for e in layout.entries() {
+        if stored.names.contains(&e.name.as_str()) {
+            let real: usize = stored.shape(e).iter().product();
+            host[e.offset + real..e.offset + e.numel()].fill(0.0);
+        }
     }
-    let mut mask = vec![0.0f32; padded];
-    mask[vocab..].fill(f32::NEG_INFINITY);
-    Ok(Some(be.upload_f32(&mask, DType::F32)?))
 }
 
 /// The values of every parameter of `layout` (in arena order, widened to f32) from an HF

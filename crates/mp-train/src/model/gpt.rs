@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::Batch;
 use super::common::{
     SplitMix, StoredRows, evaluate_with, load_into, loss_and_backward, named, padded_vocab,
-    tape_for, vocab_mask, write_safetensors,
+    tape_for, vocab_head, write_safetensors, zero_vocab_padding,
 };
 use crate::{Result, TrainError};
 
@@ -177,6 +177,15 @@ impl<B: Backend> std::fmt::Debug for Gpt<B> {
     }
 }
 
+/// How files store the vocabulary-sized tensor (`wte`, also the tied head): the vocabulary's
+/// rows only.
+fn stored_rows(config: &GptConfig) -> StoredRows<'static> {
+    StoredRows {
+        names: &["transformer.wte.weight"],
+        rows: config.vocab_size,
+    }
+}
+
 impl<B: Backend> Gpt<B> {
     /// A GPT initialised like HF GPT-2 from `seed`: every weight matrix and embedding normal
     /// with std 0.02 (the residual projections `c_proj` 0.02 / sqrt(2 n_layer)), biases 0,
@@ -204,8 +213,7 @@ impl<B: Backend> Gpt<B> {
             }
         }
         // the vocabulary's padding rows are zero (and stay so: their gradient is zero)
-        let wte = layout.get("transformer.wte.weight").expect("wte");
-        host[wte.offset + config.vocab_size * config.n_embd..wte.offset + wte.numel()].fill(0.0);
+        zero_vocab_padding(&mut host, &layout, stored_rows(&config));
         let params = be.upload_f32(&host, DType::F32)?;
         Self::with_params(be, config, layout, params)
     }
@@ -347,12 +355,7 @@ impl<B: Backend> Gpt<B> {
             done(tape, &[h, f, m, x1])?;
         }
         let h = self.layer_norm(tape, x, &self.ln_f, eps)?;
-        let v = self.config.vocab_size;
-        let mask = match vocab_mask(tape.backend(), v, padded_vocab(v))? {
-            Some(m) => Some(tape.input(m, &[padded_vocab(v)])?),
-            None => None,
-        };
-        let logits = tape.linear(h, wte, mask, WeightLayout::OutIn)?;
+        let logits = vocab_head(tape, h, wte, self.config.vocab_size)?;
         done(tape, &[x, h])?;
         Ok(logits)
     }
@@ -442,29 +445,26 @@ impl<B: Backend> Gpt<B> {
     /// exact shape; the error names the tensor and both shapes. Tensors the model does not
     /// use (`lm_head.weight`, which is tied, and HF's attention-mask buffers) are ignored.
     pub fn load_safetensors(&mut self, be: &B, path: &Path) -> Result<()> {
-        let stored = self.stored_rows();
         load_into(
             be,
             &self.layout,
             &mut self.params,
             self.model_copy.as_mut(),
             path,
-            stored,
+            stored_rows(&self.config),
         )
-    }
-
-    /// The vocabulary-sized tensor a file stores without its padding.
-    fn stored_rows(&self) -> StoredRows<'static> {
-        StoredRows {
-            names: &["transformer.wte.weight"],
-            rows: self.config.vocab_size,
-        }
     }
 
     /// Writes the master weights as an HF GPT-2 safetensors file (F32, HF names; the tied
     /// head is not duplicated, as HF saves it).
     pub fn save_safetensors(&self, be: &B, path: &Path) -> Result<()> {
-        write_safetensors(be, &self.layout, &self.params, path, self.stored_rows())
+        write_safetensors(
+            be,
+            &self.layout,
+            &self.params,
+            path,
+            stored_rows(&self.config),
+        )
     }
 
     /// The (name, f32 values) of every gradient, in layout order (waits for the device).

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::Batch;
 use super::common::{
     SplitMix, StoredRows, evaluate_with, load_into, loss_and_backward, named, padded_vocab,
-    read_safetensors, tape_for, vocab_mask, write_safetensors,
+    read_safetensors, tape_for, vocab_head, write_safetensors, zero_vocab_padding,
 };
 use crate::{Result, TrainError};
 
@@ -313,12 +313,7 @@ impl<B: Backend> Llama<B> {
             }
         }
         // the vocabulary's padding rows are zero (and stay so: their gradient is zero)
-        for name in VOCAB_TENSORS {
-            if let Some(e) = layout.get(name) {
-                let real = config.vocab_size * config.hidden_size;
-                host[e.offset + real..e.offset + e.numel()].fill(0.0);
-            }
-        }
+        zero_vocab_padding(&mut host, &layout, stored_rows(&config));
         let params = be.upload_f32(&host, DType::F32)?;
         Self::with_params(be, config, layout, params)
     }
@@ -497,14 +492,9 @@ impl<B: Backend> Llama<B> {
         }
         let h = norm(tape, x, &self.norm)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        let padded = padded_vocab(c.vocab_size);
-        let mask = match vocab_mask(tape.backend(), c.vocab_size, padded)? {
-            Some(m) => Some(tape.input(m, &[padded])?),
-            None => None,
-        };
         let w = tape.param(head)?;
-        let logits = tape.linear(h, w, mask, WeightLayout::OutIn)?;
-        Ok(tape.reshape(logits, &[b, t, padded])?)
+        let logits = vocab_head(tape, h, w, c.vocab_size)?;
+        Ok(tape.reshape(logits, &[b, t, padded_vocab(c.vocab_size)])?)
     }
 
     /// A tape over this model's weights under `autocast`, reading the model copy when it
