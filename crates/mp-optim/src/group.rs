@@ -48,6 +48,21 @@ impl ParamGroup {
         }
         out
     }
+
+    /// The groups of the elements `shard` of an arena (a ZeRO shard): each group cut to the
+    /// shard and moved so that the shard starts at 0; groups outside it are dropped.
+    pub fn restrict(groups: &[ParamGroup], shard: Range<usize>) -> Vec<ParamGroup> {
+        groups
+            .iter()
+            .filter_map(|g| {
+                let (start, end) = (g.range.start.max(shard.start), g.range.end.min(shard.end));
+                (start < end).then(|| ParamGroup {
+                    range: start - shard.start..end - shard.start,
+                    ..g.clone()
+                })
+            })
+            .collect()
+    }
 }
 
 /// Checks that `groups` lie inside an arena of `len` elements and do not overlap, and that

@@ -46,6 +46,24 @@ fn with_ext(stem: &Path, ext: &str) -> PathBuf {
 }
 
 impl OptimizerState {
+    /// The state of the elements `shard` of the arena (a ZeRO shard): every tensor cut to it,
+    /// the groups restricted to it ([`ParamGroup::restrict`]), `meta.len` its length.
+    /// Panics if `shard` is not inside the arena.
+    pub fn shard(&self, shard: std::ops::Range<usize>) -> OptimizerState {
+        OptimizerState {
+            meta: StateMeta {
+                len: shard.len(),
+                groups: ParamGroup::restrict(&self.meta.groups, shard.clone()),
+                ..self.meta.clone()
+            },
+            tensors: self
+                .tensors
+                .iter()
+                .map(|(name, t)| (name.clone(), t[shard.clone()].to_vec()))
+                .collect(),
+        }
+    }
+
     /// The scalars as pretty JSON.
     pub fn meta_json(&self) -> String {
         serde_json::to_string_pretty(&self.meta).expect("plain data always serializes")

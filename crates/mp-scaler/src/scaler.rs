@@ -7,7 +7,7 @@
 //! multiplies each gradient by it as it reads it.
 
 use crate::{Result, ScalerConfig, ScalerError, ScalerState};
-use mp_kernels::{Backend, View};
+use mp_kernels::{Backend, GradStats, View};
 use std::collections::BTreeMap;
 
 /// Names one optimizer driven by a scaler (PyTorch keys its per-optimizer state by
@@ -299,6 +299,20 @@ impl GradScaler {
         grads: View<'_, B::Buffer>,
     ) -> Result<GradCheck> {
         self.unscale_(OptimizerId::DEFAULT, backend, grads)
+    }
+
+    /// [`check`](Self::check) from gradient statistics computed elsewhere: `stats` of the raw
+    /// gradients with `grad_mult =` [`inv_scale`](Self::inv_scale) (for example partial sums
+    /// combined across processes). Records the result as `check` does and returns the same
+    /// [`GradCheck`].
+    pub fn check_stats(&mut self, stats: GradStats) -> Result<GradCheck> {
+        let inv_scale = self.inv_scale();
+        self.record_check(OptimizerId::DEFAULT, stats.non_finite)?;
+        Ok(GradCheck {
+            found_inf: stats.non_finite || !inv_scale.is_finite(),
+            grad_norm: stats.sum_sq.sqrt(),
+            inv_scale,
+        })
     }
 
     /// True unless a check since the last update found a non-finite gradient (always true

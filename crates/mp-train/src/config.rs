@@ -232,6 +232,60 @@ impl LossScaling {
     }
 }
 
+/// Data-parallel training (`[distributed]`): how a run launched by `mpirun -np N` shares its
+/// work (see [`crate::dist`]). A one-process run ignores it but for `zero_stage`, which
+/// changes nothing there.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Distributed {
+    /// 0: DDP (every rank keeps the whole optimizer state; gradients all-reduced); 1: ZeRO
+    /// stage 1 (each rank keeps the AdamW moments of its shard of the arena only; gradients
+    /// reduce-scattered, the updated weights all-gathered).
+    pub zero_stage: u8,
+    /// Size of a gradient all-reduce bucket in MiB (PyTorch DDP's `bucket_cap_mb`); the first
+    /// bucket is 1 MiB, as DDP's.
+    pub bucket_mb: f64,
+    /// Seconds a rank waits in a collective for the others before it ends the job (a rank
+    /// died or hangs); 0: forever. It must exceed the longest step, evaluation or checkpoint.
+    pub timeout_s: u64,
+    /// Testing hook: `"RANK:STEP"` makes that rank fail at that optimizer step (from 0), as a
+    /// bad batch would; the run must end with rank 0 naming it. Empty: never.
+    pub fail_rank_at: String,
+}
+
+impl Default for Distributed {
+    fn default() -> Self {
+        Distributed {
+            zero_stage: 0,
+            bucket_mb: 25.0,
+            timeout_s: 600,
+            fail_rank_at: String::new(),
+        }
+    }
+}
+
+impl Distributed {
+    /// The `fail_rank_at` hook as `(rank, step)`, `None` when empty.
+    pub fn fail_at(&self) -> Result<Option<(usize, u64)>> {
+        let s = self.fail_rank_at.trim();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        let bad = || {
+            TrainError::invalid(
+                "distributed.fail_rank_at",
+                s,
+                "must be RANK:STEP (two non-negative integers), e.g. \"1:5\"",
+            )
+        };
+        let (r, st) = s.split_once(':').ok_or_else(bad)?;
+        Ok(Some((
+            r.trim().parse().map_err(|_| bad())?,
+            st.trim().parse().map_err(|_| bad())?,
+        )))
+    }
+}
+
 /// The model (`[model]`): the architecture and its shape. The sizes every architecture has
 /// use GPT-2's names; the Llama-only fields are ignored by (and must keep their defaults for)
 /// GPT-2.
@@ -440,6 +494,8 @@ pub struct TrainConfig {
     pub tokenizer: String,
     /// Loss scaling.
     pub loss_scaling: LossScaling,
+    /// Data-parallel training.
+    pub distributed: Distributed,
     /// The model.
     pub model: ModelConfig,
     /// The data.
@@ -480,6 +536,7 @@ impl Default for TrainConfig {
             precision_health: false,
             tokenizer: crate::tokenizer::BYTES.into(),
             loss_scaling: LossScaling::default(),
+            distributed: Distributed::default(),
             model: ModelConfig::default(),
             data: DataConfig::default(),
         }
@@ -680,6 +737,22 @@ impl TrainConfig {
                 ),
             ));
         }
+        let dist = &self.distributed;
+        if dist.zero_stage > 1 {
+            return Err(TrainError::invalid(
+                "distributed.zero_stage",
+                dist.zero_stage,
+                "must be 0 (DDP) or 1 (ZeRO stage 1: sharded optimizer state)",
+            ));
+        }
+        if !(dist.bucket_mb.is_finite() && dist.bucket_mb > 0.0) {
+            return Err(TrainError::invalid(
+                "distributed.bucket_mb",
+                dist.bucket_mb,
+                "must be a positive number of MiB",
+            ));
+        }
+        dist.fail_at()?;
         crate::fault::StepSet::parse(&self.poison_grad_steps)
             .map_err(|e| TrainError::invalid("poison_grad_steps", &self.poison_grad_steps, e))?;
         positive("model.n_layer", m.n_layer)?;
@@ -916,6 +989,19 @@ hysteresis = {hysteresis}
 min_scale = {min_scale:.1}
 max_scale = {max_scale:.1}
 
+[distributed]
+# Used when launched by `mpirun -np N mp-train train ...` (a binary built with --features mpi);
+# batch_size is per rank: the global batch is batch_size x grad_accum_steps x N.
+# 0: DDP (gradients all-reduced); 1: ZeRO stage 1 (each rank keeps the AdamW moments of its
+# shard only; gradients reduce-scattered, weights all-gathered).
+zero_stage = {zero_stage}
+# Gradient all-reduce bucket size in MiB (the first bucket is 1 MiB).
+bucket_mb = {bucket_mb:.1}
+# Seconds a rank waits for the others in a collective before it ends the job (0: forever).
+timeout_s = {timeout_s}
+# Testing hook: "RANK:STEP" makes that rank fail at that step. Empty: never.
+fail_rank_at = "{fail_rank_at}"
+
 [model]
 # "gpt2" (HF GPT2LMHeadModel) or "llama" (HF LlamaForCausalLM).
 arch = "{arch}"
@@ -983,6 +1069,10 @@ reverse_answer = {reverse_answer}
         hysteresis = s.hysteresis,
         min_scale = s.min_scale,
         max_scale = s.max_scale,
+        zero_stage = c.distributed.zero_stage,
+        bucket_mb = c.distributed.bucket_mb,
+        timeout_s = c.distributed.timeout_s,
+        fail_rank_at = c.distributed.fail_rank_at,
         n_layer = m.n_layer,
         n_embd = m.n_embd,
         n_head = m.n_head,

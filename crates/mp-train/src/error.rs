@@ -158,6 +158,19 @@ pub enum TrainError {
         #[source]
         source: serde_json::Error,
     },
+    /// A collective of a data-parallel run failed (see [`crate::dist`]).
+    #[error("distributed: {0}")]
+    Dist(#[from] mp_dist::DistError),
+    /// Another rank of a data-parallel run failed; its error, as it reported it.
+    #[error("rank {rank} of {world} failed: {msg}")]
+    RankFailed {
+        /// The (lowest) failing rank.
+        rank: usize,
+        /// The world size.
+        world: usize,
+        /// Its error message.
+        msg: String,
+    },
     /// A JSON file that could not be parsed or written.
     #[error("json {path}: {source}")]
     Json {

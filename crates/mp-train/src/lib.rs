@@ -11,6 +11,7 @@
 //! - [`tokenizer`]: bytes or a BPE tokenizer (`tokenizers`); [`shards`]: llm.c token shards;
 //! - [`model`]: the GPT (HF GPT-2 names and layout) on the `mp-autograd` tape;
 //! - [`train`]: [`train::Trainer`], one optimizer step, evaluation, generation;
+//! - [`dist`]: data-parallel training over `mp-dist` (DDP and ZeRO-1, MPI);
 //! - [`run`]: the run folder, the loop with logging, evaluation and checkpoints, the summary;
 //! - [`checkpoint`]: atomic checkpoint folders, verification, resume;
 //! - [`compare`]: the precision study; [`health`]: per-tensor precision health;
@@ -24,6 +25,7 @@ pub mod compare;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod error;
 pub mod fault;
 pub mod fsutil;

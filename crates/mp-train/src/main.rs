@@ -6,7 +6,9 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use mp_dist::World;
 use mp_train::config::{TrainConfig, documented_default_toml};
+use mp_train::error::TrainError;
 use mp_train::run::{self, Progress, RunOptions};
 use mp_train::{checkpoint, compare, tools};
 use std::path::{Path, PathBuf};
@@ -207,7 +209,7 @@ fn progress(plain: bool) -> Progress {
     }
 }
 
-fn cmd_train(a: TrainArgs) -> Result<()> {
+fn cmd_train(a: TrainArgs, world: World) -> Result<()> {
     if a.print_config {
         print!("{}", documented_default_toml());
         return Ok(());
@@ -239,7 +241,11 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from(".")),
-        (None, None) => default_out(&cfg, "run"),
+        // the ranks of a data-parallel run share rank 0's folder name
+        (None, None) => PathBuf::from(mp_train::dist::broadcast_string(
+            &world,
+            &default_out(&cfg, "run").to_string_lossy(),
+        )?),
     };
     let mut cfg = cfg;
     cfg.output_dir = Some(out.clone());
@@ -248,9 +254,13 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         resume: resume_dir,
         init_from: a.init_from.clone(),
         progress: progress(a.common.plain),
+        world: world.clone(),
         ..RunOptions::new(&out)
     };
     let s = run::train(cfg, opts)?;
+    if !world.is_lead() {
+        return Ok(());
+    }
     println!("\n== summary ({})", s.out_dir.display());
     println!(
         "steps            {} (this process: {} -> {})",
@@ -261,6 +271,15 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         s.precision, s.loss_scaling, s.final_scale
     );
     println!("device           {}", s.device);
+    if s.world_size > 1 {
+        println!(
+            "data-parallel    {} ranks, {}, global batch {} sequences, {} sent per rank and step",
+            s.world_size,
+            if s.zero_stage == 1 { "ZeRO-1" } else { "DDP" },
+            s.global_batch,
+            mp_train::memory::human(s.comm_bytes_per_step)
+        );
+    }
     println!("train loss       {:.4}", s.final_train_loss);
     println!("val loss         {:.4}", s.final_val_loss);
     if let Some(acc) = s.final_accuracy {
@@ -359,9 +378,15 @@ fn cmd_compare(a: CompareArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_cli(cli: Cli) -> Result<()> {
+fn run_cli(cli: Cli, world: World) -> Result<()> {
+    if world.size() > 1 && !matches!(cli.command, Command::Train(_)) {
+        anyhow::bail!(
+            "started as {} ranks by an MPI launcher: only `train` runs data-parallel",
+            world.size()
+        );
+    }
     match cli.command {
-        Command::Train(a) => cmd_train(a),
+        Command::Train(a) => cmd_train(a, world),
         Command::Compare(a) => cmd_compare(a),
         Command::Eval { checkpoint, set } => {
             let e = tools::evaluate(&checkpoint, &set)?;
@@ -426,8 +451,28 @@ fn run_cli(cli: Cli) -> Result<()> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match run_cli(cli) {
+    let world = match World::from_environment() {
+        Ok(w) => w,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let lead = world.is_lead();
+    let rank = world.rank();
+    let result = run_cli(cli, world);
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e)
+            if !lead
+                && matches!(
+                    e.downcast_ref::<TrainError>(),
+                    Some(TrainError::RankFailed { .. })
+                ) =>
+        {
+            // the ranks agreed on a failure: rank 0 reports it
+            std::process::ExitCode::FAILURE
+        }
         Err(e) => {
             // The chain of causes, leaving out a cause the message before it already quotes.
             let mut msg = String::new();
@@ -439,7 +484,11 @@ fn main() -> std::process::ExitCode {
                     msg.push_str(&cause);
                 }
             }
-            eprintln!("error: {msg}");
+            if lead {
+                eprintln!("error: {msg}");
+            } else {
+                eprintln!("error: rank {rank}: {msg}");
+            }
             std::process::ExitCode::FAILURE
         }
     }

@@ -11,9 +11,9 @@ pub struct MemoryBreakdown {
     /// The low-precision weights the forward pass reads (the model copy, or the BF16
     /// parameters themselves in pure BF16).
     pub model_copy: u64,
-    /// The gradient arena.
+    /// The gradient arena (two with gradient accumulation: the sum and the micro-batch's).
     pub grads: u64,
-    /// Optimizer state (AdamW moments, FP32).
+    /// Optimizer state (AdamW moments, FP32): this rank's shard under ZeRO-1.
     pub optimizer: u64,
     /// Activations saved for backward by one micro-batch (from the tape's tensor shapes and
     /// dtypes under the autocast policy).
@@ -147,7 +147,10 @@ fn breakdown(cfg: &TrainConfig, n: u128, activations: u128) -> MemoryBreakdown {
             Precision::Fp32 => 0,
             _ => 2 * n,
         }),
-        grads: sat(cfg.grad_dtype.dtype().size_in_bytes() as u128 * n),
+        // accumulation adds each later micro-batch's gradients from a second arena
+        grads: sat(cfg.grad_dtype.dtype().size_in_bytes() as u128
+            * n
+            * if cfg.grad_accum_steps > 1 { 2 } else { 1 }),
         optimizer: sat(8 * n),
         activations: sat(activations),
     }

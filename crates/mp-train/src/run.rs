@@ -61,6 +61,9 @@ pub struct RunOptions {
     pub plots: bool,
     /// Progress display.
     pub progress: Progress,
+    /// The world this process is a rank of (one process by default; `mpirun` makes more, see
+    /// [`crate::dist`]). Rank 0 alone writes the run folder.
+    pub world: mp_dist::World,
 }
 
 impl RunOptions {
@@ -74,6 +77,7 @@ impl RunOptions {
             checkpoints: true,
             plots: true,
             progress: Progress::Auto,
+            world: mp_dist::World::single(),
         }
     }
 }
@@ -124,6 +128,23 @@ pub struct RunSummary {
     pub memory: MemoryBreakdown,
     /// The last checkpoint written, if any.
     pub last_checkpoint: Option<PathBuf>,
+    /// Ranks of the run (1: one process).
+    #[serde(default = "one")]
+    pub world_size: usize,
+    /// Sequences per optimizer step: `batch_size x grad_accum_steps x world_size`.
+    #[serde(default)]
+    pub global_batch: usize,
+    /// The ZeRO stage (0: DDP; see [`crate::dist`]).
+    #[serde(default)]
+    pub zero_stage: u8,
+    /// Bytes each rank sent in collectives per step, as a ring algorithm sends them
+    /// ([`mp_dist::ring_bytes`]; 0 for one process).
+    #[serde(default)]
+    pub comm_bytes_per_step: u64,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Files a run folder may hold; `--overwrite` only clears folders made of these.
@@ -281,7 +302,12 @@ pub fn train(mut cfg: TrainConfig, opts: RunOptions) -> Result<RunSummary> {
         crate::memory::check_fits(&cfg, available)?;
     }
     let data = Dataset::for_run(&cfg, tokenizer)?;
-    if !resuming_here && !opts.overwrite && !fsutil::is_empty_or_missing(&opts.out_dir)? {
+    // rank 0 alone looks at and writes the run folder
+    if opts.world.is_lead()
+        && !resuming_here
+        && !opts.overwrite
+        && !fsutil::is_empty_or_missing(&opts.out_dir)?
+    {
         // Refuse before opening the device, so the message does not wait for it.
         return Err(TrainError::OutDirNotEmpty {
             path: opts.out_dir.clone(),
@@ -406,7 +432,8 @@ impl BackendJob for TrainJob {
             // before the model is allocated (the CPU was checked before the backend opened)
             crate::memory::check_fits(&self.cfg, free)?;
         }
-        let mut tr = Trainer::new(be, self.cfg, self.data)?;
+        let world = self.opts.world.clone();
+        let mut tr = Trainer::with_world(be, self.cfg, self.data, world)?;
         let resuming_here = self.resume.as_ref().is_some_and(|(dir, _)| {
             let parent = dir.parent().map(Path::to_path_buf).unwrap_or_default();
             same_path(&parent, &self.opts.out_dir)
@@ -417,20 +444,50 @@ impl BackendJob for TrainJob {
         if let Some(dir) = &self.opts.init_from {
             tr.load_weights(dir)?;
         }
+        // rank 0 prepares the folder; every rank learns whether it could
+        let prepared = if tr.dp.is_lead() {
+            prepare_run_dir(&self.opts, self.resume.as_ref(), &tr, resuming_here).map(Some)
+        } else {
+            Ok(None)
+        };
         // held until the run ends: a second writer into this folder is refused
-        let _lock = prepare_out_dir(&self.opts, resuming_here)?;
-        if let Some((_, state)) = &self.resume
-            && resuming_here
-        {
-            let out = &self.opts.out_dir;
-            metrics::truncate_after(&out.join("metrics.jsonl"), state.global_step)?;
-            metrics::truncate_after(&out.join("eval.jsonl"), state.global_step)?;
-            metrics::truncate_after(&out.join(HEALTH_FILE), state.global_step)?;
-        }
-        let config = tr.cfg.to_toml();
-        fsutil::write_atomic(&self.opts.out_dir.join("config.toml"), config.as_bytes())?;
+        let (_lock, _) = tr.dp.agree(prepared, false)?;
+        let device = match tr.dp.size() {
+            1 => device,
+            n => format!(
+                "{device}, {n} ranks ({}, {})",
+                tr.dp.world().comm().engine(),
+                if tr.dp.zero_stage() == 1 {
+                    "ZeRO-1"
+                } else {
+                    "DDP"
+                }
+            ),
+        };
         run_loop(&mut tr, &self.opts, device)
     }
+}
+
+/// The run folder made ready (rank 0): locked, cleared or truncated to the resumed step, the
+/// config written. The lock is held until the value is dropped.
+fn prepare_run_dir<B: Backend>(
+    opts: &RunOptions,
+    resume: Option<&(PathBuf, TrainerState)>,
+    tr: &Trainer<B>,
+    resuming_here: bool,
+) -> Result<fsutil::DirLock> {
+    let lock = prepare_out_dir(opts, resuming_here)?;
+    if let Some((_, state)) = resume
+        && resuming_here
+    {
+        let out = &opts.out_dir;
+        metrics::truncate_after(&out.join("metrics.jsonl"), state.global_step)?;
+        metrics::truncate_after(&out.join("eval.jsonl"), state.global_step)?;
+        metrics::truncate_after(&out.join(HEALTH_FILE), state.global_step)?;
+    }
+    let config = tr.cfg.to_toml();
+    fsutil::write_atomic(&opts.out_dir.join("config.toml"), config.as_bytes())?;
+    Ok(lock)
 }
 
 /// SIGINT, SIGTERM and SIGHUP while a run is in progress: the first asks the loop to stop
@@ -547,7 +604,37 @@ fn eval_line(e: &EvalRecord) -> String {
     }
 }
 
-/// The loop: steps, logging, evaluation, checkpoints; then plots and the summary.
+/// The files rank 0 writes while a run goes on.
+struct RunFiles {
+    log: JsonlWriter,
+    evals: JsonlWriter,
+    tb: EventWriter,
+    health: Option<JsonlWriter>,
+}
+
+impl RunFiles {
+    fn open(out: &Path, start_step: u64, health: bool) -> Result<Self> {
+        Ok(RunFiles {
+            log: JsonlWriter::append(&out.join("metrics.jsonl"))?,
+            evals: JsonlWriter::append(&out.join("eval.jsonl"))?,
+            tb: EventWriter::create(out, start_step)?,
+            health: if health {
+                Some(JsonlWriter::append(&out.join(HEALTH_FILE))?)
+            } else {
+                None
+            },
+        })
+    }
+
+    fn eval(&mut self, e: &EvalRecord) -> Result<()> {
+        self.evals.write(e)?;
+        self.tb.scalars(e.step, &eval_scalars(e))
+    }
+}
+
+/// The loop: steps, logging, evaluation, checkpoints; then plots and the summary. In a
+/// data-parallel run every rank runs it; rank 0 alone logs, evaluates and writes files, and
+/// the ranks agree after each phase, so that a failure anywhere ends every rank.
 pub fn run_loop<B: Backend>(
     tr: &mut Trainer<B>,
     opts: &RunOptions,
@@ -555,18 +642,37 @@ pub fn run_loop<B: Backend>(
 ) -> Result<RunSummary> {
     let cfg = tr.cfg.clone();
     let out = &opts.out_dir;
+    let lead = tr.dp.is_lead();
+    let world = tr.dp.size();
     let started = Instant::now();
     let start_step = tr.step;
-    let mut log = JsonlWriter::append(&out.join("metrics.jsonl"))?;
-    let mut evals = JsonlWriter::append(&out.join("eval.jsonl"))?;
-    let mut tb = EventWriter::create(out, start_step)?;
-    let rep = Reporter::new(opts.progress, start_step, cfg.max_steps);
+    let tokens_per_step = cfg.tokens_per_step() * world;
+    let opened = if lead {
+        RunFiles::open(out, start_step, cfg.precision_health).map(Some)
+    } else {
+        Ok(None)
+    };
+    let (mut files, _) = tr.dp.agree(opened, false)?;
+    let rep = Reporter::new(
+        if lead { opts.progress } else { Progress::Quiet },
+        start_step,
+        cfg.max_steps,
+    );
+    let global_batch = cfg.batch_size * cfg.grad_accum_steps * world;
     rep.line(&format!(
-        "training {} params, {} on {device}, {} steps of {} tokens; data: {}; out: {}",
+        "training {} params, {} on {device}, {} steps of {} tokens{}; data: {}; out: {}",
         crate::memory::num_params(&cfg),
         cfg.precision,
         cfg.max_steps,
-        cfg.tokens_per_step(),
+        tokens_per_step,
+        if world > 1 {
+            format!(
+                " (global batch {global_batch} = {} x {} x {world} ranks)",
+                cfg.batch_size, cfg.grad_accum_steps
+            )
+        } else {
+            String::new()
+        },
         tr.data.describe(),
         out.display()
     ));
@@ -578,35 +684,33 @@ pub fn run_loop<B: Backend>(
     let mut last_eval: Option<EvalRecord> = None;
     let mut last_ckpt = None;
     let mut consecutive_skips = 0u64;
+    let sent_at_start = tr.dp.bytes_sent();
     let stop = StopSignal::install()?;
-    let mut health_log = if cfg.precision_health {
-        Some(JsonlWriter::append(&out.join(HEALTH_FILE))?)
-    } else {
-        None
-    };
     while tr.step < cfg.max_steps {
         let next = tr.step + 1;
         let logs_next = next.is_multiple_of(cfg.logging_steps) || next == cfg.max_steps;
         // the FP32 master weights before a logged step, for the update 16-bit weights would
         // lose (a run without master weights, pure bf16-sr, has no such what-if)
-        let before = match health_log {
-            Some(_) if logs_next && cfg.precision.has_master() => Some(tr.weights_host()?),
+        let health_on = files.as_ref().is_some_and(|f| f.health.is_some());
+        let before = match health_on {
+            true if logs_next && cfg.precision.has_master() => Some(tr.weights_host()?),
             _ => None,
         };
         let t0 = Instant::now();
-        let s = tr.step()?;
+        // every rank stops at the same step when any of them was asked to
+        let (s, stop_now) = tr.step_agreed(stop.requested())?;
         let dt = t0.elapsed().as_secs_f64();
         train_s += dt;
         window_s += dt;
-        window_tokens += cfg.tokens_per_step() as u64;
+        window_tokens += tokens_per_step as u64;
         window_losses.push(s.loss);
         consecutive_skips = if s.skipped { consecutive_skips + 1 } else { 0 };
         let step = tr.step;
         let last = step == cfg.max_steps;
-        // the weights are checked where the loss is logged (one pass over them)
-        let weights_bad = (step.is_multiple_of(cfg.logging_steps) || last)
-            && !s.skipped
-            && tr.weights_non_finite()?;
+        let logged = step.is_multiple_of(cfg.logging_steps) || last;
+        // the weights are checked where the loss is logged (one pass over them); every rank
+        // holds the same weights and losses, so every rank decides alike
+        let weights_bad = logged && !s.skipped && tr.weights_non_finite()?;
         let what = if weights_bad {
             Some("the weights are no longer finite".to_string())
         } else if !s.loss.is_finite() && !s.skipped {
@@ -625,49 +729,60 @@ pub fn run_loop<B: Backend>(
                 hint: divergence_hint(&cfg),
             });
         }
-        if step.is_multiple_of(cfg.logging_steps) || last {
-            // one download of the gradients serves the probe and the health record
-            let grads = tr.grads_host()?;
-            let probe = train::probe_grads(&grads, s.scale);
-            probes += 1;
-            under_1 += probe.underflow_at_1;
-            under_s += probe.underflow_at_scale;
-            zeros += probe.zero_fraction;
-            hist.iter_mut()
-                .zip(&probe.histogram)
-                .for_each(|(a, b)| *a += b);
-            let rec = StepRecord {
-                step,
-                loss: s.loss,
-                lr: s.lr,
-                scale: s.scale,
-                grad_norm: s.grad_norm,
-                skipped: s.skipped,
-                skipped_total: tr.skipped,
-                tokens_per_s: window_tokens as f64 / window_s.max(1e-9),
-                tokens: tr.tokens,
-                elapsed_s: started.elapsed().as_secs_f64(),
-                fp16_underflow_at_1: Some(probe.underflow_at_1),
-                fp16_underflow_at_scale: Some(probe.underflow_at_scale),
+        // one download of the gradients serves the probe and the health record (under
+        // ZeRO-1 a gather that every rank joins)
+        let grads = if logged { Some(tr.grads_host()?) } else { None };
+        let evaluating = last || (cfg.eval_steps > 0 && step.is_multiple_of(cfg.eval_steps));
+        let mut lead_work = || -> Result<()> {
+            let Some(f) = files.as_mut() else {
+                return Ok(());
             };
-            log.write(&rec)?;
-            tb.scalars(step, &tensorboard_scalars(&rec))?;
-            if let Some(h) = health_log.as_mut() {
-                let update = before.as_deref().filter(|_| !s.skipped);
-                h.write(&tr.health(&grads, s.scale, update)?)?;
+            if let Some(grads) = &grads {
+                let probe = train::probe_grads(grads, s.scale);
+                probes += 1;
+                under_1 += probe.underflow_at_1;
+                under_s += probe.underflow_at_scale;
+                zeros += probe.zero_fraction;
+                hist.iter_mut()
+                    .zip(&probe.histogram)
+                    .for_each(|(a, b)| *a += b);
+                let rec = StepRecord {
+                    step,
+                    loss: s.loss,
+                    lr: s.lr,
+                    scale: s.scale,
+                    grad_norm: s.grad_norm,
+                    skipped: s.skipped,
+                    skipped_total: tr.skipped,
+                    tokens_per_s: window_tokens as f64 / window_s.max(1e-9),
+                    tokens: tr.tokens,
+                    elapsed_s: started.elapsed().as_secs_f64(),
+                    fp16_underflow_at_1: Some(probe.underflow_at_1),
+                    fp16_underflow_at_scale: Some(probe.underflow_at_scale),
+                };
+                f.log.write(&rec)?;
+                f.tb.scalars(step, &tensorboard_scalars(&rec))?;
+                if let Some(h) = f.health.as_mut() {
+                    let update = before.as_deref().filter(|_| !s.skipped);
+                    h.write(&tr.health(grads, s.scale, update)?)?;
+                }
+                let eta = (cfg.max_steps - step) as f64 * train_s / (step - start_step) as f64;
+                rep.step(&rec, cfg.max_steps, eta);
             }
-            let eta = (cfg.max_steps - step) as f64 * train_s / (step - start_step) as f64;
-            rep.step(&rec, cfg.max_steps, eta);
+            if evaluating {
+                let e = tr.evaluate()?;
+                f.eval(&e)?;
+                rep.line(&eval_line(&e));
+                last_eval = Some(e);
+            }
+            Ok(())
+        };
+        let done = lead_work();
+        tr.dp.agree(done, false)?;
+        if logged {
             last_window_loss = window_losses.iter().sum::<f32>() / window_losses.len() as f32;
             (window_s, window_tokens) = (0.0, 0);
             window_losses.clear();
-        }
-        if last || (cfg.eval_steps > 0 && step.is_multiple_of(cfg.eval_steps)) {
-            let e = tr.evaluate()?;
-            evals.write(&e)?;
-            tb.scalars(step, &eval_scalars(&e))?;
-            rep.line(&eval_line(&e));
-            last_eval = Some(e);
         }
         if opts.checkpoints && (last || (cfg.save_steps > 0 && step.is_multiple_of(cfg.save_steps)))
         {
@@ -675,7 +790,7 @@ pub fn run_loop<B: Backend>(
             rep.line(&format!("saved {}", path.display()));
             last_ckpt = Some(path);
         }
-        if stop.requested() {
+        if stop_now {
             // the step is finished: keep it, then stop (a second signal exits at once)
             let saved = match &last_ckpt {
                 Some(p) if checkpoint::step_of(p) == Some(step) => Some(p.clone()),
@@ -690,17 +805,73 @@ pub fn run_loop<B: Backend>(
         }
     }
     rep.finish();
+    let steps_run = (tr.step - start_step).max(1);
+    let comm_bytes_per_step = (tr.dp.bytes_sent() - sent_at_start) / steps_run;
+    let finished = match files.as_mut() {
+        Some(f) => finish_run(tr, f, out, &cfg, opts, &hist, last_eval).map(Some),
+        None => Ok(None),
+    };
+    let (final_eval, _) = tr.dp.agree(finished, false)?;
+    let n = f64::from(probes.max(1));
+    let summary = RunSummary {
+        out_dir: out.clone(),
+        precision: cfg.precision.name().into(),
+        loss_scaling: format!("{:?}", cfg.scaling_mode()).to_lowercase(),
+        device,
+        num_params: crate::memory::num_params(&cfg),
+        steps: tr.step,
+        resumed_from: start_step,
+        tokens: tr.tokens,
+        train_seconds: train_s,
+        wall_seconds: started.elapsed().as_secs_f64(),
+        tokens_per_s: ((tr.step - start_step) as usize * tokens_per_step) as f64
+            / train_s.max(1e-9),
+        final_train_loss: last_window_loss,
+        final_val_loss: final_eval.as_ref().map_or(f32::NAN, |e| e.val_loss),
+        final_accuracy: final_eval.as_ref().and_then(|e| e.accuracy),
+        skipped_steps: tr.skipped,
+        final_scale: tr.scaler.get_scale(),
+        fp16_underflow_at_1: under_1 / n,
+        fp16_underflow_at_scale: under_s / n,
+        zero_grad_fraction: zeros / n,
+        memory: tr.memory(),
+        last_checkpoint: last_ckpt,
+        world_size: world,
+        global_batch,
+        zero_stage: tr.dp.zero_stage(),
+        comm_bytes_per_step,
+    };
+    if lead {
+        let json = serde_json::to_string_pretty(&summary).map_err(|source| TrainError::Json {
+            path: out.join("summary.json"),
+            source,
+        })?;
+        fsutil::write_atomic(&out.join("summary.json"), json.as_bytes())?;
+    }
+    Ok(summary)
+}
+
+/// Rank 0 at the end of a run: the final evaluation (unless the last step had one), the
+/// plots and the health heat map.
+fn finish_run<B: Backend>(
+    tr: &Trainer<B>,
+    files: &mut RunFiles,
+    out: &Path,
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    hist: &[u64],
+    last_eval: Option<EvalRecord>,
+) -> Result<EvalRecord> {
     let final_eval = match last_eval {
         Some(e) if e.step == tr.step => e,
         _ => {
             let e = tr.evaluate()?;
-            evals.write(&e)?;
-            tb.scalars(e.step, &eval_scalars(&e))?;
+            files.eval(&e)?;
             e
         }
     };
     if opts.plots {
-        draw_run_plots(out, &cfg, &hist, tr.scaler.get_scale())?;
+        draw_run_plots(out, cfg, hist, tr.scaler.get_scale())?;
     }
     if cfg.precision_health {
         let records: Vec<crate::health::HealthRecord> =
@@ -715,37 +886,7 @@ pub fn run_loop<B: Backend>(
             ),
         )?;
     }
-    let n = f64::from(probes.max(1));
-    let summary = RunSummary {
-        out_dir: out.clone(),
-        precision: cfg.precision.name().into(),
-        loss_scaling: format!("{:?}", cfg.scaling_mode()).to_lowercase(),
-        device,
-        num_params: crate::memory::num_params(&cfg),
-        steps: tr.step,
-        resumed_from: start_step,
-        tokens: tr.tokens,
-        train_seconds: train_s,
-        wall_seconds: started.elapsed().as_secs_f64(),
-        tokens_per_s: ((tr.step - start_step) as usize * cfg.tokens_per_step()) as f64
-            / train_s.max(1e-9),
-        final_train_loss: last_window_loss,
-        final_val_loss: final_eval.val_loss,
-        final_accuracy: final_eval.accuracy,
-        skipped_steps: tr.skipped,
-        final_scale: tr.scaler.get_scale(),
-        fp16_underflow_at_1: under_1 / n,
-        fp16_underflow_at_scale: under_s / n,
-        zero_grad_fraction: zeros / n,
-        memory: tr.memory(),
-        last_checkpoint: last_ckpt,
-    };
-    let json = serde_json::to_string_pretty(&summary).map_err(|source| TrainError::Json {
-        path: out.join("summary.json"),
-        source,
-    })?;
-    fsutil::write_atomic(&out.join("summary.json"), json.as_bytes())?;
-    Ok(summary)
+    Ok(final_eval)
 }
 
 /// The exponent range of a format as chart markers.

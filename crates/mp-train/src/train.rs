@@ -5,7 +5,9 @@
 //!
 //! ```text
 //! zero grads
-//! for each micro-batch: forward, loss * (scale / accum), backward (adds into the flat arena)
+//! for each micro-batch: forward, loss * (scale / accum), backward (the first into the
+//!     arena, each later one into a zeroed buffer that is then added to it)
+//! data-parallel: the ranks agree, the gradients are summed over ranks (see [`crate::dist`])
 //! one read pass over the gradients: non-finite? global norm of the unscaled gradients
 //! overflow: skip (nothing changes but the scale) | else one fused AdamW pass with
 //!     grad_mult = clip / scale, writing the low-precision model copy
@@ -15,6 +17,7 @@
 use crate::checkpoint::{self, TrainerState};
 use crate::config::{Precision, ScalingMode, StorageDtype, TrainConfig};
 use crate::data::Dataset;
+use crate::dist::DataParallel;
 use crate::error::{Result, TrainError};
 use crate::fault::StepSet;
 use crate::memory::{self, MemoryBreakdown};
@@ -22,9 +25,10 @@ use crate::metrics::EvalRecord;
 use crate::model::Model;
 use crate::schedule;
 use mp_autograd::Autocast;
+use mp_dist::World;
 use mp_dtype::{DType, RangeStats, Rounding};
-use mp_kernels::{Backend, BufferExt};
-use mp_optim::{AdamW, AdamWConfig, OptimizerState, ParamGroup};
+use mp_kernels::{Backend, BufferExt, DeviceBuffer};
+use mp_optim::{AdamW, AdamWConfig, OptimizerState, ParamGroup, StateMeta};
 use mp_scaler::{GradScaler, ScalerConfig};
 use std::path::{Path, PathBuf};
 
@@ -98,14 +102,27 @@ pub struct Trainer<B: Backend> {
     pub tokens: u64,
     /// Steps skipped for non-finite gradients.
     pub skipped: u64,
+    /// The world this trainer is a rank of, and what the ranks share.
+    pub dp: DataParallel,
     autocast: Autocast,
     /// The steps whose gradients are poisoned (`poison_grad_steps`, a testing hook).
     poison: StepSet,
+    /// The rank and step that fail (`distributed.fail_rank_at`, a testing hook).
+    fail_at: Option<(usize, u64)>,
+    /// The optimizer's groups over the whole arena (ZeRO-1's optimizer holds its shard's).
+    groups: Vec<ParamGroup>,
+    /// Where a later micro-batch's gradients go before they are added to the arena.
+    micro_grads: Option<B::Buffer>,
 }
 
 impl<B: Backend> Trainer<B> {
     /// A fresh run: weights initialised from the seed, zero optimizer state.
     pub fn new(be: B, cfg: TrainConfig, data: Dataset) -> Result<Self> {
+        Self::with_world(be, cfg, data, World::single())
+    }
+
+    /// A fresh run as one rank of `world` (every rank starts from the same weights).
+    pub fn with_world(be: B, cfg: TrainConfig, data: Dataset, world: World) -> Result<Self> {
         let mut model = Model::new(&be, &cfg.model, cfg.seed)?;
         let autocast = match cfg.precision {
             Precision::Fp32 => Autocast::OFF,
@@ -134,9 +151,12 @@ impl<B: Backend> Trainer<B> {
                 .map(|e| (e.offset..e.offset + e.numel(), e.shape.len())),
             cfg.weight_decay as f32,
         );
+        let dp = DataParallel::new(world, &cfg.distributed, model.num_params());
+        dp.check_backend(&be, model.grads())?;
+        let owned = dp.owned();
         let opt = AdamW::with_groups(
             &be,
-            model.num_params(),
+            owned.len(),
             AdamWConfig {
                 lr: cfg.learning_rate as f32,
                 beta1: cfg.adam_beta1 as f32,
@@ -149,11 +169,12 @@ impl<B: Backend> Trainer<B> {
                     _ => Rounding::NearestEven,
                 },
             },
-            groups,
+            ParamGroup::restrict(&groups, owned),
         )?;
         let scaler = GradScaler::new(scaler_config(&cfg))?;
         let poison = StepSet::parse(&cfg.poison_grad_steps)
             .map_err(|e| TrainError::invalid("poison_grad_steps", &cfg.poison_grad_steps, e))?;
+        let fail_at = cfg.distributed.fail_at()?;
         Ok(Trainer {
             cfg,
             be,
@@ -164,8 +185,12 @@ impl<B: Backend> Trainer<B> {
             step: 0,
             tokens: 0,
             skipped: 0,
+            dp,
             autocast,
             poison,
+            fail_at,
+            groups,
+            micro_grads: None,
         })
     }
 
@@ -183,8 +208,22 @@ impl<B: Backend> Trainer<B> {
             std::fs::read_to_string(&meta_path).map_err(TrainError::io("reading", &meta_path))?;
         let tensors =
             std::fs::read(&tensors_path).map_err(TrainError::io("reading", &tensors_path))?;
-        let opt_state = OptimizerState::from_parts(&meta, &tensors)
+        let mut opt_state = OptimizerState::from_parts(&meta, &tensors)
             .map_err(|e| TrainError::checkpoint(&tensors_path, e.to_string()))?;
+        if self.dp.sharded() {
+            // ZeRO-1: this rank's shard of the whole state (of any world size's run)
+            if opt_state.meta.len != self.model.num_params() {
+                return Err(TrainError::checkpoint(
+                    &tensors_path,
+                    format!(
+                        "optimizer state of {} elements for a model of {}",
+                        opt_state.meta.len,
+                        self.model.num_params()
+                    ),
+                ));
+            }
+            opt_state = opt_state.shard(self.dp.owned());
+        }
         self.opt
             .load_state(&self.be, &opt_state)
             .map_err(|e| TrainError::checkpoint(&tensors_path, e.to_string()))?;
@@ -218,62 +257,125 @@ impl<B: Backend> Trainer<B> {
         self.cfg.model.n_positions
     }
 
-    /// One optimizer step over `grad_accum_steps` micro-batches.
+    /// One optimizer step over `grad_accum_steps` micro-batches (of every rank).
     pub fn step(&mut self) -> Result<StepOutcome> {
+        self.step_agreed(false).map(|(s, _)| s)
+    }
+
+    /// [`Trainer::step`] in which this rank may ask to stop (a signal): the ranks agree after
+    /// the backward pass, and the flag says whether any rank asked. A rank's failure ends the
+    /// step on every rank with an error naming it.
+    pub fn step_agreed(&mut self, stop: bool) -> Result<(StepOutcome, bool)> {
+        let lr = schedule::learning_rate(&self.cfg, self.step);
+        let scale = self.scaler.get_scale();
+        let local = self.backward_local(scale);
+        let (loss_sum, stop) = self.dp.agree(local, stop)?;
+        let be = &self.be;
+        self.dp.reduce_grads(be, self.model.grads_mut())?;
+        let stats = self
+            .dp
+            .grad_stats(be, self.model.grads(), self.scaler.inv_scale())?;
+        let check = self.scaler.check_stats(stats)?;
+        let skipped = check.found_inf;
+        if skipped {
+            self.skipped += 1;
+        } else {
+            let clip = check.clip_factor(self.cfg.max_grad_norm);
+            self.opt.set_lr(lr as f32)?;
+            let r = self.dp.owned();
+            let (params, grads, copy) = self.model.arenas_mut();
+            self.opt.step(
+                be,
+                params.slice_mut(r.start, r.len()),
+                grads.slice(r.start, r.len()),
+                copy.map(|c| c.slice_mut(r.start, r.len())),
+                check.grad_mult(clip),
+            )?;
+            let (params, _, copy) = self.model.arenas_mut();
+            self.dp.gather_weights(be, params, copy)?;
+        }
+        self.scaler.update(None)?;
+        // the step's one read of the loss, after the optimizer
+        let loss = self.dp.sum_loss(be.download_f32(loss_sum.view())?[0])?;
+        let global = self.cfg.grad_accum_steps * self.dp.size();
+        self.step += 1;
+        self.tokens += (self.cfg.batch_size * self.seq_len() * global) as u64;
+        let outcome = StepOutcome {
+            loss,
+            lr,
+            scale,
+            grad_norm: (!skipped).then_some(check.grad_norm),
+            skipped,
+        };
+        Ok((outcome, stop))
+    }
+
+    /// This rank's micro-batches of the step: their gradients (times `scale`) summed into
+    /// the arena, and their weighted losses into the returned device scalar. Micro-batch `k`
+    /// of rank `r` is global micro-batch `step * A * world + r * A + k`.
+    fn backward_local(&mut self, scale: f32) -> Result<B::Buffer> {
         let (cfg, be) = (&self.cfg, &self.be);
         let (rows, t, accum) = (cfg.batch_size, self.seq_len(), cfg.grad_accum_steps);
-        let lr = schedule::learning_rate(cfg, self.step);
-        let scale = self.scaler.get_scale();
+        let global = accum * self.dp.size();
+        if let Some((rank, step)) = self.fail_at
+            && rank == self.dp.rank()
+            && step == self.step
+        {
+            return Err(TrainError::invalid(
+                "distributed.fail_rank_at",
+                &cfg.distributed.fail_rank_at,
+                format!("the injected failure of rank {rank} at step {step}"),
+            ));
+        }
         self.model.zero_grads(be)?;
         let mut loss_sum = be.zeros(DType::F32, 1)?;
-        for k in 0..accum as u64 {
-            let micro = self.step * accum as u64 + k;
+        let (s, w) = (scale / global as f32, 1.0 / global as f32);
+        for k in 0..accum {
+            let micro = self.step * global as u64 + (self.dp.rank() * accum + k) as u64;
             let host = self.data.train_batch(cfg.seed, micro, rows, t)?;
             let batch = self
                 .model
                 .batch(be, &host.inputs, Some(&host.targets), rows, t)?;
-            let (s, w) = (scale / accum as f32, 1.0 / accum as f32);
-            self.model.forward_backward_on_device(
+            if k == 0 {
+                self.model.forward_backward_on_device(
+                    be,
+                    &batch,
+                    self.autocast,
+                    s,
+                    loss_sum.view_mut(),
+                    w,
+                )?;
+                continue;
+            }
+            // a later micro-batch: its gradients into a zeroed buffer, then added, so that
+            // the sum is the same bits as an all-reduce over ranks of one micro-batch each
+            let grads = self.model.grads();
+            let mut micro_grads = match self.micro_grads.take() {
+                Some(mut g) => {
+                    be.fill(g.view_mut(), 0.0)?;
+                    g
+                }
+                None => be.zeros(grads.dtype(), grads.len())?,
+            };
+            self.model.swap_grads(&mut micro_grads);
+            let run = self.model.forward_backward_on_device(
                 be,
                 &batch,
                 self.autocast,
                 s,
                 loss_sum.view_mut(),
                 w,
-            )?;
+            );
+            self.model.swap_grads(&mut micro_grads);
+            run?;
+            be.axpy(1.0, micro_grads.view(), self.model.grads_mut().view_mut())?;
+            self.micro_grads = Some(micro_grads);
         }
         if self.poison.contains(self.step) {
             // the testing hook: an overflow in the backward pass, as the check would see it
             be.fill(self.model.grads_mut().slice_mut(0, 1), f32::INFINITY)?;
         }
-        let check = self.scaler.check(be, self.model.grads().view())?;
-        let skipped = check.found_inf;
-        if skipped {
-            self.skipped += 1;
-        } else {
-            let clip = check.clip_factor(cfg.max_grad_norm);
-            self.opt.set_lr(lr as f32)?;
-            let (params, grads, copy) = self.model.arenas_mut();
-            self.opt.step(
-                be,
-                params.view_mut(),
-                grads.view(),
-                copy.map(|c| c.view_mut()),
-                check.grad_mult(clip),
-            )?;
-        }
-        self.scaler.update(None)?;
-        // the step's one read of the loss, after the optimizer
-        let loss = be.download_f32(loss_sum.view())?[0];
-        self.step += 1;
-        self.tokens += (rows * t * accum) as u64;
-        Ok(StepOutcome {
-            loss,
-            lr,
-            scale,
-            grad_norm: (!skipped).then_some(check.grad_norm),
-            skipped,
-        })
+        Ok(loss_sum)
     }
 
     /// Whether any master weight is NaN or infinite (one pass over the arena).
@@ -290,8 +392,14 @@ impl<B: Backend> Trainer<B> {
     }
 
     /// The gradient arena of the last step (before the next zeroing) on the host, widened
-    /// to f32: `g * scale`.
+    /// to f32: `g * scale`, summed over ranks. Under ZeRO-1 the shards are gathered: a
+    /// collective that every rank calls.
     pub fn grads_host(&self) -> Result<Vec<f32>> {
+        if self.dp.sharded() {
+            let r = self.dp.owned();
+            let mine = crate::dist::host_f32(&self.be, self.model.grads().slice(r.start, r.len()))?;
+            return self.dp.gather_f32(mine);
+        }
         Ok(self.be.download_f32(self.model.grads().view())?)
     }
 
@@ -379,7 +487,7 @@ impl<B: Backend> Trainer<B> {
             tokens_seen: self.tokens,
             skipped_steps: self.skipped,
             seed: self.cfg.seed,
-            micro_batches: self.step * self.cfg.grad_accum_steps as u64,
+            micro_batches: self.step * (self.cfg.grad_accum_steps * self.dp.size()) as u64,
             precision: self.cfg.precision.name().into(),
             last_eval: last_eval.map(|e| (e.val_loss, e.accuracy)),
             writer: format!("mp-train {}", env!("CARGO_PKG_VERSION")),
@@ -387,18 +495,57 @@ impl<B: Backend> Trainer<B> {
         }
     }
 
+    /// The whole optimizer state, as one process would hold it: under ZeRO-1 every rank's
+    /// shard gathered (a collective: every rank calls it).
+    pub fn optimizer_state(&self) -> Result<OptimizerState> {
+        let state = self.opt.state(&self.be)?;
+        if !self.dp.sharded() {
+            return Ok(state);
+        }
+        let tensors = state
+            .tensors
+            .iter()
+            .map(|(name, t)| Ok((name.clone(), self.dp.gather_f32(t)?)))
+            .collect::<Result<_>>()?;
+        Ok(OptimizerState {
+            meta: StateMeta {
+                len: self.model.num_params(),
+                groups: self.groups.clone(),
+                ..state.meta
+            },
+            tensors,
+        })
+    }
+
     /// Writes `checkpoint-{step}` into `run_dir` and deletes the oldest beyond the limit.
+    /// Every rank of a data-parallel run calls it; rank 0 alone writes, and the ranks agree on
+    /// whether it succeeded.
     pub fn save_checkpoint(
         &self,
         run_dir: &Path,
         last_eval: Option<&EvalRecord>,
+    ) -> Result<PathBuf> {
+        let opt_state = self.optimizer_state()?;
+        let written = if self.dp.is_lead() {
+            self.write_checkpoint(run_dir, last_eval, &opt_state)
+        } else {
+            Ok(run_dir.join(checkpoint::dir_name(self.step)))
+        };
+        self.dp.agree(written, false).map(|(p, _)| p)
+    }
+
+    fn write_checkpoint(
+        &self,
+        run_dir: &Path,
+        last_eval: Option<&EvalRecord>,
+        opt_state: &OptimizerState,
     ) -> Result<PathBuf> {
         let state = self.trainer_state(last_eval);
         let eot = self.data.tokenizer.eot();
         let path = checkpoint::save(run_dir, state, &self.cfg, eot, |dir| {
             self.model
                 .save_safetensors(&self.be, &dir.join(checkpoint::MODEL_FILE))?;
-            let state = self.opt.state(&self.be)?;
+            let state = opt_state;
             crate::fsutil::write_synced(
                 &dir.join(checkpoint::OPTIMIZER_FILE),
                 &state.tensors_safetensors()?,
@@ -415,9 +562,12 @@ impl<B: Backend> Trainer<B> {
         Ok(path)
     }
 
-    /// Device memory by category for this run's config.
+    /// Device memory by category for this run's config, on this rank.
     pub fn memory(&self) -> MemoryBreakdown {
-        memory::estimate(&self.cfg)
+        let mut m = memory::estimate(&self.cfg);
+        let n = self.model.num_params().max(1) as u64;
+        m.optimizer = m.optimizer / n * self.dp.owned().len() as u64;
+        m
     }
 
     /// The autocast setting of the run.

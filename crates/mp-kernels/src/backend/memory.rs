@@ -37,6 +37,18 @@ pub trait MemoryOps: Send + Sync + 'static {
     fn index_values<'i>(&self, ids: &'i Self::Index) -> &'i [u32];
     /// Waits until every queued op has finished.
     fn synchronize(&self) -> Result<()>;
+    /// The raw little-endian bytes of a view in place, where this device's buffers are host
+    /// memory (the CPU backend), for host engines such as MPI to read without a copy; `None`
+    /// on devices whose memory the host cannot address (the default).
+    fn host_bytes<'v>(&self, src: View<'v, Self::Buffer>) -> Option<&'v [u8]> {
+        let _ = src;
+        None
+    }
+    /// [`MemoryOps::host_bytes`], writable.
+    fn host_bytes_mut<'v>(&self, dst: ViewMut<'v, Self::Buffer>) -> Option<&'v mut [u8]> {
+        let _ = dst;
+        None
+    }
     /// Device bytes free for new buffers now, where the device can say (CUDA:
     /// `cuMemGetInfo`); `None` where it cannot (the CPU, whose memory is the host's, and
     /// wgpu, which has no such query).

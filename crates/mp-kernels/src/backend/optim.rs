@@ -67,6 +67,30 @@ pub trait OptimOps: MemoryOps {
     /// device: this is the one host read of a step.
     fn grad_stats(&self, grads: View<'_, Self::Buffer>, grad_mult: f32) -> Result<GradStats>;
 
+    /// [`OptimOps::grad_stats`] of each consecutive `part`-element piece of `grads` (the last
+    /// one may be shorter), in order: partial sums that a caller adds in a fixed order, so
+    /// that the total does not depend on how the buffer is split between processes. The
+    /// default makes one `grad_stats` call per part.
+    fn grad_stats_parts(
+        &self,
+        grads: View<'_, Self::Buffer>,
+        grad_mult: f32,
+        part: usize,
+    ) -> Result<Vec<GradStats>> {
+        let part = part.max(1);
+        (0..grads.len.div_ceil(part))
+            .map(|i| {
+                let len = part.min(grads.len - i * part);
+                let v = View {
+                    buf: grads.buf,
+                    offset: grads.offset + i * part,
+                    len,
+                };
+                self.grad_stats(v, grad_mult)
+            })
+            .collect()
+    }
+
     /// One fused AdamW pass over a flat parameter range: reads `grads` (any dtype) times
     /// `hp.grad_mult`, updates the FP32 moments `m`, `v` and `params`, and writes `model`
     /// (when given) as `params` rounded to its dtype with `hp.rounding`. `params` is FP32

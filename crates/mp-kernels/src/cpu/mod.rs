@@ -233,6 +233,14 @@ impl MemoryOps for CpuBackend {
         Ok(())
     }
 
+    fn host_bytes<'v>(&self, src: View<'v, CpuBuffer>) -> Option<&'v [u8]> {
+        check::bytes("host_bytes", "src", src).ok()
+    }
+
+    fn host_bytes_mut<'v>(&self, dst: ViewMut<'v, CpuBuffer>) -> Option<&'v mut [u8]> {
+        check::bytes_mut("host_bytes_mut", "dst", dst).ok()
+    }
+
     fn cast(
         &self,
         src: View<'_, CpuBuffer>,

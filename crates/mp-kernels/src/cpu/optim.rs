@@ -450,6 +450,31 @@ impl OptimOps for CpuBackend {
         grad_stats(grads, grad_mult)
     }
 
+    fn grad_stats_parts(
+        &self,
+        grads: View<'_, CpuBuffer>,
+        grad_mult: f32,
+        part: usize,
+    ) -> Result<Vec<GradStats>> {
+        Check::new(self, "grad_stats_parts").view("grads", &grads)?;
+        let part = part.max(1);
+        // the parts in parallel, each part's blocks in parallel inside it
+        (0..grads.len.div_ceil(part))
+            .into_par_iter()
+            .map(|i| {
+                let len = part.min(grads.len - i * part);
+                grad_stats(
+                    View {
+                        buf: grads.buf,
+                        offset: grads.offset + i * part,
+                        len,
+                    },
+                    grad_mult,
+                )
+            })
+            .collect()
+    }
+
     fn adamw(
         &self,
         params: ViewMut<'_, CpuBuffer>,
@@ -521,6 +546,32 @@ mod tests {
                 &mut v[i..i + 1],
                 &c,
             );
+        }
+    }
+
+    #[test]
+    fn grad_stats_parts_are_the_per_part_stats_in_order() {
+        let be = CpuBackend;
+        let mut x = data(3 * BLOCK + 1000, 9);
+        x[2 * BLOCK + 5] = f32::NAN;
+        let g = buf(&x, DType::F32);
+        for part in [BLOCK / 2, BLOCK, 2 * BLOCK + 3] {
+            let parts = be
+                .grad_stats_parts(g.slice(7, x.len() - 7), 0.5, part)
+                .unwrap();
+            assert_eq!(parts.len(), (x.len() - 7).div_ceil(part));
+            for (i, p) in parts.iter().enumerate() {
+                let len = part.min(x.len() - 7 - i * part);
+                let want = be.grad_stats(g.slice(7 + i * part, len), 0.5).unwrap();
+                assert_eq!(p.non_finite, want.non_finite, "part {i} of {part}");
+                if !want.non_finite {
+                    assert_eq!(
+                        p.sum_sq.to_bits(),
+                        want.sum_sq.to_bits(),
+                        "part {i} of {part}"
+                    );
+                }
+            }
         }
     }
 

@@ -109,6 +109,12 @@ impl<B: Backend> Model<B> {
         each!(self, m => &mut m.grads)
     }
 
+    /// Swaps the gradient arena with `other` (same dtype and length): the trainer computes a
+    /// micro-batch's gradients into a zeroed buffer this way before adding them to the sum.
+    pub fn swap_grads(&mut self, other: &mut B::Buffer) {
+        each!(self, m => std::mem::swap(&mut m.grads, other))
+    }
+
     /// The master weights, the gradients and the model copy, for the optimizer.
     pub fn arenas_mut(&mut self) -> (&mut B::Buffer, &B::Buffer, Option<&mut B::Buffer>) {
         each!(self, m => (&mut m.params, &m.grads, m.model_copy.as_mut()))

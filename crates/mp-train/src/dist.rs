@@ -1,0 +1,395 @@
+//! Data-parallel training over a [`World`] (`mpirun -np N mp-train train ...`, a binary built
+//! with `--features mpi`): what each rank of a step does and how the ranks agree.
+//!
+//! ```text
+//! every rank: its micro-batches of the global step, forward + backward (as one process would)
+//! agree: any rank failed? (its message goes to rank 0) any rank asked to stop?
+//! DDP (zero_stage 0):  all-reduce the gradient arena (FP32, buckets from the arena's end)
+//! ZeRO-1 (stage 1):    reduce-scatter it: each rank gets the sum of its shard
+//! gradient check:      per-part statistics of the rank's range, summed across ranks in part order
+//! AdamW:               over the rank's range (stage 0: all of it) with the same grad_mult
+//! ZeRO-1:              all-gather the updated weights; the model copy re-rounded locally
+//! ```
+//!
+//! **Bit-identical to one process.** The global step has `grad_accum_steps x world`
+//! micro-batches; rank `r` takes micro-batches `r*A .. (r+1)*A` of it (`A` =
+//! `grad_accum_steps`), and each micro-batch's data depends on its global index alone. One
+//! process accumulating micro-batches adds each micro-batch's gradient, computed into a zeroed
+//! buffer, to the sum (as PyTorch's `.grad +=`), so that with two ranks and one micro-batch
+//! each the all-reduce computes exactly the same sums (`a + b == b + a`). The gradient check
+//! adds per-part (`mp_dist::PART` elements) partial sums in part order whatever the world size
+//! or stage, so the norm, the clip factor and the skip decision are the same bits too.
+//!
+//! **What ZeRO-1 shards.** The AdamW moments (8 bytes a parameter) exist only for the rank's
+//! shard, and the update runs only there. Every rank keeps the whole FP32 master arena,
+//! because the forward pass reads it (autocast's FP32 ops, the norms and embeddings, take the
+//! FP32 weights, as PyTorch AMP does); so the all-gather moves the master arena in its own
+//! dtype (FP32, or BF16 for the pure-BF16 mode) and each rank re-rounds its model copy.
+//!
+//! The collectives read the arenas in place: they need a backend whose buffers are host
+//! memory (the CPU). A checkpoint holds the whole optimizer state (the shards gathered), so a
+//! run resumes with any world size.
+
+use crate::config::Distributed;
+use crate::error::{Result, TrainError};
+use mp_dist::{Collective, Elems, ElemsMut, Op, PART, Partition, World, ring_bytes};
+use mp_kernels::{Backend, BufferExt, DeviceBuffer, GradStats, Rounding, View, ViewMut};
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The data-parallel side of a trainer: the world, the stage and the staging buffers.
+pub struct DataParallel {
+    world: World,
+    zero_stage: u8,
+    part: Partition,
+    bucket_elems: usize,
+    first_bucket_elems: usize,
+    send: Vec<f32>,
+    recv: Vec<f32>,
+    sent: AtomicU64,
+}
+
+impl std::fmt::Debug for DataParallel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataParallel")
+            .field("world", &self.world)
+            .field("zero_stage", &self.zero_stage)
+            .field("part", &self.part)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `bytes` MiB in f32 elements (at least 1).
+fn mib_elems(mib: f64) -> usize {
+    ((mib * 1024.0 * 1024.0 / 4.0) as usize).max(1)
+}
+
+impl DataParallel {
+    /// The data-parallel state of an arena of `len` elements in `world` under `cfg`.
+    pub fn new(world: World, cfg: &Distributed, len: usize) -> Self {
+        world.comm().set_timeout(cfg.timeout_s);
+        DataParallel {
+            part: Partition::new(len, world.size()),
+            world,
+            zero_stage: cfg.zero_stage,
+            bucket_elems: mib_elems(cfg.bucket_mb),
+            first_bucket_elems: mib_elems(1.0),
+            send: Vec::new(),
+            recv: Vec::new(),
+            sent: AtomicU64::new(0),
+        }
+    }
+
+    /// The world.
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+
+    /// Number of ranks.
+    pub fn size(&self) -> usize {
+        self.world.size()
+    }
+
+    /// This rank.
+    pub fn rank(&self) -> usize {
+        self.world.rank()
+    }
+
+    /// True on rank 0, which alone writes the run's files.
+    pub fn is_lead(&self) -> bool {
+        self.world.is_lead()
+    }
+
+    /// The ZeRO stage (0: DDP).
+    pub fn zero_stage(&self) -> u8 {
+        self.zero_stage
+    }
+
+    /// True when the optimizer state is split between ranks (ZeRO-1 with more than one).
+    pub fn sharded(&self) -> bool {
+        self.zero_stage == 1 && self.size() > 1
+    }
+
+    /// The elements of the arena whose optimizer state this rank holds and updates: all of
+    /// it under DDP, the rank's shard under ZeRO-1.
+    pub fn owned(&self) -> Range<usize> {
+        if self.zero_stage == 1 {
+            self.part.range(self.rank())
+        } else {
+            0..self.part.len
+        }
+    }
+
+    /// Bytes this rank has sent in collectives so far, as a ring algorithm sends them
+    /// ([`mp_dist::ring_bytes`]).
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    fn count(&self, kind: Collective, payload: usize) {
+        self.sent.fetch_add(
+            ring_bytes(kind, payload as u64, self.size()),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Checks that the arenas can take part in collectives: host memory and FP32 gradients.
+    pub fn check_backend<B: Backend>(&self, be: &B, grads: &B::Buffer) -> Result<()> {
+        if self.size() == 1 {
+            return Ok(());
+        }
+        if be.host_bytes(grads.view()).is_none() {
+            return Err(TrainError::invalid(
+                "backend",
+                be.name(),
+                "a data-parallel run over MPI reads the arenas in host memory: use the cpu \
+                 backend",
+            ));
+        }
+        if grads.dtype() != mp_dtype::DType::F32 {
+            return Err(TrainError::invalid(
+                "grad_dtype",
+                grads.dtype(),
+                "a data-parallel run reduces FP32 gradients: use grad_dtype = \"fp32\"",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The gradient arena made the sum over ranks: all of it (DDP: buckets from the end of
+    /// the arena, all started at once) or the rank's shard (ZeRO-1: a reduce-scatter; the
+    /// rest of the arena keeps this rank's own gradients).
+    pub fn reduce_grads<B: Backend>(&mut self, be: &B, grads: &mut B::Buffer) -> Result<()> {
+        if self.size() == 1 {
+            return Ok(());
+        }
+        let n = self.part.len;
+        let g = host_f32_mut(be, grads.view_mut())?;
+        if self.zero_stage == 0 {
+            self.send.clear();
+            self.send.extend_from_slice(g);
+            let buckets = mp_dist::reverse_buckets(n, self.bucket_elems, self.first_bucket_elems);
+            self.world
+                .comm()
+                .all_reduce_buckets(&self.send, g, &buckets)?;
+            self.count(Collective::AllReduce, n * 4);
+        } else {
+            let padded = self.part.padded_len();
+            self.send.clear();
+            self.send.extend_from_slice(g);
+            self.send.resize(padded, 0.0);
+            self.recv.resize(self.part.shard_len, 0.0);
+            self.world.comm().reduce_scatter(
+                Elems::F32(&self.send),
+                ElemsMut::F32(&mut self.recv),
+                Op::Sum,
+            )?;
+            let r = self.owned();
+            g[r.clone()].copy_from_slice(&self.recv[..r.len()]);
+            self.count(Collective::ReduceScatter, padded * 4);
+        }
+        Ok(())
+    }
+
+    /// The gradient check's statistics of the summed gradients times `grad_mult`: per-part
+    /// ([`PART`]) statistics of the rank's range, combined across ranks, added in part
+    /// order. The same bits for every world size and stage.
+    pub fn grad_stats<B: Backend>(
+        &self,
+        be: &B,
+        grads: &B::Buffer,
+        grad_mult: f32,
+    ) -> Result<GradStats> {
+        let mine = if self.sharded() {
+            self.owned()
+        } else {
+            0..self.part.len
+        };
+        let parts = be.grad_stats_parts(grads.slice(mine.start, mine.len()), grad_mult, PART)?;
+        let (sums, flags): (Vec<f64>, Vec<f64>) = if self.sharded() {
+            // every part has one owner: the others contribute exact zeros
+            let total = self.part.parts();
+            let first = mine.start / PART;
+            let mut send = vec![0.0f64; 2 * total];
+            for (i, p) in parts.iter().enumerate() {
+                send[first + i] = p.sum_sq;
+                send[total + first + i] = f64::from(u8::from(p.non_finite));
+            }
+            let mut all = vec![0.0f64; 2 * total];
+            self.world
+                .comm()
+                .all_reduce(Elems::F64(&send), ElemsMut::F64(&mut all), Op::Sum)?;
+            self.count(Collective::AllReduce, 2 * total * 8);
+            let flags = all.split_off(total);
+            (all, flags)
+        } else {
+            parts
+                .iter()
+                .map(|p| (p.sum_sq, f64::from(u8::from(p.non_finite))))
+                .unzip()
+        };
+        let mut out = GradStats::default();
+        for (s, f) in sums.iter().zip(&flags) {
+            out.non_finite |= *f != 0.0;
+            if *f == 0.0 {
+                out.sum_sq += s;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The sum over ranks of each rank's `loss` (each already weighted by `1 / (A x world)`).
+    pub fn sum_loss(&self, loss: f32) -> Result<f32> {
+        if self.size() == 1 {
+            return Ok(loss);
+        }
+        let mut out = [0.0f32];
+        self.world
+            .comm()
+            .all_reduce(Elems::F32(&[loss]), ElemsMut::F32(&mut out), Op::Sum)?;
+        Ok(out[0])
+    }
+
+    /// ZeRO-1 after the update: every rank's shard of `params` gathered into every rank's
+    /// arena (in the arena's dtype), and the model copy outside this rank's shard re-rounded
+    /// from it (to nearest even, as the optimizer rounds it). Nothing under DDP.
+    pub fn gather_weights<B: Backend>(
+        &mut self,
+        be: &B,
+        params: &mut B::Buffer,
+        copy: Option<&mut B::Buffer>,
+    ) -> Result<()> {
+        if !self.sharded() {
+            return Ok(());
+        }
+        let size = params.dtype().size_in_bytes();
+        let (r, shard) = (self.owned(), self.part.shard_len * size);
+        let bytes = be
+            .host_bytes_mut(params.view_mut())
+            .ok_or_else(|| no_host(be))?;
+        let mut send = vec![0u8; shard];
+        send[..r.len() * size].copy_from_slice(&bytes[r.start * size..r.end * size]);
+        let mut all = vec![0u8; self.part.padded_len() * size];
+        self.world
+            .comm()
+            .all_gather(Elems::U8(&send), ElemsMut::U8(&mut all))?;
+        self.count(Collective::AllGather, all.len());
+        let n = self.part.len;
+        bytes.copy_from_slice(&all[..n * size]);
+        if let Some(copy) = copy {
+            for (start, end) in [(0, r.start), (r.end, n)] {
+                if end > start {
+                    be.cast(
+                        params.slice(start, end - start),
+                        copy.slice_mut(start, end - start),
+                        Rounding::NearestEven,
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The whole arena from every rank's owned part `shard` (ZeRO-1: an all-gather); under
+    /// DDP `shard` is already the whole arena.
+    pub fn gather_f32(&self, shard: &[f32]) -> Result<Vec<f32>> {
+        if !self.sharded() {
+            return Ok(shard.to_vec());
+        }
+        let mut send = shard.to_vec();
+        send.resize(self.part.shard_len, 0.0);
+        let mut all = vec![0.0f32; self.part.padded_len()];
+        self.world
+            .comm()
+            .all_gather(Elems::F32(&send), ElemsMut::F32(&mut all))?;
+        all.truncate(self.part.len);
+        Ok(all)
+    }
+
+    /// The ranks agree on how the last phase went: when any rank's `local` failed, every
+    /// rank returns an error: the failing rank (the lowest, if several) its own, the others
+    /// [`TrainError::RankFailed`] with its message (rank 0 prints it). Otherwise every rank
+    /// gets its value and whether any rank asked to `stop`.
+    pub fn agree<T>(&self, local: Result<T>, stop: bool) -> Result<(T, bool)> {
+        let w = self.size();
+        if w == 1 {
+            return local.map(|v| (v, stop));
+        }
+        let rank = self.rank();
+        let mine = [
+            if local.is_err() {
+                (w - rank) as f64
+            } else {
+                0.0
+            },
+            f64::from(u8::from(stop)),
+        ];
+        let mut all = [0.0f64; 2];
+        let comm = self.world.comm();
+        comm.all_reduce(Elems::F64(&mine), ElemsMut::F64(&mut all), Op::Max)?;
+        if all[0] == 0.0 {
+            return local.map(|v| (v, all[1] != 0.0));
+        }
+        let root = w - all[0] as usize;
+        let text = match &local {
+            Err(e) if rank == root => e.to_string(),
+            _ => String::new(),
+        };
+        let mut len = [text.len() as f64];
+        comm.broadcast(ElemsMut::F64(&mut len), root)?;
+        let mut bytes = vec![0u8; len[0] as usize];
+        if rank == root {
+            bytes.copy_from_slice(text.as_bytes());
+        }
+        comm.broadcast(ElemsMut::U8(&mut bytes), root)?;
+        let failed = TrainError::RankFailed {
+            rank: root,
+            world: w,
+            msg: String::from_utf8_lossy(&bytes).into_owned(),
+        };
+        match local {
+            // rank 0 reports its own error as it is; any other rank's error reaches rank 0
+            // as RankFailed, which only rank 0 prints
+            Err(e) if rank == root && rank == 0 => Err(e),
+            _ => Err(failed),
+        }
+    }
+}
+
+fn no_host<B: Backend>(be: &B) -> TrainError {
+    TrainError::invalid(
+        "backend",
+        be.name(),
+        "a data-parallel run reads the arenas in host memory: use the cpu backend",
+    )
+}
+
+/// The FP32 elements of a view in host memory.
+fn host_f32_mut<'v, B: Backend>(be: &B, v: ViewMut<'v, B::Buffer>) -> Result<&'v mut [f32]> {
+    let bytes = be.host_bytes_mut(v).ok_or_else(|| no_host(be))?;
+    bytemuck::try_cast_slice_mut(bytes)
+        .map_err(|e| TrainError::invalid("grad_dtype", "fp32", format!("the gradient arena: {e}")))
+}
+
+/// The FP32 elements of a read-only view in host memory.
+pub fn host_f32<'v, B: Backend>(be: &B, v: View<'v, B::Buffer>) -> Result<&'v [f32]> {
+    let bytes = be.host_bytes(v).ok_or_else(|| no_host(be))?;
+    bytemuck::try_cast_slice(bytes)
+        .map_err(|e| TrainError::invalid("grad_dtype", "fp32", format!("the arena: {e}")))
+}
+
+/// Rank 0's `text` on every rank (the name of a run folder that rank 0 chose, say).
+pub fn broadcast_string(world: &World, text: &str) -> Result<String> {
+    if world.size() == 1 {
+        return Ok(text.to_string());
+    }
+    let comm = world.comm();
+    let mut len = [text.len() as f64];
+    comm.broadcast(ElemsMut::F64(&mut len), 0)?;
+    let mut bytes = vec![0u8; len[0] as usize];
+    if world.is_lead() {
+        bytes.copy_from_slice(text.as_bytes());
+    }
+    comm.broadcast(ElemsMut::U8(&mut bytes), 0)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
