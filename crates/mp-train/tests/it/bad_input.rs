@@ -514,3 +514,25 @@ fn sigint_checkpoints_the_current_step_and_the_resume_is_bit_identical() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Started by an MPI launcher, a binary built without MPI refuses to run (N copies would
+/// each train alone into the same folder).
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn a_binary_without_mpi_refuses_an_mpi_launch() {
+    let dir = scratch("no-mpi");
+    let out = Command::new(env!("CARGO_BIN_EXE_mp-train"))
+        .args(train_args(&dir, "run", &[]))
+        .current_dir(&dir)
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .output()
+        .expect("running mp-train");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("OMPI_COMM_WORLD_SIZE=2") && text.contains("--features mpi"),
+        "{text}"
+    );
+    assert!(!dir.join("run").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -7,6 +7,8 @@ mod llama_runs;
 mod bad_input;
 mod checkpoint;
 mod common;
+#[cfg(feature = "mpi")]
+mod distributed;
 mod fault;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod gpu_training;
