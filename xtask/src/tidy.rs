@@ -2,7 +2,8 @@
 //! by `cargo xtask test`). Each rule prints what breaks it, with the file.
 //!
 //! - **features**: no `cfg(feature = ...)` in the library, binary, bench or example code of
-//!   any crate but `mp-kernels` (the GPU backends' stand-ins make it unnecessary); test targets
+//!   any crate but `mp-kernels` (the GPU backends' stand-ins make it unnecessary) and `mp-dist`
+//!   (its engines, MPI, exist only with their feature, like the backends); test targets
 //!   may be compiled only with their feature, so a GPU test never shows as passed without it.
 //! - **conformance**: every op of every backend family trait (`mp-kernels/src/backend/*.rs`)
 //!   is called in the conformance suite that both GPU targets run (`tests/conformance/`).
@@ -91,7 +92,7 @@ fn features(root: &Path) -> Result<Vec<String>> {
     let mut out = Vec::new();
     let mut dirs = vec![root.join("xtask/src")];
     for c in crates(root)? {
-        if c.ends_with("mp-kernels") {
+        if c.ends_with("mp-kernels") || c.ends_with("mp-dist") {
             continue;
         }
         dirs.extend(["src", "benches", "examples"].map(|d| c.join(d)));

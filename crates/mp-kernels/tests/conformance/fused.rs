@@ -50,6 +50,57 @@ fn grad_stats_match_cpu(dtype: DType) {
 }
 test_per_dtype!(grad_stats_match_cpu: f32, f16, bf16);
 
+/// Per-part statistics (the data-parallel gradient check's partial sums): one per part, each
+/// the part's own `grad_stats`, close to the CPU's.
+fn grad_stats_parts_match_cpu(dtype: DType) {
+    let Some(g) = gpu("grad_stats_parts_match_cpu") else {
+        return;
+    };
+    let c = cpu();
+    let (n, off, part) = (70_001usize, 3usize, 16_384usize);
+    let mut x = random_normal(n + off, 2.0, 72);
+    x[off + 2 * part + 7] = f32::NAN;
+    let (bg, bc) = (up(g, &x, dtype), up(&c, &x, dtype));
+    let pg = g
+        .grad_stats_parts(bg.slice(off, n), 0.5, part)
+        .expect("grad_stats_parts");
+    let pc = c
+        .grad_stats_parts(bc.slice(off, n), 0.5, part)
+        .expect("grad_stats_parts");
+    assert_eq!(pg.len(), n.div_ceil(part));
+    assert_eq!(pg.len(), pc.len());
+    for (i, (a, b)) in pg.iter().zip(&pc).enumerate() {
+        assert_eq!(a.non_finite, i == 2, "part {i}: {a:?}");
+        assert_eq!(a.non_finite, b.non_finite, "part {i}");
+        if !a.non_finite {
+            let rel = (a.sum_sq - b.sum_sq).abs() / b.sum_sq;
+            assert!(
+                rel < 1e-5,
+                "part {i}: {} vs CPU {} (rel {rel:e})",
+                a.sum_sq,
+                b.sum_sq
+            );
+        }
+    }
+}
+test_per_dtype!(grad_stats_parts_match_cpu: f32, bf16);
+
+/// Device memory is not host memory: only the CPU lends its bytes in place.
+#[test]
+fn host_bytes_only_on_the_cpu() {
+    let Some(g) = gpu("host_bytes_only_on_the_cpu") else {
+        return;
+    };
+    let mut b = up(g, &[1.0, 2.0], DType::F32);
+    assert!(g.host_bytes(b.view()).is_none());
+    assert!(g.host_bytes_mut(b.view_mut()).is_none());
+    let c = cpu();
+    let mut h = up(&c, &[1.0, 2.0], DType::F32);
+    assert_eq!(c.host_bytes(h.slice(1, 1)).unwrap(), 2.0f32.to_le_bytes());
+    c.host_bytes_mut(h.view_mut()).unwrap()[..4].copy_from_slice(&3.0f32.to_le_bytes());
+    assert_eq!(c.download_f32(h.view()).unwrap(), [3.0, 2.0]);
+}
+
 struct OptimOut {
     params: Vec<f32>,
     m: Vec<f32>,
