@@ -185,3 +185,36 @@ fn state_dict_round_trip_resumes_identically() {
     assert_eq!(a.state_dict(), b.state_dict());
     assert!(saved.contains("\"_hysteresis_left\""), "{saved}");
 }
+
+#[test]
+fn check_stats_is_check_from_statistics_computed_elsewhere() {
+    let be = CpuBackend;
+    let config = ScalerConfig::default()
+        .with_init_scale(8.0)
+        .with_growth_interval(2);
+    let (mut a, mut b) = (
+        GradScaler::new(config).unwrap(),
+        GradScaler::new(config).unwrap(),
+    );
+    for data in [
+        &[16.0f32, -8.0][..],
+        &[f32::INFINITY, 1.0],
+        &[4.0, 0.0],
+        &[2.0, 2.0],
+    ] {
+        let g = be.upload_f32(data, DType::F32).unwrap();
+        let want = a.check(&be, g.view()).unwrap();
+        let stats = be.grad_stats(g.view(), b.inv_scale()).unwrap();
+        let got = b.check_stats(stats).unwrap();
+        assert_eq!(got.found_inf, want.found_inf, "{data:?}");
+        assert_eq!(got.inv_scale, want.inv_scale);
+        if !want.found_inf {
+            assert_eq!(got.grad_norm, want.grad_norm, "{data:?}");
+        }
+        // a second check before the update is refused, as check refuses it
+        assert!(b.check_stats(stats).is_err());
+        a.update(None).unwrap();
+        b.update(None).unwrap();
+        assert_eq!(a.get_scale(), b.get_scale());
+    }
+}
