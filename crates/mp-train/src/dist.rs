@@ -139,12 +139,7 @@ impl DataParallel {
             return Ok(());
         }
         if be.host_bytes(grads.view()).is_none() {
-            return Err(TrainError::invalid(
-                "backend",
-                be.name(),
-                "a data-parallel run over MPI reads the arenas in host memory: use the cpu \
-                 backend",
-            ));
+            return Err(no_host(be));
         }
         if grads.dtype() != mp_dtype::DType::F32 {
             return Err(TrainError::invalid(
@@ -335,17 +330,10 @@ impl DataParallel {
             Err(e) if rank == root => e.to_string(),
             _ => String::new(),
         };
-        let mut len = [text.len() as f64];
-        comm.broadcast(ElemsMut::F64(&mut len), root)?;
-        let mut bytes = vec![0u8; len[0] as usize];
-        if rank == root {
-            bytes.copy_from_slice(text.as_bytes());
-        }
-        comm.broadcast(ElemsMut::U8(&mut bytes), root)?;
         let failed = TrainError::RankFailed {
             rank: root,
             world: w,
-            msg: String::from_utf8_lossy(&bytes).into_owned(),
+            msg: broadcast_text(&self.world, root, &text)?,
         };
         match local {
             // rank 0 reports its own error as it is; any other rank's error reaches rank 0
@@ -380,16 +368,22 @@ pub fn host_f32<'v, B: Backend>(be: &B, v: View<'v, B::Buffer>) -> Result<&'v [f
 
 /// Rank 0's `text` on every rank (the name of a run folder that rank 0 chose, say).
 pub fn broadcast_string(world: &World, text: &str) -> Result<String> {
+    broadcast_text(world, 0, text)
+}
+
+/// Rank `root`'s `text` on every rank (the others' `text` is ignored): its length, then its
+/// bytes.
+fn broadcast_text(world: &World, root: usize, text: &str) -> Result<String> {
     if world.size() == 1 {
         return Ok(text.to_string());
     }
     let comm = world.comm();
     let mut len = [text.len() as f64];
-    comm.broadcast(ElemsMut::F64(&mut len), 0)?;
+    comm.broadcast(ElemsMut::F64(&mut len), root)?;
     let mut bytes = vec![0u8; len[0] as usize];
-    if world.is_lead() {
+    if world.rank() == root {
         bytes.copy_from_slice(text.as_bytes());
     }
-    comm.broadcast(ElemsMut::U8(&mut bytes), 0)?;
+    comm.broadcast(ElemsMut::U8(&mut bytes), root)?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }

@@ -729,9 +729,13 @@ pub fn run_loop<B: Backend>(
                 hint: divergence_hint(&cfg),
             });
         }
-        // one download of the gradients serves the probe and the health record (under
+        // one download of the gradients serves rank 0's probe and health record (under
         // ZeRO-1 a gather that every rank joins)
-        let grads = if logged { Some(tr.grads_host()?) } else { None };
+        let grads = if logged && (lead || tr.dp.sharded()) {
+            Some(tr.grads_host()?)
+        } else {
+            None
+        };
         let evaluating = last || (cfg.eval_steps > 0 && step.is_multiple_of(cfg.eval_steps));
         let mut lead_work = || -> Result<()> {
             let Some(f) = files.as_mut() else {
