@@ -54,6 +54,15 @@ pub enum AutogradError {
         /// What is wrong.
         msg: String,
     },
+    /// A [`crate::GradHook`] given to [`crate::Tape::backward_with`] failed (a collective
+    /// over the finished gradients, say).
+    #[error("backward on {device}: gradient hook: {source}")]
+    Hook {
+        /// The backend's device name.
+        device: String,
+        /// The hook's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The backward pass was started from a tensor that is not a loss, or a loss was used as
     /// the input of another op.
     #[error("backward on {device}: {msg}")]

@@ -15,6 +15,8 @@
 //!   [`CastPolicy`] (following PyTorch's CUDA autocast lists) says whether it runs low, in
 //!   FP32, or promoted. Weight casts are cached for the tape's life, or skipped entirely when
 //!   the tape is given the optimizer's low-precision model copy ([`Tape::with_model_copy`]).
+//! - [`GradHook`]: told during the backward pass when a range of the gradient arena is
+//!   final, so a data-parallel trainer can reduce it while the rest of the pass runs.
 //! - [`gradcheck`]: finite-difference checks of any op, built in or not.
 //!
 //! ```text
@@ -39,4 +41,4 @@ pub use op::{Backward, Forward, Grads, Inputs, Output, TapeOp};
 pub use ops::dense::WeightLayout;
 pub use params::{ParamEntry, ParamLayout};
 pub use policy::{Autocast, CastPolicy};
-pub use tape::{Tape, Tensor};
+pub use tape::{GradHook, HookResult, Tape, Tensor};

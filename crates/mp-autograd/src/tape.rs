@@ -16,6 +16,7 @@
 //! [`AutogradError::Handle`], never a panic or a silent read of another tensor.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use mp_dtype::DType;
@@ -31,6 +32,29 @@ use crate::{AutogradError, ParamEntry, Result};
 pub struct Tensor {
     tape: u64,
     index: usize,
+}
+
+/// The error a [`GradHook`] returns.
+pub type HookResult = std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// Told by [`Tape::backward_with`] when parts of the gradient arena are final: a data-parallel
+/// trainer starts reducing a bucket of gradients while the rest of the backward pass runs (as
+/// PyTorch DDP's autograd hooks do).
+///
+/// Over one pass the ranges handed to [`GradHook::ready`] are disjoint and cover the whole
+/// arena; their order depends only on the recorded graph, so every process running the same
+/// model sees the same order.
+pub trait GradHook<B: Backend> {
+    /// Nothing more of this pass adds into `range` (elements) of `grads`, the gradient arena
+    /// given to [`Tape::backward_with`]. The hook may read and write that range.
+    fn ready(&mut self, grads: &mut B::Buffer, range: Range<usize>) -> HookResult;
+
+    /// Called after every node of the pass with the same arena, for work in flight to make
+    /// progress (a non-blocking collective that advances only when its engine is entered).
+    /// The hook may write only ranges already handed to it. Does nothing by default.
+    fn progress(&mut self, _grads: &mut B::Buffer) -> HookResult {
+        Ok(())
+    }
 }
 
 /// Identities of tapes, unique within the process.
@@ -480,7 +504,22 @@ impl<'a, B: Backend> Tape<'a, B> {
     /// arena's length and any float dtype; it is not zeroed here, so gradients accumulate
     /// across micro-batches. Consumes the tape, freeing activations as soon as the pass no
     /// longer needs them.
-    pub fn backward(mut self, loss: Tensor, seed: f32, grads: &mut B::Buffer) -> Result<()> {
+    pub fn backward(self, loss: Tensor, seed: f32, grads: &mut B::Buffer) -> Result<()> {
+        self.backward_with(loss, seed, grads, None)
+    }
+
+    /// [`Tape::backward`] that tells `hook` when each range of the gradient arena is final
+    /// (see [`GradHook`]): a range is handed over as soon as every op that adds into it has
+    /// run, and before the pass returns every element of the arena has been handed over
+    /// exactly once (ranges no op writes, first). When the pass fails part-way, the ranges not
+    /// yet handed over are not.
+    pub fn backward_with(
+        mut self,
+        loss: Tensor,
+        seed: f32,
+        grads: &mut B::Buffer,
+        mut hook: Option<&mut dyn GradHook<B>>,
+    ) -> Result<()> {
         let root = self.node("backward", loss)?;
         if !self.nodes[root].loss {
             return Err(self.backward_err("the root is not a loss (cross_entropy, sum, ...)"));
@@ -496,6 +535,23 @@ impl<'a, B: Backend> Tape<'a, B> {
             return Err(self.backward_err(&msg));
         }
         let mut gs: Vec<Option<B::Buffer>> = (0..self.nodes.len()).map(|_| None).collect();
+        // (node after which the range is final, range), latest node first
+        let finals = match hook {
+            Some(_) => self.final_ranges(root, grads.len()),
+            None => Vec::new(),
+        };
+        let mut next_final = 0;
+        let device = self.be.name();
+        let hook_err = |e| AutogradError::Hook {
+            device: device.clone(),
+            source: e,
+        };
+        if let Some(h) = hook.as_deref_mut() {
+            while let Some((None, r)) = finals.get(next_final) {
+                h.ready(grads, r.clone()).map_err(hook_err)?;
+                next_final += 1;
+            }
+        }
         for i in (0..=root).rev() {
             let dy = gs[i].take();
             let reached = i == root || dy.is_some();
@@ -538,8 +594,68 @@ impl<'a, B: Backend> Tape<'a, B> {
             if let Value::Owned(_) = self.nodes[i].value {
                 self.nodes[i].value = Value::Freed;
             }
+            if let Some(h) = hook.as_deref_mut() {
+                while let Some((Some(at), r)) = finals.get(next_final)
+                    && *at == i
+                {
+                    h.ready(grads, r.clone()).map_err(hook_err)?;
+                    next_final += 1;
+                }
+                h.progress(grads).map_err(hook_err)?;
+            }
         }
         Ok(())
+    }
+
+    /// The ranges of an `len`-element gradient arena in the order the backward pass from
+    /// `root` finishes them: disjoint, covering `0..len`, each with the node after whose
+    /// backward nothing adds into it (`None`: no op does). A range is the union of the
+    /// parameter ranges that overlap, final after the earliest op reading any of them.
+    fn final_ranges(&self, root: usize, len: usize) -> Vec<(Option<usize>, Range<usize>)> {
+        let mut written: Vec<(Range<usize>, usize)> = Vec::new();
+        for (j, node) in self.nodes.iter().enumerate().take(root + 1) {
+            let Some(rec) = &node.op else { continue };
+            for &k in &rec.inputs {
+                if let Some(o) = self.arena_offset(k)
+                    && self.nodes[k].numel() > 0
+                {
+                    written.push((o..o + self.nodes[k].numel(), j));
+                }
+            }
+        }
+        written.sort_by_key(|(r, _)| (r.start, r.end));
+        let mut merged: Vec<(Option<usize>, Range<usize>)> = Vec::new();
+        let mut at = 0;
+        for (r, j) in written {
+            match merged.last_mut() {
+                Some((Some(last), m)) if r.start < m.end => {
+                    m.end = m.end.max(r.end);
+                    *last = (*last).min(j);
+                }
+                _ => {
+                    if r.start > at {
+                        merged.push((None, at..r.start));
+                    }
+                    merged.push((Some(j), r.clone()));
+                }
+            }
+            at = at.max(r.end);
+        }
+        if at < len {
+            merged.push((None, at..len));
+        }
+        // untouched ranges first, then by the node that finishes them, latest first
+        merged.sort_by_key(|(j, r)| (j.map(std::cmp::Reverse), r.start));
+        merged
+    }
+
+    /// The gradient-arena offset node `t`'s gradient goes to, following reshapes.
+    fn arena_offset(&self, t: usize) -> Option<usize> {
+        match self.nodes[t].grad {
+            GradLoc::Arena(o) => Some(o),
+            GradLoc::Alias(src) => self.arena_offset(src),
+            GradLoc::None | GradLoc::Own => None,
+        }
     }
 
     /// The gradient buffer of node `t`, allocated (zeroed, in the node's dtype) on first use;

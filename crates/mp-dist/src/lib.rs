@@ -2,8 +2,8 @@
 //!
 //! One small trait, [`Communicator`]: the rank and world size, all-reduce, reduce-scatter,
 //! all-gather, broadcast and barrier over host slices of `f32`, `f64`, 16-bit words and bytes,
-//! plus [`Communicator::all_reduce_buckets`], the non-blocking form the gradient reduction
-//! uses (every bucket started at once, in the given order, then waited for). Implementations:
+//! plus [`Communicator::start_sum`], the non-blocking sum the gradient reduction starts for
+//! each bucket while the backward pass still runs ([`Pending`]). Implementations:
 //!
 //! - [`Single`]: one process; always there. Every collective is a copy.
 //! - `Mpi` (feature `mpi`): MPI through rsmpi on the system's MPI (OpenMPI on Debian), for
@@ -243,24 +243,18 @@ pub trait Communicator: Send + Sync {
     fn size(&self) -> usize;
     /// `recv = op(send of every rank)`, element-wise; `recv.len() == send.len()`.
     fn all_reduce(&self, send: Elems<'_>, recv: ElemsMut<'_>, op: Op) -> Result<()>;
-    /// The sum over ranks of `send[r]` into `recv[r]` for every range `r` of `buckets`: every
-    /// bucket is started (non-blocking where the engine can) in the given order, then all are
-    /// waited for. The default runs one blocking [`Communicator::all_reduce`] per bucket.
-    fn all_reduce_buckets(
-        &self,
-        send: &[f32],
-        recv: &mut [f32],
-        buckets: &[Range<usize>],
-    ) -> Result<()> {
-        check_buckets(send.len(), recv.len(), buckets)?;
-        for r in buckets {
-            self.all_reduce(
-                Elems::F32(&send[r.clone()]),
-                ElemsMut::F32(&mut recv[r.clone()]),
-                Op::Sum,
-            )?;
-        }
-        Ok(())
+    /// Starts the sum over ranks of `bufs.send` into `bufs.recv` (resized to its length),
+    /// non-blocking where the engine can (MPI: `MPI_Iallreduce`): the collective owns both
+    /// buffers until [`Pending::wait`] hands them back. Every rank starts the same sums in the
+    /// same order. The default runs a blocking [`Communicator::all_reduce`] here.
+    fn start_sum(&self, mut bufs: SumBuffers) -> Result<Box<dyn Pending>> {
+        bufs.recv.resize(bufs.send.len(), 0.0);
+        self.all_reduce(
+            Elems::F32(&bufs.send),
+            ElemsMut::F32(&mut bufs.recv),
+            Op::Sum,
+        )?;
+        Ok(Box::new(Finished(bufs)))
     }
     /// `op` over ranks of `send` (`size() * recv.len()` elements), block `rank()` of the result
     /// into `recv`.
@@ -279,21 +273,38 @@ pub trait Communicator: Send + Sync {
     fn abort(&self, code: i32) -> !;
 }
 
-/// Checks that `buckets` lie inside both buffers of [`Communicator::all_reduce_buckets`].
-pub fn check_buckets(send: usize, recv: usize, buckets: &[Range<usize>]) -> Result<()> {
-    if send != recv {
-        return Err(shape(
-            "all_reduce_buckets",
-            format!("send has {send} elements, recv {recv}"),
-        ));
+/// The two host buffers lent to a non-blocking sum ([`Communicator::start_sum`]): `send`
+/// holds this rank's values, `recv` gets the sum over ranks. Handed back by
+/// [`Pending::wait`] so that a caller can reuse them.
+#[derive(Debug, Default)]
+pub struct SumBuffers {
+    /// This rank's values.
+    pub send: Vec<f32>,
+    /// The sum over ranks, once finished.
+    pub recv: Vec<f32>,
+}
+
+/// A non-blocking sum in flight ([`Communicator::start_sum`]). It owns its buffers until
+/// [`Pending::wait`] hands them back; dropping it unfinished waits for it, so the engine never
+/// writes into freed memory.
+pub trait Pending {
+    /// True once the sum has finished. Also lets the engine make progress: MPI advances a
+    /// non-blocking collective only while the process is inside an MPI call.
+    fn test(&mut self) -> Result<bool>;
+    /// Waits for the sum and hands the buffers back, `recv` holding it.
+    fn wait(self: Box<Self>) -> Result<SumBuffers>;
+}
+
+/// A sum that finished when it was started.
+struct Finished(SumBuffers);
+
+impl Pending for Finished {
+    fn test(&mut self) -> Result<bool> {
+        Ok(true)
     }
-    if let Some(r) = buckets.iter().find(|r| r.start > r.end || r.end > send) {
-        return Err(shape(
-            "all_reduce_buckets",
-            format!("bucket {r:?} outside the {send}-element buffer"),
-        ));
+    fn wait(self: Box<Self>) -> Result<SumBuffers> {
+        Ok(self.0)
     }
-    Ok(())
 }
 
 /// One process: rank 0 of a world of 1. Every collective copies `send` into `recv`.
@@ -327,6 +338,13 @@ impl Communicator for Single {
             return Err(shape("broadcast", format!("root {root} in a world of 1")));
         }
         Ok(())
+    }
+    fn start_sum(&self, mut bufs: SumBuffers) -> Result<Box<dyn Pending>> {
+        // one rank: the sum is its own values
+        std::mem::swap(&mut bufs.send, &mut bufs.recv);
+        bufs.send.clear();
+        bufs.send.extend_from_slice(&bufs.recv);
+        Ok(Box::new(Finished(bufs)))
     }
     fn barrier(&self) -> Result<()> {
         Ok(())
@@ -579,10 +597,15 @@ mod tests {
             .all_reduce((&send[..]).into(), (&mut wrong[..]).into(), Op::Sum)
             .unwrap_err();
         assert!(e.to_string().contains("send is f64, recv f32"), "{e}");
-        let (s, mut r) = (vec![1.0f32; 6], vec![0.0f32; 6]);
-        w.all_reduce_buckets(&s, &mut r, &reverse_buckets(6, 4, 1))
-            .unwrap();
-        assert_eq!(r, s);
+        let send = vec![1.0f32, -2.5, 3.0];
+        let bufs = SumBuffers {
+            send: send.clone(),
+            recv: Vec::new(),
+        };
+        let mut p = w.start_sum(bufs).unwrap();
+        assert!(p.test().unwrap());
+        let back = p.wait().unwrap();
+        assert_eq!((back.send, back.recv), (send.clone(), send));
     }
 
     #[test]

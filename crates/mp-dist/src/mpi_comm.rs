@@ -11,9 +11,11 @@
 //! ends the job on an engine error, and `mpirun` ends it when a rank exits without
 //! finalising (killed, crashed).
 
-use crate::{Communicator, Elems, ElemsMut, Op, Result, check_buckets, check_call};
+use crate::{Communicator, DistError, Elems, ElemsMut, Op, Result, SumBuffers, check_call};
 use mpi::collective::SystemOperation;
 use mpi::environment::{Threading, Universe};
+use mpi::ffi;
+use mpi::raw::AsRaw as _;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::{Communicator as _, CommunicatorCollectives as _, Root as _};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -24,7 +26,7 @@ use std::time::{Duration, Instant};
 const OPS: [&str; 7] = [
     "",
     "all_reduce",
-    "all_reduce_buckets",
+    "all_reduce (a gradient bucket)",
     "reduce_scatter",
     "all_gather",
     "broadcast",
@@ -99,19 +101,33 @@ struct Inner {
 }
 
 /// MPI's world communicator. Created once per process by [`Mpi::initialize`]; MPI is
-/// finalised when it is dropped.
+/// finalised when it is dropped (and no sum it started is still in flight).
 pub struct Mpi {
-    inner: Mutex<Inner>,
-    watch: Arc<Watch>,
+    shared: Arc<Shared>,
     rank: usize,
     size: usize,
 }
 
+/// What every MPI call goes through: the communicator behind its mutex, and the watchdog's
+/// view. Shared with the non-blocking sums in flight.
+struct Shared {
+    inner: Mutex<Inner>,
+    watch: Arc<Watch>,
+}
+
 // SAFETY: every MPI call goes through `inner`'s mutex (MPI_THREAD_SERIALIZED or better is
 // required at initialisation), and the handles are plain MPI handles valid in any thread.
-unsafe impl Send for Mpi {}
+unsafe impl Send for Shared {}
 // SAFETY: as above: shared access only reaches MPI through the mutex.
-unsafe impl Sync for Mpi {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    fn with<R>(&self, op: usize, f: impl FnOnce(&SimpleCommunicator) -> R) -> R {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let _flight = InFlight::new(&self.watch, op);
+        f(&inner.world)
+    }
+}
 
 impl Mpi {
     /// Initialises MPI (once per process) and returns its world.
@@ -140,20 +156,86 @@ impl Mpi {
             .spawn(move || w.run())
             .map_err(|e| format!("starting the MPI watchdog thread: {e}"))?;
         Ok(Mpi {
-            inner: Mutex::new(Inner {
-                world,
-                _universe: universe,
+            shared: Arc::new(Shared {
+                inner: Mutex::new(Inner {
+                    world,
+                    _universe: universe,
+                }),
+                watch,
             }),
-            watch,
             rank,
             size,
         })
     }
 
     fn with<R>(&self, op: usize, f: impl FnOnce(&SimpleCommunicator) -> R) -> R {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let _flight = InFlight::new(&self.watch, op);
-        f(&inner.world)
+        self.shared.with(op, f)
+    }
+}
+
+/// `MPI_REQUEST_NULL`: what a finished request becomes.
+fn request_null() -> ffi::MPI_Request {
+    // SAFETY: an immutable constant of the MPI library, set before `main`.
+    unsafe { ffi::RSMPI_REQUEST_NULL }
+}
+
+/// An MPI return code as a result.
+fn engine_rc(call: &str, rc: i32) -> Result<()> {
+    if rc == ffi::MPI_SUCCESS as i32 {
+        return Ok(());
+    }
+    Err(DistError::Engine {
+        engine: "mpi",
+        msg: format!("{call} returned error code {rc}"),
+    })
+}
+
+/// A non-blocking sum in flight: the MPI request and the buffers it reads and writes.
+struct MpiSum {
+    shared: Arc<Shared>,
+    request: ffi::MPI_Request,
+    /// `None` once handed back.
+    bufs: Option<SumBuffers>,
+}
+
+impl MpiSum {
+    fn finish(&mut self) -> Result<()> {
+        if self.request == request_null() {
+            return Ok(());
+        }
+        let rc = self.shared.with(2, |_| {
+            // SAFETY: `request` is this collective's active request; MPI sets it to
+            // MPI_REQUEST_NULL when it completes.
+            unsafe { ffi::MPI_Wait(&mut self.request, ffi::RSMPI_STATUS_IGNORE) }
+        });
+        engine_rc("MPI_Wait", rc)
+    }
+}
+
+impl crate::Pending for MpiSum {
+    fn test(&mut self) -> Result<bool> {
+        if self.request == request_null() {
+            return Ok(true);
+        }
+        let mut flag = 0;
+        let rc = self.shared.with(2, |_| {
+            // SAFETY: as in `finish`; `flag` is a valid int to write.
+            unsafe { ffi::MPI_Test(&mut self.request, &mut flag, ffi::RSMPI_STATUS_IGNORE) }
+        });
+        engine_rc("MPI_Test", rc)?;
+        Ok(flag != 0)
+    }
+    fn wait(mut self: Box<Self>) -> Result<SumBuffers> {
+        self.finish()?;
+        Ok(self.bufs.take().unwrap_or_default())
+    }
+}
+
+impl Drop for MpiSum {
+    fn drop(&mut self) {
+        // the buffers must outlive MPI's use of them: an unfinished sum is waited for (an
+        // engine error here is fatal under MPI's default error handler anyway)
+        let _ = self.finish();
     }
 }
 
@@ -195,49 +277,37 @@ impl Communicator for Mpi {
         });
         Ok(())
     }
-    fn all_reduce_buckets(
-        &self,
-        send: &[f32],
-        recv: &mut [f32],
-        buckets: &[std::ops::Range<usize>],
-    ) -> Result<()> {
-        check_buckets(send.len(), recv.len(), buckets)?;
-        // disjoint mutable pieces of `recv`, one per bucket, in the buckets' order
-        let mut order: Vec<usize> = (0..buckets.len()).collect();
-        order.sort_by_key(|&i| buckets[i].start);
-        let mut pieces: Vec<Option<&mut [f32]>> = (0..buckets.len()).map(|_| None).collect();
-        let mut rest = &mut recv[..];
-        let mut at = 0;
-        for &i in &order {
-            let r = &buckets[i];
-            if r.start < at {
-                return Err(crate::shape(
-                    "all_reduce_buckets",
-                    format!("bucket {r:?} overlaps another"),
-                ));
+    fn start_sum(&self, mut bufs: SumBuffers) -> Result<Box<dyn crate::Pending>> {
+        bufs.recv.resize(bufs.send.len(), 0.0);
+        let count = i32::try_from(bufs.send.len()).map_err(|_| {
+            crate::shape(
+                "start_sum",
+                format!("{} elements: more than MPI's count", bufs.send.len()),
+            )
+        })?;
+        let mut request = request_null();
+        let rc = self.with(2, |w| {
+            // SAFETY: both buffers live in the returned value until MPI has finished with them
+            // (its `wait`, or its drop, which waits); their heap storage does not move when
+            // the vectors do; the datatype and count describe them.
+            unsafe {
+                ffi::MPI_Iallreduce(
+                    bufs.send.as_ptr().cast(),
+                    bufs.recv.as_mut_ptr().cast(),
+                    count,
+                    ffi::RSMPI_FLOAT,
+                    ffi::RSMPI_SUM,
+                    w.as_raw(),
+                    &mut request,
+                )
             }
-            let (_, tail) = std::mem::take(&mut rest).split_at_mut(r.start - at);
-            let (piece, tail) = tail.split_at_mut(r.len());
-            pieces[i] = Some(piece);
-            rest = tail;
-            at = r.end;
-        }
-        self.with(2, |w| {
-            mpi::request::multiple_scope(buckets.len(), |scope, coll| {
-                for (r, piece) in buckets.iter().zip(pieces) {
-                    let piece = piece.expect("every bucket has its piece");
-                    coll.add(w.immediate_all_reduce_into(
-                        scope,
-                        &send[r.clone()],
-                        piece,
-                        SystemOperation::sum(),
-                    ));
-                }
-                let mut done = Vec::with_capacity(buckets.len());
-                coll.wait_all(&mut done);
-            })
         });
-        Ok(())
+        engine_rc("MPI_Iallreduce", rc)?;
+        Ok(Box::new(MpiSum {
+            shared: Arc::clone(&self.shared),
+            request,
+            bufs: Some(bufs),
+        }))
     }
     fn reduce_scatter(&self, send: Elems<'_>, recv: ElemsMut<'_>, op: Op) -> Result<()> {
         check_call("reduce_scatter", self.size, &send, &recv, Some(op), 0)?;
@@ -278,7 +348,8 @@ impl Communicator for Mpi {
         Ok(())
     }
     fn set_timeout(&self, seconds: u64) {
-        self.watch
+        self.shared
+            .watch
             .timeout_ms
             .store(seconds.saturating_mul(1000), Ordering::Relaxed);
     }

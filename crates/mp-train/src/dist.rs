@@ -4,8 +4,10 @@
 //! ```text
 //! every rank: its micro-batches of the global step, forward + backward (as one process would)
 //! agree: any rank failed? (its message goes to rank 0) any rank asked to stop?
-//! DDP (zero_stage 0):  all-reduce the gradient arena (FP32, buckets from the arena's end)
-//! ZeRO-1 (stage 1):    reduce-scatter it: each rank gets the sum of its shard
+//! DDP (zero_stage 0):  during the last micro-batch's backward, each bucket of the gradient
+//!                      arena (FP32, from the arena's end) summed over ranks as soon as it is
+//!                      final (non-blocking); waited for when the backward pass ends
+//! ZeRO-1 (stage 1):    after it, a reduce-scatter: each rank gets the sum of its shard
 //! gradient check:      per-part statistics of the rank's range, summed across ranks in part order
 //! AdamW:               over the rank's range (stage 0: all of it) with the same grad_mult
 //! ZeRO-1:              all-gather the updated weights; the model copy re-rounded locally
@@ -32,8 +34,12 @@
 
 use crate::config::Distributed;
 use crate::error::{Result, TrainError};
-use mp_dist::{Collective, Elems, ElemsMut, Op, PART, Partition, World, ring_bytes};
+use mp_autograd::{GradHook, HookResult};
+use mp_dist::{
+    Collective, Elems, ElemsMut, Op, PART, Partition, Pending, SumBuffers, World, ring_bytes,
+};
 use mp_kernels::{Backend, BufferExt, DeviceBuffer, GradStats, Rounding, View, ViewMut};
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -46,7 +52,12 @@ pub struct DataParallel {
     first_bucket_elems: usize,
     send: Vec<f32>,
     recv: Vec<f32>,
+    /// Staging buffers of the bucket sums, kept from step to step.
+    pool: Vec<SumBuffers>,
     sent: AtomicU64,
+    /// Gradient buckets reduced so far, and how many of them had finished before their
+    /// backward pass ended.
+    buckets: (u64, u64),
 }
 
 impl std::fmt::Debug for DataParallel {
@@ -76,7 +87,9 @@ impl DataParallel {
             first_bucket_elems: mib_elems(1.0),
             send: Vec::new(),
             recv: Vec::new(),
+            pool: Vec::new(),
             sent: AtomicU64::new(0),
+            buckets: (0, 0),
         }
     }
 
@@ -126,6 +139,12 @@ impl DataParallel {
         self.sent.load(Ordering::Relaxed)
     }
 
+    /// DDP's gradient buckets reduced so far, and how many of them had finished while the
+    /// backward pass still ran (communication hidden behind computation).
+    pub fn buckets(&self) -> (u64, u64) {
+        self.buckets
+    }
+
     fn count(&self, kind: Collective, payload: usize) {
         self.sent.fetch_add(
             ring_bytes(kind, payload as u64, self.size()),
@@ -151,38 +170,70 @@ impl DataParallel {
         Ok(())
     }
 
-    /// The gradient arena made the sum over ranks: all of it (DDP: buckets from the end of
-    /// the arena, all started at once) or the rank's shard (ZeRO-1: a reduce-scatter; the
-    /// rest of the arena keeps this rank's own gradients).
+    /// DDP with more than one rank: the reducer of this step's gradients, whose
+    /// [`BucketReducer::hook`] the last micro-batch's backward pass is given. When `poison`
+    /// (the `poison_grad_steps` testing hook), the first gradient element is made `+inf`
+    /// once the backward pass is done with it, before it is sent. Every rank must
+    /// [`DataParallel::finish_reducer`] it, even after a failure, so that all ranks run the
+    /// same collectives.
+    pub fn reducer(&mut self, poison: bool) -> Option<BucketReducer> {
+        if self.zero_stage != 0 || self.size() == 1 {
+            return None;
+        }
+        let buckets =
+            mp_dist::reverse_buckets(self.part.len, self.bucket_elems, self.first_bucket_elems);
+        Some(BucketReducer {
+            world: self.world.clone(),
+            ready: vec![0; buckets.len()],
+            buckets,
+            next: 0,
+            pending: VecDeque::new(),
+            hidden: 0,
+            pool: std::mem::take(&mut self.pool),
+            poison,
+        })
+    }
+
+    /// Starts the buckets `reducer` has not started (their values are only right when the
+    /// backward pass ran to its end), waits for every bucket and writes the sums into
+    /// `grads`, the step's gradient arena.
+    pub fn finish_reducer<B: Backend>(
+        &mut self,
+        mut reducer: BucketReducer,
+        be: &B,
+        grads: &mut B::Buffer,
+    ) -> Result<()> {
+        // the sums the backward pass's progress calls already saw finished
+        let early = reducer.hidden as u64;
+        let out = reducer.finish(be, grads);
+        self.pool = std::mem::take(&mut reducer.pool);
+        self.buckets.0 += reducer.buckets.len() as u64;
+        self.buckets.1 += early;
+        self.count(Collective::AllReduce, self.part.len * 4);
+        out
+    }
+
+    /// ZeRO-1's gradient reduction after the backward pass: a reduce-scatter of the arena,
+    /// each rank getting the sum of its shard (the rest of the arena keeps this rank's own
+    /// gradients). Nothing under DDP, whose [`BucketReducer`] ran during the backward pass.
     pub fn reduce_grads<B: Backend>(&mut self, be: &B, grads: &mut B::Buffer) -> Result<()> {
-        if self.size() == 1 {
+        if !self.sharded() {
             return Ok(());
         }
-        let n = self.part.len;
         let g = host_f32_mut(be, grads.view_mut())?;
-        if self.zero_stage == 0 {
-            self.send.clear();
-            self.send.extend_from_slice(g);
-            let buckets = mp_dist::reverse_buckets(n, self.bucket_elems, self.first_bucket_elems);
-            self.world
-                .comm()
-                .all_reduce_buckets(&self.send, g, &buckets)?;
-            self.count(Collective::AllReduce, n * 4);
-        } else {
-            let padded = self.part.padded_len();
-            self.send.clear();
-            self.send.extend_from_slice(g);
-            self.send.resize(padded, 0.0);
-            self.recv.resize(self.part.shard_len, 0.0);
-            self.world.comm().reduce_scatter(
-                Elems::F32(&self.send),
-                ElemsMut::F32(&mut self.recv),
-                Op::Sum,
-            )?;
-            let r = self.owned();
-            g[r.clone()].copy_from_slice(&self.recv[..r.len()]);
-            self.count(Collective::ReduceScatter, padded * 4);
-        }
+        let padded = self.part.padded_len();
+        self.send.clear();
+        self.send.extend_from_slice(g);
+        self.send.resize(padded, 0.0);
+        self.recv.resize(self.part.shard_len, 0.0);
+        self.world.comm().reduce_scatter(
+            Elems::F32(&self.send),
+            ElemsMut::F32(&mut self.recv),
+            Op::Sum,
+        )?;
+        let r = self.owned();
+        g[r.clone()].copy_from_slice(&self.recv[..r.len()]);
+        self.count(Collective::ReduceScatter, padded * 4);
         Ok(())
     }
 
@@ -341,6 +392,176 @@ impl DataParallel {
             Err(e) if rank == root && rank == 0 => Err(e),
             _ => Err(failed),
         }
+    }
+}
+
+/// DDP's all-reduce overlapped with the backward pass (from [`DataParallel::reducer`]). As
+/// the last micro-batch's backward pass hands over finished ranges of the gradient arena
+/// ([`GradHook`]), the reducer counts the finished elements of each bucket and starts a
+/// bucket's sum over ranks (non-blocking) as soon as all of it is final, in bucket order (from
+/// the end of the arena, the small bucket first), so that every rank starts the same sums in
+/// the same order whatever its timing. Between ops it lets MPI make progress.
+/// [`DataParallel::finish_reducer`] waits for them and writes the sums back.
+pub struct BucketReducer {
+    world: World,
+    /// Ranges of the arena, in the order they are started.
+    buckets: Vec<Range<usize>>,
+    /// Finished elements of each bucket.
+    ready: Vec<usize>,
+    /// The next bucket to start.
+    next: usize,
+    /// Started and not known to be finished, oldest first.
+    pending: VecDeque<(usize, Box<dyn Pending>)>,
+    /// Buckets whose sum had finished before the backward pass ended.
+    hidden: usize,
+    pool: Vec<SumBuffers>,
+    poison: bool,
+}
+
+impl std::fmt::Debug for BucketReducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BucketReducer")
+            .field("buckets", &self.buckets.len())
+            .field("started", &self.next)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BucketReducer {
+    /// The hook for a backward pass on `be`. `sum`: with gradient accumulation, the sum of
+    /// the earlier micro-batches, which each finished range of the pass's own (zeroed)
+    /// arena is added into before it is sent; `None` when the pass writes the step's arena.
+    pub fn hook<'r, B: Backend>(
+        &'r mut self,
+        be: &'r B,
+        sum: Option<&'r mut B::Buffer>,
+    ) -> impl GradHook<B> + 'r {
+        ReducerHook {
+            reducer: self,
+            be,
+            sum,
+        }
+    }
+
+    /// `range` of `grads` is final: counted, and every bucket now complete started.
+    fn ready<B: Backend>(
+        &mut self,
+        be: &B,
+        grads: &mut B::Buffer,
+        mut sum: Option<&mut B::Buffer>,
+        range: Range<usize>,
+    ) -> Result<()> {
+        // buckets run from the end of the arena: the first whose start is below range.end
+        let first = self.buckets.partition_point(|b| b.start >= range.end);
+        for (b, bucket) in self.buckets.iter().enumerate().skip(first) {
+            if bucket.end <= range.start {
+                break;
+            }
+            self.ready[b] += bucket.end.min(range.end) - bucket.start.max(range.start);
+        }
+        while self.next < self.buckets.len()
+            && self.ready[self.next] == self.buckets[self.next].len()
+        {
+            self.start(be, grads, sum.as_deref_mut())?;
+        }
+        Ok(())
+    }
+
+    /// Starts the sum of the next bucket: its gradients (added into `sum` first, if given;
+    /// poisoned if asked) copied into a staging buffer that the collective owns.
+    fn start<B: Backend>(
+        &mut self,
+        be: &B,
+        grads: &mut B::Buffer,
+        sum: Option<&mut B::Buffer>,
+    ) -> Result<()> {
+        let b = self.next;
+        let r = self.buckets[b].clone();
+        let target = match sum {
+            Some(sum) => {
+                be.axpy(
+                    1.0,
+                    grads.slice(r.start, r.len()),
+                    sum.slice_mut(r.start, r.len()),
+                )?;
+                sum
+            }
+            None => grads,
+        };
+        if self.poison && r.start == 0 {
+            be.fill(target.slice_mut(0, 1), f32::INFINITY)?;
+        }
+        let host = host_f32(be, target.slice(r.start, r.len()))?;
+        let mut bufs = self.pool.pop().unwrap_or_default();
+        bufs.send.clear();
+        bufs.send.extend_from_slice(host);
+        self.pending
+            .push_back((b, self.world.comm().start_sum(bufs)?));
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Lets the engine progress; the oldest finished sums written back into their buckets of
+    /// `grads` (or of `sum`), their staging buffers kept for the next buckets.
+    fn progress<B: Backend>(
+        &mut self,
+        be: &B,
+        grads: &mut B::Buffer,
+        mut sum: Option<&mut B::Buffer>,
+    ) -> Result<()> {
+        while let Some((_, p)) = self.pending.front_mut() {
+            if !p.test()? {
+                break;
+            }
+            if let Some((b, p)) = self.pending.pop_front() {
+                let target = sum.as_deref_mut().unwrap_or(&mut *grads);
+                self.write_back(be, target, b, p.wait()?)?;
+                self.hidden += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// The sum of bucket `b` into `target`; its buffers back into the pool.
+    fn write_back<B: Backend>(
+        &mut self,
+        be: &B,
+        target: &mut B::Buffer,
+        b: usize,
+        bufs: SumBuffers,
+    ) -> Result<()> {
+        let r = self.buckets[b].clone();
+        host_f32_mut(be, target.slice_mut(r.start, r.len()))?.copy_from_slice(&bufs.recv);
+        self.pool.push(bufs);
+        Ok(())
+    }
+
+    fn finish<B: Backend>(&mut self, be: &B, grads: &mut B::Buffer) -> Result<()> {
+        while self.next < self.buckets.len() {
+            self.start(be, grads, None)?;
+        }
+        while let Some((b, p)) = self.pending.pop_front() {
+            self.write_back(be, grads, b, p.wait()?)?;
+        }
+        Ok(())
+    }
+}
+
+/// A [`BucketReducer`] lent to one backward pass.
+struct ReducerHook<'r, B: Backend> {
+    reducer: &'r mut BucketReducer,
+    be: &'r B,
+    sum: Option<&'r mut B::Buffer>,
+}
+
+impl<B: Backend> GradHook<B> for ReducerHook<'_, B> {
+    fn ready(&mut self, grads: &mut B::Buffer, range: Range<usize>) -> HookResult {
+        let sum = self.sum.as_deref_mut();
+        Ok(self.reducer.ready(self.be, grads, sum, range)?)
+    }
+    fn progress(&mut self, grads: &mut B::Buffer) -> HookResult {
+        let sum = self.sum.as_deref_mut();
+        Ok(self.reducer.progress(self.be, grads, sum)?)
     }
 }
 

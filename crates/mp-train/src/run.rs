@@ -141,6 +141,14 @@ pub struct RunSummary {
     /// ([`mp_dist::ring_bytes`]; 0 for one process).
     #[serde(default)]
     pub comm_bytes_per_step: u64,
+    /// DDP: gradient buckets all-reduced per step (each started as soon as the backward pass
+    /// has finished its gradients); 0 otherwise.
+    #[serde(default)]
+    pub buckets_per_step: f64,
+    /// DDP: the fraction of the buckets whose all-reduce had finished before the backward
+    /// pass ended (communication hidden behind computation; depends on timing).
+    #[serde(default)]
+    pub buckets_overlapped: f64,
 }
 
 fn one() -> usize {
@@ -685,6 +693,7 @@ pub fn run_loop<B: Backend>(
     let mut last_ckpt = None;
     let mut consecutive_skips = 0u64;
     let sent_at_start = tr.dp.bytes_sent();
+    let buckets_at_start = tr.dp.buckets();
     let stop = StopSignal::install()?;
     while tr.step < cfg.max_steps {
         let next = tr.step + 1;
@@ -811,6 +820,10 @@ pub fn run_loop<B: Backend>(
     rep.finish();
     let steps_run = (tr.step - start_step).max(1);
     let comm_bytes_per_step = (tr.dp.bytes_sent() - sent_at_start) / steps_run;
+    let (buckets, overlapped) = {
+        let (b, o) = (tr.dp.buckets(), buckets_at_start);
+        ((b.0 - o.0) as f64, (b.1 - o.1) as f64)
+    };
     let finished = match files.as_mut() {
         Some(f) => finish_run(tr, f, out, &cfg, opts, &hist, last_eval).map(Some),
         None => Ok(None),
@@ -844,6 +857,8 @@ pub fn run_loop<B: Backend>(
         global_batch,
         zero_stage: tr.dp.zero_stage(),
         comm_bytes_per_step,
+        buckets_per_step: buckets / steps_run as f64,
+        buckets_overlapped: overlapped / buckets.max(1.0),
     };
     if lead {
         let json = serde_json::to_string_pretty(&summary).map_err(|source| TrainError::Json {

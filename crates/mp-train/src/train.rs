@@ -17,14 +17,14 @@
 use crate::checkpoint::{self, TrainerState};
 use crate::config::{Precision, ScalingMode, StorageDtype, TrainConfig};
 use crate::data::Dataset;
-use crate::dist::DataParallel;
+use crate::dist::{BucketReducer, DataParallel};
 use crate::error::{Result, TrainError};
 use crate::fault::StepSet;
 use crate::memory::{self, MemoryBreakdown};
 use crate::metrics::EvalRecord;
-use crate::model::Model;
+use crate::model::{Backprop, Model};
 use crate::schedule;
-use mp_autograd::Autocast;
+use mp_autograd::{Autocast, GradHook};
 use mp_dist::World;
 use mp_dtype::{DType, RangeStats, Rounding};
 use mp_kernels::{Backend, BufferExt, DeviceBuffer};
@@ -268,7 +268,13 @@ impl<B: Backend> Trainer<B> {
     pub fn step_agreed(&mut self, stop: bool) -> Result<(StepOutcome, bool)> {
         let lr = schedule::learning_rate(&self.cfg, self.step);
         let scale = self.scaler.get_scale();
-        let local = self.backward_local(scale);
+        let mut reducer = self.dp.reducer(self.poison.contains(self.step));
+        let mut local = self.backward_local(scale, reducer.as_mut());
+        if let Some(r) = reducer {
+            // after a failure too: every rank runs the same collectives
+            let reduced = self.dp.finish_reducer(r, &self.be, self.model.grads_mut());
+            local = local.and_then(|l| reduced.map(|()| l));
+        }
         let (loss_sum, stop) = self.dp.agree(local, stop)?;
         let be = &self.be;
         self.dp.reduce_grads(be, self.model.grads_mut())?;
@@ -312,8 +318,14 @@ impl<B: Backend> Trainer<B> {
 
     /// This rank's micro-batches of the step: their gradients (times `scale`) summed into
     /// the arena, and their weighted losses into the returned device scalar. Micro-batch `k`
-    /// of rank `r` is global micro-batch `step * A * world + r * A + k`.
-    fn backward_local(&mut self, scale: f32) -> Result<B::Buffer> {
+    /// of rank `r` is global micro-batch `step * A * world + r * A + k`. The last one's
+    /// backward pass hands its finished gradients to `reducer` (DDP), which adds them into the
+    /// sum and starts their all-reduce; the earlier ones communicate nothing.
+    fn backward_local(
+        &mut self,
+        scale: f32,
+        mut reducer: Option<&mut BucketReducer>,
+    ) -> Result<B::Buffer> {
         let (cfg, be) = (&self.cfg, &self.be);
         let (rows, t, accum) = (cfg.batch_size, self.seq_len(), cfg.grad_accum_steps);
         let global = accum * self.dp.size();
@@ -336,15 +348,13 @@ impl<B: Backend> Trainer<B> {
             let batch = self
                 .model
                 .batch(be, &host.inputs, Some(&host.targets), rows, t)?;
+            let reduce = reducer.as_deref_mut().filter(|_| k + 1 == accum);
             if k == 0 {
-                self.model.forward_backward_on_device(
-                    be,
-                    &batch,
-                    self.autocast,
-                    s,
-                    loss_sum.view_mut(),
-                    w,
-                )?;
+                let mut hook = reduce.map(|r| r.hook(be, None));
+                let mut bp = Backprop::new(s, loss_sum.view_mut(), w);
+                bp.hook = hook.as_mut().map(|h| h as &mut dyn GradHook<B>);
+                self.model
+                    .forward_backward_on_device(be, &batch, self.autocast, bp)?;
                 continue;
             }
             // a later micro-batch: its gradients into a zeroed buffer, then added, so that
@@ -357,22 +367,26 @@ impl<B: Backend> Trainer<B> {
                 }
                 None => be.zeros(grads.dtype(), grads.len())?,
             };
+            // the model's arena is now the zeroed one; `micro_grads` holds the sum
             self.model.swap_grads(&mut micro_grads);
-            let run = self.model.forward_backward_on_device(
-                be,
-                &batch,
-                self.autocast,
-                s,
-                loss_sum.view_mut(),
-                w,
-            );
+            let reducing = reduce.is_some();
+            let run = {
+                let mut hook = reduce.map(|r| r.hook(be, Some(&mut micro_grads)));
+                let mut bp = Backprop::new(s, loss_sum.view_mut(), w);
+                bp.hook = hook.as_mut().map(|h| h as &mut dyn GradHook<B>);
+                self.model
+                    .forward_backward_on_device(be, &batch, self.autocast, bp)
+            };
             self.model.swap_grads(&mut micro_grads);
             run?;
-            be.axpy(1.0, micro_grads.view(), self.model.grads_mut().view_mut())?;
+            if !reducing {
+                be.axpy(1.0, micro_grads.view(), self.model.grads_mut().view_mut())?;
+            }
             self.micro_grads = Some(micro_grads);
         }
-        if self.poison.contains(self.step) {
+        if self.poison.contains(self.step) && reducer.is_none() {
             // the testing hook: an overflow in the backward pass, as the check would see it
+            // (a reducer poisons the gradients itself, before it sends them)
             be.fill(self.model.grads_mut().slice_mut(0, 1), f32::INFINITY)?;
         }
         Ok(loss_sum)

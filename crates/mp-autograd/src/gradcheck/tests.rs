@@ -352,3 +352,88 @@ fn release_frees_only_what_nothing_reads_again() {
             .any(|&g| g != 0.0)
     );
 }
+
+/// Records what [`crate::GradHook`] is told: each range with its values at that moment.
+#[derive(Default)]
+struct Recorder {
+    seen: Vec<(std::ops::Range<usize>, Vec<f32>)>,
+    progress: usize,
+}
+
+impl crate::GradHook<Cpu> for Recorder {
+    fn ready(&mut self, grads: &mut Buf, range: std::ops::Range<usize>) -> crate::HookResult {
+        let be = Cpu::new();
+        let now = be.download_f32(grads.slice(range.start, range.len()))?;
+        self.seen.push((range, now));
+        Ok(())
+    }
+    fn progress(&mut self, _: &mut Buf) -> crate::HookResult {
+        self.progress += 1;
+        Ok(())
+    }
+}
+
+/// `backward_with` hands over every range of the arena once, each only after the last op
+/// that adds into it (its values then are its final values), an unused range first and a
+/// tied weight (read by the first op and the last) last; the gradients are the same bits as
+/// `backward`'s.
+#[test]
+fn the_gradient_hook_sees_each_range_once_when_it_is_final() {
+    let (v, c, unused) = (7, 4, 5);
+    let (wte, w1, b1) = (0, v * c + unused, v * c + unused + c * c);
+    let len = b1 + c;
+    let values = super::randn(3, len);
+    let ids = vec![1u32, 4, 6, 0, 2];
+    let targets = vec![2u32, 0, 5, 6, 1];
+    let run = |hook: Option<&mut dyn crate::GradHook<Cpu>>| {
+        let be = Cpu::new();
+        let master = be.upload_f32(&values, DType::F32).unwrap();
+        let mut grads = be.zeros(DType::F32, len).unwrap();
+        let mut t = Tape::new(&be).with_params(&master);
+        let e = t.param_at(wte, &[v, c]).unwrap();
+        let flat = t.param_at(w1, &[c * c]).unwrap();
+        let w = t.reshape(flat, &[c, c]).unwrap();
+        let b = t.param_at(b1, &[c]).unwrap();
+        let x = t.embedding(e, &ids, ids.len()).unwrap();
+        let h = t.linear(x, w, Some(b), WeightLayout::InOut).unwrap();
+        let h = t.gelu(h).unwrap();
+        let logits = t.linear(h, e, None, WeightLayout::OutIn).unwrap();
+        let loss = t.cross_entropy(logits, &targets).unwrap();
+        t.backward_with(loss, 2.0, &mut grads, hook).unwrap();
+        be.download_f32(grads.view()).unwrap()
+    };
+    let plain = run(None);
+    let mut rec = Recorder::default();
+    let hooked = run(Some(&mut rec));
+    assert_eq!(
+        plain.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+        hooked.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+    );
+    let mut covered: Vec<_> = rec.seen.iter().map(|(r, _)| r.clone()).collect();
+    covered.sort_by_key(|r| r.start);
+    assert_eq!(covered.first().map(|r| r.start), Some(0));
+    assert_eq!(covered.last().map(|r| r.end), Some(len));
+    assert!(
+        covered.windows(2).all(|w| w[0].end == w[1].start),
+        "{covered:?}"
+    );
+    for (r, then) in &rec.seen {
+        assert_eq!(
+            then[..],
+            hooked[r.clone()],
+            "range {r:?} changed after it was final"
+        );
+    }
+    let order: Vec<_> = rec.seen.iter().map(|(r, _)| r.clone()).collect();
+    assert_eq!(
+        order.first(),
+        Some(&(v * c..w1)),
+        "the unused range first: {order:?}"
+    );
+    assert_eq!(
+        order.last(),
+        Some(&(wte..v * c)),
+        "the tied weight last: {order:?}"
+    );
+    assert!(rec.progress > 0);
+}

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use mp_autograd::{Autocast, ParamLayout, Tape, Tensor};
+use mp_autograd::{Autocast, GradHook, ParamLayout, Tape, Tensor};
 use mp_dtype::DType;
 use mp_kernels::{Backend, BufferExt, DeviceBuffer, Rounding, ViewMut};
 
@@ -134,20 +134,47 @@ pub(crate) fn evaluate_with<'a, B: Backend>(
     })
 }
 
+/// How a training micro-batch's loss goes back: the seed gradient (the loss scale), the
+/// device scalar that collects `weight * loss`, and who is told when each range of the
+/// gradient arena is final.
+pub struct Backprop<'a, B: Backend> {
+    /// The seed gradient: the loss scale (times the micro-batch's weight), 1 without scaling.
+    pub scale: f32,
+    /// The one-element FP32 device scalar that `weight * loss` is added into.
+    pub loss_sum: ViewMut<'a, B::Buffer>,
+    /// The loss's weight in `loss_sum`.
+    pub weight: f32,
+    /// Told as the backward pass finishes ranges of the gradient arena (see
+    /// [`Tape::backward_with`]); a data-parallel run's bucket reducer.
+    pub hook: Option<&'a mut dyn GradHook<B>>,
+}
+
+impl<'a, B: Backend> Backprop<'a, B> {
+    /// Seed `scale`, `weight * loss` into `loss_sum`, no hook.
+    pub fn new(scale: f32, loss_sum: ViewMut<'a, B::Buffer>, weight: f32) -> Self {
+        Backprop {
+            scale,
+            loss_sum,
+            weight,
+            hook: None,
+        }
+    }
+}
+
 /// The end of a training forward: the mean cross-entropy of `logits` against the batch's
 /// targets, `weight * loss` added into the device scalar `loss_sum`, and the backward pass from
-/// it (seed `scale`) into the gradient arena `grads`.
+/// it (seed `scale`) into the gradient arena `grads`, telling the hook.
 pub(crate) fn loss_and_backward<'a, B: Backend>(
     mut tape: Tape<'a, B>,
     logits: Tensor,
     batch: &'a Batch<B>,
-    (scale, weight): (f32, f32),
-    loss_sum: ViewMut<'_, B::Buffer>,
+    bp: Backprop<'_, B>,
     grads: &mut B::Buffer,
 ) -> Result<()> {
     let loss = tape.cross_entropy(logits, batch.targets()?)?;
-    tape.backend().axpy(weight, tape.view(loss)?, loss_sum)?;
-    tape.backward(loss, scale, grads)?;
+    tape.backend()
+        .axpy(bp.weight, tape.view(loss)?, bp.loss_sum)?;
+    tape.backward_with(loss, bp.scale, grads, bp.hook)?;
     Ok(())
 }
 

@@ -17,13 +17,13 @@ use std::path::Path;
 
 use mp_autograd::{Autocast, ParamEntry, ParamLayout, Tape, Tensor, WeightLayout};
 use mp_dtype::DType;
-use mp_kernels::{Backend, BufferExt, DeviceBuffer, Rounding, ViewMut};
+use mp_kernels::{Backend, BufferExt, DeviceBuffer, Rounding};
 use serde::{Deserialize, Serialize};
 
 use super::Batch;
 use super::common::{
-    SplitMix, StoredRows, evaluate_with, load_into, loss_and_backward, named, padded_vocab,
-    read_safetensors, tape_for, vocab_head, write_safetensors, zero_vocab_padding,
+    Backprop, SplitMix, StoredRows, evaluate_with, load_into, loss_and_backward, named,
+    padded_vocab, read_safetensors, tape_for, vocab_head, write_safetensors, zero_vocab_padding,
 };
 use crate::{Result, TrainError};
 
@@ -513,7 +513,8 @@ impl<B: Backend> Llama<B> {
         scale: f32,
     ) -> Result<f32> {
         let mut loss = be.zeros(DType::F32, 1)?;
-        self.forward_backward_on_device(be, batch, autocast, scale, loss.view_mut(), 1.0)?;
+        let bp = Backprop::new(scale, loss.view_mut(), 1.0);
+        self.forward_backward_on_device(be, batch, autocast, bp)?;
         Ok(be.download_f32(loss.view())?[0])
     }
 
@@ -524,15 +525,12 @@ impl<B: Backend> Llama<B> {
         be: &B,
         batch: &Batch<B>,
         autocast: Autocast,
-        scale: f32,
-        loss_sum: ViewMut<'_, B::Buffer>,
-        weight: f32,
+        bp: Backprop<'_, B>,
     ) -> Result<()> {
         let tape = tape_for(be, &self.params, self.model_copy.as_ref(), autocast)?;
-        let mut tape = tape.with_loss_seed(scale);
+        let mut tape = tape.with_loss_seed(bp.scale);
         let logits = self.forward(&mut tape, batch)?;
-        let weights = (scale, weight);
-        loss_and_backward(tape, logits, batch, weights, loss_sum, &mut self.grads)
+        loss_and_backward(tape, logits, batch, bp, &mut self.grads)
     }
 
     /// The logits `[b, t, vocab]` (row-major, widened to f32) and, when the batch has

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use mp_autograd::{Autocast, ParamLayout};
 use mp_dtype::DType;
-use mp_kernels::{Backend, BufferExt, DeviceBuffer, Rounding, ViewMut};
+use mp_kernels::{Backend, BufferExt, DeviceBuffer, Rounding};
 
 use crate::Result;
 use crate::config::{Arch, ModelConfig};
@@ -20,7 +20,7 @@ pub mod common;
 pub mod gpt;
 pub mod llama;
 
-pub use common::Batch;
+pub use common::{Backprop, Batch};
 pub use gpt::{Gpt, GptConfig};
 pub use llama::{Llama, LlamaConfig};
 
@@ -185,18 +185,17 @@ impl<B: Backend> Model<B> {
         each!(self, m => m.batch(be, ids, targets, b, t))
     }
 
-    /// Forward, loss and backward of one micro-batch, the loss added (times `weight`) into
-    /// `loss_sum` on the device (see [`Gpt::forward_backward_on_device`]).
+    /// Forward, loss and backward of one micro-batch as `bp` says: the seed, the loss added
+    /// (times its weight) into a device scalar, the gradient hook (see
+    /// [`Gpt::forward_backward_on_device`]).
     pub fn forward_backward_on_device(
         &mut self,
         be: &B,
         batch: &Batch<B>,
         autocast: Autocast,
-        scale: f32,
-        loss_sum: ViewMut<'_, B::Buffer>,
-        weight: f32,
+        bp: Backprop<'_, B>,
     ) -> Result<()> {
-        each!(self, m => m.forward_backward_on_device(be, batch, autocast, scale, loss_sum, weight))
+        each!(self, m => m.forward_backward_on_device(be, batch, autocast, bp))
     }
 
     /// Forward, loss and backward of one batch into the gradient arena (not zeroed here);

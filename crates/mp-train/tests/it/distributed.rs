@@ -155,14 +155,66 @@ fn distributed_np2_is_bit_identical_to_one_process_accumulating_two() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// DDP's all-reduce overlapped with the backward pass: small buckets, each summed as soon as
+/// the last micro-batch's backward pass has finished it, two micro-batches per rank (the
+/// second one's gradients added into the sum bucket by bucket) and a poisoned step (poisoned
+/// in the bucket before it is sent). The same bits as ZeRO-1's path, which reduces after the
+/// backward pass (with two ranks, `a + b` either way).
+#[test]
+fn distributed_ddp_buckets_overlapped_with_backward_match_the_reduction_after_it() {
+    let dir = scratch("dist-overlap");
+    let common = [
+        "--set",
+        "precision=\"fp16\"",
+        "--set",
+        "poison_grad_steps=\"3\"",
+        "--set",
+        "batch_size=2",
+        "--set",
+        "grad_accum_steps=2",
+        "--set",
+        "distributed.bucket_mb=0.02",
+    ];
+    let run = |zero: &str| {
+        let out = dir.join(format!("z{zero}"));
+        let z = format!("distributed.zero_stage={zero}");
+        run_ok(2, &out, &args(8, &[&common[..], &["--set", &z]].concat()));
+        out
+    };
+    let (ddp, zero1) = (run("0"), run("1"));
+    assert_same_run(&ddp, &zero1, 8);
+    assert_eq!(
+        skipped(&ddp),
+        1,
+        "the poisoned step is skipped by both ranks"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ddp.join("summary.json")).unwrap()).unwrap();
+    let buckets = summary["buckets_per_step"].as_f64().unwrap();
+    assert!(buckets > 4.0, "{buckets} buckets per step");
+    let hidden = summary["buckets_overlapped"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&hidden), "{hidden}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn distributed_np4_runs_are_deterministic() {
     let dir = scratch("dist-np4");
-    let extra = ["--set", "distributed.zero_stage=1", "--set", "batch_size=2"];
-    let (a, b) = (dir.join("a"), dir.join("b"));
-    run_ok(4, &a, &args(8, &extra));
-    run_ok(4, &b, &args(8, &extra));
-    assert_same_run(&a, &b, 8);
+    for zero in ["0", "1"] {
+        let z = format!("distributed.zero_stage={zero}");
+        let extra = [
+            "--set",
+            &z,
+            "--set",
+            "batch_size=2",
+            "--set",
+            "distributed.bucket_mb=0.05",
+        ];
+        let (a, b) = (dir.join(format!("a{zero}")), dir.join(format!("b{zero}")));
+        run_ok(4, &a, &args(8, &extra));
+        run_ok(4, &b, &args(8, &extra));
+        assert_same_run(&a, &b, 8);
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
