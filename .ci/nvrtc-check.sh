@@ -21,5 +21,5 @@ fi
 export LD_LIBRARY_PATH="$SP/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export MP_CUDA_INCLUDE="$SP/include"
 export MP_NVRTC_CHECK=1
-cargo clippy -p mp-kernels --features cuda --all-targets -- -D warnings
+cargo clippy -p mp-kernels --features nccl --all-targets -- -D warnings
 cargo test -p mp-kernels --features cuda --release --test cuda -- nvrtc_compiles_every_kernel_for_sm_90 --nocapture

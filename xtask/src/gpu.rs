@@ -1,9 +1,9 @@
 //! `cargo xtask test-gpu` and `cargo xtask bench --gpu`: the CUDA backend's GPU run.
 //!
 //! The machines that build this project usually have no GPU, and the GPU machine has no Rust
-//! toolchain. So `test-gpu --build-only` builds here (release, `--features cuda`) the CUDA test
-//! binary, mp-train's tests (the GPT and Llama golden tests and the training run that tracks the CPU, on
-//! CUDA) and the benchmark, and copies them into `.gpu/` with the golden files those tests
+//! toolchain. So `test-gpu --build-only` builds here (release, `--features nccl`: CUDA with
+//! NCCL) the CUDA test binary, mp-train's tests (the GPT and Llama golden tests, the training run
+//! that tracks the CPU, and one rank with NCCL, on CUDA) and the benchmark, and copies them into `.gpu/` with the golden files those tests
 //! read, PyTorch's reference script and `run.sh`; on the GPU machine, `bash .gpu/run.sh` runs everything in one call and ends with
 //! `N passed, N failed`. Without `--build-only`, `test-gpu` also runs it, and fails (non-zero)
 //! when this machine has no GPU: a missing device is never a pass.
@@ -113,7 +113,7 @@ fn build_bundle() -> Result<PathBuf> {
             "-p",
             "mp-kernels",
             "--features",
-            "cuda",
+            "nccl",
             "--release",
             "--test",
             "cuda",
@@ -145,7 +145,7 @@ fn build_bundle() -> Result<PathBuf> {
             "-p",
             "mp-train",
             "--features",
-            "cuda",
+            "nccl",
             "--release",
             "--bin",
             "mp-train",
@@ -161,7 +161,7 @@ fn build_bundle() -> Result<PathBuf> {
             "-p",
             "mp-train",
             "--features",
-            "cuda",
+            "nccl",
             "--release",
             "--test",
             "it",

@@ -438,6 +438,19 @@ pub fn launcher() -> Option<(&'static str, String)> {
         .find_map(|v| std::env::var(v).ok().map(|s| (v, s)))
 }
 
+/// This process's rank among the ranks of its machine, as the MPI launcher set it
+/// (OpenMPI's `OMPI_COMM_WORLD_LOCAL_RANK`, MPICH/Hydra's `MPI_LOCALRANKID`, Slurm's
+/// `SLURM_LOCALID`): the GPU a data-parallel rank takes. `None` when not launched so.
+pub fn local_rank() -> Option<usize> {
+    [
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "MPI_LOCALRANKID",
+        "SLURM_LOCALID",
+    ]
+    .into_iter()
+    .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
+}
+
 /// Elements per part of a flat arena: the unit of ZeRO shards and of the gradient check's
 /// partial sums (16384 elements, 64 KiB of FP32).
 pub const PART: usize = 1 << 14;

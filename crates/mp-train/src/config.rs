@@ -251,6 +251,31 @@ pub struct Distributed {
     /// Testing hook: `"RANK:STEP"` makes that rank fail at that optimizer step (from 0), as a
     /// bad batch would; the run must end with rank 0 naming it. Empty: never.
     pub fail_rank_at: String,
+    /// Which engine reduces the arenas: `auto` (the host engine, MPI, for host memory; the
+    /// device's own, NCCL, for GPU memory; nothing in a world of one) or `nccl` (NCCL even in
+    /// a world of one, to check it on one GPU).
+    pub engine: DistEngine,
+}
+
+/// The engine of [`Distributed::engine`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DistEngine {
+    /// MPI for host arenas, the device's own collectives for device arenas.
+    #[default]
+    Auto,
+    /// The device's own collectives (NCCL on CUDA), even with one rank.
+    Nccl,
+}
+
+impl DistEngine {
+    /// The name in configs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DistEngine::Auto => "auto",
+            DistEngine::Nccl => "nccl",
+        }
+    }
 }
 
 impl Default for Distributed {
@@ -260,6 +285,7 @@ impl Default for Distributed {
             bucket_mb: 25.0,
             timeout_s: 600,
             fail_rank_at: String::new(),
+            engine: DistEngine::Auto,
         }
     }
 }
@@ -1001,6 +1027,9 @@ bucket_mb = {bucket_mb:.1}
 timeout_s = {timeout_s}
 # Testing hook: "RANK:STEP" makes that rank fail at that step. Empty: never.
 fail_rank_at = "{fail_rank_at}"
+# "auto": MPI reduces host (cpu) arenas, NCCL GPU (cuda) arenas (a binary built with
+# --features nccl); "nccl": NCCL even with one rank, to check it on one GPU.
+engine = "{dist_engine}"
 
 [model]
 # "gpt2" (HF GPT2LMHeadModel) or "llama" (HF LlamaForCausalLM).
@@ -1073,6 +1102,7 @@ reverse_answer = {reverse_answer}
         bucket_mb = c.distributed.bucket_mb,
         timeout_s = c.distributed.timeout_s,
         fail_rank_at = c.distributed.fail_rank_at,
+        dist_engine = c.distributed.engine.name(),
         n_layer = m.n_layer,
         n_embd = m.n_embd,
         n_head = m.n_head,

@@ -55,7 +55,13 @@ pub fn dispatch<J: BackendJob>(cfg: &TrainConfig, job: J) -> Result<J::Output> {
         BackendKind::Cpu => job.run(mp_kernels::CpuBackend::new()),
         // Without its feature, each GPU backend is mp-kernels' stand-in, whose constructor
         // returns `KernelError::NotCompiled`: no `cfg` here.
-        BackendKind::Cuda => job.run(mp_kernels::cuda::CudaBackend::new()?),
+        // one GPU per rank: a data-parallel rank takes the device of its rank on its node
+        BackendKind::Cuda => job.run(mp_kernels::cuda::CudaBackend::with_options(
+            mp_kernels::cuda::CudaOptions {
+                device: mp_dist::local_rank().unwrap_or(0),
+                ..Default::default()
+            },
+        )?),
         BackendKind::Wgpu => {
             let mut opts = mp_kernels::wgpu::WgpuOptions::default();
             opts.allow_software |= cfg.allow_software_adapter;

@@ -38,14 +38,23 @@ use mp_autograd::{GradHook, HookResult};
 use mp_dist::{
     Collective, Elems, ElemsMut, Op, PART, Partition, Pending, SumBuffers, World, ring_bytes,
 };
-use mp_kernels::{Backend, BufferExt, DeviceBuffer, GradStats, Rounding, View, ViewMut};
+use mp_kernels::{
+    Backend, BufferExt, DeviceBuffer, DeviceComm, GradStats, Rounding, View, ViewMut,
+};
 use std::collections::VecDeque;
 use std::ops::Range;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The data-parallel side of a trainer: the world, the stage and the staging buffers.
-pub struct DataParallel {
+/// The backend's own collectives (NCCL on CUDA), shared with the bucket reducer.
+type Device<B> = Arc<dyn DeviceComm<<B as mp_kernels::MemoryOps>::Buffer>>;
+
+/// The data-parallel side of a trainer on backend `B`: the world, the stage, the staging
+/// buffers, and the backend's own collectives when its arenas are device memory.
+pub struct DataParallel<B: Backend> {
     world: World,
+    /// NCCL (or another device engine) for the arenas; `None`: the host engine reads them.
+    device: Option<Device<B>>,
     zero_stage: u8,
     part: Partition,
     bucket_elems: usize,
@@ -60,10 +69,11 @@ pub struct DataParallel {
     buckets: (u64, u64),
 }
 
-impl std::fmt::Debug for DataParallel {
+impl<B: Backend> std::fmt::Debug for DataParallel<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DataParallel")
             .field("world", &self.world)
+            .field("device", &self.device.as_ref().map(|d| d.engine()))
             .field("zero_stage", &self.zero_stage)
             .field("part", &self.part)
             .finish_non_exhaustive()
@@ -75,13 +85,15 @@ fn mib_elems(mib: f64) -> usize {
     ((mib * 1024.0 * 1024.0 / 4.0) as usize).max(1)
 }
 
-impl DataParallel {
-    /// The data-parallel state of an arena of `len` elements in `world` under `cfg`.
+impl<B: Backend> DataParallel<B> {
+    /// The data-parallel state of an arena of `len` elements in `world` under `cfg` (the
+    /// host engine's; [`DataParallel::connect`] opens the backend's own where needed).
     pub fn new(world: World, cfg: &Distributed, len: usize) -> Self {
         world.comm().set_timeout(cfg.timeout_s);
         DataParallel {
             part: Partition::new(len, world.size()),
             world,
+            device: None,
             zero_stage: cfg.zero_stage,
             bucket_elems: mib_elems(cfg.bucket_mb),
             first_bucket_elems: mib_elems(1.0),
@@ -118,9 +130,23 @@ impl DataParallel {
         self.zero_stage
     }
 
-    /// True when the optimizer state is split between ranks (ZeRO-1 with more than one).
+    /// True when the step runs collectives: more than one rank, or the device's own engine
+    /// asked for in a world of one (`distributed.engine = "nccl"`).
+    pub fn active(&self) -> bool {
+        self.size() > 1 || self.device.is_some()
+    }
+
+    /// The engine that reduces the arenas: `"nccl"`, `"mpi"`, `"single"`.
+    pub fn engine(&self) -> &'static str {
+        match &self.device {
+            Some(d) => d.engine(),
+            None => self.world.comm().engine(),
+        }
+    }
+
+    /// True when the optimizer state is split between ranks (ZeRO-1 with collectives).
     pub fn sharded(&self) -> bool {
-        self.zero_stage == 1 && self.size() > 1
+        self.zero_stage == 1 && self.active()
     }
 
     /// The elements of the arena whose optimizer state this rank holds and updates: all of
@@ -152,13 +178,14 @@ impl DataParallel {
         );
     }
 
-    /// Checks that the arenas can take part in collectives: host memory and FP32 gradients.
-    pub fn check_backend<B: Backend>(&self, be: &B, grads: &B::Buffer) -> Result<()> {
-        if self.size() == 1 {
+    /// Makes the arenas ready for collectives: FP32 gradients, and either host memory (the
+    /// host engine reads them in place) or the backend's own collectives, opened here on
+    /// every rank with rank 0's rendezvous id (sent over the host engine). `force_device`
+    /// opens them even in a world of one (`distributed.engine = "nccl"`). A collective call:
+    /// every rank makes it, and a failure on any rank is an error on all.
+    pub fn connect(&mut self, be: &B, grads: &B::Buffer, force_device: bool) -> Result<()> {
+        if self.size() == 1 && !force_device {
             return Ok(());
-        }
-        if be.host_bytes(grads.view()).is_none() {
-            return Err(no_host(be));
         }
         if grads.dtype() != mp_dtype::DType::F32 {
             return Err(TrainError::invalid(
@@ -167,6 +194,39 @@ impl DataParallel {
                 "a data-parallel run reduces FP32 gradients: use grad_dtype = \"fp32\"",
             ));
         }
+        if be.host_bytes(grads.view()).is_some() && !force_device {
+            return Ok(());
+        }
+        let none = || {
+            if force_device {
+                TrainError::invalid(
+                    "distributed.engine",
+                    "nccl",
+                    format!(
+                        "the {} backend has no collectives of its own: NCCL needs the cuda \
+                         backend in a binary built with --features nccl",
+                        be.name()
+                    ),
+                )
+            } else {
+                no_host(be)
+            }
+        };
+        let id = if self.is_lead() {
+            be.device_comm_id()
+                .map_err(TrainError::from)
+                .and_then(|id| id.ok_or_else(none))
+        } else {
+            Ok(Vec::new())
+        };
+        let (id, _) = self.agree(id, false)?;
+        let id = broadcast_bytes(&self.world, 0, &id)?;
+        let opened = be
+            .device_comm(&id, self.rank(), self.size())
+            .map_err(TrainError::from)
+            .and_then(|d| d.ok_or_else(none));
+        let (device, _) = self.agree(opened, false)?;
+        self.device = Some(Arc::from(device));
         Ok(())
     }
 
@@ -176,14 +236,15 @@ impl DataParallel {
     /// once the backward pass is done with it, before it is sent. Every rank must
     /// [`DataParallel::finish_reducer`] it, even after a failure, so that all ranks run the
     /// same collectives.
-    pub fn reducer(&mut self, poison: bool) -> Option<BucketReducer> {
-        if self.zero_stage != 0 || self.size() == 1 {
+    pub fn reducer(&mut self, poison: bool) -> Option<BucketReducer<B>> {
+        if self.zero_stage != 0 || !self.active() {
             return None;
         }
         let buckets =
             mp_dist::reverse_buckets(self.part.len, self.bucket_elems, self.first_bucket_elems);
         Some(BucketReducer {
             world: self.world.clone(),
+            device: self.device.clone(),
             ready: vec![0; buckets.len()],
             buckets,
             next: 0,
@@ -197,9 +258,9 @@ impl DataParallel {
     /// Starts the buckets `reducer` has not started (their values are only right when the
     /// backward pass ran to its end), waits for every bucket and writes the sums into
     /// `grads`, the step's gradient arena.
-    pub fn finish_reducer<B: Backend>(
+    pub fn finish_reducer(
         &mut self,
-        mut reducer: BucketReducer,
+        mut reducer: BucketReducer<B>,
         be: &B,
         grads: &mut B::Buffer,
     ) -> Result<()> {
@@ -216,23 +277,37 @@ impl DataParallel {
     /// ZeRO-1's gradient reduction after the backward pass: a reduce-scatter of the arena,
     /// each rank getting the sum of its shard (the rest of the arena keeps this rank's own
     /// gradients). Nothing under DDP, whose [`BucketReducer`] ran during the backward pass.
-    pub fn reduce_grads<B: Backend>(&mut self, be: &B, grads: &mut B::Buffer) -> Result<()> {
+    pub fn reduce_grads(&mut self, be: &B, grads: &mut B::Buffer) -> Result<()> {
         if !self.sharded() {
             return Ok(());
         }
-        let g = host_f32_mut(be, grads.view_mut())?;
         let padded = self.part.padded_len();
-        self.send.clear();
-        self.send.extend_from_slice(g);
-        self.send.resize(padded, 0.0);
-        self.recv.resize(self.part.shard_len, 0.0);
-        self.world.comm().reduce_scatter(
-            Elems::F32(&self.send),
-            ElemsMut::F32(&mut self.recv),
-            Op::Sum,
-        )?;
         let r = self.owned();
-        g[r.clone()].copy_from_slice(&self.recv[..r.len()]);
+        if let Some(dev) = &self.device {
+            // in place in a padded copy: each rank's block of the sum lands in its block
+            let n = self.part.len;
+            let mut tmp = be.zeros(mp_dtype::DType::F32, padded)?;
+            be.cast(grads.view(), tmp.slice_mut(0, n), Rounding::NearestEven)?;
+            dev.reduce_scatter_sum(tmp.view_mut())?;
+            dev.join()?;
+            be.cast(
+                tmp.slice(r.start, r.len()),
+                grads.slice_mut(r.start, r.len()),
+                Rounding::NearestEven,
+            )?;
+        } else {
+            let g = host_f32_mut(be, grads.view_mut())?;
+            self.send.clear();
+            self.send.extend_from_slice(g);
+            self.send.resize(padded, 0.0);
+            self.recv.resize(self.part.shard_len, 0.0);
+            self.world.comm().reduce_scatter(
+                Elems::F32(&self.send),
+                ElemsMut::F32(&mut self.recv),
+                Op::Sum,
+            )?;
+            g[r.clone()].copy_from_slice(&self.recv[..r.len()]);
+        }
         self.count(Collective::ReduceScatter, padded * 4);
         Ok(())
     }
@@ -240,12 +315,7 @@ impl DataParallel {
     /// The gradient check's statistics of the summed gradients times `grad_mult`: per-part
     /// ([`PART`]) statistics of the rank's range, combined across ranks, added in part
     /// order. The same bits for every world size and stage.
-    pub fn grad_stats<B: Backend>(
-        &self,
-        be: &B,
-        grads: &B::Buffer,
-        grad_mult: f32,
-    ) -> Result<GradStats> {
+    pub fn grad_stats(&self, be: &B, grads: &B::Buffer, grad_mult: f32) -> Result<GradStats> {
         let mine = if self.sharded() {
             self.owned()
         } else {
@@ -299,7 +369,7 @@ impl DataParallel {
     /// ZeRO-1 after the update: every rank's shard of `params` gathered into every rank's
     /// arena (in the arena's dtype), and the model copy outside this rank's shard re-rounded
     /// from it (to nearest even, as the optimizer rounds it). Nothing under DDP.
-    pub fn gather_weights<B: Backend>(
+    pub fn gather_weights(
         &mut self,
         be: &B,
         params: &mut B::Buffer,
@@ -308,20 +378,35 @@ impl DataParallel {
         if !self.sharded() {
             return Ok(());
         }
-        let size = params.dtype().size_in_bytes();
-        let (r, shard) = (self.owned(), self.part.shard_len * size);
-        let bytes = be
-            .host_bytes_mut(params.view_mut())
-            .ok_or_else(|| no_host(be))?;
-        let mut send = vec![0u8; shard];
-        send[..r.len() * size].copy_from_slice(&bytes[r.start * size..r.end * size]);
-        let mut all = vec![0u8; self.part.padded_len() * size];
-        self.world
-            .comm()
-            .all_gather(Elems::U8(&send), ElemsMut::U8(&mut all))?;
-        self.count(Collective::AllGather, all.len());
-        let n = self.part.len;
-        bytes.copy_from_slice(&all[..n * size]);
+        let dtype = params.dtype();
+        let size = dtype.size_in_bytes();
+        let (r, n) = (self.owned(), self.part.len);
+        let padded = self.part.padded_len();
+        if let Some(dev) = &self.device {
+            // in place in a padded buffer: each rank's block is its shard
+            let mut all = be.zeros(dtype, padded)?;
+            be.cast(
+                params.slice(r.start, r.len()),
+                all.slice_mut(r.start, r.len()),
+                Rounding::NearestEven,
+            )?;
+            dev.all_gather(all.view_mut())?;
+            dev.join()?;
+            be.cast(all.slice(0, n), params.view_mut(), Rounding::NearestEven)?;
+        } else {
+            let shard = self.part.shard_len * size;
+            let bytes = be
+                .host_bytes_mut(params.view_mut())
+                .ok_or_else(|| no_host(be))?;
+            let mut send = vec![0u8; shard];
+            send[..r.len() * size].copy_from_slice(&bytes[r.start * size..r.end * size]);
+            let mut all = vec![0u8; padded * size];
+            self.world
+                .comm()
+                .all_gather(Elems::U8(&send), ElemsMut::U8(&mut all))?;
+            bytes.copy_from_slice(&all[..n * size]);
+        }
+        self.count(Collective::AllGather, padded * size);
         if let Some(copy) = copy {
             for (start, end) in [(0, r.start), (r.end, n)] {
                 if end > start {
@@ -402,8 +487,10 @@ impl DataParallel {
 /// the end of the arena, the small bucket first), so that every rank starts the same sums in
 /// the same order whatever its timing. Between ops it lets MPI make progress.
 /// [`DataParallel::finish_reducer`] waits for them and writes the sums back.
-pub struct BucketReducer {
+pub struct BucketReducer<B: Backend> {
     world: World,
+    /// The device's own engine: buckets reduced in place on its stream, nothing staged.
+    device: Option<Device<B>>,
     /// Ranges of the arena, in the order they are started.
     buckets: Vec<Range<usize>>,
     /// Finished elements of each bucket.
@@ -418,7 +505,7 @@ pub struct BucketReducer {
     poison: bool,
 }
 
-impl std::fmt::Debug for BucketReducer {
+impl<B: Backend> std::fmt::Debug for BucketReducer<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BucketReducer")
             .field("buckets", &self.buckets.len())
@@ -427,11 +514,11 @@ impl std::fmt::Debug for BucketReducer {
     }
 }
 
-impl BucketReducer {
+impl<B: Backend> BucketReducer<B> {
     /// The hook for a backward pass on `be`. `sum`: with gradient accumulation, the sum of
     /// the earlier micro-batches, which each finished range of the pass's own (zeroed)
     /// arena is added into before it is sent; `None` when the pass writes the step's arena.
-    pub fn hook<'r, B: Backend>(
+    pub fn hook<'r>(
         &'r mut self,
         be: &'r B,
         sum: Option<&'r mut B::Buffer>,
@@ -444,7 +531,7 @@ impl BucketReducer {
     }
 
     /// `range` of `grads` is final: counted, and every bucket now complete started.
-    fn ready<B: Backend>(
+    fn ready(
         &mut self,
         be: &B,
         grads: &mut B::Buffer,
@@ -469,12 +556,7 @@ impl BucketReducer {
 
     /// Starts the sum of the next bucket: its gradients (added into `sum` first, if given;
     /// poisoned if asked) copied into a staging buffer that the collective owns.
-    fn start<B: Backend>(
-        &mut self,
-        be: &B,
-        grads: &mut B::Buffer,
-        sum: Option<&mut B::Buffer>,
-    ) -> Result<()> {
+    fn start(&mut self, be: &B, grads: &mut B::Buffer, sum: Option<&mut B::Buffer>) -> Result<()> {
         let b = self.next;
         let r = self.buckets[b].clone();
         let target = match sum {
@@ -491,6 +573,11 @@ impl BucketReducer {
         if self.poison && r.start == 0 {
             be.fill(target.slice_mut(0, 1), f32::INFINITY)?;
         }
+        if let Some(dev) = &self.device {
+            dev.all_reduce_sum(target.slice_mut(r.start, r.len()))?;
+            self.next += 1;
+            return Ok(());
+        }
         let host = host_f32(be, target.slice(r.start, r.len()))?;
         let mut bufs = self.pool.pop().unwrap_or_default();
         bufs.send.clear();
@@ -503,7 +590,7 @@ impl BucketReducer {
 
     /// Lets the engine progress; the oldest finished sums written back into their buckets of
     /// `grads` (or of `sum`), their staging buffers kept for the next buckets.
-    fn progress<B: Backend>(
+    fn progress(
         &mut self,
         be: &B,
         grads: &mut B::Buffer,
@@ -523,7 +610,7 @@ impl BucketReducer {
     }
 
     /// The sum of bucket `b` into `target`; its buffers back into the pool.
-    fn write_back<B: Backend>(
+    fn write_back(
         &mut self,
         be: &B,
         target: &mut B::Buffer,
@@ -536,9 +623,13 @@ impl BucketReducer {
         Ok(())
     }
 
-    fn finish<B: Backend>(&mut self, be: &B, grads: &mut B::Buffer) -> Result<()> {
+    fn finish(&mut self, be: &B, grads: &mut B::Buffer) -> Result<()> {
         while self.next < self.buckets.len() {
             self.start(be, grads, None)?;
+        }
+        if let Some(dev) = &self.device {
+            // the step's next kernels wait for the buckets on the device
+            return Ok(dev.join()?);
         }
         while let Some((b, p)) = self.pending.pop_front() {
             self.write_back(be, grads, b, p.wait()?)?;
@@ -549,7 +640,7 @@ impl BucketReducer {
 
 /// A [`BucketReducer`] lent to one backward pass.
 struct ReducerHook<'r, B: Backend> {
-    reducer: &'r mut BucketReducer,
+    reducer: &'r mut BucketReducer<B>,
     be: &'r B,
     sum: Option<&'r mut B::Buffer>,
 }
@@ -569,7 +660,8 @@ fn no_host<B: Backend>(be: &B) -> TrainError {
     TrainError::invalid(
         "backend",
         be.name(),
-        "a data-parallel run reads the arenas in host memory: use the cpu backend",
+        "a data-parallel run needs arenas in host memory (the cpu backend, over MPI) or the \
+         device's own collectives (cuda with NCCL: build with --features nccl)",
     )
 }
 
@@ -592,19 +684,24 @@ pub fn broadcast_string(world: &World, text: &str) -> Result<String> {
     broadcast_text(world, 0, text)
 }
 
-/// Rank `root`'s `text` on every rank (the others' `text` is ignored): its length, then its
-/// bytes.
+/// Rank `root`'s `text` on every rank (the others' `text` is ignored).
 fn broadcast_text(world: &World, root: usize, text: &str) -> Result<String> {
+    let bytes = broadcast_bytes(world, root, text.as_bytes())?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Rank `root`'s `bytes` on every rank (the others' are ignored): the length, then the bytes.
+fn broadcast_bytes(world: &World, root: usize, bytes: &[u8]) -> Result<Vec<u8>> {
     if world.size() == 1 {
-        return Ok(text.to_string());
+        return Ok(bytes.to_vec());
     }
     let comm = world.comm();
-    let mut len = [text.len() as f64];
+    let mut len = [bytes.len() as f64];
     comm.broadcast(ElemsMut::F64(&mut len), root)?;
-    let mut bytes = vec![0u8; len[0] as usize];
+    let mut out = vec![0u8; len[0] as usize];
     if world.rank() == root {
-        bytes.copy_from_slice(text.as_bytes());
+        out.copy_from_slice(bytes);
     }
-    comm.broadcast(ElemsMut::U8(&mut bytes), root)?;
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
+    comm.broadcast(ElemsMut::U8(&mut out), root)?;
+    Ok(out)
 }

@@ -460,11 +460,12 @@ impl BackendJob for TrainJob {
         };
         // held until the run ends: a second writer into this folder is refused
         let (_lock, _) = tr.dp.agree(prepared, false)?;
-        let device = match tr.dp.size() {
-            1 => device,
-            n => format!(
-                "{device}, {n} ranks ({}, {})",
-                tr.dp.world().comm().engine(),
+        let device = match (tr.dp.size(), tr.dp.active()) {
+            (1, false) => device,
+            (n, _) => format!(
+                "{device}, {n} rank{} ({}, {})",
+                if n == 1 { "" } else { "s" },
+                tr.dp.engine(),
                 if tr.dp.zero_stage() == 1 {
                     "ZeRO-1"
                 } else {

@@ -15,7 +15,7 @@
 //! ```
 
 use crate::checkpoint::{self, TrainerState};
-use crate::config::{Precision, ScalingMode, StorageDtype, TrainConfig};
+use crate::config::{DistEngine, Precision, ScalingMode, StorageDtype, TrainConfig};
 use crate::data::Dataset;
 use crate::dist::{BucketReducer, DataParallel};
 use crate::error::{Result, TrainError};
@@ -103,7 +103,7 @@ pub struct Trainer<B: Backend> {
     /// Steps skipped for non-finite gradients.
     pub skipped: u64,
     /// The world this trainer is a rank of, and what the ranks share.
-    pub dp: DataParallel,
+    pub dp: DataParallel<B>,
     autocast: Autocast,
     /// The steps whose gradients are poisoned (`poison_grad_steps`, a testing hook).
     poison: StepSet,
@@ -151,8 +151,12 @@ impl<B: Backend> Trainer<B> {
                 .map(|e| (e.offset..e.offset + e.numel(), e.shape.len())),
             cfg.weight_decay as f32,
         );
-        let dp = DataParallel::new(world, &cfg.distributed, model.num_params());
-        dp.check_backend(&be, model.grads())?;
+        let mut dp = DataParallel::new(world, &cfg.distributed, model.num_params());
+        dp.connect(
+            &be,
+            model.grads(),
+            cfg.distributed.engine == DistEngine::Nccl,
+        )?;
         let owned = dp.owned();
         let opt = AdamW::with_groups(
             &be,
@@ -324,7 +328,7 @@ impl<B: Backend> Trainer<B> {
     fn backward_local(
         &mut self,
         scale: f32,
-        mut reducer: Option<&mut BucketReducer>,
+        mut reducer: Option<&mut BucketReducer<B>>,
     ) -> Result<B::Buffer> {
         let (cfg, be) = (&self.cfg, &self.be);
         let (rows, t, accum) = (cfg.batch_size, self.seq_len(), cfg.grad_accum_steps);
@@ -411,8 +415,10 @@ impl<B: Backend> Trainer<B> {
     pub fn grads_host(&self) -> Result<Vec<f32>> {
         if self.dp.sharded() {
             let r = self.dp.owned();
-            let mine = crate::dist::host_f32(&self.be, self.model.grads().slice(r.start, r.len()))?;
-            return self.dp.gather_f32(mine);
+            let mine = self
+                .be
+                .download_f32(self.model.grads().slice(r.start, r.len()))?;
+            return self.dp.gather_f32(&mine);
         }
         Ok(self.be.download_f32(self.model.grads().view())?)
     }

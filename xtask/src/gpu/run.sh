@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The GPU run of mp-kernels' CUDA backend, built by `cargo xtask test-gpu --build-only`.
 # One call on the GPU machine:  bash .gpu/run.sh   (logs under $OUT: 8 files, the most a device call returns)
-#   1. the CUDA test binary: every op x dtype against the CPU oracle (a missing device FAILS)
+#   1. the CUDA test binary: every op x dtype against the CPU oracle (a missing device FAILS),
+#      and NCCL's collectives in a world of one
 #   2. mp-train's CUDA tests: the GPT golden tests (HF GPT-2 logits, loss, every gradient,
-#      autocast, AdamW losses) and a 50-step bf16 training run tracking the CPU run
+#      autocast, AdamW losses), a 50-step bf16 training run tracking the CPU run, and one
+#      rank with NCCL (DDP and ZeRO-1) bit for bit against the run without collectives
 #   3. the CUDA benchmark (cast vs copy, cuBLASLt GEMMs, fused AdamW, gradient check)
 #   4. PyTorch's anchors on the same GPU (torch_gpu_reference.py), then a side-by-side table
 #   5. mp-dtype's tests on this machine's CPU
@@ -18,6 +20,15 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 OUT="${OUT:-$HERE/out}"
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# NCCL for the one-rank NCCL checks: the system's, else the nvidia-nccl wheel PyTorch brings,
+# linked as libnccl.so (the name cudarc loads; the wheel has only libnccl.so.2)
+if ! ldconfig -p 2>/dev/null | grep -q 'libnccl\.so '; then
+    NCCL_WHEEL=$(python3 -c 'import importlib.util as u, os; s = u.find_spec("nvidia.nccl"); print(os.path.join(list(s.submodule_search_locations)[0], "lib"))' 2>/dev/null || true)
+    if [ -n "$NCCL_WHEEL" ] && [ -f "$NCCL_WHEEL/libnccl.so.2" ]; then
+        mkdir -p "$HERE/nccl" && ln -sf "$NCCL_WHEEL/libnccl.so.2" "$HERE/nccl/libnccl.so"
+        export LD_LIBRARY_PATH="$HERE/nccl:$NCCL_WHEEL:$LD_LIBRARY_PATH"
+    fi
+fi
 export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 export MP_REQUIRE_CUDA=1
 export RUST_BACKTRACE=0

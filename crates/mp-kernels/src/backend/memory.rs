@@ -49,6 +49,24 @@ pub trait MemoryOps: Send + Sync + 'static {
         let _ = dst;
         None
     }
+    /// A new rendezvous id for [`MemoryOps::device_comm`] (NCCL's unique id, 128 bytes), made by
+    /// the first rank and sent to the others over the host engine (MPI); `None` on backends
+    /// without collectives of their own (the default), whose arenas a host engine reduces.
+    fn device_comm_id(&self) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+    /// This process's place (`rank` of `size`) in the collectives over this backend's own
+    /// buffers that every rank opens with the same `id` (from [`MemoryOps::device_comm_id`]);
+    /// `None` where the backend has none (the default).
+    fn device_comm(
+        &self,
+        id: &[u8],
+        rank: usize,
+        size: usize,
+    ) -> Result<Option<Box<dyn DeviceComm<Self::Buffer>>>> {
+        let _ = (id, rank, size);
+        Ok(None)
+    }
     /// Device bytes free for new buffers now, where the device can say (CUDA:
     /// `cuMemGetInfo`); `None` where it cannot (the CPU, whose memory is the host's, and
     /// wgpu, which has no such query).
@@ -65,4 +83,26 @@ pub trait MemoryOps: Send + Sync + 'static {
     ) -> Result<()>;
     /// Every element of `dst` set to `value` (rounded to nearest even).
     fn fill(&self, dst: ViewMut<'_, Self::Buffer>, value: f32) -> Result<()>;
+}
+
+/// Collectives over a backend's own buffers (NCCL on CUDA), for a data-parallel run whose
+/// arenas are not host memory. Each call is enqueued after everything the backend has
+/// enqueued so far and may run beside the backend's later work (on a stream of its own):
+/// the caller must not touch a buffer it passed until [`DeviceComm::join`], which orders the
+/// backend's later work after every collective so far. Every rank calls the same collectives
+/// in the same order with buffers of the same lengths.
+pub trait DeviceComm<Buf>: Send + Sync {
+    /// The engine (`"nccl"`).
+    fn engine(&self) -> &'static str;
+    /// The sum over ranks of `buf` (FP32), in place.
+    fn all_reduce_sum(&self, buf: ViewMut<'_, Buf>) -> Result<()>;
+    /// `buf` (FP32, `size` equal blocks) summed over ranks, this rank's block of the sum
+    /// written into its own block of `buf` (the other blocks are left undefined).
+    fn reduce_scatter_sum(&self, buf: ViewMut<'_, Buf>) -> Result<()>;
+    /// Every rank's own block of `buf` (`size` equal blocks, any dtype) gathered into every
+    /// rank's `buf`.
+    fn all_gather(&self, buf: ViewMut<'_, Buf>) -> Result<()>;
+    /// The backend's work from now on runs after every collective enqueued so far (an event
+    /// wait on the device; the host does not block).
+    fn join(&self) -> Result<()>;
 }

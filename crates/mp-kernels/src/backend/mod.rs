@@ -5,7 +5,7 @@
 //!
 //! | family | what | file |
 //! | --- | --- | --- |
-//! | [`MemoryOps`] | buffers, transfers, casts, fills | `memory.rs` |
+//! | [`MemoryOps`] | buffers, transfers, casts, fills; the device's own collectives ([`DeviceComm`]) | `memory.rs` |
 //! | [`GemmOps`] | (batched) matrix products | `gemm.rs` |
 //! | [`PointwiseOps`] | element-wise unary and binary ops, broadcasts, dropout | `pointwise.rs` |
 //! | [`RowOps`] | row and column reductions, softmax | `rows.rs` |
@@ -45,7 +45,7 @@ pub use attention::{Attention, AttentionOps, Heads, LayoutOps};
 pub use embedding::EmbeddingOps;
 pub use gemm::{Gemm, GemmOps};
 pub use loss::LossOps;
-pub use memory::MemoryOps;
+pub use memory::{DeviceComm, MemoryOps};
 pub use mp_dtype::Rounding;
 pub use norm::NormOps;
 pub use optim::{AdamW, GradStats, OptimOps, Sgd};

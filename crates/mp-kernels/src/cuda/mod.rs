@@ -13,6 +13,8 @@
 
 mod gemm;
 pub mod kernels;
+#[cfg(feature = "nccl")]
+mod nccl;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

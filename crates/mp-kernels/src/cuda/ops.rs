@@ -255,6 +255,21 @@ impl MemoryOps for CudaBackend {
         self.new_buffer("uninit", dtype, len)
     }
 
+    #[cfg(feature = "nccl")]
+    fn device_comm_id(&self) -> Result<Option<Vec<u8>>> {
+        self.nccl_id().map(Some)
+    }
+
+    #[cfg(feature = "nccl")]
+    fn device_comm(
+        &self,
+        id: &[u8],
+        rank: usize,
+        size: usize,
+    ) -> Result<Option<Box<dyn DeviceComm<CudaBuffer>>>> {
+        Ok(Some(Box::new(self.nccl_comm(id, rank, size)?)))
+    }
+
     fn upload_f32(&self, data: &[f32], dtype: DType) -> Result<CudaBuffer> {
         const OP: &str = "upload_f32";
         if dtype == DType::F32 {

@@ -101,6 +101,53 @@ fn host_bytes_only_on_the_cpu() {
     assert_eq!(c.download_f32(h.view()).unwrap(), [3.0, 2.0]);
 }
 
+/// The device's own collectives (NCCL on CUDA with the `nccl` feature), in a world of one:
+/// in-place identities, ordered with the backend's stream by `join`, sums in FP32 only, a
+/// malformed id refused. A backend without them (the CPU, wgpu, CUDA without the feature)
+/// says so with `None`, never a communicator that does nothing.
+#[test]
+fn device_collectives_in_a_world_of_one() {
+    let Some(g) = gpu("device_collectives_in_a_world_of_one") else {
+        return;
+    };
+    let c = cpu();
+    assert!(c.device_comm_id().unwrap().is_none());
+    assert!(c.device_comm(&[0; 128], 0, 1).unwrap().is_none());
+    let Some(id) = g.device_comm_id().unwrap() else {
+        assert!(g.device_comm(&[0; 128], 0, 1).unwrap().is_none());
+        eprintln!(
+            "{}: no collectives of its own in this build",
+            crate::common::BACKEND
+        );
+        return;
+    };
+    assert_eq!(id.len(), 128);
+    let comm = g.device_comm(&id, 0, 1).unwrap().expect("a communicator");
+    eprintln!(
+        "{}: device collectives {}",
+        crate::common::BACKEND,
+        comm.engine()
+    );
+    let values: Vec<f32> = (0..5000).map(|i| (i as f32 * 0.37).sin() * 1e3).collect();
+    let mut buf = up(g, &values, DType::F32);
+    comm.all_reduce_sum(buf.slice_mut(1000, 3000)).unwrap();
+    comm.reduce_scatter_sum(buf.view_mut()).unwrap();
+    comm.join().unwrap();
+    // the backend's own work after `join` sees the collectives' results
+    let mut sum = up(g, &values, DType::F32);
+    g.axpy(1.0, buf.view(), sum.view_mut()).unwrap();
+    let twice: Vec<f32> = values.iter().map(|v| v + v).collect();
+    assert_eq!(g.download_f32(sum.view()).unwrap(), twice);
+    let mut w = up(g, &values, DType::BF16);
+    let before = g.download_bytes(w.view()).unwrap();
+    comm.all_gather(w.view_mut()).unwrap();
+    comm.join().unwrap();
+    assert_eq!(g.download_bytes(w.view()).unwrap(), before);
+    let e = comm.all_reduce_sum(w.view_mut()).unwrap_err().to_string();
+    assert!(e.contains("FP32") && e.contains("bf16"), "{e}");
+    assert!(g.device_comm(&id[..10], 0, 1).is_err());
+}
+
 struct OptimOut {
     params: Vec<f32>,
     m: Vec<f32>,

@@ -123,3 +123,80 @@ fn cuda_training_tracks_cpu() {
     // 50 steps, the run issue 6 asks for.
     tracks_cpu(BackendKind::Cuda, name, 50);
 }
+
+/// Per step: the step, the loss's bits and the gradient norm's bits.
+#[cfg(feature = "nccl")]
+type StepBits = Vec<(u64, u32, Option<u64>)>;
+
+/// The files and per-step records of a 12-step run on CUDA, bf16, under `zero_stage`, with
+/// NCCL asked for in a world of one (`nccl`) or with no collectives at all.
+#[cfg(feature = "nccl")]
+fn cuda_run(name: &str, zero_stage: u8, nccl: bool) -> (StepBits, Vec<u8>) {
+    use mp_train::config::DistEngine;
+    let mut cfg = tiny(12);
+    cfg.precision = Precision::Bf16;
+    cfg.backend = BackendKind::Cuda;
+    cfg.distributed.zero_stage = zero_stage;
+    cfg.distributed.bucket_mb = 0.02;
+    if nccl {
+        cfg.distributed.engine = DistEngine::Nccl;
+    }
+    cfg.save_steps = 12;
+    let dir = scratch(name);
+    let out = dir.join("run");
+    let opts = mp_train::run::RunOptions {
+        checkpoints: true,
+        ..quiet(&out)
+    };
+    let summary = train(cfg, opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(summary.steps, 12, "{name}");
+    if nccl {
+        assert!(
+            summary.device.contains("nccl"),
+            "{name}: {}",
+            summary.device
+        );
+        if zero_stage == 0 {
+            assert!(
+                summary.buckets_per_step > 4.0,
+                "{name}: {}",
+                summary.buckets_per_step
+            );
+        }
+    }
+    let recs: Vec<StepRecord> = read_jsonl(&out.join("metrics.jsonl")).unwrap();
+    let weights = std::fs::read(out.join("checkpoint-12").join("model.safetensors")).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let key = recs
+        .iter()
+        .map(|r| (r.step, r.loss.to_bits(), r.grad_norm.map(f64::to_bits)))
+        .collect();
+    (key, weights)
+}
+
+/// One rank with NCCL (`distributed.engine = "nccl"`: DDP's buckets all-reduced in place on
+/// the communication stream, ZeRO-1's reduce-scatter and all-gather) gives the same bits as
+/// the same run with no collectives: NCCL's sum over one rank is exact, and the stream
+/// ordering (event waits both ways) loses nothing.
+#[cfg(feature = "nccl")]
+#[test]
+fn cuda_nccl_one_rank_matches_the_run_without_collectives() {
+    let name = "cuda_nccl_one_rank_matches_the_run_without_collectives";
+    if crate::common::cuda_backend(name).is_none() {
+        return;
+    }
+    for zero in [0, 1] {
+        let plain = cuda_run(&format!("{name}-z{zero}-plain"), zero, false);
+        let nccl = cuda_run(&format!("{name}-z{zero}-nccl"), zero, true);
+        assert!(
+            plain.0 == nccl.0,
+            "zero_stage {zero}: {:?} vs {:?}",
+            plain.0,
+            nccl.0
+        );
+        assert!(
+            plain.1 == nccl.1,
+            "zero_stage {zero}: the final weights differ"
+        );
+    }
+}
