@@ -122,3 +122,55 @@ fn golden_llama_fp32_adamw_training_losses_cuda() {
         golden::fp32_adamw_training_losses::<_, Llama<_>>(be);
     }
 }
+
+/// The Llama sees token order (through the rotary embedding only: it has no position
+/// embedding): swapping the first two tokens changes the logits at every later position; and
+/// it is causal with positions from 0: the first 16 positions of a 64-token sequence have the
+/// logits of the 16-token prefix alone.
+#[test]
+fn llama_logits_see_order_and_are_causal_at_the_training_context() {
+    let be = CpuBackend::new();
+    let config = LlamaConfig {
+        vocab_size: 256,
+        hidden_size: 64,
+        intermediate_size: 176,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 16,
+        max_position_embeddings: 64,
+        rope_theta: 10000.0,
+        rms_norm_eps: 1e-5,
+        tie_word_embeddings: false,
+    };
+    let m = Llama::new(&be, config, 7).unwrap();
+    let ids: Vec<u32> = (0..64).map(|i| (i * 37 + 11) % 256).collect();
+    let logits = |ids: &[u32]| {
+        let batch = Llama::batch(&m, &be, ids, None, 1, ids.len()).unwrap();
+        Llama::evaluate(&m, &be, &batch, Autocast::OFF).unwrap().0
+    };
+    let v = mp_train::model::common::padded_vocab(256);
+    let full = logits(&ids);
+    let mut swapped = ids.clone();
+    swapped.swap(0, 1);
+    let other = logits(&swapped);
+    for p in 1..64 {
+        let (a, b) = (&full[p * v..p * v + 256], &other[p * v..p * v + 256]);
+        let diff = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            diff > 1e-6,
+            "position {p}: swapping tokens 0 and 1 changed nothing ({diff})"
+        );
+    }
+    let prefix = logits(&ids[..16]);
+    for (i, (a, b)) in full[..16 * v].iter().zip(&prefix).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-5 * (1.0 + a.abs()),
+            "logit {i}: {a} vs {b}"
+        );
+    }
+}
