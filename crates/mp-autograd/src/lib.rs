@@ -41,4 +41,4 @@ pub use op::{Backward, Forward, Grads, Inputs, Output, TapeOp};
 pub use ops::dense::WeightLayout;
 pub use params::{ParamEntry, ParamLayout};
 pub use policy::{Autocast, CastPolicy};
-pub use tape::{GradHook, HookResult, Tape, Tensor};
+pub use tape::{GradHook, HookResult, SavedActivation, Tape, Tensor};

@@ -101,6 +101,10 @@ pub(crate) struct Node<'a, B: Backend> {
     op: Option<Recorded<'a, B>>,
     /// A scalar loss: its gradient is the host seed given to [`Tape::backward`].
     loss: bool,
+    /// What made the node: the op's name, or `input`, `param`, `param_cast`, `reshape`.
+    made_by: &'static str,
+    /// The scope it was made in (an index into [`Tape`]'s scopes; 0: none).
+    scope: usize,
 }
 
 impl<B: Backend> Node<'_, B> {
@@ -127,6 +131,22 @@ pub struct Tape<'a, B: Backend> {
     draws: u64,
     /// The seed [`Tape::backward`] is expected to get (see [`Tape::with_loss_seed`]).
     loss_seed: f32,
+    /// The names given to [`Tape::set_scope`] (`""` first), and the current one.
+    scopes: Vec<String>,
+    scope: usize,
+}
+
+/// An activation the backward pass will read (see [`Tape::saved_activations`]).
+pub struct SavedActivation<'t, B: Backend> {
+    /// `scope/op.k`: the scope it was made in, the op that made it, and `k` counting that
+    /// op's saved outputs in the scope from 0 (`model.layers.1/linear.2`).
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Its storage dtype.
+    pub dtype: DType,
+    /// Its elements.
+    pub view: View<'t, B::Buffer>,
 }
 
 pub(crate) fn numel(shape: &[usize]) -> usize {
@@ -149,6 +169,8 @@ impl<'a, B: Backend> Tape<'a, B> {
             rng: None,
             draws: 0,
             loss_seed: 1.0,
+            scopes: vec![String::new()],
+            scope: 0,
         }
     }
 
@@ -312,6 +334,51 @@ impl<'a, B: Backend> Tape<'a, B> {
             .sum()
     }
 
+    /// Names the part of the model that the nodes recorded from now on belong to (a layer's
+    /// HF prefix, `model.layers.3`; `""`: none), for [`Tape::saved_activations`].
+    pub fn set_scope(&mut self, name: &str) {
+        self.scope = match self.scopes.iter().position(|s| s == name) {
+            Some(i) => i,
+            None => {
+                self.scopes.push(name.to_string());
+                self.scopes.len() - 1
+            }
+        };
+    }
+
+    /// The activations the backward pass will read, in recording order: every buffer the
+    /// tape allocated (op outputs and their autocast casts; not inputs, parameters or their
+    /// casts) that a recorded op took as an input. What ops keep inside themselves (the
+    /// norms' and attention's FP32 statistics) is not listed. Named `scope/op.k` (see
+    /// [`SavedActivation::name`]).
+    pub fn saved_activations(&self) -> Vec<SavedActivation<'_, B>> {
+        let mut read = vec![false; self.nodes.len()];
+        for r in self.nodes.iter().filter_map(|n| n.op.as_ref()) {
+            r.inputs.iter().for_each(|&i| read[i] = true);
+        }
+        let mut counts: HashMap<(usize, &'static str), usize> = HashMap::new();
+        let mut out = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let Value::Owned(buf) = &n.value else {
+                continue;
+            };
+            if !read[i] || matches!(n.made_by, "input" | "param_cast") {
+                continue;
+            }
+            let k = counts.entry((n.scope, n.made_by)).or_default();
+            let scope = &self.scopes[n.scope];
+            let sep = if scope.is_empty() { "" } else { "/" };
+            out.push(SavedActivation {
+                name: format!("{scope}{sep}{}.{k}", n.made_by),
+                shape: n.shape.clone(),
+                dtype: n.dtype,
+                view: buf.view(),
+            });
+            *k += 1;
+        }
+        out
+    }
+
     /// Frees the value of `t` (and of its autocast copies) now, unless something recorded for
     /// the backward pass reads it or another tensor is a reshape of it: a hint that the
     /// caller will not read `t` again. Under [`Tape::no_grad`] (inference, evaluation) nothing
@@ -355,7 +422,13 @@ impl<'a, B: Backend> Tape<'a, B> {
                 format!("buffer of {} elements for shape {shape:?}", buffer.len()),
             ));
         }
-        Ok(self.leaf(shape, buffer.dtype(), Value::Owned(buffer), GradLoc::None))
+        Ok(self.leaf(
+            shape,
+            buffer.dtype(),
+            Value::Owned(buffer),
+            GradLoc::None,
+            "input",
+        ))
     }
 
     /// The parameter `entry` of the master arena. Its gradient goes to the same offset of the
@@ -390,7 +463,7 @@ impl<'a, B: Backend> Tape<'a, B> {
         } else {
             GradLoc::None
         };
-        let t = self.leaf(shape, master.dtype(), Value::Master(offset), grad);
+        let t = self.leaf(shape, master.dtype(), Value::Master(offset), grad, "param");
         self.params.insert((offset, len), t.index);
         Ok(t)
     }
@@ -423,7 +496,7 @@ impl<'a, B: Backend> Tape<'a, B> {
                 _ => xi,
             },
         );
-        Ok(self.leaf(shape, dtype, Value::Alias(src), grad))
+        Ok(self.leaf(shape, dtype, Value::Alias(src), grad, "reshape"))
     }
 
     // ----- recording ops ------------------------------------------------------------------
@@ -466,7 +539,7 @@ impl<'a, B: Backend> Tape<'a, B> {
             return Err(self.shape_err(name, msg));
         }
         let dtype = value.dtype();
-        let t = self.leaf(&shape, dtype, Value::Owned(value), GradLoc::None);
+        let t = self.leaf(&shape, dtype, Value::Owned(value), GradLoc::None, name);
         let node = &mut self.nodes[t.index];
         node.loss = op.is_loss();
         let needs = self.grad_enabled && ins.iter().any(|&i| self.nodes[i].grad != GradLoc::None);
@@ -700,7 +773,14 @@ impl<'a, B: Backend> Tape<'a, B> {
         }
     }
 
-    fn leaf(&mut self, shape: &[usize], dtype: DType, value: Value<B>, grad: GradLoc) -> Tensor {
+    fn leaf(
+        &mut self,
+        shape: &[usize],
+        dtype: DType,
+        value: Value<B>,
+        grad: GradLoc,
+        made_by: &'static str,
+    ) -> Tensor {
         self.nodes.push(Node {
             shape: shape.to_vec(),
             dtype,
@@ -708,6 +788,8 @@ impl<'a, B: Backend> Tape<'a, B> {
             grad,
             op: None,
             loss: false,
+            made_by,
+            scope: self.scope,
         });
         self.tensor(self.nodes.len() - 1)
     }
@@ -759,7 +841,8 @@ impl<'a, B: Backend> Tape<'a, B> {
         let shape = self.nodes[t].shape.clone();
         let c = match (&self.nodes[t].value, self.model) {
             (&Value::Master(o), Some(m)) if m.dtype() == dtype => {
-                self.leaf(&shape, dtype, Value::Model(o), src_grad).index
+                self.leaf(&shape, dtype, Value::Model(o), src_grad, "param")
+                    .index
             }
             _ => match src_grad {
                 // A cast parameter's gradient is the parameter's gradient: the kernels
@@ -768,7 +851,8 @@ impl<'a, B: Backend> Tape<'a, B> {
                     let mut out = self.be.uninit(dtype, numel(&shape))?;
                     self.be
                         .cast(self.val(t)?, out.view_mut(), Rounding::NearestEven)?;
-                    self.leaf(&shape, dtype, Value::Owned(out), src_grad).index
+                    self.leaf(&shape, dtype, Value::Owned(out), src_grad, "param_cast")
+                        .index
                 }
                 // an activation's cast is an op of its own (src_grad is only Own or Alias
                 // while gradients are enabled, so it is recorded)

@@ -507,7 +507,8 @@ fn across_seeds(s: &mut String, base: &TrainConfig, results: &[ArmResult], seeds
 
 /// The precision-health section (the config's seed of each arm): per arm the update that
 /// 16-bit weights would lose and the gradient fractions FP16 and FP8 would lose, then the five
-/// tensors that lose most. Returns the findings it supports.
+/// tensors that lose most (gradients, updates, saved activations). Returns the findings it
+/// supports.
 fn precision_health(s: &mut String, results: &[ArmResult], plot_prefix: &str) -> Vec<String> {
     let runs: Vec<(&ArmResult, Vec<HealthRecord>)> = results
         .iter()
@@ -563,14 +564,33 @@ fn precision_health(s: &mut String, results: &[ArmResult], plot_prefix: &str) ->
         }
     }
     for (path, what) in [
-        ("grad.fp16.underflow", "gradients that underflow in FP16"),
-        ("lost_update.bf16", "updates BF16 weights would lose"),
+        (
+            "grad.fp16.underflow",
+            "tensors with the most gradients that underflow in FP16",
+        ),
+        (
+            "lost_update.bf16",
+            "tensors with the most updates BF16 weights would lose",
+        ),
+        (
+            "act:e4m3_amax.underflow",
+            "saved activations with the most values that underflow in FP8 E4M3 after \
+             per-tensor amax scaling (the first micro-batch of each logged step)",
+        ),
+        (
+            "act:fp16.overflow",
+            "saved activations with the most values that overflow in FP16",
+        ),
     ] {
-        let _ = writeln!(s, "\nThe five tensors with the most {what}:\n");
+        let _ = writeln!(s, "\nThe five {what}:\n");
         let _ = writeln!(s, "| run | tensors (mean fraction) |");
         let _ = writeln!(s, "| --- | --- |");
         for (r, recs) in &runs {
-            let worst: Vec<String> = health::worst_tensors(recs, path, 5)
+            let ranked = match path.strip_prefix("act:") {
+                Some(p) => health::worst_activations(recs, p, 5),
+                None => health::worst_tensors(recs, path, 5),
+            };
+            let worst: Vec<String> = ranked
                 .into_iter()
                 .filter(|(_, v)| *v > 0.0)
                 .map(|(n, v)| format!("`{n}` {}", pct(v)))

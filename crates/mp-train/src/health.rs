@@ -14,9 +14,12 @@
 //! logged step), drawn as `precision_health.png` (tensors × steps, FP16 gradient underflow by
 //! default, [`heat_map`]).
 //!
-//! The statistics are computed on the host from the downloaded arenas at logged steps only (a
-//! copy on the CPU backend; a transfer per logged step on a GPU). Activations are not yet
-//! covered.
+//! The activations the step saves for its backward pass (the first micro-batch's, listed by
+//! [`mp_autograd::Tape::saved_activations`] just before the backward runs, named by layer and
+//! op) get the same format fractions at scale 1 ([`activations`]).
+//!
+//! The statistics are computed on the host from the downloaded arenas and activations at
+//! logged steps only (a copy on the CPU backend; a transfer per logged step on a GPU).
 
 use crate::error::{Result, TrainError};
 use mp_autograd::ParamLayout;
@@ -66,6 +69,21 @@ pub struct TensorHealth {
     pub lost_update_fraction: Option<BTreeMap<String, f64>>,
 }
 
+/// One saved activation at one step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActivationHealth {
+    /// `scope/op.k` (see [`mp_autograd::SavedActivation::name`]): `model.layers.0/linear.2`.
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Its elements.
+    pub numel: usize,
+    /// The dtype the step stores it in.
+    pub dtype: String,
+    /// Its values at scale 1, per format (as [`tensor_formats`]).
+    pub formats: BTreeMap<String, Fractions>,
+}
+
 /// One logged step.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HealthRecord {
@@ -75,6 +93,31 @@ pub struct HealthRecord {
     pub loss_scale: f32,
     /// Every parameter tensor, in arena order.
     pub tensors: Vec<TensorHealth>,
+    /// The activations the step's first micro-batch saved for its backward pass, in
+    /// recording order.
+    #[serde(default)]
+    pub activations: Vec<ActivationHealth>,
+}
+
+/// The health of every activation `tape` has saved for its backward pass (call it between
+/// the forward and the backward).
+pub fn activations<B: mp_kernels::prelude::Backend>(
+    tape: &mp_autograd::Tape<'_, B>,
+) -> Result<Vec<ActivationHealth>> {
+    let be = tape.backend();
+    tape.saved_activations()
+        .into_iter()
+        .map(|a| {
+            let values = be.download_f32(a.view)?;
+            Ok(ActivationHealth {
+                numel: values.len(),
+                formats: tensor_formats(&values),
+                name: a.name,
+                shape: a.shape,
+                dtype: a.dtype.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// How many finite values of `values`, multiplied by `scale` (in f32) and rounded to nearest
@@ -196,6 +239,7 @@ pub fn record(
         step,
         loss_scale,
         tensors,
+        activations: Vec::new(),
     }
 }
 
@@ -239,21 +283,48 @@ pub fn mean_over(
     (weight > 0.0).then(|| sum / weight)
 }
 
+/// A statistic of an activation record, by its path: `fp16.overflow`, `e4m3.underflow`,
+/// `e4m3_amax.underflow`, ...
+pub fn activation_statistic(a: &ActivationHealth, path: &str) -> Option<f64> {
+    let (fmt, field) = path.split_once('.')?;
+    let f = a.formats.get(fmt)?;
+    match field {
+        "underflow" => Some(f.underflow),
+        "subnormal" => Some(f.subnormal),
+        "overflow" => Some(f.overflow),
+        _ => None,
+    }
+}
+
 /// The `k` tensors with the largest mean of `path` over `records`, largest first.
 pub fn worst_tensors(records: &[HealthRecord], path: &str, k: usize) -> Vec<(String, f64)> {
+    let values = records.iter().flat_map(|r| &r.tensors).filter_map(|t| {
+        let v = statistic(t, path)?;
+        Some((t.name.as_str(), v))
+    });
+    worst(values, k)
+}
+
+/// The `k` saved activations with the largest mean of `path` (see
+/// [`activation_statistic`]) over `records`, largest first.
+pub fn worst_activations(records: &[HealthRecord], path: &str, k: usize) -> Vec<(String, f64)> {
+    let values = records.iter().flat_map(|r| &r.activations).filter_map(|a| {
+        let v = activation_statistic(a, path)?;
+        Some((a.name.as_str(), v))
+    });
+    worst(values, k)
+}
+
+/// The `k` names with the largest mean value, largest first (ties by name).
+fn worst<'r>(values: impl Iterator<Item = (&'r str, f64)>, k: usize) -> Vec<(String, f64)> {
     let mut sums: Vec<(String, f64, u32)> = Vec::new();
-    for r in records {
-        for t in &r.tensors {
-            let Some(v) = statistic(t, path) else {
-                continue;
-            };
-            match sums.iter_mut().find(|(n, _, _)| *n == t.name) {
-                Some(e) => {
-                    e.1 += v;
-                    e.2 += 1;
-                }
-                None => sums.push((t.name.clone(), v, 1)),
+    for (name, v) in values {
+        match sums.iter_mut().find(|(n, _, _)| n == name) {
+            Some(e) => {
+                e.1 += v;
+                e.2 += 1;
             }
+            None => sums.push((name.to_string(), v, 1)),
         }
     }
     let mut means: Vec<(String, f64)> = sums
@@ -387,8 +458,20 @@ mod tests {
             step: s,
             loss_scale: 1.0,
             tensors: vec![mk("a", 0.1), mk("b", 0.4), mk("c", 0.2)],
+            activations: vec![ActivationHealth {
+                name: "l/gelu.0".into(),
+                shape: vec![1],
+                numel: 1,
+                dtype: "bf16".into(),
+                formats: mk("x", 0.3).grad,
+            }],
         };
         let recs = [r(1), r(2)];
+        assert_eq!(
+            worst_activations(&recs, "fp16.underflow", 3),
+            vec![("l/gelu.0".to_string(), 0.3)]
+        );
+        assert_eq!(activation_statistic(&recs[0].activations[0], "fp16"), None);
         assert_eq!(
             statistic(&recs[0].tensors[1], "lost_update.bf16"),
             Some(0.2)

@@ -706,6 +706,8 @@ pub fn run_loop<B: Backend>(
             true if logs_next && cfg.precision.has_master() => Some(tr.weights_host()?),
             _ => None,
         };
+        // and the activations the step saves, at the same steps
+        tr.activation_health = (health_on && logs_next).then(Vec::new);
         let t0 = Instant::now();
         // every rank stops at the same step when any of them was asked to
         let (s, stop_now) = tr.step_agreed(stop.requested())?;
@@ -746,6 +748,7 @@ pub fn run_loop<B: Backend>(
         } else {
             None
         };
+        let mut activations = tr.activation_health.take();
         let evaluating = last || (cfg.eval_steps > 0 && step.is_multiple_of(cfg.eval_steps));
         let mut lead_work = || -> Result<()> {
             let Some(f) = files.as_mut() else {
@@ -778,7 +781,9 @@ pub fn run_loop<B: Backend>(
                 f.tb.scalars(step, &tensorboard_scalars(&rec))?;
                 if let Some(h) = f.health.as_mut() {
                     let update = before.as_deref().filter(|_| !s.skipped);
-                    h.write(&tr.health(grads, s.scale, update)?)?;
+                    let mut record = tr.health(grads, s.scale, update)?;
+                    record.activations = activations.take().unwrap_or_default();
+                    h.write(&record)?;
                 }
                 let eta = (cfg.max_steps - step) as f64 * train_s / (step - start_step) as f64;
                 rep.step(&rec, cfg.max_steps, eta);

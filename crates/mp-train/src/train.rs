@@ -113,6 +113,9 @@ pub struct Trainer<B: Backend> {
     groups: Vec<ParamGroup>,
     /// Where a later micro-batch's gradients go before they are added to the arena.
     micro_grads: Option<B::Buffer>,
+    /// `Some` before a step: the step records the health of the activations its first
+    /// micro-batch saves here (see [`crate::health::activations`]).
+    pub activation_health: Option<Vec<crate::health::ActivationHealth>>,
 }
 
 impl<B: Backend> Trainer<B> {
@@ -195,6 +198,7 @@ impl<B: Backend> Trainer<B> {
             fail_at,
             groups,
             micro_grads: None,
+            activation_health: None,
         })
     }
 
@@ -357,6 +361,7 @@ impl<B: Backend> Trainer<B> {
                 let mut hook = reduce.map(|r| r.hook(be, None));
                 let mut bp = Backprop::new(s, loss_sum.view_mut(), w);
                 bp.hook = hook.as_mut().map(|h| h as &mut dyn GradHook<B>);
+                bp.activations = self.activation_health.as_mut();
                 self.model
                     .forward_backward_on_device(be, &batch, self.autocast, bp)?;
                 continue;

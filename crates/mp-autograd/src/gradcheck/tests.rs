@@ -437,3 +437,51 @@ fn the_gradient_hook_sees_each_range_once_when_it_is_final() {
     );
     assert!(rec.progress > 0);
 }
+
+#[test]
+fn saved_activations_are_what_the_backward_reads_named_by_scope_and_op() {
+    let (v, c) = (5, 4);
+    let values = super::randn(9, v * c + c * c);
+    let be = Cpu::new();
+    let master = be.upload_f32(&values, DType::F32).unwrap();
+    let (ids, targets) = (vec![1u32, 3, 0], vec![2u32, 4, 1]);
+    let mut t = Tape::new(&be)
+        .with_params(&master)
+        .with_autocast(Autocast::to(DType::BF16));
+    let e = t.param_at(0, &[v, c]).unwrap();
+    let w = t.param_at(v * c, &[c, c]).unwrap();
+    let x = t.embedding(e, &ids, ids.len()).unwrap();
+    t.set_scope("layer.0");
+    let h = t.linear(x, w, None, WeightLayout::InOut).unwrap();
+    let g = t.gelu(h).unwrap();
+    let h2 = t.linear(g, w, None, WeightLayout::InOut).unwrap();
+    t.set_scope("head");
+    let logits = t.linear(h2, e, None, WeightLayout::OutIn).unwrap();
+    let loss = t.cross_entropy(logits, &targets).unwrap();
+    let saved = t.saved_activations();
+    let names: Vec<&str> = saved.iter().map(|s| s.name.as_str()).collect();
+    // the embedding's FP32 output (the input of its recorded cast) and that BF16 cast (what
+    // the first GEMM's backward reads); the GEMM outputs are BF16 under autocast; the weights
+    // and their casts are not activations
+    assert_eq!(
+        names,
+        [
+            "embedding.0",
+            "layer.0/cast.0",
+            "layer.0/linear.0",
+            "layer.0/gelu.0",
+            "layer.0/linear.1",
+            "head/linear.0"
+        ],
+        "{names:?}"
+    );
+    assert_eq!(saved[5].shape, [3, v]);
+    assert_eq!(saved[2].dtype, DType::BF16);
+    assert_eq!(
+        be.download_f32(saved[3].view).unwrap(),
+        t.to_vec_f32(g).unwrap()
+    );
+    let mut grads = be.zeros(DType::F32, values.len()).unwrap();
+    drop(saved);
+    t.backward(loss, 1.0, &mut grads).unwrap();
+}

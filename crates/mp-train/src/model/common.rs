@@ -147,6 +147,9 @@ pub struct Backprop<'a, B: Backend> {
     /// Told as the backward pass finishes ranges of the gradient arena (see
     /// [`Tape::backward_with`]); a data-parallel run's bucket reducer.
     pub hook: Option<&'a mut dyn GradHook<B>>,
+    /// Where the precision health of the activations saved for this backward pass goes
+    /// (see [`crate::health::activations`]); `None`: not looked at.
+    pub activations: Option<&'a mut Vec<crate::health::ActivationHealth>>,
 }
 
 impl<'a, B: Backend> Backprop<'a, B> {
@@ -157,6 +160,7 @@ impl<'a, B: Backend> Backprop<'a, B> {
             loss_sum,
             weight,
             hook: None,
+            activations: None,
         }
     }
 }
@@ -174,6 +178,9 @@ pub(crate) fn loss_and_backward<'a, B: Backend>(
     let loss = tape.cross_entropy(logits, batch.targets()?)?;
     tape.backend()
         .axpy(bp.weight, tape.view(loss)?, bp.loss_sum)?;
+    if let Some(out) = bp.activations {
+        *out = crate::health::activations(&tape)?;
+    }
     tape.backward_with(loss, bp.scale, grads, bp.hook)?;
     Ok(())
 }

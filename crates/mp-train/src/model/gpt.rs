@@ -316,6 +316,7 @@ impl<B: Backend> Gpt<B> {
         let n = b * t;
         let wte = tape.param(&self.wte)?;
         let wpe = tape.param(&self.wpe)?;
+        tape.set_scope("transformer.wte");
         let tok = tape.embedding(wte, &batch.ids, n)?;
         let pos = tape.embedding(wpe, &batch.positions, n)?;
         let x = tape.add(tok, pos)?;
@@ -332,7 +333,8 @@ impl<B: Backend> Gpt<B> {
             }
             Ok(())
         };
-        for blk in &self.blocks {
+        for (i, blk) in self.blocks.iter().enumerate() {
+            tape.set_scope(&format!("transformer.h.{i}"));
             let h = self.layer_norm(tape, x, &blk.ln_1, eps)?;
             let qkv = self.linear(tape, h, &blk.c_attn)?;
             let a = tape.attention(qkv, self.config.n_head)?;
@@ -354,6 +356,7 @@ impl<B: Backend> Gpt<B> {
             x = tape.add(x1, m)?;
             done(tape, &[h, f, m, x1])?;
         }
+        tape.set_scope("lm_head");
         let h = self.layer_norm(tape, x, &self.ln_f, eps)?;
         let logits = vocab_head(tape, h, wte, self.config.vocab_size)?;
         done(tape, &[x, h])?;

@@ -459,6 +459,7 @@ impl<B: Backend> Llama<B> {
         let (heads, kv_heads, eps) = (c.num_attention_heads, c.num_key_value_heads, c.rms_norm_eps);
         let rope = self.rope(tape, b, t)?;
         let embed = tape.param(&self.embed)?;
+        tape.set_scope("model.embed_tokens");
         let mut x = tape.embedding(embed, &batch.ids, n)?;
         let lin = |tape: &mut Tape<'a, B>, x: Tensor, w: &ParamEntry| -> Result<Tensor> {
             let w = tape.param(w)?;
@@ -468,7 +469,8 @@ impl<B: Backend> Llama<B> {
             let w = tape.param(w)?;
             Ok(tape.rms_norm(x, w, eps)?)
         };
-        for l in &self.layers {
+        for (i, l) in self.layers.iter().enumerate() {
+            tape.set_scope(&format!("model.layers.{i}"));
             let h = norm(tape, x, &l.input_norm)?;
             let q = lin(tape, h, &l.q)?;
             let k = lin(tape, h, &l.k)?;
@@ -490,6 +492,7 @@ impl<B: Backend> Llama<B> {
             let m = lin(tape, m, &l.down)?;
             x = tape.add(x, m)?;
         }
+        tape.set_scope("lm_head");
         let h = norm(tape, x, &self.norm)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let w = tape.param(head)?;

@@ -116,6 +116,70 @@ fn every_logged_step_has_a_health_record_of_every_tensor() {
                 .expect("bf16 has master weights");
             assert!((0.0..=1.0).contains(&lost["bf16"]));
         }
+        assert!(
+            r.activations
+                .iter()
+                .any(|a| a.name == "transformer.h.0/gelu.0"),
+            "the saved activations are recorded"
+        );
     }
     assert!(out.join("precision_health.png").is_file());
+}
+
+#[test]
+fn the_saved_activations_are_named_by_layer_and_counted_exactly() {
+    use mp_kernels::CpuBackend;
+    use mp_train::{data::Dataset, train::Trainer};
+    let cfg = crate::common::tiny(1);
+    let ds = Dataset::from_config(&cfg.data, cfg.seed, cfg.model.n_positions).unwrap();
+    let mut tr = Trainer::new(CpuBackend::new(), cfg.clone(), ds).unwrap();
+    let weights = tr.weights_host().unwrap();
+    let t = tr.seq_len();
+    let batch = tr.data.train_batch(cfg.seed, 0, cfg.batch_size, t).unwrap();
+    tr.activation_health = Some(Vec::new());
+    tr.step_agreed(false).unwrap();
+    let acts = tr.activation_health.take().unwrap();
+    let names: Vec<&str> = acts.iter().map(|a| a.name.as_str()).collect();
+    let block = [
+        "layer_norm.0",
+        "linear.0",
+        "attention.0",
+        "linear.1",
+        "add.0",
+        "layer_norm.1",
+        "linear.2",
+        "gelu.0",
+        "linear.3",
+        "add.1",
+    ];
+    let mut want = vec![
+        "transformer.wte/embedding.0".to_string(),
+        "transformer.wte/embedding.1".to_string(),
+    ];
+    want.extend(block.iter().map(|op| format!("transformer.h.0/{op}")));
+    want.extend(["lm_head/layer_norm.0".into(), "lm_head/linear.0".into()]);
+    assert_eq!(names, want);
+    // the token embedding's output is the rows of the batch's tokens: its counts are those of
+    // the same values taken from the weights
+    let wte = tr.model.layout().get("transformer.wte.weight").unwrap();
+    let c = cfg.model.n_embd;
+    let rows: Vec<f32> = batch
+        .inputs
+        .iter()
+        .flat_map(|&id| {
+            let o = wte.offset + id as usize * c;
+            weights[o..o + c].to_vec()
+        })
+        .collect();
+    assert_eq!(acts[0].shape, [rows.len() / c, c]);
+    assert_eq!(acts[0].formats, health::tensor_formats(&rows));
+    for a in &acts {
+        assert_eq!(a.numel, a.shape.iter().product::<usize>(), "{}", a.name);
+        for f in a.formats.values() {
+            assert!((0.0..=1.0).contains(&(f.underflow + f.subnormal + f.overflow)));
+        }
+    }
+    // the GEMMs' outputs are stored in the autocast dtype, the residual stream in FP32
+    assert_eq!(acts[3].dtype, "bf16");
+    assert_eq!(acts[6].dtype, "f32");
 }
