@@ -10,7 +10,10 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 "$VENV/bin/pip" install -q --disable-pip-version-check tbparse tensorboard transformers
-ASSETS=$(cargo metadata --format-version 1 --offline | "$VENV/bin/python" -c '
+# filtered to the host: a build downloads only the host's packages, so an offline metadata over
+# every platform fails on a fresh machine
+HOST=$(rustc -vV | sed -n 's/^host: //p')
+ASSETS=$(cargo metadata --format-version 1 --offline --filter-platform "$HOST" | "$VENV/bin/python" -c '
 import json, os, sys
 pkgs = json.load(sys.stdin)["packages"]
 print(os.path.join(os.path.dirname(next(p for p in pkgs if p["name"] == "tiktoken-rs")["manifest_path"]), "assets"))')

@@ -352,7 +352,7 @@ fn cmd_compare(a: CompareArgs) -> Result<()> {
         for (f, _) in compare::PLOTS.iter().chain(&compare::SEED_PLOTS) {
             let src = out.join(f);
             if src.exists() {
-                std::fs::copy(&src, plots.join(f)).with_context(|| format!("copying {f}"))?;
+                copy_plot(&src, &plots.join(f))?;
             }
         }
         for r in &results {
@@ -362,8 +362,7 @@ fn cmd_compare(a: CompareArgs) -> Result<()> {
                     let d = plots.join(r.variant.name);
                     std::fs::create_dir_all(&d)
                         .with_context(|| format!("creating {}", d.display()))?;
-                    std::fs::copy(&src, d.join(file))
-                        .with_context(|| format!("copying {}", src.display()))?;
+                    copy_plot(&src, &d.join(file))?;
                 }
             }
         }
@@ -492,4 +491,17 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Copies a plot of the study into the report's plot folder; nothing to do when that folder
+/// is the study folder itself (copying a file onto itself would empty it).
+fn copy_plot(src: &Path, dst: &Path) -> anyhow::Result<()> {
+    let same = match (src.canonicalize(), dst.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if !same {
+        std::fs::copy(src, dst).with_context(|| format!("copying {}", src.display()))?;
+    }
+    Ok(())
 }

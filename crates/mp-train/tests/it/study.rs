@@ -41,6 +41,31 @@ fn a_study_over_two_seeds_reports_their_spread_and_rerenders_the_same() {
     let (_, again) = compare::rerender(&out).unwrap();
     assert_eq!(again.iter().map(|r| r.more_seeds.len()).sum::<usize>(), 5);
     assert_eq!(std::fs::read_to_string(&report).unwrap(), text);
+    // `--report` next to the study folder, named like it: its plot folder is the study folder
+    // itself, whose plots stay as they are (a copy onto itself would empty them)
+    let sizes = |dir: &std::path::Path| -> Vec<u64> {
+        compare::SEED_PLOTS
+            .iter()
+            .map(|(f, _)| std::fs::metadata(dir.join(f)).unwrap().len())
+            .collect()
+    };
+    let before = sizes(&out);
+    assert!(before.iter().all(|&n| n > 0));
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_mp-train"))
+        .args(["compare", "--plain", "--from"])
+        .arg(&out)
+        .arg("--report")
+        .arg(out.with_extension("md"))
+        .output()
+        .unwrap();
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert_eq!(sizes(&out), before);
+    let copied = std::fs::read_to_string(out.with_extension("md")).unwrap();
+    assert!(copied.contains("](study/"), "{copied}");
     assert!(
         compare::compare(
             &cfg,

@@ -15,13 +15,30 @@ use std::path::{Path, PathBuf};
 /// GPT-2's `vocab.json` + `merges.txt`: OpenAI's `encoder.json` and `vocab.bpe`, which the
 /// `tiktoken-rs` dev-dependency ships in its `assets/` (found through `cargo metadata`),
 /// copied into a folder under those names.
+///
+/// The metadata is filtered to the host platform: a build downloads only the host's packages,
+/// and an offline `cargo metadata` over every platform would fail on the others (Windows-only
+/// crates) on a fresh machine.
 pub fn gpt2_tokenizer_dir(name: &str) -> PathBuf {
+    let rustc = std::process::Command::new(std::env::var("RUSTC").unwrap_or("rustc".into()))
+        .arg("-vV")
+        .output()
+        .expect("running rustc -vV");
+    let host = String::from_utf8_lossy(&rustc.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+        .expect("rustc -vV names the host triple");
     let out = std::process::Command::new(env!("CARGO"))
         .args(["metadata", "--format-version", "1", "--offline"])
+        .args(["--filter-platform", &host])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("running cargo metadata");
-    assert!(out.status.success(), "cargo metadata failed");
+    assert!(
+        out.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let manifest = meta["packages"]
         .as_array()
