@@ -61,7 +61,7 @@ pub use rng::{mix32, sr_random};
 pub use half;
 pub use scalar::{bits_to_f32, f32_to_bits, f32_to_bits_sr};
 pub use simd::Isa;
-pub use stats::{RangeStats, range_stats};
+pub use stats::{RangeStats, RangeThresholds, lost_update_counts, range_stats};
 
 /// A floating-point storage format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -92,19 +92,34 @@ impl Default for RangeStats {
     }
 }
 
-/// The magnitude bit patterns of f32 at which the RNE result in a format changes class.
-#[derive(Clone, Copy)]
-struct Thresholds {
+/// The magnitude bit patterns of f32 at which the round-to-nearest-even result in a format
+/// changes class: `|y|`'s bits (`y.to_bits() & 0x7fff_ffff`) below `nonzero_from` round to
+/// zero, below `normal_from` to a subnormal, from `overflow_from` on beyond the format's max.
+/// The classification [`range_stats`] applies, for kernels that count on a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RangeThresholds {
     /// Smallest |y| bits that round to a non-zero value.
-    nonzero_from: u32,
+    pub nonzero_from: u32,
     /// Smallest |y| bits that round to a normal value.
-    normal_from: u32,
+    pub normal_from: u32,
     /// Smallest |y| bits that overflow.
-    overflow_from: u32,
+    pub overflow_from: u32,
 }
 
-impl Thresholds {
-    fn of(dtype: DType) -> Self {
+impl RangeThresholds {
+    /// The thresholds of `dtype` (found once per process by bisection with the scalar
+    /// conversion as oracle).
+    pub fn of(dtype: DType) -> Self {
+        static TABLE: std::sync::OnceLock<Vec<(DType, RangeThresholds)>> =
+            std::sync::OnceLock::new();
+        let table = TABLE.get_or_init(|| DType::ALL.iter().map(|&d| (d, Self::find(d))).collect());
+        table
+            .iter()
+            .find(|(d, _)| *d == dtype)
+            .map_or_else(|| Self::find(dtype), |&(_, t)| t)
+    }
+
+    fn find(dtype: DType) -> Self {
         // Conversion is monotone in |y|, so each boundary is found by bisection over the
         // finite magnitudes with the scalar reference as the oracle.
         let mag = |a: u32| f32_to_bits(f32::from_bits(a), dtype, false) & !sign_mask(dtype);
@@ -118,12 +133,40 @@ impl Thresholds {
         };
         let max_bits = f32_to_bits(dtype.max(), dtype, false);
         let min_normal_bits = 1u32 << dtype.mantissa_bits();
-        Thresholds {
+        RangeThresholds {
             nonzero_from: first(&|a| mag(a) != 0),
             normal_from: first(&|a| mag(a) >= min_normal_bits),
             overflow_from: first(&|a| mag(a) > max_bits),
         }
     }
+}
+
+/// How many of the updates `after - before` are non-zero and finite, and how many of those
+/// `dtype` weights would lose: with `w = round(before)`, `round(w + (after - before)) == w`
+/// (round to nearest even): `(updated, lost)`. The what-if behind FP32 master weights.
+///
+/// ```
+/// use mp_dtype::{lost_update_counts, DType};
+/// // 1e-3 is below half a BF16 ulp of 1.0 (2^-8) but not below half an FP16 ulp (2^-11)
+/// let (before, after) = ([1.0, 2.0, 3.0], [1.001, 2.5, 3.0]);
+/// assert_eq!(lost_update_counts(&before, &after, DType::BF16), (2, 1));
+/// assert_eq!(lost_update_counts(&before, &after, DType::F16), (2, 0));
+/// ```
+pub fn lost_update_counts(before: &[f32], after: &[f32], dtype: DType) -> (u64, u64) {
+    let round = |x: f32| crate::bits_to_f32(f32_to_bits(x, dtype, false), dtype);
+    let (mut updated, mut lost) = (0u64, 0u64);
+    for (&b, &a) in before.iter().zip(after) {
+        let delta = a - b;
+        if delta == 0.0 || !delta.is_finite() {
+            continue;
+        }
+        updated += 1;
+        let w16 = round(b);
+        if round(w16 + delta) == w16 {
+            lost += 1;
+        }
+    }
+    (updated, lost)
 }
 
 fn sign_mask(dtype: DType) -> u32 {
@@ -142,7 +185,7 @@ fn sign_mask(dtype: DType) -> u32 {
 /// assert_eq!(s.exponent_count(0), 1);
 /// ```
 pub fn range_stats(src: &[f32], dtype: DType, scale: f32) -> RangeStats {
-    let t = Thresholds::of(dtype);
+    let t = RangeThresholds::of(dtype);
     if src.len() < PARALLEL_THRESHOLD {
         return stats_serial(src, t, scale);
     }
@@ -154,7 +197,7 @@ pub fn range_stats(src: &[f32], dtype: DType, scale: f32) -> RangeStats {
         })
 }
 
-fn stats_serial(src: &[f32], t: Thresholds, scale: f32) -> RangeStats {
+fn stats_serial(src: &[f32], t: RangeThresholds, scale: f32) -> RangeStats {
     let mut s = RangeStats::new();
     let mut hist = [0u64; RangeStats::HISTOGRAM_BINS];
     for &x in src {
@@ -201,7 +244,7 @@ mod tests {
     #[test]
     fn thresholds_match_the_scalar_reference_at_their_edges() {
         for dtype in DType::ALL {
-            let t = Thresholds::of(dtype);
+            let t = RangeThresholds::of(dtype);
             let mag = |a: u32| f32_to_bits(f32::from_bits(a), dtype, false) & !sign_mask(dtype);
             assert_eq!(mag(t.nonzero_from - 1), 0, "{dtype}");
             assert_ne!(mag(t.nonzero_from), 0, "{dtype}");

@@ -120,3 +120,85 @@ extern "C" __global__ void mp_sgd(void* p, int pdt, const void* g, int gdt, floa
         if (model) st8(model, i, mdt, n, vec, vp, rm);
     }
 }
+
+// Precision-health counts. Integer counts added with atomics (deterministic); one warp adds
+// its sums at a time.
+__device__ __forceinline__ u32 warp_sum_u32(u32 v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ u32 warp_max_u32(u32 v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_down_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Per query (8 u32: offset lo/hi, len lo/hi, scale bits, then mp_dtype::RangeThresholds'
+// nonzero_from, normal_from, overflow_from): over the finite non-zero x of the range, with
+// a = |x * scale|'s bits (|x|'s own bits when scale is 1, so no product can flush), how many
+// underflow (a < nonzero_from), are subnormal, overflow (a >= overflow_from), and the largest
+// |x| bits, into out[4q + 0..4] (zeroed before the launch). Queries stride over grid.y.
+extern "C" __global__ void mp_range_counts(const void* x, int xdt, const u32* queries, u32 nq,
+                                           unsigned long long* out) {
+    for (u32 q = blockIdx.y; q < nq; q += gridDim.y) {
+        const u32* Q = queries + 8u * q;
+        u64 off = (u64)Q[0] | ((u64)Q[1] << 32), n = (u64)Q[2] | ((u64)Q[3] << 32);
+        float scale = __uint_as_float(Q[4]);
+        int unit = Q[4] == 0x3f800000u;
+        u32 nz = Q[5], nm = Q[6], of = Q[7];
+        u32 cu = 0u, cs = 0u, co = 0u, am = 0u;
+        u64 stride = (u64)gridDim.x * blockDim.x;
+        for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+            float v = ld(x, off + i, xdt);
+            u32 b = __float_as_uint(v) & 0x7fffffffu;
+            if (b == 0u || b >= 0x7f800000u) continue;
+            am = max(am, b);
+            u32 a = unit ? b : (__float_as_uint(v * scale) & 0x7fffffffu);
+            cu += a < nz ? 1u : 0u;
+            cs += (a >= nz && a < nm) ? 1u : 0u;
+            co += a >= of ? 1u : 0u;
+        }
+        cu = warp_sum_u32(cu);
+        cs = warp_sum_u32(cs);
+        co = warp_sum_u32(co);
+        am = warp_max_u32(am);
+        if ((threadIdx.x & 31) == 0) {
+            unsigned long long* o = out + 4u * q;
+            if (cu) atomicAdd(o, (unsigned long long)cu);
+            if (cs) atomicAdd(o + 1, (unsigned long long)cs);
+            if (co) atomicAdd(o + 2, (unsigned long long)co);
+            if (am) atomicMax(o + 3, (unsigned long long)am);
+        }
+    }
+}
+
+// Per range (4 u32: offset lo/hi, len lo/hi) of two views: how many updates d = after - before
+// are non-zero and finite, and how many of those weights stored in `dt` lose (w = rne(before),
+// rne(w + d) == w), into out[2r + 0..2] (zeroed before the launch).
+extern "C" __global__ void mp_lost_update_counts(const void* before, int bdt, const void* after,
+                                                 int adt, int dt, const u32* ranges, u32 nr,
+                                                 unsigned long long* out) {
+    Rnd rd = rne();
+    for (u32 r = blockIdx.y; r < nr; r += gridDim.y) {
+        const u32* R = ranges + 4u * r;
+        u64 off = (u64)R[0] | ((u64)R[1] << 32), n = (u64)R[2] | ((u64)R[3] << 32);
+        u32 cu = 0u, cl = 0u;
+        u64 stride = (u64)gridDim.x * blockDim.x;
+        for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+            float b = ld(before, off + i, bdt);
+            float d = ld(after, off + i, adt) - b;
+            if (d == 0.0f || !isfinite(d)) continue;
+            cu += 1u;
+            float w = bits_to_f32(f32_to_bits(b, dt, rd, 0), dt);
+            cl += bits_to_f32(f32_to_bits(w + d, dt, rd, 0), dt) == w ? 1u : 0u;
+        }
+        cu = warp_sum_u32(cu);
+        cl = warp_sum_u32(cl);
+        if ((threadIdx.x & 31) == 0) {
+            unsigned long long* o = out + 2u * r;
+            if (cu) atomicAdd(o, (unsigned long long)cu);
+            if (cl) atomicAdd(o + 1, (unsigned long long)cl);
+        }
+    }
+}

@@ -18,12 +18,16 @@
 //! [`mp_autograd::Tape::saved_activations`] just before the backward runs, named by layer and
 //! op) get the same format fractions at scale 1 ([`activations`]).
 //!
-//! The statistics are computed on the host from the downloaded arenas and activations at
-//! logged steps only (a copy on the CPU backend; a transfer per logged step on a GPU).
+//! The statistics are counted where the tensors live, at logged steps only: the backend's
+//! [`OptimOps::range_counts`] and [`OptimOps::lost_update_counts`] (one read pass over each
+//! arena per question, a kernel on CUDA and wgpu, in place on the CPU), and only the counts
+//! come back to the host. The weights before a logged step are a device copy.
 
 use crate::error::{Result, TrainError};
 use mp_autograd::ParamLayout;
-use mp_dtype::{DType, bits_to_f32, f32_to_bits, range_stats};
+use mp_dtype::DType;
+use mp_kernels::prelude::*;
+use mp_kernels::{RangeCounts, RangeQuery, View};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -100,18 +104,16 @@ pub struct HealthRecord {
 }
 
 /// The health of every activation `tape` has saved for its backward pass (call it between
-/// the forward and the backward).
-pub fn activations<B: mp_kernels::prelude::Backend>(
-    tape: &mp_autograd::Tape<'_, B>,
-) -> Result<Vec<ActivationHealth>> {
+/// the forward and the backward), counted on the tape's backend.
+pub fn activations<B: Backend>(tape: &mp_autograd::Tape<'_, B>) -> Result<Vec<ActivationHealth>> {
     let be = tape.backend();
     tape.saved_activations()
         .into_iter()
         .map(|a| {
-            let values = be.download_f32(a.view)?;
+            let formats = formats_with(&[(0, a.view.len)], |q| be.range_counts(a.view, q))?;
             Ok(ActivationHealth {
-                numel: values.len(),
-                formats: tensor_formats(&values),
+                numel: a.view.len,
+                formats: formats.into_iter().next().unwrap_or_default(),
                 name: a.name,
                 shape: a.shape,
                 dtype: a.dtype.to_string(),
@@ -124,25 +126,82 @@ pub fn activations<B: mp_kernels::prelude::Backend>(
 /// even into `dtype`, underflow to zero, become subnormal, or overflow: `(underflow,
 /// subnormal, overflow)`.
 pub fn format_counts(values: &[f32], dtype: DType, scale: f32) -> (u64, u64, u64) {
-    let s = range_stats(values, dtype, scale);
+    let s = mp_dtype::range_stats(values, dtype, scale);
     (s.underflow_to_zero, s.subnormal, s.overflow)
 }
 
-fn fractions(values: &[f32], dtype: DType, scale: f32) -> Fractions {
-    let (u, sub, o) = format_counts(values, dtype, scale);
-    let n = values.len().max(1) as f64;
+fn fractions(c: &RangeCounts, numel: usize) -> Fractions {
+    let n = numel.max(1) as f64;
     Fractions {
-        underflow: u as f64 / n,
-        subnormal: sub as f64 / n,
-        overflow: o as f64 / n,
+        underflow: c.underflow as f64 / n,
+        subnormal: c.subnormal as f64 / n,
+        overflow: c.overflow as f64 / n,
     }
+}
+
+/// The FP8 formats looked at after per-tensor amax scaling, by the names the records use.
+const AMAX_FORMATS: [(&str, DType); 2] =
+    [("e4m3_amax", DType::F8E4M3), ("e5m2_amax", DType::F8E5M2)];
+
+/// The scale per-tensor amax scaling applies for `dtype` to a tensor whose largest finite
+/// `|x|` is `amax`: `dtype max / amax` (1 for a tensor without a non-zero finite value).
+fn scale_for(amax: f32, dtype: DType) -> f32 {
+    if amax > 0.0 { dtype.max() / amax } else { 1.0 }
 }
 
 /// The scale per-tensor amax scaling applies for `dtype`: `dtype max / amax` (1 for a tensor
 /// without a non-zero finite value).
 pub fn amax_scale(values: &[f32], dtype: DType) -> f32 {
-    let a = amax(values);
-    if a > 0.0 { dtype.max() / a } else { 1.0 }
+    scale_for(amax(values), dtype)
+}
+
+/// The fractions of every format of [`FORMATS`] (no scaling) and of FP8 after per-tensor amax
+/// scaling, for each range `(offset, len)`, from `count` (a backend's
+/// [`OptimOps::range_counts`] over the tensor's view): two calls, the second scaled by the
+/// amax the first one found.
+fn formats_with(
+    ranges: &[(usize, usize)],
+    mut count: impl FnMut(&[RangeQuery]) -> mp_kernels::Result<Vec<RangeCounts>>,
+) -> Result<Vec<BTreeMap<String, Fractions>>> {
+    let query = |(offset, len): (usize, usize), dtype, scale| RangeQuery {
+        offset,
+        len,
+        dtype,
+        scale,
+    };
+    let plain: Vec<RangeQuery> = ranges
+        .iter()
+        .flat_map(|&r| FORMATS.iter().map(move |&(_, d)| query(r, d, 1.0)))
+        .collect();
+    let plain = count(&plain)?;
+    let amaxed: Vec<RangeQuery> = ranges
+        .iter()
+        .enumerate()
+        .flat_map(|(k, &r)| {
+            let amax = plain[k * FORMATS.len()].amax;
+            AMAX_FORMATS
+                .iter()
+                .map(move |&(_, d)| query(r, d, scale_for(amax, d)))
+        })
+        .collect();
+    let amaxed = count(&amaxed)?;
+    Ok(ranges
+        .iter()
+        .enumerate()
+        .map(|(k, &(_, len))| {
+            let names = FORMATS
+                .iter()
+                .map(|f| f.0)
+                .chain(AMAX_FORMATS.iter().map(|f| f.0));
+            let counts = plain[k * FORMATS.len()..(k + 1) * FORMATS.len()]
+                .iter()
+                .chain(&amaxed[k * AMAX_FORMATS.len()..(k + 1) * AMAX_FORMATS.len()]);
+            names
+                .zip(counts)
+                .map(|(n, c)| (n.to_string(), fractions(c, len)))
+                .collect()
+        })
+        .collect())
 }
 
 /// The largest finite `|x|` of `values` (0 when none).
@@ -154,19 +213,30 @@ fn amax(values: &[f32]) -> f32 {
 }
 
 /// The fractions of `values` in every format of [`FORMATS`] (no scaling), and in FP8 after
-/// per-tensor amax scaling (`e4m3_amax`, `e5m2_amax`).
+/// per-tensor amax scaling (`e4m3_amax`, `e5m2_amax`), counted on the host: what
+/// [`record`] counts on a backend.
+///
+/// The counts are [`mp_dtype::range_stats`]'s (the reference the backends' counts are tested
+/// against).
 pub fn tensor_formats(values: &[f32]) -> BTreeMap<String, Fractions> {
-    let mut out: BTreeMap<String, Fractions> = FORMATS
-        .iter()
-        .map(|&(name, d)| (name.to_string(), fractions(values, d, 1.0)))
-        .collect();
-    for (name, d) in [("e4m3_amax", DType::F8E4M3), ("e5m2_amax", DType::F8E5M2)] {
-        out.insert(
-            name.to_string(),
-            fractions(values, d, amax_scale(values, d)),
-        );
-    }
-    out
+    let counts = |queries: &[RangeQuery]| {
+        Ok(queries
+            .iter()
+            .map(|q| {
+                let v = &values[q.offset..q.offset + q.len];
+                let (underflow, subnormal, overflow) = format_counts(v, q.dtype, q.scale);
+                RangeCounts {
+                    underflow,
+                    subnormal,
+                    overflow,
+                    amax: amax(v),
+                }
+            })
+            .collect())
+    };
+    formats_with(&[(0, values.len())], counts)
+        .map(|mut v| v.remove(0))
+        .unwrap_or_default()
 }
 
 /// The fraction of the non-zero updates `after - before` that `dtype` weights would lose:
@@ -174,6 +244,10 @@ pub fn tensor_formats(values: &[f32]) -> BTreeMap<String, Fractions> {
 /// 0 when nothing changed.
 pub fn lost_update_fraction(before: &[f32], after: &[f32], dtype: DType) -> f64 {
     let (updated, lost) = lost_update_counts(before, after, dtype);
+    ratio(lost, updated)
+}
+
+fn ratio(lost: u64, updated: u64) -> f64 {
     if updated == 0 {
         0.0
     } else {
@@ -181,66 +255,62 @@ pub fn lost_update_fraction(before: &[f32], after: &[f32], dtype: DType) -> f64 
     }
 }
 
-/// `(non-zero updates, updates lost)` of [`lost_update_fraction`].
+/// `(non-zero updates, updates lost)` of [`lost_update_fraction`] ([`mp_dtype::lost_update_counts`]).
 pub fn lost_update_counts(before: &[f32], after: &[f32], dtype: DType) -> (u64, u64) {
-    let round = |x: f32| bits_to_f32(f32_to_bits(x, dtype, false), dtype);
-    let (mut updated, mut lost) = (0u64, 0u64);
-    for (&b, &a) in before.iter().zip(after) {
-        let delta = a - b;
-        if delta == 0.0 || !delta.is_finite() {
-            continue;
-        }
-        updated += 1;
-        let w16 = round(b);
-        if round(w16 + delta) == w16 {
-            lost += 1;
-        }
-    }
-    (updated, lost)
+    mp_dtype::lost_update_counts(before, after, dtype)
 }
 
-/// The record of one logged step: every tensor of `layout`, from the gradient arena `grads`
-/// (at `loss_scale`), the master weights `weights` after the step, and those before it when
-/// the step updated them.
-pub fn record(
+/// The 16-bit weight formats of the lost-update what-if, by the names the records use.
+const UPDATE_FORMATS: [(&str, DType); 2] = [("bf16", DType::BF16), ("fp16", DType::F16)];
+
+/// The record of one logged step, counted on `be`: every tensor of `layout`, from the
+/// gradient arena `grads` (at `loss_scale`), the master weights `weights` after the step, and
+/// those before it when the step updated them.
+pub fn record<B: Backend>(
+    be: &B,
     step: u64,
     loss_scale: f32,
     layout: &ParamLayout,
-    grads: &[f32],
-    weights: &[f32],
-    before: Option<&[f32]>,
-) -> HealthRecord {
+    grads: View<'_, B::Buffer>,
+    weights: View<'_, B::Buffer>,
+    before: Option<View<'_, B::Buffer>>,
+) -> Result<HealthRecord> {
+    let ranges: Vec<(usize, usize)> = layout
+        .entries()
+        .iter()
+        .map(|e| (e.offset, e.numel()))
+        .collect();
+    let grad = formats_with(&ranges, |q| be.range_counts(grads, q))?;
+    let weight = formats_with(&ranges, |q| be.range_counts(weights, q))?;
+    let mut lost: Vec<BTreeMap<String, f64>> = vec![BTreeMap::new(); ranges.len()];
+    if let Some(before) = before {
+        for (name, dtype) in UPDATE_FORMATS {
+            let counts = be.lost_update_counts(before, weights, &ranges, dtype)?;
+            for (m, c) in lost.iter_mut().zip(counts) {
+                m.insert(name.to_string(), ratio(c.lost, c.updated));
+            }
+        }
+    }
     let tensors = layout
         .entries()
         .iter()
-        .map(|e| {
-            let r = e.offset..e.offset + e.numel();
-            TensorHealth {
-                name: e.name.clone(),
-                shape: e.shape.clone(),
-                numel: e.numel(),
-                grad: tensor_formats(&grads[r.clone()]),
-                weight: tensor_formats(&weights[r.clone()]),
-                lost_update_fraction: before.map(|b| {
-                    [("bf16", DType::BF16), ("fp16", DType::F16)]
-                        .into_iter()
-                        .map(|(n, d)| {
-                            (
-                                n.to_string(),
-                                lost_update_fraction(&b[r.clone()], &weights[r.clone()], d),
-                            )
-                        })
-                        .collect()
-                }),
-            }
+        .zip(grad.into_iter().zip(weight))
+        .zip(lost)
+        .map(|((e, (grad, weight)), lost)| TensorHealth {
+            name: e.name.clone(),
+            shape: e.shape.clone(),
+            numel: e.numel(),
+            grad,
+            weight,
+            lost_update_fraction: before.map(|_| lost),
         })
         .collect();
-    HealthRecord {
+    Ok(HealthRecord {
         step,
         loss_scale,
         tensors,
         activations: Vec::new(),
-    }
+    })
 }
 
 /// A statistic of a tensor record, by its path: `grad.fp16.underflow`,

@@ -703,7 +703,7 @@ pub fn run_loop<B: Backend>(
         // lose (a run without master weights, pure bf16-sr, has no such what-if)
         let health_on = files.as_ref().is_some_and(|f| f.health.is_some());
         let before = match health_on {
-            true if logs_next && cfg.precision.has_master() => Some(tr.weights_host()?),
+            true if logs_next && cfg.precision.has_master() => Some(tr.weights_snapshot()?),
             _ => None,
         };
         // and the activations the step saves, at the same steps
@@ -780,7 +780,7 @@ pub fn run_loop<B: Backend>(
                 f.log.write(&rec)?;
                 f.tb.scalars(step, &tensorboard_scalars(&rec))?;
                 if let Some(h) = f.health.as_mut() {
-                    let update = before.as_deref().filter(|_| !s.skipped);
+                    let update = before.as_ref().filter(|_| !s.skipped);
                     let mut record = tr.health(grads, s.scale, update)?;
                     record.activations = activations.take().unwrap_or_default();
                     h.write(&record)?;

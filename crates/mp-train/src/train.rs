@@ -428,24 +428,44 @@ impl<B: Backend> Trainer<B> {
         Ok(self.be.download_f32(self.model.grads().view())?)
     }
 
-    /// The precision health of the last step (see [`crate::health`]) from its gradient arena
-    /// `grads` (at `scale`, from [`Trainer::grads_host`]), the weights, and the update from
-    /// `before` (the weights before the step; `None` for a skipped step).
+    /// A device copy of the master weights: the weights before a step, for the update its
+    /// health record measures ([`Trainer::health`]).
+    pub fn weights_snapshot(&self) -> Result<B::Buffer> {
+        let p = self.model.params();
+        let mut snap = self.be.uninit(p.dtype(), p.len())?;
+        self.be
+            .cast(p.view(), snap.view_mut(), mp_kernels::Rounding::NearestEven)?;
+        Ok(snap)
+    }
+
+    /// The precision health of the last step (see [`crate::health`]), counted on the backend:
+    /// its gradient arena (at `scale`), the weights, and the update from `before` (a
+    /// [`Trainer::weights_snapshot`] taken before the step; `None` for a skipped step).
+    /// `grads` is the host arena of [`Trainer::grads_host`]: under ZeRO-1, where no rank holds
+    /// the whole reduced arena, the counts are taken over it (uploaded); otherwise over the
+    /// device arena itself.
     pub fn health(
         &self,
         grads: &[f32],
         scale: f32,
-        before: Option<&[f32]>,
+        before: Option<&B::Buffer>,
     ) -> Result<crate::health::HealthRecord> {
-        let weights = self.weights_host()?;
-        Ok(crate::health::record(
+        let gathered;
+        let grad_view = if self.dp.sharded() {
+            gathered = self.be.upload_f32(grads, mp_kernels::DType::F32)?;
+            gathered.view()
+        } else {
+            self.model.grads().view()
+        };
+        crate::health::record(
+            &self.be,
             self.step,
             scale,
             self.model.layout(),
-            grads,
-            &weights,
-            before,
-        ))
+            grad_view,
+            self.model.params().view(),
+            before.map(|b| b.view()),
+        )
     }
 
     /// Validation loss over `eval_batches` fixed batches, and exact-match accuracy on

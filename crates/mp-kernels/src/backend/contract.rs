@@ -766,6 +766,52 @@ pub fn adam_coef(hp: &AdamW) -> AdamCoef {
     }
 }
 
+/// [`super::OptimOps::range_counts`]: the view in its buffer, every query inside the view
+/// with a finite scale.
+pub fn range_counts<B: MemoryOps + ?Sized>(
+    be: &B,
+    src: &V<'_, B>,
+    queries: &[super::RangeQuery],
+) -> Result<()> {
+    let c = Check::new(be, "range_counts");
+    c.view("src", src)?;
+    for (k, q) in queries.iter().enumerate() {
+        if q.offset.checked_add(q.len).is_none_or(|end| end > src.len) {
+            return Err(c.shape_err(format!(
+                "query {k}: elements {}+{} are outside the view of {}",
+                q.offset, q.len, src.len
+            )));
+        }
+        if !q.scale.is_finite() {
+            return Err(c.shape_err(format!("query {k}: scale {} is not finite", q.scale)));
+        }
+    }
+    Ok(())
+}
+
+/// [`super::OptimOps::lost_update_counts`]: both views in their buffers and of one length,
+/// every range inside them.
+pub fn lost_update_counts<B: MemoryOps + ?Sized>(
+    be: &B,
+    before: &V<'_, B>,
+    after: &V<'_, B>,
+    ranges: &[(usize, usize)],
+) -> Result<()> {
+    let c = Check::new(be, "lost_update_counts");
+    c.view("before", before)?;
+    c.view("after", after)?;
+    c.len("after", after.len, before.len)?;
+    for (k, &(offset, len)) in ranges.iter().enumerate() {
+        if offset.checked_add(len).is_none_or(|end| end > before.len) {
+            return Err(c.shape_err(format!(
+                "range {k}: elements {offset}+{len} are outside the views of {}",
+                before.len
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// [`super::OptimOps::sgd`]: the views (see [`optimizer`]); returns the length.
 pub fn sgd<B: MemoryOps + ?Sized>(
     be: &B,

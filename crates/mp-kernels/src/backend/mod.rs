@@ -13,7 +13,7 @@
 //! | [`EmbeddingOps`] | gathers and scatter-adds | `embedding.rs` |
 //! | [`LayoutOps`], [`AttentionOps`] | head-layout copies, transposes; attention | `attention.rs` |
 //! | [`LossOps`] | cross-entropy | `loss.rs` |
-//! | [`OptimOps`] | the fused gradient check and optimizer passes | `optim.rs` |
+//! | [`OptimOps`] | the fused gradient check and optimizer passes; precision-health counts | `optim.rs` |
 //!
 //! A fused op that a backend has no kernel for keeps its trait's **default body, composed from
 //! that backend's own primitives** (never a round trip through the host): `rms_norm` from
@@ -48,7 +48,9 @@ pub use loss::LossOps;
 pub use memory::{DeviceComm, MemoryOps};
 pub use mp_dtype::Rounding;
 pub use norm::NormOps;
-pub use optim::{AdamW, GradStats, OptimOps, Sgd};
+pub use optim::{
+    AdamW, GradStats, OptimOps, RangeCounts, RangeQuery, Sgd, UpdateCounts, range_counts_of,
+};
 pub use pointwise::{BinaryOp, PointwiseOps, UnaryOp};
 pub use rows::{ReduceOp, RowOps};
 

@@ -97,6 +97,8 @@ pub const KERNELS: &[(&str, KernelModule)] = &[
     ("mp_grad_stats_final", KernelModule::Optim),
     ("mp_adamw", KernelModule::Optim),
     ("mp_sgd", KernelModule::Optim),
+    ("mp_range_counts", KernelModule::Optim),
+    ("mp_lost_update_counts", KernelModule::Optim),
     ("mp_flash_delta", KernelModule::Flash),
     ("mp_flash_fwd_bf16_64", KernelModule::Flash),
     ("mp_flash_fwd_bf16_128", KernelModule::Flash),

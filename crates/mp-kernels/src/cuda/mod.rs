@@ -6,7 +6,9 @@
 //! - Kernels are the `.cu` files of `crates/mp-kernels/kernels/`, compiled by NVRTC at first use
 //!   for the device's architecture and cached per process ([`kernels`]).
 //! - Every op is enqueued on one stream and returns without waiting; only the `download_*`
-//!   methods, [`OptimOps::grad_stats`] (one 8-byte read) and [`MemoryOps::synchronize`] wait.
+//!   methods, [`OptimOps::grad_stats`] (one 8-byte read), the precision-health counts
+//!   ([`OptimOps::range_counts`], [`OptimOps::lost_update_counts`]: one launch and one read of
+//!   the counters per call) and [`MemoryOps::synchronize`] wait.
 //! - Memory comes from the device's stream-ordered pool (`cuMemAllocAsync`) with its release
 //!   threshold raised so freed blocks stay cached: a caching allocator without a second copy of
 //!   one. [`CudaBackend::memory`] reports live and peak bytes by category.

@@ -1483,6 +1483,127 @@ impl OptimOps for CudaBackend {
             ],
         )
     }
+
+    fn range_counts(
+        &self,
+        src: View<'_, CudaBuffer>,
+        queries: &[RangeQuery],
+    ) -> Result<Vec<RangeCounts>> {
+        const OP: &str = "range_counts";
+        contract::range_counts(self, &src, queries)?;
+        let mut table = Vec::with_capacity(8 * queries.len());
+        for q in queries {
+            let t = mp_dtype::RangeThresholds::of(q.dtype);
+            table.extend(split_u64(q.offset as u64));
+            table.extend(split_u64(q.len as u64));
+            table.extend([
+                q.scale.to_bits(),
+                t.nonzero_from,
+                t.normal_from,
+                t.overflow_from,
+            ]);
+        }
+        let longest = queries.iter().map(|q| q.len).max().unwrap_or(0);
+        let x = self.arg(src);
+        let counts = self.count(
+            OP,
+            "mp_range_counts",
+            &table,
+            queries.len(),
+            4,
+            longest,
+            |t, n, out| kargs![x.ptr, x.dt, t, n, out].to_vec(),
+        )?;
+        Ok(counts
+            .chunks_exact(4)
+            .map(|c| RangeCounts {
+                underflow: c[0],
+                subnormal: c[1],
+                overflow: c[2],
+                amax: f32::from_bits(c[3] as u32),
+            })
+            .collect())
+    }
+
+    fn lost_update_counts(
+        &self,
+        before: View<'_, CudaBuffer>,
+        after: View<'_, CudaBuffer>,
+        ranges: &[(usize, usize)],
+        dtype: DType,
+    ) -> Result<Vec<UpdateCounts>> {
+        const OP: &str = "lost_update_counts";
+        contract::lost_update_counts(self, &before, &after, ranges)?;
+        let table: Vec<u32> = ranges
+            .iter()
+            .flat_map(|&(o, n)| split_u64(o as u64).into_iter().chain(split_u64(n as u64)))
+            .collect();
+        let longest = ranges.iter().map(|r| r.1).max().unwrap_or(0);
+        let (b, a, dt) = (self.arg(before), self.arg(after), dt_code(dtype));
+        let counts = self.count(
+            OP,
+            "mp_lost_update_counts",
+            &table,
+            ranges.len(),
+            2,
+            longest,
+            |t, n, out| kargs![b.ptr, b.dt, a.ptr, a.dt, dt, t, n, out].to_vec(),
+        )?;
+        Ok(counts
+            .chunks_exact(2)
+            .map(|c| UpdateCounts {
+                updated: c[0],
+                lost: c[1],
+            })
+            .collect())
+    }
+}
+
+/// `[lo, hi]` halves of a `u64` for the kernels' `u32` query tables.
+fn split_u64(v: u64) -> [u32; 2] {
+    [v as u32, (v >> 32) as u32]
+}
+
+impl CudaBackend {
+    /// One launch of a counting kernel over `nq` queries described by `table`, the longest
+    /// `longest` elements, each answered by `width` u64 counters zeroed before the launch:
+    /// uploads the table, launches with the arguments `args(table, nq, counters)`, and reads
+    /// the counters back (waits for the device).
+    #[allow(clippy::too_many_arguments)]
+    fn count(
+        &self,
+        op: &'static str,
+        kernel: &'static str,
+        table: &[u32],
+        nq: usize,
+        width: usize,
+        longest: usize,
+        args: impl FnOnce(u64, u32, u64) -> Vec<K>,
+    ) -> Result<Vec<u64>> {
+        if nq == 0 {
+            return Ok(Vec::new());
+        }
+        let nq32 = u32::try_from(nq)
+            .map_err(|_| Check::new(self, op).shape_err(format!("{nq} queries in one call")))?;
+        let queries = self.upload_index(table)?;
+        let counters = self
+            .stream
+            .alloc_zeros::<u64>(nq * width)
+            .map_err(|e| self.dev_err(op, e))?;
+        let counters_ptr = self.slice_ptr(Some(&counters));
+        let mut cfg = self.grid_8(longest.max(1), 256);
+        // the x blocks of one query stride over it; the queries stride over y
+        cfg.grid_dim.0 = cfg.grid_dim.0.min(self.sm_count * 4);
+        cfg.grid_dim.1 = nq32.min(65_535);
+        let table_ptr = self.index_ptr(&queries);
+        self.launch_rows(op, kernel, cfg, &args(table_ptr, nq32, counters_ptr))?;
+        let mut host = vec![0u64; nq * width];
+        self.stream
+            .memcpy_dtoh(&counters, &mut host)
+            .map_err(|e| self.dev_err(op, e))?;
+        self.stream.synchronize().map_err(|e| self.dev_err(op, e))?;
+        Ok(host)
+    }
 }
 
 impl CudaBackend {

@@ -227,6 +227,13 @@ pub(crate) mod shaders {
         tensors: &["g", "part"],
         consts: &[],
     };
+    /// The precision-health counts (range classes and amax; lost updates).
+    pub(crate) const COUNTS: Shader = Shader {
+        name: "counts",
+        body: include_str!("../../shaders/counts.wgsl"),
+        tensors: &["x", "y", "part"],
+        consts: &["C_DT"],
+    };
     /// Fused AdamW and SGD.
     pub(crate) const OPTIM: Shader = Shader {
         name: "optim",
@@ -264,6 +271,7 @@ mod tests {
             shaders::EMBED,
             shaders::HEADS,
             shaders::STATS,
+            shaders::COUNTS,
             shaders::OPTIM,
             shaders::GEMM,
             shaders::ATTENTION,

@@ -13,7 +13,10 @@
 //!   gradient check) are split into chunks whose bindings fit the device's largest storage
 //!   binding (128 MiB on many adapters).
 //! - Ops are queued and return at once; only the `download_*` methods,
-//!   [`grad_stats`](crate::OptimOps::grad_stats) and
+//!   [`grad_stats`](crate::OptimOps::grad_stats), the precision-health counts
+//!   ([`range_counts`](crate::OptimOps::range_counts),
+//!   [`lost_update_counts`](crate::OptimOps::lost_update_counts): one read back of every
+//!   workgroup's partial counts per call) and
 //!   [`synchronize`](crate::MemoryOps::synchronize) wait for the device. Validation
 //!   errors of queued work are reported by the next waiting call.
 //! - Freed buffers go to a size-keyed pool and are reused by later allocations of the same

@@ -1199,6 +1199,173 @@ impl OptimOps for WgpuBackend {
             hp.rounding,
         )
     }
+
+    fn range_counts(
+        &self,
+        src: View<'_, WgpuBuffer>,
+        queries: &[RangeQuery],
+    ) -> Result<Vec<RangeCounts>> {
+        const OP: &str = "range_counts";
+        contract::range_counts(self, &src, queries)?;
+        // counts add; the amax comes as two exact 16-bit halves per group and is a maximum
+        let fold = |acc: &mut [u64; 4], g: &[f32]| {
+            for k in 0..3 {
+                acc[k] += g[k] as u64;
+            }
+            acc[3] = acc[3].max(((g[3] as u64) << 16) | g[4] as u64);
+        };
+        let parts = self.count_parts::<4>(
+            OP,
+            "range_main",
+            5,
+            queries.len(),
+            |k| {
+                let q = &queries[k];
+                let t = mp_dtype::RangeThresholds::of(q.dtype);
+                let view = View {
+                    buf: src.buf,
+                    offset: src.offset + q.offset,
+                    len: q.len,
+                };
+                let params = [
+                    q.scale.to_bits(),
+                    t.nonzero_from,
+                    t.normal_from,
+                    t.overflow_from,
+                ];
+                (vec![(view, "x")], params, 0)
+            },
+            fold,
+        )?;
+        Ok(parts
+            .iter()
+            .map(|c| RangeCounts {
+                underflow: c[0],
+                subnormal: c[1],
+                overflow: c[2],
+                amax: f32::from_bits(c[3] as u32),
+            })
+            .collect())
+    }
+
+    fn lost_update_counts<'a>(
+        &self,
+        before: View<'a, WgpuBuffer>,
+        after: View<'a, WgpuBuffer>,
+        ranges: &[(usize, usize)],
+        dtype: DType,
+    ) -> Result<Vec<UpdateCounts>> {
+        const OP: &str = "lost_update_counts";
+        contract::lost_update_counts(self, &before, &after, ranges)?;
+        let code = match dtype {
+            DType::F32 => 0,
+            DType::F16 => 1,
+            DType::BF16 => 2,
+            DType::F8E4M3 => 3,
+            DType::F8E5M2 => 4,
+        };
+        let fold = |acc: &mut [u64; 2], g: &[f32]| {
+            acc[0] += g[0] as u64;
+            acc[1] += g[1] as u64;
+        };
+        let parts = self.count_parts::<2>(
+            OP,
+            "lost_main",
+            2,
+            ranges.len(),
+            |k| {
+                let (o, n) = ranges[k];
+                let at = |v: &View<'a, WgpuBuffer>| View {
+                    buf: v.buf,
+                    offset: v.offset + o,
+                    len: n,
+                };
+                (vec![(at(&before), "x"), (at(&after), "y")], [0; 4], code)
+            },
+            fold,
+        )?;
+        Ok(parts
+            .iter()
+            .map(|c| UpdateCounts {
+                updated: c[0],
+                lost: c[1],
+            })
+            .collect())
+    }
+}
+
+/// What one query of a counting pass reads: its views (by tensor name, all of one length),
+/// four parameters and the `C_DT` constant.
+type CountQuery<'a> = (Vec<(View<'a, WgpuBuffer>, &'static str)>, [u32; 4], u32);
+
+impl WgpuBackend {
+    /// One counting pass of `entry` of the counts shader per query (`query(k)` gives its
+    /// views and parameters): every workgroup writes `width` partial values of its 4096
+    /// elements into one scratch buffer, read back once; per query, the partials of its
+    /// groups are folded into a zeroed accumulator with `fold(acc, group)`.
+    fn count_parts<'a, const W: usize>(
+        &self,
+        op: &'static str,
+        entry: &str,
+        width: usize,
+        n_queries: usize,
+        query: impl Fn(usize) -> CountQuery<'a>,
+        fold: impl Fn(&mut [u64; W], &[f32]),
+    ) -> Result<Vec<[u64; W]>> {
+        let queries: Vec<CountQuery<'a>> = (0..n_queries).map(query).collect();
+        let groups: Vec<usize> = queries
+            .iter()
+            .map(|(views, _, _)| views.first().map_or(0, |(v, _)| v.len.div_ceil(4096)))
+            .collect();
+        let total: usize = groups.iter().sum();
+        let mut part = self.scratch_f32(width * total);
+        let mut first = 0usize;
+        for ((views, params, dt), &g) in queries.iter().zip(&groups) {
+            let n = views.first().map_or(0, |(v, _)| v.len) as u64;
+            let pv = part.view_mut();
+            let mut parg = self.arg_mut(op, "part", &pv)?;
+            parg.chunked = false;
+            let mut args = vec![parg];
+            for &(v, name) in views {
+                args.push(self.arg(op, name, v)?);
+            }
+            let base = self.u32p(op, "partial counts", first + g)?;
+            self.flat(
+                op,
+                &shaders::COUNTS,
+                entry,
+                &[("C_DT", *dt)],
+                &args,
+                n,
+                STATS_BLOCK,
+                |start, len| {
+                    let mut p = vec![len as u32, base - g as u32 + (start / STATS_BLOCK) as u32];
+                    p.extend(params);
+                    p.extend([0, 0]);
+                    p
+                },
+            )?;
+            first += g;
+        }
+        if total == 0 {
+            self.synchronize()?;
+            return Ok(vec![[0; W]; n_queries]);
+        }
+        let raw = self.read_back(op, part.raw(), 0, (width * total * 4) as u64)?;
+        let vals: &[f32] = bytemuck::cast_slice(&raw);
+        let mut at = 0usize;
+        Ok(groups
+            .iter()
+            .map(|&g| {
+                let mut acc = [0u64; W];
+                for group in vals[at * width..(at + g) * width].chunks_exact(width) {
+                    fold(&mut acc, group);
+                }
+                at += g;
+                acc
+            })
+            .collect())
+    }
 }
 
 impl WgpuBackend {

@@ -3,7 +3,7 @@
 
 use mp_kernels::prelude::*;
 use mp_kernels::testing::{random_normal, random_vec};
-use mp_kernels::{AdamW, DType, Rounding, Sgd, test_per_dtype};
+use mp_kernels::{AdamW, DType, RangeQuery, Rounding, Sgd, UpdateCounts, test_per_dtype};
 
 use crate::common::{close, cpu, down, gpu, poisoned, up};
 
@@ -84,6 +84,182 @@ fn grad_stats_parts_match_cpu(dtype: DType) {
     }
 }
 test_per_dtype!(grad_stats_parts_match_cpu: f32, bf16);
+
+/// Values over 50 binary exponents (2^-30 .. 2^20, so every format underflows, has
+/// subnormals and overflows somewhere), then the specials: zeros, NaN, infinities, f32
+/// subnormals and f32 max.
+fn range_data(n: usize, seed: u64) -> (Vec<f32>, usize) {
+    let r = random_vec(n, seed);
+    let mut x: Vec<f32> = random_normal(n, 1.0, seed + 1)
+        .iter()
+        .zip(&r)
+        .map(|(v, u)| v * 2f32.powi((u * 25.0 - 5.0) as i32))
+        .collect();
+    let body = x.len();
+    x.extend([
+        0.0,
+        -0.0,
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        1e-40,
+        -3e-39,
+        f32::MAX,
+        -1e10,
+        6e-8,
+    ]);
+    (x, body)
+}
+
+/// Precision-health counts equal mp-dtype's `range_stats` (and the amax the fold of the
+/// values) on the values as stored, exactly, for every format and scale, for ranges that
+/// start anywhere in a view that starts anywhere.
+fn range_counts_are_exact(dtype: DType) {
+    let Some(g) = gpu("range_counts_are_exact") else {
+        return;
+    };
+    let c = cpu();
+    let (x, body) = range_data(300_001, 91);
+    let off = 3;
+    let n = x.len() - off;
+    let (bg, bc) = (up(g, &x, dtype), up(&c, &x, dtype));
+    let stored = c.download_f32(bc.slice(off, n)).unwrap();
+    let amax = |v: &[f32]| {
+        v.iter()
+            .filter(|x| x.is_finite())
+            .fold(0.0f32, |m, x| m.max(x.abs()))
+    };
+    let mut queries = Vec::new();
+    for fmt in DType::ALL {
+        // the whole view at scale 1 (with the specials); the body at loss scales, an amax scale
+        queries.push(RangeQuery {
+            offset: 0,
+            len: n,
+            dtype: fmt,
+            scale: 1.0,
+        });
+        for scale in [
+            65536.0,
+            1.0 / 1024.0,
+            fmt.max() / amax(&stored[..body - off]),
+        ] {
+            queries.push(RangeQuery {
+                offset: 0,
+                len: body - off,
+                dtype: fmt,
+                scale,
+            });
+        }
+        queries.push(RangeQuery {
+            offset: 4097,
+            len: 5000,
+            dtype: fmt,
+            scale: 1.0,
+        });
+        queries.push(RangeQuery {
+            offset: n - 7,
+            len: 7,
+            dtype: fmt,
+            scale: 1.0,
+        });
+        queries.push(RangeQuery {
+            offset: 11,
+            len: 0,
+            dtype: fmt,
+            scale: 1.0,
+        });
+    }
+    let got = g
+        .range_counts(bg.slice(off, n), &queries)
+        .expect("range_counts");
+    let on_cpu = c
+        .range_counts(bc.slice(off, n), &queries)
+        .expect("range_counts");
+    assert_eq!(got.len(), queries.len());
+    for ((q, gq), cq) in queries.iter().zip(&got).zip(&on_cpu) {
+        let v = &stored[q.offset..q.offset + q.len];
+        let s = mp_dtype::range_stats(v, q.dtype, q.scale);
+        let want = (
+            s.underflow_to_zero,
+            s.subnormal,
+            s.overflow,
+            amax(v).to_bits(),
+        );
+        for (who, r) in [(crate::common::BACKEND, gq), ("cpu", cq)] {
+            assert_eq!(
+                (r.underflow, r.subnormal, r.overflow, r.amax.to_bits()),
+                want,
+                "{who} range_counts of {dtype} data, {q:?}"
+            );
+        }
+    }
+    let total: u64 = got
+        .iter()
+        .map(|r| r.underflow + r.subnormal + r.overflow)
+        .sum();
+    assert!(total > 0, "the data exercises no class");
+    // a query outside the view is refused, naming it
+    let bad = [RangeQuery {
+        offset: n - 1,
+        len: 2,
+        dtype: DType::F16,
+        scale: 1.0,
+    }];
+    let e = g
+        .range_counts(bg.slice(off, n), &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("query 0") && e.contains("outside"), "{e}");
+}
+test_per_dtype!(range_counts_are_exact: f32, bf16, f16);
+
+/// Lost-update counts equal mp-dtype's `lost_update_counts` exactly: updates from far below
+/// half an ulp of every format to far above it, zeros and a NaN among them.
+#[test]
+fn lost_update_counts_are_exact() {
+    let Some(g) = gpu("lost_update_counts_are_exact") else {
+        return;
+    };
+    let c = cpu();
+    let n = 200_003;
+    let before = random_normal(n, 0.05, 5);
+    let r = random_vec(n, 6);
+    let mut after: Vec<f32> = before
+        .iter()
+        .zip(&r)
+        .map(|(w, u)| w + w * 2f32.powi((u * 12.0 - 16.0) as i32))
+        .collect();
+    after[10] = before[10];
+    after[11] = f32::NAN;
+    let ranges = [(0, n), (1, 4096), (n - 5, 5), (7, 0)];
+    let (bb, ba) = (up(g, &before, DType::F32), up(g, &after, DType::F32));
+    let (cb, ca) = (up(&c, &before, DType::F32), up(&c, &after, DType::F32));
+    for fmt in [DType::BF16, DType::F16, DType::F8E4M3] {
+        let got = g
+            .lost_update_counts(bb.view(), ba.view(), &ranges, fmt)
+            .expect("lost_update_counts");
+        let on_cpu = c
+            .lost_update_counts(cb.view(), ca.view(), &ranges, fmt)
+            .expect("lost_update_counts");
+        for (k, &(o, len)) in ranges.iter().enumerate() {
+            let (updated, lost) =
+                mp_dtype::lost_update_counts(&before[o..o + len], &after[o..o + len], fmt);
+            let want = UpdateCounts { updated, lost };
+            assert_eq!(got[k], want, "{} {fmt} range {k}", crate::common::BACKEND);
+            assert_eq!(on_cpu[k], want, "cpu {fmt} range {k}");
+        }
+        assert!(
+            got[0].lost > 0 && got[0].lost < got[0].updated,
+            "{fmt}: {:?}",
+            got[0]
+        );
+    }
+    let e = g
+        .lost_update_counts(bb.view(), ba.slice(0, 5), &ranges, DType::BF16)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("after"), "{e}");
+}
 
 /// Device memory is not host memory: only the CPU lends its bytes in place.
 #[test]

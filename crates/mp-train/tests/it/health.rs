@@ -126,6 +126,70 @@ fn every_logged_step_has_a_health_record_of_every_tensor() {
     assert!(out.join("precision_health.png").is_file());
 }
 
+/// The record counted on the backend `be` equals the same statistics of the downloaded arenas
+/// counted on the host (and so ml_dtypes', above), after one bf16 step.
+fn record_equals_the_host_counts<B: mp_kernels::Backend>(be: B) {
+    use mp_train::{data::Dataset, train::Trainer};
+    let mut cfg = crate::common::tiny(1);
+    // updates small enough that 16-bit weights lose some of them
+    cfg.learning_rate = 1e-5;
+    let ds = Dataset::from_config(&cfg.data, cfg.seed, cfg.model.n_positions).unwrap();
+    let mut tr = Trainer::new(be, cfg.clone(), ds).unwrap();
+    let snapshot = tr.weights_snapshot().unwrap();
+    let before = tr.weights_host().unwrap();
+    let s = tr.step_agreed(false).unwrap().0;
+    let (grads, after) = (tr.grads_host().unwrap(), tr.weights_host().unwrap());
+    assert_ne!(before, after, "the step moved the weights");
+    let rec = tr.health(&grads, s.scale, Some(&snapshot)).unwrap();
+    assert_eq!(rec.tensors.len(), tr.model.layout().entries().len());
+    let mut lost_any = false;
+    for (t, e) in rec.tensors.iter().zip(tr.model.layout().entries()) {
+        let r = e.offset..e.offset + e.numel();
+        assert_eq!(
+            t.grad,
+            health::tensor_formats(&grads[r.clone()]),
+            "{}",
+            t.name
+        );
+        assert_eq!(
+            t.weight,
+            health::tensor_formats(&after[r.clone()]),
+            "{}",
+            t.name
+        );
+        let lost = t.lost_update_fraction.as_ref().unwrap();
+        for (name, dt) in [("bf16", DType::BF16), ("fp16", DType::F16)] {
+            let want = health::lost_update_fraction(&before[r.clone()], &after[r.clone()], dt);
+            assert_eq!(lost[name], want, "{} {name}", t.name);
+            lost_any |= want > 0.0;
+        }
+    }
+    assert!(lost_any, "some update is below half a 16-bit ulp");
+}
+
+#[test]
+fn the_record_counted_on_the_backend_equals_the_host_counts() {
+    record_equals_the_host_counts(mp_kernels::CpuBackend::new());
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn the_record_counted_on_the_backend_equals_the_host_counts_wgpu() {
+    let name = "the_record_counted_on_the_backend_equals_the_host_counts_wgpu";
+    if crate::common::wgpu_backend(name).is_some() {
+        record_equals_the_host_counts(mp_kernels::wgpu::WgpuBackend::new().unwrap());
+    }
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn the_record_counted_on_the_backend_equals_the_host_counts_cuda() {
+    let name = "the_record_counted_on_the_backend_equals_the_host_counts_cuda";
+    if crate::common::cuda_backend(name).is_some() {
+        record_equals_the_host_counts(mp_kernels::cuda::CudaBackend::new().unwrap());
+    }
+}
+
 #[test]
 fn the_saved_activations_are_named_by_layer_and_counted_exactly() {
     use mp_kernels::CpuBackend;
