@@ -1,8 +1,8 @@
 // Row-wise kernels, one workgroup of 256 invocations per row, FP32 inside:
 // softmax / log-softmax (entry `softmax`, C_LOG, C_CAUSAL), its backward (`softmax_bwd`),
 // layer norm (`ln_fwd`), its dx part (`ln_bwd_dx`, per row) and its dweight/dbias part
-// (`ln_bwd_dw`, one invocation per column), cross-entropy (`ce_fwd`) and its backward
-// (`ce_bwd`).
+// (`ln_bwd_dw`, one invocation per column), cross-entropy (`ce_fwd`), its backward
+// (`ce_bwd`), and both at once (`ce_fused`: the fused classifier).
 
 struct Params {
     rows: u32,
@@ -246,5 +246,40 @@ fn ce_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
             v -= p.dloss;
         }
         out_st(base + j, v);
+    }
+}
+
+// The fused classifier: the loss of row r into `out[r]` and its gradient into `dx`, from one
+// workgroup's pass over the row (read for the max, the sum and the gradient; written once):
+// ce_fwd and ce_bwd with the max and the sum found once.
+@compute @workgroup_size(256)
+fn ce_fused(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) li: u32) {
+    let r = linear_group(wg, nwg);
+    if (r >= p.rows) {
+        return;
+    }
+    let base = r * p.cols;
+    var m = neg_inf();
+    for (var j = li; j < p.cols; j += 256u) {
+        m = max_nan(m, x_ld(base + j));
+    }
+    m = wg_max(m, li);
+    var s = 0.0;
+    for (var j = li; j < p.cols; j += 256u) {
+        s += expc(x_ld(base + j) - m);
+    }
+    s = wg_sum(s, li);
+    let t = tg_idx(r);
+    if (li == 0u) {
+        out_st(r, m + log(s) - x_ld(base + t));
+    }
+    let k = p.dloss / s;
+    for (var j = li; j < p.cols; j += 256u) {
+        var v = expc(x_ld(base + j) - m) * k;
+        if (j == t) {
+            v -= p.dloss;
+        }
+        dx_st(base + j, v);
     }
 }

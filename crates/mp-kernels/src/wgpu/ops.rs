@@ -881,6 +881,40 @@ impl LossOps for WgpuBackend {
             &params,
         )
     }
+
+    fn cross_entropy_fused(
+        &self,
+        logits: View<'_, WgpuBuffer>,
+        targets: &WgpuIndex,
+        vocab: usize,
+        dloss: f32,
+        losses: ViewMut<'_, WgpuBuffer>,
+        dlogits: ViewMut<'_, WgpuBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "cross_entropy_fused";
+        let rows =
+            contract::cross_entropy_fused(self, &logits, &targets.host, vocab, &losses, &dlogits)?;
+        let args = [
+            self.arg(OP, "x", logits)?,
+            Self::arg_index("tg", &targets.buf, targets.len()),
+            self.arg_mut(OP, "out", &losses)?,
+            self.arg_mut(OP, "dx", &dlogits)?,
+        ];
+        let params = [
+            self.u32p(OP, "rows", rows)?,
+            self.u32p(OP, "vocab", vocab)?,
+            0,
+            fb(dloss),
+        ];
+        self.whole(
+            OP,
+            &shaders::ROWS,
+            &[("ce_fused", rows as u64)],
+            &[],
+            &args,
+            &params,
+        )
+    }
 }
 
 impl EmbeddingOps for WgpuBackend {
