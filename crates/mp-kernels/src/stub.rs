@@ -209,6 +209,9 @@ macro_rules! not_compiled_backend {
         }
 
         impl LayoutOps for $be {
+            fn rope(&self, _: V<'_>, _: V<'_>, _: V<'_>, _: &Rope, _: M<'_>) -> Result<()> {
+                match *self {}
+            }
             fn split_heads(&self, _: V<'_>, _: &Heads, _: M<'_>) -> Result<()> {
                 match *self {}
             }

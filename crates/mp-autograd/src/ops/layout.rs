@@ -1,7 +1,9 @@
 //! Layout ops, exact copies: `transpose` of the last two dimensions, `concat` and `split`
-//! along a dimension. They run on the backend's layout family (the head-layout copy).
+//! along a dimension. They run on the backend's layout family (the head-layout copy), as does
+//! the rotary position embedding (`rope`, a rotation of each head's pairs).
 
-use mp_kernels::{Backend, BufferExt, Heads};
+use mp_dtype::DType;
+use mp_kernels::{Backend, BufferExt, Heads, Rope};
 
 use crate::op::{Backward, Forward, Grads, Output, TapeOp};
 use crate::policy::CastPolicy;
@@ -165,7 +167,124 @@ impl<B: Backend> TapeOp<B> for Concat {
     }
 }
 
+/// The rotary position embedding of `[rows, heads * head_dim]` (see
+/// [`mp_kernels::LayoutOps::rope`]); inputs `x`, `cos`, `sin` (FP32 `[t, head_dim / 2]`,
+/// constants). FP32 out; the gradient is the inverse rotation of `dy`.
+struct RotaryEmbedding {
+    heads: usize,
+    t: usize,
+}
+
+impl RotaryEmbedding {
+    fn shape(&self, x: &[usize]) -> Option<Rope> {
+        let (&cols, lead) = x.split_last()?;
+        let head_dim = cols.checked_div(self.heads)?;
+        (head_dim * self.heads == cols).then_some(Rope {
+            rows: numel(lead),
+            heads: self.heads,
+            head_dim,
+            t: self.t,
+            inverse: false,
+        })
+    }
+}
+
+impl<B: Backend> TapeOp<B> for RotaryEmbedding {
+    fn name(&self) -> &'static str {
+        "rope"
+    }
+    fn cast_policy(&self) -> CastPolicy {
+        CastPolicy::Fp32
+    }
+    fn forward(&mut self, cx: &Forward<'_, '_, B>) -> Result<Output<B>> {
+        let s = self.shape(cx.shape(0)).ok_or_else(|| {
+            cx.shape_err(format!(
+                "x {:?} is not rows of {} heads",
+                cx.shape(0),
+                self.heads
+            ))
+        })?;
+        let want = [s.t, s.head_dim / 2];
+        if cx.inputs() != 3 || cx.shape(1) != want || cx.shape(2) != want {
+            return Err(cx.shape_err(format!(
+                "cos {:?} and sin {:?} must be [t, head_dim / 2] = {want:?}",
+                cx.shape(1),
+                cx.shape(2)
+            )));
+        }
+        let mut out = cx.alloc(cx.out_dtype(), cx.value(0)?.len)?;
+        let (x, cos, sin) = (cx.value(0)?, cx.value(1)?, cx.value(2)?);
+        cx.backend().rope(x, cos, sin, &s, out.view_mut())?;
+        Ok(Output::new(out, cx.shape(0)))
+    }
+    fn backward(&self, cx: &Backward<'_, '_, B>, g: &mut Grads<'_, '_, B>) -> Result<()> {
+        if g.needs(1) || g.needs(2) {
+            return Err(crate::AutogradError::Backward {
+                device: cx.backend().name(),
+                msg: "rope: the cos and sin tables are constants and take no gradient".into(),
+            });
+        }
+        if !g.needs(0) {
+            return Ok(());
+        }
+        let s = Rope {
+            inverse: true,
+            ..self.shape(cx.shape(0)).expect("checked in the forward")
+        };
+        let dy = cx.dy()?;
+        let mut dx = cx.alloc(cx.dtype(0), dy.len)?;
+        let (cos, sin) = (cx.value(1)?, cx.value(2)?);
+        cx.backend().rope(dy, cos, sin, &s, dx.view_mut())?;
+        g.add_owned(0, dx)
+    }
+}
+
+/// The FP32 `cos` and `sin` tables of HF's default rotary embedding for positions `0..t`
+/// of heads of `head_dim`: `[t, head_dim / 2]` each, entry `(p, j)` of angle `p * inv_freq[j]`,
+/// `inv_freq[j] = 1 / theta^(2j / head_dim)`, computed in FP32 as HF computes them.
+pub fn rope_tables(t: usize, head_dim: usize, theta: f32) -> (Vec<f32>, Vec<f32>) {
+    let half = head_dim / 2;
+    let inv: Vec<f32> = (0..half)
+        .map(|j| 1.0 / theta.powf((2 * j) as f32 / head_dim as f32))
+        .collect();
+    let angles = (0..t).flat_map(|p| inv.iter().map(move |f| p as f32 * f));
+    (
+        angles.clone().map(f32::cos).collect(),
+        angles.map(f32::sin).collect(),
+    )
+}
+
 impl<'a, B: Backend> Tape<'a, B> {
+    /// The rotary position embedding (HF Llama's rotate-half convention) of `x`, rows of
+    /// `heads` heads, for sequences of `t` tokens from position 0 (row `r` at position
+    /// `r % t`): the cos and sin tables ([`rope_tables`]) are constant inputs of `[t,
+    /// head_dim / 2]`. FP32 out, as HF computes it.
+    pub fn rope(
+        &mut self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        heads: usize,
+        t: usize,
+    ) -> Result<Tensor> {
+        self.apply(RotaryEmbedding { heads, t }, &[x, cos, sin])
+    }
+
+    /// FP32 tape inputs holding [`rope_tables`].
+    pub fn rope_inputs(
+        &mut self,
+        t: usize,
+        head_dim: usize,
+        theta: f32,
+    ) -> Result<(Tensor, Tensor)> {
+        let (cos, sin) = rope_tables(t, head_dim, theta);
+        let shape = [t, head_dim / 2];
+        let be = self.backend();
+        let cos = be.upload_f32(&cos, DType::F32)?;
+        let sin = be.upload_f32(&sin, DType::F32)?;
+        Ok((self.input(cos, &shape)?, self.input(sin, &shape)?))
+    }
+
     /// Swaps the last two dimensions of `x` (`[.., m, n]` to `[.., n, m]`; a copy).
     pub fn transpose(&mut self, x: Tensor) -> Result<Tensor> {
         self.apply(Transpose, &[x])
@@ -212,5 +331,15 @@ mod tests {
             t.concat(&[parts[1], parts[0], a], 1)
         }));
         assert_ok(c.run("split last dim", |t, p| Ok(t.split(p[0], 2, &[1, 3])?[1])));
+    }
+
+    #[test]
+    fn rope() {
+        // 2 sequences of 3 tokens, 2 heads of 4
+        let c = GradCheck::new(&[("x", &[6, 8])], 4);
+        assert_ok(c.run("rope", |t, p| {
+            let (cos, sin) = t.rope_inputs(3, 4, 100.0)?;
+            t.rope(p[0], cos, sin, 2, 3)
+        }));
     }
 }

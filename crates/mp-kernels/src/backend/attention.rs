@@ -214,8 +214,42 @@ impl Heads {
     }
 }
 
-/// Layout copies between token-major rows and head-major matrices (see [`Heads`]).
+/// The shape of a rotary position embedding ([`LayoutOps::rope`]): `rows` token rows of
+/// `heads` heads of `head_dim` elements each, row `r` at position `r % t` (batches of `t`
+/// tokens from position 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rope {
+    /// Token rows (`b * t`).
+    pub rows: usize,
+    /// Heads per row.
+    pub heads: usize,
+    /// Elements per head (even).
+    pub head_dim: usize,
+    /// Tokens per sequence: the positions are `0..t`, repeated.
+    pub t: usize,
+    /// Apply the inverse rotation (`sin` negated): the backward, since the rotation is
+    /// orthogonal.
+    pub inverse: bool,
+}
+
+/// Layout copies between token-major rows and head-major matrices (see [`Heads`]), and the
+/// rotary position embedding.
 pub trait LayoutOps: MemoryOps {
+    /// The rotary position embedding with HF Llama's rotate-half convention, in FP32: for
+    /// every head `x` of a row at position `p`, with `h = head_dim / 2` and `j < h`,
+    /// `y[j] = x[j] cos[p, j] - x[j + h] sin[p, j]` and
+    /// `y[j + h] = x[j + h] cos[p, j] + x[j] sin[p, j]` (each product rounded to f32, then
+    /// the sum: what `x cos + rotate_half(x) sin` computes), rounded to `out`'s dtype. `cos`
+    /// and `sin` are FP32 `t x h`; with `s.inverse` the sine is negated (the gradient:
+    /// `dx = rope(dy)` inverse).
+    fn rope(
+        &self,
+        x: View<'_, Self::Buffer>,
+        cos: View<'_, Self::Buffer>,
+        sin: View<'_, Self::Buffer>,
+        s: &Rope,
+        out: ViewMut<'_, Self::Buffer>,
+    ) -> Result<()>;
     /// Gathers one part of token-major attention rows into head-major order (see [`Heads`]),
     /// rounded to `dst`'s dtype: `src` is `b x t x row`, `dst` is `b x heads x t x hs`.
     fn split_heads(

@@ -638,6 +638,42 @@ pub fn heads<B: MemoryOps + ?Sized>(
         .map_err(|m| ck.shape_err(m))
 }
 
+/// [`super::LayoutOps::rope`]: an even, non-zero head size, `x` and `out` of `rows x heads x
+/// head_dim`, `cos` and `sin` FP32 `t x head_dim / 2`, `rows` a whole number of sequences of
+/// `t`.
+pub fn rope<B: MemoryOps + ?Sized>(
+    be: &B,
+    x: &V<'_, B>,
+    cos: &V<'_, B>,
+    sin: &V<'_, B>,
+    s: &super::Rope,
+    out: &M<'_, B>,
+) -> Result<()> {
+    let ck = Check::new(be, "rope");
+    for (name, v) in [("x", x), ("cos", cos), ("sin", sin)] {
+        ck.view(name, v)?;
+    }
+    ck.view_mut("out", out)?;
+    if s.head_dim == 0 || !s.head_dim.is_multiple_of(2) {
+        return Err(ck.shape_err(format!("head_dim {} must be even and non-zero", s.head_dim)));
+    }
+    if s.t == 0 || !s.rows.is_multiple_of(s.t) {
+        return Err(ck.shape_err(format!(
+            "{} rows are not a whole number of sequences of {} tokens",
+            s.rows, s.t
+        )));
+    }
+    let n = ck.mul(ck.mul(s.rows, s.heads)?, s.head_dim)?;
+    ck.len("x", x.len, n)?;
+    ck.len("out", out.len, n)?;
+    let table = ck.mul(s.t, s.head_dim / 2)?;
+    for (name, v) in [("cos", cos), ("sin", sin)] {
+        ck.len(name, v.len, table)?;
+        ck.dtype(name, v.dtype(), DType::F32)?;
+    }
+    Ok(())
+}
+
 /// Attention: `c` divisible by `heads`, `heads` by `kv_heads`, `qkv` of
 /// `b x t x (c + 2 kv_heads hs)`, `out` of `b x t x c`, `lse` of `b x heads x t` (the named
 /// views' lengths); returns the head size.

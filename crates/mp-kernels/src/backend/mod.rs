@@ -11,7 +11,7 @@
 //! | [`RowOps`] | row and column reductions, softmax | `rows.rs` |
 //! | [`NormOps`] | layer norm, RMSNorm | `norm.rs` |
 //! | [`EmbeddingOps`] | gathers and scatter-adds | `embedding.rs` |
-//! | [`LayoutOps`], [`AttentionOps`] | head-layout copies, transposes; attention | `attention.rs` |
+//! | [`LayoutOps`], [`AttentionOps`] | head-layout copies, transposes, the rotary embedding; attention | `attention.rs` |
 //! | [`LossOps`] | cross-entropy | `loss.rs` |
 //! | [`OptimOps`] | the fused gradient check and optimizer passes; precision-health counts | `optim.rs` |
 //!
@@ -41,7 +41,7 @@ pub mod optim;
 pub mod pointwise;
 pub mod rows;
 
-pub use attention::{Attention, AttentionOps, Heads, LayoutOps};
+pub use attention::{Attention, AttentionOps, Heads, LayoutOps, Rope};
 pub use embedding::EmbeddingOps;
 pub use gemm::{Gemm, GemmOps};
 pub use loss::LossOps;

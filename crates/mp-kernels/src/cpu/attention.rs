@@ -4,12 +4,12 @@
 use super::CpuBackend;
 use super::CpuBuffer;
 use super::check::{bytes, bytes_mut};
-use super::convert::{narrow, widen};
+use super::convert::{as_f32, narrow, widen};
 use super::flash;
 use crate::Result;
 use crate::backend::contract;
 use crate::backend::*;
-use crate::backend::{Attention, Heads, View, ViewMut};
+use crate::backend::{Attention, Heads, Rope, View, ViewMut};
 use rayon::prelude::*;
 
 /// [`LayoutOps::split_heads`](crate::LayoutOps::split_heads): one head row (`hs` elements) per
@@ -88,7 +88,63 @@ pub(crate) fn merge_heads(
     Ok(())
 }
 
+/// [`LayoutOps::rope`](crate::LayoutOps::rope): one token row per task, widened to f32,
+/// rotated head by head, rounded to `out`'s dtype.
+fn rope(
+    x: View<'_, CpuBuffer>,
+    cos: View<'_, CpuBuffer>,
+    sin: View<'_, CpuBuffer>,
+    s: &Rope,
+    out: ViewMut<'_, CpuBuffer>,
+) -> Result<()> {
+    const OP: &str = "rope";
+    let (dx, dout) = (x.dtype(), out.dtype());
+    let (sx, so) = (dx.size_in_bytes(), dout.size_in_bytes());
+    let (cos, sin) = (
+        as_f32(bytes(OP, "cos", cos)?),
+        as_f32(bytes(OP, "sin", sin)?),
+    );
+    let x = bytes(OP, "x", x)?;
+    let out = bytes_mut(OP, "out", out)?;
+    let (width, h) = (s.heads * s.head_dim, s.head_dim / 2);
+    if width == 0 {
+        return Ok(());
+    }
+    let sign = if s.inverse { -1.0f32 } else { 1.0 };
+    out.par_chunks_mut(width * so).enumerate().for_each_init(
+        || (vec![0f32; width], vec![0f32; width]),
+        |(xs, ys), (r, o)| {
+            widen(dx, &x[r * width * sx..(r + 1) * width * sx], xs);
+            let p = r % s.t;
+            let (c, sn) = (&cos[p * h..(p + 1) * h], &sin[p * h..(p + 1) * h]);
+            for (xh, yh) in xs.chunks_exact(2 * h).zip(ys.chunks_exact_mut(2 * h)) {
+                let (x1, x2) = xh.split_at(h);
+                let (y1, y2) = yh.split_at_mut(h);
+                for j in 0..h {
+                    let sj = sign * sn[j];
+                    y1[j] = x1[j] * c[j] - x2[j] * sj;
+                    y2[j] = x2[j] * c[j] + x1[j] * sj;
+                }
+            }
+            narrow(dout, ys, o);
+        },
+    );
+    Ok(())
+}
+
 impl LayoutOps for CpuBackend {
+    fn rope(
+        &self,
+        x: View<'_, CpuBuffer>,
+        cos: View<'_, CpuBuffer>,
+        sin: View<'_, CpuBuffer>,
+        s: &Rope,
+        out: ViewMut<'_, CpuBuffer>,
+    ) -> Result<()> {
+        contract::rope(self, &x, &cos, &sin, s, &out)?;
+        rope(x, cos, sin, s, out)
+    }
+
     fn split_heads(
         &self,
         src: View<'_, CpuBuffer>,

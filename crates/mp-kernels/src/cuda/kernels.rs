@@ -93,6 +93,7 @@ pub const KERNELS: &[(&str, KernelModule)] = &[
     ("mp_embedding", KernelModule::Attention),
     ("mp_embedding_bwd", KernelModule::Attention),
     ("mp_heads", KernelModule::Attention),
+    ("mp_rope", KernelModule::Attention),
     ("mp_grad_stats_partial", KernelModule::Optim),
     ("mp_grad_stats_final", KernelModule::Optim),
     ("mp_adamw", KernelModule::Optim),

@@ -1099,6 +1099,43 @@ impl EmbeddingOps for CudaBackend {
 }
 
 impl LayoutOps for CudaBackend {
+    fn rope(
+        &self,
+        x: View<'_, CudaBuffer>,
+        cos: View<'_, CudaBuffer>,
+        sin: View<'_, CudaBuffer>,
+        s: &Rope,
+        out: ViewMut<'_, CudaBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "rope";
+        contract::rope(self, &x, &cos, &sin, s, &out)?;
+        let pairs = x.len / 2;
+        if pairs == 0 {
+            return Ok(());
+        }
+        let (xa, ca, sa, oa) = (
+            self.arg(x),
+            self.arg(cos),
+            self.arg(sin),
+            self.arg_mut(&out),
+        );
+        let sign = if s.inverse { -1.0f32 } else { 1.0 };
+        let (p, h, half, t) = (
+            pairs as u64,
+            s.heads as u64,
+            (s.head_dim / 2) as u64,
+            s.t as u64,
+        );
+        self.launch_rows(
+            OP,
+            "mp_rope",
+            self.grid_1(pairs, 256),
+            &kargs![
+                xa.ptr, xa.dt, ca.ptr, sa.ptr, oa.ptr, oa.dt, p, h, half, t, sign
+            ],
+        )
+    }
+
     fn split_heads(
         &self,
         src: View<'_, CudaBuffer>,

@@ -220,6 +220,13 @@ pub(crate) mod shaders {
         tensors: &["src", "dst"],
         consts: &["C_COPY", "C_ACC"],
     };
+    /// The rotary position embedding.
+    pub(crate) const ROPE: Shader = Shader {
+        name: "rope",
+        body: include_str!("../../shaders/rope.wgsl"),
+        tensors: &["x", "cos", "sin", "out"],
+        consts: &[],
+    };
     /// The fused gradient check.
     pub(crate) const STATS: Shader = Shader {
         name: "stats",
@@ -270,6 +277,7 @@ mod tests {
             shaders::ROWS,
             shaders::EMBED,
             shaders::HEADS,
+            shaders::ROPE,
             shaders::STATS,
             shaders::COUNTS,
             shaders::OPTIM,

@@ -1004,6 +1004,45 @@ impl EmbeddingOps for WgpuBackend {
 }
 
 impl LayoutOps for WgpuBackend {
+    fn rope(
+        &self,
+        x: View<'_, WgpuBuffer>,
+        cos: View<'_, WgpuBuffer>,
+        sin: View<'_, WgpuBuffer>,
+        s: &Rope,
+        out: ViewMut<'_, WgpuBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "rope";
+        contract::rope(self, &x, &cos, &sin, s, &out)?;
+        let pairs = x.len / 2;
+        let args = [
+            self.arg(OP, "x", x)?,
+            self.arg(OP, "cos", cos)?,
+            self.arg(OP, "sin", sin)?,
+            self.arg_mut(OP, "out", &out)?,
+        ];
+        let sign = if s.inverse { -1.0 } else { 1.0 };
+        let params = [
+            self.u32p(OP, "pairs", pairs)?,
+            self.u32p(OP, "heads", s.heads)?,
+            self.u32p(OP, "head_dim / 2", s.head_dim / 2)?,
+            self.u32p(OP, "t", s.t)?,
+            fb(sign),
+            0,
+            0,
+            0,
+        ];
+        self.u32p(OP, "elements", x.len)?;
+        self.whole(
+            OP,
+            &shaders::ROPE,
+            &[("main", (pairs as u64).div_ceil(WG))],
+            &[],
+            &args,
+            &params,
+        )
+    }
+
     fn split_heads(
         &self,
         src: View<'_, WgpuBuffer>,

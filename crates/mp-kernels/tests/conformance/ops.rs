@@ -1,12 +1,13 @@
 //! The ops of the op-family layer beyond GPT-2's against the CPU oracle (shared by the CUDA and
 //! wgpu suites): every unary function and its backward, `sub`, the broadcast product, dropout
 //! (bit for bit: the mask is a function of `(seed, index)`), RMSNorm through the default
-//! composition of the backend's own primitives against the CPU's kernel, the transpose, and the
+//! composition of the backend's own primitives against the CPU's kernel, the transpose, the
+//! rotary embedding (forward and inverse, against the CPU and an f64 reference), and the
 //! contracts: the same bad call fails with the same message on the CPU and here.
 
 use mp_kernels::prelude::*;
 use mp_kernels::testing::{random_vec, tolerance};
-use mp_kernels::{BinaryOp, DType, Gemm, KernelError, UnaryOp, View, test_per_dtype};
+use mp_kernels::{BinaryOp, DType, Gemm, KernelError, Rope, UnaryOp, View, test_per_dtype};
 
 use crate::common::{close, cpu, down, gpu, poisoned, up};
 
@@ -346,6 +347,88 @@ fn softmax_backward_matches_cpu(dtype: DType) {
     }
 }
 test_per_dtype!(softmax_backward_matches_cpu: f32, bf16);
+
+/// The rotary embedding on `dtype` rows, into FP32 and into `dtype`, forward and inverse,
+/// against the CPU; the CPU's forward against an f64 evaluation of the formula.
+fn rope_matches_cpu(dtype: DType) {
+    let Some(g) = gpu("rope_matches_cpu") else {
+        return;
+    };
+    let c = cpu();
+    let (abs, k) = tolerance(dtype);
+    let (b, t, heads, hd) = (3, 37, 4, 16);
+    let (rows, h) = (b * t, hd / 2);
+    let x = random_vec(rows * heads * hd, 61);
+    let angle = |p: usize, j: usize| p as f64 * 10000f64.powf(-2.0 * j as f64 / hd as f64);
+    let cos: Vec<f32> = (0..t * h)
+        .map(|i| angle(i / h, i % h).cos() as f32)
+        .collect();
+    let sin: Vec<f32> = (0..t * h)
+        .map(|i| angle(i / h, i % h).sin() as f32)
+        .collect();
+    for odt in [DType::F32, dtype] {
+        for inverse in [false, true] {
+            let s = Rope {
+                rows,
+                heads,
+                head_dim: hd,
+                t,
+                inverse,
+            };
+            fn run<B: Backend>(
+                be: &B,
+                x: &[f32],
+                dt: DType,
+                tables: [&[f32]; 2],
+                odt: DType,
+                s: &Rope,
+            ) -> Vec<f32> {
+                let bx = up(be, x, dt);
+                let (bc, bs) = (up(be, tables[0], DType::F32), up(be, tables[1], DType::F32));
+                let mut out = poisoned(be, odt, x.len());
+                be.rope(bx.view(), bc.view(), bs.view(), s, out.view_mut())
+                    .expect("rope");
+                down(be, &out)
+            }
+            let want = run(&c, &x, dtype, [&cos, &sin], odt, &s);
+            let got = run(g, &x, dtype, [&cos, &sin], odt, &s);
+            close(
+                &format!("rope {dtype} -> {odt} inverse {inverse}"),
+                &got,
+                &want,
+                odt,
+                abs,
+                k,
+            );
+            if odt == DType::F32 && !inverse {
+                let xs = down(&c, &up(&c, &x, dtype));
+                let reference: Vec<f32> = (0..xs.len())
+                    .map(|i| {
+                        let (row, j) = (i / hd / heads, i % hd);
+                        let (jj, p) = (j % h, row % t);
+                        let (cs, sn) = (f64::from(cos[p * h + jj]), f64::from(sin[p * h + jj]));
+                        let base = i - j;
+                        let (x1, x2) = (f64::from(xs[base + jj]), f64::from(xs[base + jj + h]));
+                        (if j < h {
+                            x1 * cs - x2 * sn
+                        } else {
+                            x2 * cs + x1 * sn
+                        }) as f32
+                    })
+                    .collect();
+                close(
+                    "rope (cpu) against f64",
+                    &want,
+                    &reference,
+                    DType::F32,
+                    1e-6,
+                    4.0,
+                );
+            }
+        }
+    }
+}
+test_per_dtype!(rope_matches_cpu: f32, bf16, f16);
 
 #[test]
 fn memory_ops_uninit_index_values_and_synchronize() {

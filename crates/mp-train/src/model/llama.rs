@@ -10,8 +10,9 @@
 //! Under autocast the projections run in the low dtype, RMSNorm keeps FP32 statistics, and the
 //! rotary embedding is computed in FP32 (`cos`/`sin` tables in FP32, the rotated queries and
 //! keys in FP32 before attention casts them), as HF's model does under `torch.autocast`. The
-//! rotation is composed from tape ops (`x cos + rotate_half(x) sin`, `rotate_half` as a product
-//! with a fixed signed permutation, exact in every dtype), so every backend runs it.
+//! rotation is one fused op (`Tape::rope`, the backend's `LayoutOps::rope`: `x cos +
+//! rotate_half(x) sin` per head from `[t, head_dim / 2]` tables, its gradient the inverse
+//! rotation).
 
 use std::path::Path;
 
@@ -243,46 +244,6 @@ impl<B: Backend> std::fmt::Debug for Llama<B> {
     }
 }
 
-/// `cos` and `sin` of HF's default rotary embedding, FP32, for token positions `pos` of
-/// `heads` heads of `hd` elements: `[pos.len() * heads, hd]` each (row `r` is position
-/// `pos[r / heads]`; column `j` uses frequency `j mod hd/2`), computed as HF computes them:
-/// `inv_freq = 1 / theta^(2j / hd)` and `freq = pos * inv_freq` in FP32.
-fn rope_tables(pos: &[u32], heads: usize, hd: usize, theta: f32) -> (Vec<f32>, Vec<f32>) {
-    let half = hd / 2;
-    let inv: Vec<f32> = (0..half)
-        .map(|j| 1.0 / theta.powf((2 * j) as f32 / hd as f32))
-        .collect();
-    let rows = pos.len() * heads;
-    let (mut cos, mut sin) = (Vec::with_capacity(rows * hd), Vec::with_capacity(rows * hd));
-    for &p in pos {
-        let row: Vec<f32> = (0..hd).map(|j| p as f32 * inv[j % half]).collect();
-        for _ in 0..heads {
-            cos.extend(row.iter().map(|a| a.cos()));
-            sin.extend(row.iter().map(|a| a.sin()));
-        }
-    }
-    (cos, sin)
-}
-
-/// The `hd x hd` matrix `R` with `x R = rotate_half(x) = [-x[h..], x[..h]]` (`h = hd / 2`).
-fn rotate_half_matrix(hd: usize) -> Vec<f32> {
-    let h = hd / 2;
-    let mut r = vec![0.0f32; hd * hd];
-    for j in 0..h {
-        r[(j + h) * hd + j] = -1.0;
-        r[j * hd + j + h] = 1.0;
-    }
-    r
-}
-
-/// The rotary embedding's per-forward constants: the tables for the query and key rows and
-/// the rotation, as tape inputs.
-struct Rope {
-    q: (Tensor, Tensor),
-    k: (Tensor, Tensor),
-    rot: Tensor,
-}
-
 /// The vocabulary-sized tensors (padded in the arena, not in files).
 const VOCAB_TENSORS: [&str; 2] = ["model.embed_tokens.weight", "lm_head.weight"];
 
@@ -413,51 +374,13 @@ impl<B: Backend> Llama<B> {
         )
     }
 
-    /// The rotary constants of a batch of `b` sequences of `t` tokens.
-    fn rope(&self, tape: &mut Tape<'_, B>, b: usize, t: usize) -> Result<Rope> {
-        let c = &self.config;
-        let be = tape.backend();
-        let pos: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
-        let hd = c.head_dim;
-        let tables = |heads: usize, tape: &mut Tape<'_, B>| -> Result<(Tensor, Tensor)> {
-            let (cos, sin) = rope_tables(&pos, heads, hd, c.rope_theta);
-            let shape = [pos.len() * heads, hd];
-            let cos = tape.input(be.upload_f32(&cos, DType::F32)?, &shape)?;
-            let sin = tape.input(be.upload_f32(&sin, DType::F32)?, &shape)?;
-            Ok((cos, sin))
-        };
-        let q = tables(c.num_attention_heads, tape)?;
-        let k = tables(c.num_key_value_heads, tape)?;
-        let rot = be.upload_f32(&rotate_half_matrix(hd), DType::F32)?;
-        let rot = tape.input(rot, &[hd, hd])?;
-        Ok(Rope { q, k, rot })
-    }
-
-    /// `x cos + rotate_half(x) sin` over the heads of `x` (`[n, heads hd]`), in FP32.
-    fn rotate(
-        &self,
-        tape: &mut Tape<'_, B>,
-        x: Tensor,
-        (cos, sin): (Tensor, Tensor),
-        rot: Tensor,
-    ) -> Result<Tensor> {
-        let shape = tape.shape(x)?.to_vec();
-        let hd = self.config.head_dim;
-        let heads = tape.reshape(x, &[shape.iter().product::<usize>() / hd, hd])?;
-        let turned = tape.matmul(heads, rot)?;
-        let a = tape.mul(heads, cos)?;
-        let b = tape.mul(turned, sin)?;
-        let y = tape.add(a, b)?;
-        Ok(tape.reshape(y, &shape)?)
-    }
-
     /// Records the forward pass on `tape` (which must read this model's [`Llama::params`]) and
     /// returns the logits `[b, t, vocab]`.
     pub fn forward<'a>(&self, tape: &mut Tape<'a, B>, batch: &'a Batch<B>) -> Result<Tensor> {
         let c = &self.config;
         let (b, t, n) = (batch.b, batch.t, batch.b * batch.t);
         let (heads, kv_heads, eps) = (c.num_attention_heads, c.num_key_value_heads, c.rms_norm_eps);
-        let rope = self.rope(tape, b, t)?;
+        let (cos, sin) = tape.rope_inputs(t, c.head_dim, c.rope_theta)?;
         let embed = tape.param(&self.embed)?;
         tape.set_scope("model.embed_tokens");
         let mut x = tape.embedding(embed, &batch.ids, n)?;
@@ -475,8 +398,8 @@ impl<B: Backend> Llama<B> {
             let q = lin(tape, h, &l.q)?;
             let k = lin(tape, h, &l.k)?;
             let v = lin(tape, h, &l.v)?;
-            let q = self.rotate(tape, q, rope.q, rope.rot)?;
-            let k = self.rotate(tape, k, rope.k, rope.rot)?;
+            let q = tape.rope(q, cos, sin, heads, t)?;
+            let k = tape.rope(k, cos, sin, kv_heads, t)?;
             let qkv = tape.concat(&[q, k, v], 1)?;
             let width = tape.shape(qkv)?[1];
             let qkv = tape.reshape(qkv, &[b, t, width])?;
@@ -622,21 +545,13 @@ mod tests {
     }
 
     #[test]
-    fn rotate_half_and_the_tables_follow_hf() {
-        let r = rotate_half_matrix(4);
-        let x = [1.0f32, 2.0, 3.0, 4.0];
-        let y: Vec<f32> = (0..4)
-            .map(|j| (0..4).map(|i| x[i] * r[i * 4 + j]).sum())
-            .collect();
-        assert_eq!(y, [-3.0, -4.0, 1.0, 2.0]);
-        let (cos, sin) = rope_tables(&[0, 3], 2, 4, 10000.0);
-        assert_eq!(cos.len(), 2 * 2 * 4);
-        assert!(cos[..8].iter().all(|&c| c == 1.0) && sin[..8].iter().all(|&s| s == 0.0));
-        // position 3, frequency 0 (1) and 1 (1 / 100), both halves and both heads alike
-        assert_eq!(cos[8], 3.0f32.cos());
-        assert_eq!(sin[9], (3.0f32 * 0.01).sin());
-        assert_eq!(&cos[8..12], &cos[12..16]);
-        assert_eq!(cos[8], cos[10]);
+    fn the_rope_tables_follow_hf() {
+        let (cos, sin) = mp_autograd::ops::layout::rope_tables(4, 4, 10000.0);
+        assert_eq!((cos.len(), sin.len()), (4 * 2, 4 * 2));
+        assert!(cos[..2].iter().all(|&c| c == 1.0) && sin[..2].iter().all(|&s| s == 0.0));
+        // position 3, frequencies 1 and 1 / 100
+        assert_eq!(cos[6], 3.0f32.cos());
+        assert_eq!(sin[7], (3.0f32 * 0.01).sin());
     }
 
     #[test]
