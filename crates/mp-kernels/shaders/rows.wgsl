@@ -196,14 +196,9 @@ fn ln_bwd_dw(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     dbias_st(j, dbias_ld(j) + db);
 }
 
-@compute @workgroup_size(256)
-fn ce_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-          @builtin(local_invocation_index) li: u32) {
-    let r = linear_group(wg, nwg);
-    if (r >= p.rows) {
-        return;
-    }
-    let base = r * p.cols;
+// The max and the sum of exp(x - max) of logits row `base` over the workgroup (every
+// invocation gets both).
+fn row_max_sum(base: u32, li: u32) -> vec2<f32> {
     var m = neg_inf();
     for (var j = li; j < p.cols; j += 256u) {
         m = max_nan(m, x_ld(base + j));
@@ -213,7 +208,20 @@ fn ce_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     for (var j = li; j < p.cols; j += 256u) {
         s += expc(x_ld(base + j) - m);
     }
-    s = wg_sum(s, li);
+    return vec2<f32>(m, wg_sum(s, li));
+}
+
+@compute @workgroup_size(256)
+fn ce_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+    let r = linear_group(wg, nwg);
+    if (r >= p.rows) {
+        return;
+    }
+    let base = r * p.cols;
+    let ms = row_max_sum(base, li);
+    let m = ms.x;
+    let s = ms.y;
     if (li == 0u) {
         let t = tg_idx(r);
         out_st(r, m + log(s) - x_ld(base + t));
@@ -228,16 +236,9 @@ fn ce_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
         return;
     }
     let base = r * p.cols;
-    var m = neg_inf();
-    for (var j = li; j < p.cols; j += 256u) {
-        m = max_nan(m, x_ld(base + j));
-    }
-    m = wg_max(m, li);
-    var s = 0.0;
-    for (var j = li; j < p.cols; j += 256u) {
-        s += expc(x_ld(base + j) - m);
-    }
-    s = wg_sum(s, li);
+    let ms = row_max_sum(base, li);
+    let m = ms.x;
+    let s = ms.y;
     let k = p.dloss / s;
     let t = tg_idx(r);
     for (var j = li; j < p.cols; j += 256u) {
@@ -260,16 +261,9 @@ fn ce_fused(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
         return;
     }
     let base = r * p.cols;
-    var m = neg_inf();
-    for (var j = li; j < p.cols; j += 256u) {
-        m = max_nan(m, x_ld(base + j));
-    }
-    m = wg_max(m, li);
-    var s = 0.0;
-    for (var j = li; j < p.cols; j += 256u) {
-        s += expc(x_ld(base + j) - m);
-    }
-    s = wg_sum(s, li);
+    let ms = row_max_sum(base, li);
+    let m = ms.x;
+    let s = ms.y;
     let t = tg_idx(r);
     if (li == 0u) {
         out_st(r, m + log(s) - x_ld(base + t));

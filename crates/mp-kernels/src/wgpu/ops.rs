@@ -835,20 +835,7 @@ impl LossOps for WgpuBackend {
             Self::arg_index("tg", &targets.buf, targets.len()),
             self.arg_mut(OP, "out", &losses)?,
         ];
-        let params = [
-            self.u32p(OP, "rows", rows)?,
-            self.u32p(OP, "vocab", vocab)?,
-            0,
-            0,
-        ];
-        self.whole(
-            OP,
-            &shaders::ROWS,
-            &[("ce_fwd", rows as u64)],
-            &[],
-            &args,
-            &params,
-        )
+        self.classifier(OP, "ce_fwd", rows, vocab, 0.0, &args)
     }
 
     fn cross_entropy_backward(
@@ -866,20 +853,7 @@ impl LossOps for WgpuBackend {
             Self::arg_index("tg", &targets.buf, targets.len()),
             self.arg_mut(OP, "out", &dlogits)?,
         ];
-        let params = [
-            self.u32p(OP, "rows", rows)?,
-            self.u32p(OP, "vocab", vocab)?,
-            0,
-            fb(dloss),
-        ];
-        self.whole(
-            OP,
-            &shaders::ROWS,
-            &[("ce_bwd", rows as u64)],
-            &[],
-            &args,
-            &params,
-        )
+        self.classifier(OP, "ce_bwd", rows, vocab, dloss, &args)
     }
 
     fn cross_entropy_fused(
@@ -900,18 +874,33 @@ impl LossOps for WgpuBackend {
             self.arg_mut(OP, "out", &losses)?,
             self.arg_mut(OP, "dx", &dlogits)?,
         ];
+        self.classifier(OP, "ce_fused", rows, vocab, dloss, &args)
+    }
+}
+
+impl WgpuBackend {
+    /// One workgroup per logits row of the cross-entropy `entry` of `rows.wgsl`.
+    fn classifier(
+        &self,
+        op: &'static str,
+        entry: &str,
+        rows: usize,
+        vocab: usize,
+        dloss: f32,
+        args: &[Arg<'_>],
+    ) -> Result<()> {
         let params = [
-            self.u32p(OP, "rows", rows)?,
-            self.u32p(OP, "vocab", vocab)?,
+            self.u32p(op, "rows", rows)?,
+            self.u32p(op, "vocab", vocab)?,
             0,
             fb(dloss),
         ];
         self.whole(
-            OP,
+            op,
             &shaders::ROWS,
-            &[("ce_fused", rows as u64)],
+            &[(entry, rows as u64)],
             &[],
-            &args,
+            args,
             &params,
         )
     }
