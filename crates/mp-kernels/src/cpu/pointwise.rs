@@ -262,6 +262,25 @@ simd_dispatch! {
     }
 }
 
+simd_dispatch! {
+    /// `o = silu(x)` (the formula of [`UnaryOp::eval_with`], so bit-identical to the generic
+    /// loop).
+    fn silu_slice(x: &[f32], o: &mut [f32]) {
+        for (o, &x) in o.iter_mut().zip(x) {
+            *o = UnaryOp::Silu.eval_with(x, math::exp);
+        }
+    }
+}
+
+simd_dispatch! {
+    /// `o += silu'(x) * dy`.
+    fn silu_backward_slice(x: &[f32], dy: &[f32], o: &mut [f32]) {
+        for ((o, &x), &g) in o.iter_mut().zip(x).zip(dy) {
+            *o += UnaryOp::Silu.grad_with(x, math::exp) * g;
+        }
+    }
+}
+
 /// `out = f(x)` (lengths checked by the contract).
 pub(crate) fn unary(
     op: UnaryOp,
@@ -272,8 +291,10 @@ pub(crate) fn unary(
     let (dx, dout) = (x.dtype(), out.dtype());
     let (x, out) = (bytes(name, "x", x)?, bytes_mut(name, "out", out)?);
     match op {
-        // GELU is the hot one (every GPT MLP): its loop is compiled for AVX2 too.
+        // GELU and SiLU are the hot ones (every GPT and Llama MLP): their loops are compiled
+        // for AVX2 too.
         UnaryOp::GeluTanh => map1(x, dx, out, dout, false, gelu_slice),
+        UnaryOp::Silu => map1(x, dx, out, dout, false, silu_slice),
         _ => map1(x, dx, out, dout, false, |x, o| {
             for (o, &x) in o.iter_mut().zip(x) {
                 *o = op.eval_with(x, math::exp);
@@ -299,6 +320,7 @@ pub(crate) fn unary_backward(
     );
     match op {
         UnaryOp::GeluTanh => map2(x, tx, dy, tdy, dx, tdx, true, gelu_backward_slice),
+        UnaryOp::Silu => map2(x, tx, dy, tdy, dx, tdx, true, silu_backward_slice),
         _ => map2(x, tx, dy, tdy, dx, tdx, true, |x, dy, o| {
             for ((o, &x), &g) in o.iter_mut().zip(x).zip(dy) {
                 *o += op.grad_with(x, math::exp) * g;
