@@ -228,6 +228,18 @@ fn ce_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     }
 }
 
+// dx[base + j] = (softmax_j - onehot(t)_j) * dloss for the row whose max and sum are `ms`.
+fn ce_grad_row(base: u32, ms: vec2<f32>, t: u32, li: u32) {
+    let k = p.dloss / ms.y;
+    for (var j = li; j < p.cols; j += 256u) {
+        var v = expc(x_ld(base + j) - ms.x) * k;
+        if (j == t) {
+            v -= p.dloss;
+        }
+        dx_st(base + j, v);
+    }
+}
+
 @compute @workgroup_size(256)
 fn ce_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) li: u32) {
@@ -236,18 +248,7 @@ fn ce_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
         return;
     }
     let base = r * p.cols;
-    let ms = row_max_sum(base, li);
-    let m = ms.x;
-    let s = ms.y;
-    let k = p.dloss / s;
-    let t = tg_idx(r);
-    for (var j = li; j < p.cols; j += 256u) {
-        var v = expc(x_ld(base + j) - m) * k;
-        if (j == t) {
-            v -= p.dloss;
-        }
-        out_st(base + j, v);
-    }
+    ce_grad_row(base, row_max_sum(base, li), tg_idx(r), li);
 }
 
 // The fused classifier: the loss of row r into `out[r]` and its gradient into `dx`, from one
@@ -262,18 +263,9 @@ fn ce_fused(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     }
     let base = r * p.cols;
     let ms = row_max_sum(base, li);
-    let m = ms.x;
-    let s = ms.y;
     let t = tg_idx(r);
     if (li == 0u) {
-        out_st(r, m + log(s) - x_ld(base + t));
+        out_st(r, ms.x + log(ms.y) - x_ld(base + t));
     }
-    let k = p.dloss / s;
-    for (var j = li; j < p.cols; j += 256u) {
-        var v = expc(x_ld(base + j) - m) * k;
-        if (j == t) {
-            v -= p.dloss;
-        }
-        dx_st(base + j, v);
-    }
+    ce_grad_row(base, ms, t, li);
 }

@@ -851,7 +851,7 @@ impl LossOps for WgpuBackend {
         let args = [
             self.arg(OP, "x", logits)?,
             Self::arg_index("tg", &targets.buf, targets.len()),
-            self.arg_mut(OP, "out", &dlogits)?,
+            self.arg_mut(OP, "dx", &dlogits)?,
         ];
         self.classifier(OP, "ce_bwd", rows, vocab, dloss, &args)
     }
