@@ -49,16 +49,21 @@ extern "C" __global__ void mp_heads(const void* src, int sdt, void* dst, int ddt
 
 // The rotary position embedding (mp_kernels::LayoutOps::rope), rotate-half convention, FP32:
 // one thread per pair (row r, head, j < half) at position p = r % t, the sine times `sign`
-// (-1: the inverse rotation, the backward). Products and sums rounded one by one (no FMA
-// contraction), as the CPU computes them.
+// (-1: the inverse rotation, the backward); heads from `rotated` on are copied. Products and
+// sums rounded one by one (no FMA contraction), as the CPU computes them.
 extern "C" __global__ void mp_rope(const void* x, int xdt, const float* cosv, const float* sinv,
-                                   void* out, int odt, u64 pairs, u64 heads, u64 half, u64 t,
-                                   float sign) {
+                                   void* out, int odt, u64 pairs, u64 heads, u64 rotated,
+                                   u64 half, u64 t, float sign) {
     u64 stride = (u64)gridDim.x * blockDim.x;
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < pairs; i += stride) {
         u64 j = i % half, rh = i / half;
         u64 pos = (rh / heads) % t;
         u64 at = rh * 2 * half + j;
+        if (rh % heads >= rotated) {  // an unrotated head (the values of packed q | k | v)
+            st_rne(out, at, odt, ld(x, at, xdt));
+            st_rne(out, at + half, odt, ld(x, at + half, xdt));
+            continue;
+        }
         float c = cosv[pos * half + j], s = sinv[pos * half + j] * sign;
         float x1 = ld(x, at, xdt), x2 = ld(x, at + half, xdt);
         st_rne(out, at, odt, __fadd_rn(__fmul_rn(x1, c), -__fmul_rn(x2, s)));

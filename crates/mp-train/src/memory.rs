@@ -103,8 +103,8 @@ pub fn estimate(cfg: &TrainConfig) -> MemoryBreakdown {
 
 /// [`estimate`] for a Llama of `n` parameters at `tokens` tokens a micro-batch. Per token
 /// and layer: the two RMSNorm outputs and the residual sums (FP32) with their low casts, the
-/// query/key/value projections (low), the rotary embedding's FP32 output (the fused op saves
-/// nothing else) and the packed FP32 attention input and its low cast, the log-sum-exp, the
+/// packed query/key/value projection (low), the rotary embedding's packed FP32 output (the
+/// attention input) and its low cast, the log-sum-exp, the
 /// attention output and `o_proj` (low), the gate, up, SiLU and product (low, `f` wide), the
 /// norms' `rstd`.
 fn llama_estimate(cfg: &TrainConfig, n: u128, tokens: u128) -> MemoryBreakdown {
@@ -124,7 +124,6 @@ fn llama_estimate(cfg: &TrainConfig, n: u128, tokens: u128) -> MemoryBreakdown {
     let per_layer = 4 * c * 4
         + casts * low
         + packed * low
-        + (q + kv) * 4
         + packed * (4 + low)
         + h * 4
         + (q + c) * low

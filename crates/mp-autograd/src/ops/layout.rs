@@ -168,10 +168,12 @@ impl<B: Backend> TapeOp<B> for Concat {
 }
 
 /// The rotary position embedding of `[rows, heads * head_dim]` (see
-/// [`mp_kernels::LayoutOps::rope`]); inputs `x`, `cos`, `sin` (FP32 `[t, head_dim / 2]`,
-/// constants). FP32 out; the gradient is the inverse rotation of `dy`.
+/// [`mp_kernels::LayoutOps::rope`]): the leading `rotated` heads of each row rotate, the
+/// others pass through; inputs `x`, `cos`, `sin` (FP32 `[t, head_dim / 2]`, constants). FP32
+/// out; the gradient is the inverse rotation of `dy`.
 struct RotaryEmbedding {
     heads: usize,
+    rotated: usize,
     t: usize,
 }
 
@@ -179,9 +181,10 @@ impl RotaryEmbedding {
     fn shape(&self, x: &[usize]) -> Option<Rope> {
         let (&cols, lead) = x.split_last()?;
         let head_dim = cols.checked_div(self.heads)?;
-        (head_dim * self.heads == cols).then_some(Rope {
+        (head_dim * self.heads == cols && self.rotated <= self.heads).then_some(Rope {
             rows: numel(lead),
             heads: self.heads,
+            rotated: self.rotated,
             head_dim,
             t: self.t,
             inverse: false,
@@ -199,9 +202,10 @@ impl<B: Backend> TapeOp<B> for RotaryEmbedding {
     fn forward(&mut self, cx: &Forward<'_, '_, B>) -> Result<Output<B>> {
         let s = self.shape(cx.shape(0)).ok_or_else(|| {
             cx.shape_err(format!(
-                "x {:?} is not rows of {} heads",
+                "x {:?} is not rows of {} heads (of which {} rotate)",
                 cx.shape(0),
-                self.heads
+                self.heads,
+                self.rotated
             ))
         })?;
         let want = [s.t, s.head_dim / 2];
@@ -267,7 +271,22 @@ impl<'a, B: Backend> Tape<'a, B> {
         heads: usize,
         t: usize,
     ) -> Result<Tensor> {
-        self.apply(RotaryEmbedding { heads, t }, &[x, cos, sin])
+        self.rope_leading(x, cos, sin, (heads, heads), t)
+    }
+
+    /// [`Tape::rope`] of the leading `rotated` of the `heads` heads of each row, the others
+    /// passed through unchanged (widened to FP32): `(heads, rotated)`. On packed `q | k | v`
+    /// rows (one projection) it rotates the query and key heads and leaves the values, ready
+    /// for [`Tape::grouped_attention`].
+    pub fn rope_leading(
+        &mut self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        (heads, rotated): (usize, usize),
+        t: usize,
+    ) -> Result<Tensor> {
+        self.apply(RotaryEmbedding { heads, rotated, t }, &[x, cos, sin])
     }
 
     /// FP32 tape inputs holding [`rope_tables`].
@@ -340,6 +359,12 @@ mod tests {
         assert_ok(c.run("rope", |t, p| {
             let (cos, sin) = t.rope_inputs(3, 4, 100.0)?;
             t.rope(p[0], cos, sin, 2, 3)
+        }));
+        // packed rows of 3 heads of 4 (2 rotated, the third passed through)
+        let c = GradCheck::new(&[("x", &[6, 12])], 5);
+        assert_ok(c.run("rope of the leading heads", |t, p| {
+            let (cos, sin) = t.rope_inputs(3, 4, 100.0)?;
+            t.rope_leading(p[0], cos, sin, (3, 2), 3)
         }));
     }
 }

@@ -223,6 +223,9 @@ pub struct Rope {
     pub rows: usize,
     /// Heads per row.
     pub heads: usize,
+    /// The leading heads of each row that rotate (at most `heads`); the others are copied,
+    /// rounded to the output's dtype (the values of packed `q | k | v` rows).
+    pub rotated: usize,
     /// Elements per head (even).
     pub head_dim: usize,
     /// Tokens per sequence: the positions are `0..t`, repeated.
@@ -241,7 +244,7 @@ pub trait LayoutOps: MemoryOps {
     /// `y[j + h] = x[j + h] cos[p, j] + x[j] sin[p, j]` (each product rounded to f32, then
     /// the sum: what `x cos + rotate_half(x) sin` computes), rounded to `out`'s dtype. `cos`
     /// and `sin` are FP32 `t x h`; with `s.inverse` the sine is negated (the gradient:
-    /// `dx = rope(dy)` inverse).
+    /// `dx = rope(dy)` inverse). Heads from `s.rotated` on are copied unrotated.
     fn rope(
         &self,
         x: View<'_, Self::Buffer>,

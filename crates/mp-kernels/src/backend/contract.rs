@@ -663,6 +663,12 @@ pub fn rope<B: MemoryOps + ?Sized>(
             s.rows, s.t
         )));
     }
+    if s.rotated > s.heads {
+        return Err(ck.shape_err(format!(
+            "{} rotated heads of {} per row",
+            s.rotated, s.heads
+        )));
+    }
     let n = ck.mul(ck.mul(s.rows, s.heads)?, s.head_dim)?;
     ck.len("x", x.len, n)?;
     ck.len("out", out.len, n)?;

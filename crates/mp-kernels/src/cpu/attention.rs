@@ -89,7 +89,7 @@ pub(crate) fn merge_heads(
 }
 
 /// [`LayoutOps::rope`](crate::LayoutOps::rope): one token row per task, widened to f32,
-/// rotated head by head, rounded to `out`'s dtype.
+/// rotated head by head (the heads after `s.rotated` copied), rounded to `out`'s dtype.
 fn rope(
     x: View<'_, CpuBuffer>,
     cos: View<'_, CpuBuffer>,
@@ -107,6 +107,7 @@ fn rope(
     let x = bytes(OP, "x", x)?;
     let out = bytes_mut(OP, "out", out)?;
     let (width, h) = (s.heads * s.head_dim, s.head_dim / 2);
+    let turned = s.rotated * s.head_dim;
     if width == 0 {
         return Ok(());
     }
@@ -117,7 +118,9 @@ fn rope(
             widen(dx, &x[r * width * sx..(r + 1) * width * sx], xs);
             let p = r % s.t;
             let (c, sn) = (&cos[p * h..(p + 1) * h], &sin[p * h..(p + 1) * h]);
-            for (xh, yh) in xs.chunks_exact(2 * h).zip(ys.chunks_exact_mut(2 * h)) {
+            ys[turned..].copy_from_slice(&xs[turned..]);
+            let pairs = xs[..turned].chunks_exact(2 * h);
+            for (xh, yh) in pairs.zip(ys[..turned].chunks_exact_mut(2 * h)) {
                 let (x1, x2) = xh.split_at(h);
                 let (y1, y2) = yh.split_at_mut(h);
                 for j in 0..h {

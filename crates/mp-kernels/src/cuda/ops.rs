@@ -1120,9 +1120,10 @@ impl LayoutOps for CudaBackend {
             self.arg_mut(&out),
         );
         let sign = if s.inverse { -1.0f32 } else { 1.0 };
-        let (p, h, half, t) = (
+        let (p, h, rot, half, t) = (
             pairs as u64,
             s.heads as u64,
+            s.rotated as u64,
             (s.head_dim / 2) as u64,
             s.t as u64,
         );
@@ -1131,7 +1132,7 @@ impl LayoutOps for CudaBackend {
             "mp_rope",
             self.grid_1(pairs, 256),
             &kargs![
-                xa.ptr, xa.dt, ca.ptr, sa.ptr, oa.ptr, oa.dt, p, h, half, t, sign
+                xa.ptr, xa.dt, ca.ptr, sa.ptr, oa.ptr, oa.dt, p, h, rot, half, t, sign
             ],
         )
     }

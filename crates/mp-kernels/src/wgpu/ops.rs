@@ -1017,7 +1017,7 @@ impl LayoutOps for WgpuBackend {
             self.u32p(OP, "head_dim / 2", s.head_dim / 2)?,
             self.u32p(OP, "t", s.t)?,
             fb(sign),
-            0,
+            self.u32p(OP, "rotated", s.rotated)?,
             0,
             0,
         ];

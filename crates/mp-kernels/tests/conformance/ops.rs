@@ -348,8 +348,9 @@ fn softmax_backward_matches_cpu(dtype: DType) {
 }
 test_per_dtype!(softmax_backward_matches_cpu: f32, bf16);
 
-/// The rotary embedding on `dtype` rows, into FP32 and into `dtype`, forward and inverse,
-/// against the CPU; the CPU's forward against an f64 evaluation of the formula.
+/// The rotary embedding on `dtype` rows, into FP32 and into `dtype`, forward and inverse, of
+/// every head and of the leading half (the rest copied), against the CPU; the CPU's forward
+/// against an f64 evaluation of the formula.
 fn rope_matches_cpu(dtype: DType) {
     let Some(g) = gpu("rope_matches_cpu") else {
         return;
@@ -366,11 +367,16 @@ fn rope_matches_cpu(dtype: DType) {
     let sin: Vec<f32> = (0..t * h)
         .map(|i| angle(i / h, i % h).sin() as f32)
         .collect();
-    for odt in [DType::F32, dtype] {
-        for inverse in [false, true] {
+    let cases = [DType::F32, dtype]
+        .into_iter()
+        .flat_map(|odt| [(odt, false), (odt, true)])
+        .flat_map(|c| [(c, heads), (c, heads / 2)]);
+    for ((odt, inverse), rotated) in cases {
+        {
             let s = Rope {
                 rows,
                 heads,
+                rotated,
                 head_dim: hd,
                 t,
                 inverse,
@@ -393,7 +399,7 @@ fn rope_matches_cpu(dtype: DType) {
             let want = run(&c, &x, dtype, [&cos, &sin], odt, &s);
             let got = run(g, &x, dtype, [&cos, &sin], odt, &s);
             close(
-                &format!("rope {dtype} -> {odt} inverse {inverse}"),
+                &format!("rope {dtype} -> {odt} inverse {inverse}, {rotated} of {heads} heads"),
                 &got,
                 &want,
                 odt,
@@ -405,6 +411,9 @@ fn rope_matches_cpu(dtype: DType) {
                 let reference: Vec<f32> = (0..xs.len())
                     .map(|i| {
                         let (row, j) = (i / hd / heads, i % hd);
+                        if (i / hd) % heads >= rotated {
+                            return xs[i];
+                        }
                         let (jj, p) = (j % h, row % t);
                         let (cs, sn) = (f64::from(cos[p * h + jj]), f64::from(sin[p * h + jj]));
                         let base = i - j;

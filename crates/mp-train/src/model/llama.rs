@@ -205,9 +205,9 @@ impl LlamaConfig {
 #[derive(Clone, Debug)]
 struct Layer {
     input_norm: ParamEntry,
-    q: ParamEntry,
-    k: ParamEntry,
-    v: ParamEntry,
+    /// `q_proj`, `k_proj` and `v_proj` as one `[q + 2 kv, c]` weight: they lie one after the
+    /// other in the arena, so one GEMM gives each token's packed `q | k | v` row.
+    qkv: ParamEntry,
     o: ParamEntry,
     post_norm: ParamEntry,
     gate: ParamEntry,
@@ -242,6 +242,25 @@ impl<B: Backend> std::fmt::Debug for Llama<B> {
             .field("model_copy", &self.model_copy.as_ref().map(|c| c.dtype()))
             .finish()
     }
+}
+
+/// Adjacent `[rows_i, cols]` matrices of the arena as one `[sum rows_i, cols]` weight (the
+/// name of the first).
+///
+/// # Panics
+/// If they are not adjacent or differ in columns (the layout puts them so: a bug otherwise).
+fn packed(parts: &[ParamEntry]) -> ParamEntry {
+    let mut whole = parts[0].clone();
+    for p in &parts[1..] {
+        assert!(
+            p.offset == whole.offset + whole.numel() && p.shape[1..] == whole.shape[1..],
+            "{} does not follow {} in the arena",
+            p.name,
+            whole.name
+        );
+        whole.shape[0] += p.shape[0];
+    }
+    whole
 }
 
 /// The vocabulary-sized tensors (padded in the arena, not in files).
@@ -307,9 +326,11 @@ impl<B: Backend> Llama<B> {
                 let w = |s: &str| get(format!("{p}.{s}.weight"));
                 Layer {
                     input_norm: w("input_layernorm"),
-                    q: w("self_attn.q_proj"),
-                    k: w("self_attn.k_proj"),
-                    v: w("self_attn.v_proj"),
+                    qkv: packed(&[
+                        w("self_attn.q_proj"),
+                        w("self_attn.k_proj"),
+                        w("self_attn.v_proj"),
+                    ]),
                     o: w("self_attn.o_proj"),
                     post_norm: w("post_attention_layernorm"),
                     gate: w("mlp.gate_proj"),
@@ -395,12 +416,9 @@ impl<B: Backend> Llama<B> {
         for (i, l) in self.layers.iter().enumerate() {
             tape.set_scope(&format!("model.layers.{i}"));
             let h = norm(tape, x, &l.input_norm)?;
-            let q = lin(tape, h, &l.q)?;
-            let k = lin(tape, h, &l.k)?;
-            let v = lin(tape, h, &l.v)?;
-            let q = tape.rope(q, cos, sin, heads, t)?;
-            let k = tape.rope(k, cos, sin, kv_heads, t)?;
-            let qkv = tape.concat(&[q, k, v], 1)?;
+            let qkv = lin(tape, h, &l.qkv)?;
+            let all_heads = heads + 2 * kv_heads;
+            let qkv = tape.rope_leading(qkv, cos, sin, (all_heads, heads + kv_heads), t)?;
             let width = tape.shape(qkv)?[1];
             let qkv = tape.reshape(qkv, &[b, t, width])?;
             let a = tape.grouped_attention(qkv, heads, kv_heads)?;
