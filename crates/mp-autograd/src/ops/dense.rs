@@ -45,7 +45,8 @@ impl Linear {
 }
 
 /// `out = x W (+ b)` for the weight and bias inputs 1 and 2 of `cx` (FP32 accumulation, one
-/// rounding after the bias).
+/// rounding after the bias: [`mp_kernels::GemmOps::gemm_bias`], the bias in the GEMM's
+/// epilogue where the backend has one).
 fn linear_forward<B: Backend>(
     cx: &Forward<'_, '_, B>,
     layout: WeightLayout,
@@ -61,10 +62,7 @@ fn linear_forward<B: Backend>(
     if cx.inputs() == 2 {
         be.gemm(x, cx.value(1)?, out.view_mut(), &spec)?;
     } else {
-        // FP32 product, then one rounding after the bias.
-        let mut acc = cx.alloc(DType::F32, rows * dout)?;
-        be.gemm(x, cx.value(1)?, acc.view_mut(), &spec)?;
-        be.bias_add(acc.view(), cx.value(2)?, out.view_mut())?;
+        be.gemm_bias(x, cx.value(1)?, cx.value(2)?, out.view_mut(), &spec)?;
     }
     Ok(out)
 }

@@ -680,6 +680,29 @@ pub fn rope<B: MemoryOps + ?Sized>(
     Ok(())
 }
 
+/// [`super::GemmOps::gemm_bias`]: what [`gemm`] checks, plus one product (`batch` 1) that
+/// overwrites C (`beta` 0) and a bias of `n` elements. Returns C's span (0: nothing to do).
+pub fn gemm_bias<B: MemoryOps + ?Sized>(
+    be: &B,
+    a: &V<'_, B>,
+    b: &V<'_, B>,
+    bias: &V<'_, B>,
+    cv: &M<'_, B>,
+    spec: &Gemm,
+) -> Result<usize> {
+    let span = gemm(be, a, b, cv, spec)?;
+    let c = Check::new(be, "gemm_bias");
+    c.view("bias", bias)?;
+    if spec.batch != 1 || spec.beta != 0.0 {
+        return Err(c.shape_err(format!(
+            "batch {} and beta {}: a biased product is one product that overwrites C",
+            spec.batch, spec.beta
+        )));
+    }
+    c.len("bias", bias.len, spec.n)?;
+    Ok(span)
+}
+
 /// Attention: `c` divisible by `heads`, `heads` by `kv_heads`, `qkv` of
 /// `b x t x (c + 2 kv_heads hs)`, `out` of `b x t x c`, `lse` of `b x heads x t` (the named
 /// views' lengths); returns the head size.

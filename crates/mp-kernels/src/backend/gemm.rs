@@ -1,7 +1,8 @@
 //! The dense-algebra family: (batched) matrix products with FP32 accumulation.
 
-use super::{MemoryOps, View, ViewMut};
+use super::{BufferExt, PointwiseOps, View, ViewMut, contract};
 use crate::Result;
+use mp_dtype::DType;
 
 /// A (batched) matrix product `C = alpha * op(A) * op(B) + beta * C`, row-major.
 ///
@@ -55,7 +56,7 @@ impl Gemm {
 }
 
 /// Dense algebra.
-pub trait GemmOps: MemoryOps {
+pub trait GemmOps: PointwiseOps {
     /// `C = alpha * op(A) op(B) + beta * C`, FP32 accumulation (see [`Gemm`]).
     fn gemm(
         &self,
@@ -64,4 +65,40 @@ pub trait GemmOps: MemoryOps {
         c: ViewMut<'_, Self::Buffer>,
         spec: &Gemm,
     ) -> Result<()>;
+
+    /// A linear layer's forward in one pass: `C[i, j] = alpha * (op(A) op(B))[i, j] +
+    /// bias[j]`, the bias (any dtype, `n` elements) added to the FP32 product before the one
+    /// rounding to C's dtype. One product (`batch` 1) that overwrites C (`beta` 0).
+    ///
+    /// The default composition ([`compose_gemm_bias`]) writes the product to an FP32 buffer
+    /// and adds the bias in a second pass (the same values); backends fold the bias into the
+    /// GEMM's write-back instead (the CPU kernels' epilogue, cuBLASLt's `BIAS` epilogue).
+    fn gemm_bias(
+        &self,
+        a: View<'_, Self::Buffer>,
+        b: View<'_, Self::Buffer>,
+        bias: View<'_, Self::Buffer>,
+        c: ViewMut<'_, Self::Buffer>,
+        spec: &Gemm,
+    ) -> Result<()> {
+        compose_gemm_bias(self, a, b, bias, c, spec)
+    }
+}
+
+/// [`GemmOps::gemm_bias`] composed from [`GemmOps::gemm`] into an FP32 buffer and
+/// [`PointwiseOps::bias_add`] (an F32 C is its own buffer: the bias is added in place).
+pub fn compose_gemm_bias<B: GemmOps + ?Sized>(
+    be: &B,
+    a: View<'_, B::Buffer>,
+    b: View<'_, B::Buffer>,
+    bias: View<'_, B::Buffer>,
+    c: ViewMut<'_, B::Buffer>,
+    spec: &Gemm,
+) -> Result<()> {
+    if contract::gemm_bias(be, &a, &b, &bias, &c, spec)? == 0 {
+        return Ok(());
+    }
+    let mut acc = be.uninit(DType::F32, spec.m * spec.n)?;
+    be.gemm(a, b, acc.view_mut(), spec)?;
+    be.bias_add(acc.view(), bias, c)
 }

@@ -43,7 +43,7 @@ pub mod rows;
 
 pub use attention::{Attention, AttentionOps, Heads, LayoutOps, Rope};
 pub use embedding::EmbeddingOps;
-pub use gemm::{Gemm, GemmOps};
+pub use gemm::{Gemm, GemmOps, compose_gemm_bias};
 pub use loss::LossOps;
 pub use memory::{DeviceComm, MemoryOps};
 pub use mp_dtype::Rounding;

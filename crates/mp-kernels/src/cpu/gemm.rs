@@ -30,6 +30,24 @@ use mp_dtype::DType;
 use rayon::prelude::*;
 use std::cell::Cell;
 
+/// Where a product goes: C's dtype and an optional bias (one f32 per column of C) added to
+/// the f32 result before the one rounding to C.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Out<'a> {
+    /// C's element type.
+    pub dtype: DType,
+    /// `n` values added to every row (only with `beta == 0` and one batch entry).
+    pub bias: Option<&'a [f32]>,
+}
+
+impl Out<'_> {
+    /// C of `dtype` without a bias.
+    #[cfg(test)]
+    pub(super) fn plain(dtype: DType) -> Self {
+        Out { dtype, bias: None }
+    }
+}
+
 /// Products of at most this many multiply-adds run one per thread when batched.
 const SMALL_PRODUCT: usize = 1 << 21;
 
@@ -155,12 +173,14 @@ fn gemm_one(spec: &Gemm, a: &[f32], b: &[f32], c: &mut [f32], par: Parallelism) 
     }
 }
 
-/// `C = alpha * op(A) op(B) + beta * C` (see [`Gemm`]).
+/// `C = alpha * op(A) op(B) + beta * C (+ bias)` (see [`Gemm`]; the bias, if any, widened to
+/// f32 and added before C's one rounding).
 pub(crate) fn gemm(
     a: View<'_, CpuBuffer>,
     b: View<'_, CpuBuffer>,
     c: ViewMut<'_, CpuBuffer>,
     spec: &Gemm,
+    bias: Option<&[f32]>,
 ) -> Result<()> {
     const OP: &str = "gemm";
     let Gemm { m, n, k, batch, .. } = *spec;
@@ -177,23 +197,25 @@ pub(crate) fn gemm(
     let a = &bytes(OP, "A", a)?[..span_a * sa];
     let b = &bytes(OP, "B", b)?[..span_b * sa];
     let c = &mut bytes_mut(OP, "C", c)?[..span_c * sc];
+    let out = Out { dtype: dc, bias };
     #[cfg(target_arch = "x86_64")]
     if da == DType::BF16
         && k > 0
         && spec.alpha != 0.0
         && let Some(p) = native_bf16()
     {
-        bf16::gemm(p, spec, a, b, c, dc, SMALL_PRODUCT);
+        bf16::gemm(p, spec, a, b, c, out, SMALL_PRODUCT);
         return Ok(());
     }
-    gemm_widened(spec, da, a, b, dc, c);
+    gemm_widened(spec, da, a, b, out, c);
     Ok(())
 }
 
 /// The f32 route of [`gemm()`] on validated operands: `a`, `b` (elements of `da`) and `c`
-/// (elements of `dc`) span exactly the batch entries `spec` addresses.
-fn gemm_widened(spec: &Gemm, da: DType, a: &[u8], b: &[u8], dc: DType, c: &mut [u8]) {
+/// (elements of `out.dtype`) span exactly the batch entries `spec` addresses.
+fn gemm_widened(spec: &Gemm, da: DType, a: &[u8], b: &[u8], out: Out<'_>, c: &mut [u8]) {
     let Gemm { m, n, k, batch, .. } = *spec;
+    let dc = out.dtype;
     let sc = dc.size_in_bytes();
     let size_c = m * n;
     let span_c = c.len() / sc;
@@ -238,16 +260,36 @@ fn gemm_widened(spec: &Gemm, da: DType, a: &[u8], b: &[u8], dc: DType, c: &mut [
             gemm_one(spec, a_at(i), b_at(i), ci, Parallelism::Rayon(0));
         }
     }
-    if dc != DType::F32 {
-        c.par_chunks_mut(CHUNK * sc)
+    match (out.bias, dc) {
+        (None, DType::F32) => {}
+        (None, _) => c
+            .par_chunks_mut(CHUNK * sc)
             .zip(tc[..span_c].par_chunks(CHUNK))
-            .for_each(|(o, i)| narrow(dc, i, o));
+            .for_each(|(o, i)| narrow(dc, i, o)),
+        // one row per task: the bias added in f32, then the rounding (in place for F32)
+        (Some(bias), DType::F32) => as_f32_mut(c)
+            .par_chunks_mut(n)
+            .for_each(|row| add_bias(row, bias)),
+        (Some(bias), _) => c
+            .par_chunks_mut(n * sc)
+            .zip(tc[..span_c].par_chunks_mut(n))
+            .for_each(|(o, row)| {
+                add_bias(row, bias);
+                narrow(dc, row, o);
+            }),
+    }
+    if dc != DType::F32 {
         put_scratch(2, tc);
     }
     if da != DType::F32 {
         put_scratch(0, ta);
         put_scratch(1, tb);
     }
+}
+
+/// `row[j] += bias[j]` in f32.
+fn add_bias(row: &mut [f32], bias: &[f32]) {
+    row.iter_mut().zip(bias).for_each(|(o, &b)| *o += b);
 }
 
 impl GemmOps for CpuBackend {
@@ -261,6 +303,69 @@ impl GemmOps for CpuBackend {
         if contract::gemm(self, &a, &b, &c, spec)? == 0 {
             return Ok(());
         }
-        gemm(a, b, c, spec)
+        gemm(a, b, c, spec, None)
+    }
+
+    /// The bias added in the GEMM's own write-back (the BF16 kernel's epilogue, or the f32
+    /// route's rounding pass): no FP32 product buffer and no second pass.
+    fn gemm_bias(
+        &self,
+        a: View<'_, CpuBuffer>,
+        b: View<'_, CpuBuffer>,
+        bias: View<'_, CpuBuffer>,
+        c: ViewMut<'_, CpuBuffer>,
+        spec: &Gemm,
+    ) -> Result<()> {
+        if contract::gemm_bias(self, &a, &b, &bias, &c, spec)? == 0 {
+            return Ok(());
+        }
+        if spec.k == 0 || spec.alpha == 0.0 {
+            // C = bias on every row: the composition (a zero product plus the bias)
+            return crate::backend::compose_gemm_bias(self, a, b, bias, c, spec);
+        }
+        let mut wide = vec![0f32; bias.len];
+        widen(bias.dtype(), bytes("gemm_bias", "bias", bias)?, &mut wide);
+        gemm(a, b, c, spec, Some(&wide))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::random_vec;
+
+    /// The bias in the write-back equals the composition (product to FP32, then
+    /// `bias_add`) bit for bit, on both routes (BF16 inputs take the AVX-512 BF16 kernel
+    /// where the CPU has it), for every output and bias dtype, with odd sizes and both
+    /// weight layouts.
+    #[test]
+    fn gemm_bias_equals_its_composition() {
+        let be = CpuBackend::new();
+        let (m, n, k) = (50, 70, 33);
+        for da in [DType::F32, DType::BF16, DType::F16] {
+            for dc in [DType::F32, DType::BF16, DType::F16] {
+                for (trans_b, bias_dt) in [(false, DType::F32), (true, DType::BF16)] {
+                    let s = Gemm {
+                        trans_b,
+                        alpha: 0.75,
+                        ..Gemm::new(m, n, k)
+                    };
+                    let a = be.upload_f32(&random_vec(m * k, 1), da).unwrap();
+                    let b = be.upload_f32(&random_vec(k * n, 2), da).unwrap();
+                    let bias = be.upload_f32(&random_vec(n, 3), bias_dt).unwrap();
+                    let run = |fused: bool| {
+                        let mut c = be.zeros(dc, m * n).unwrap();
+                        let (a, b, bias, c_out) = (a.view(), b.view(), bias.view(), c.view_mut());
+                        if fused {
+                            be.gemm_bias(a, b, bias, c_out, &s).unwrap();
+                        } else {
+                            compose_gemm_bias(&be, a, b, bias, c_out, &s).unwrap();
+                        }
+                        be.download_bytes(c.view()).unwrap()
+                    };
+                    assert_eq!(run(true), run(false), "{da} -> {dc}, trans_b {trans_b}");
+                }
+            }
+        }
     }
 }

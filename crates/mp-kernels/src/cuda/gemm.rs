@@ -1,7 +1,8 @@
 //! Matrix products through cuBLASLt: row-major `C = alpha op(A) op(B) + beta C` mapped onto
 //! column-major cuBLAS by computing `C^T = op(B)^T op(A)^T`, strided batches, FP32 compute
 //! (TF32 tensor cores for FP32 inputs when enabled), one workspace buffer and a cache of the
-//! heuristic's algorithm per problem.
+//! heuristic's algorithm per problem. A linear layer's bias rides in the `BIAS` epilogue (a
+//! bias per row of cuBLAS's column-major `C^T`, which is a bias per column of our C).
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -58,6 +59,8 @@ pub(crate) struct Problem {
     pub tf32: bool,
     /// The largest power of two (<= 16) dividing each pointer: A, B, C.
     pub align: [u32; 3],
+    /// The `BIAS` epilogue with a bias vector of C's dtype (its pointer is given per call).
+    pub bias: bool,
 }
 
 struct Layout(sys::cublasLtMatrixLayout_t);
@@ -114,6 +117,8 @@ impl Drop for Pref {
 
 /// Descriptors and the chosen algorithm of one problem, built once and reused.
 struct Plan {
+    /// Held while a call sets the descriptor's bias pointer and enqueues the product.
+    call: Mutex<()>,
     desc: Desc,
     a: Layout,
     b: Layout,
@@ -130,7 +135,8 @@ fn fmt(e: impl std::fmt::Debug) -> String {
 pub(crate) struct Lt {
     handle: sys::cublasLtHandle_t,
     workspace: CudaSlice<u8>,
-    plans: Mutex<HashMap<Problem, Arc<Plan>>>,
+    /// Every problem seen, with its plan or why cuBLASLt has none (asked once).
+    plans: Mutex<HashMap<Problem, Result<Arc<Plan>, String>>>,
 }
 
 // SAFETY: the handle is only used under the backend's single stream; cuBLASLt handles may be
@@ -171,10 +177,26 @@ impl Lt {
         })
     }
 
+    /// The plan of `p`, built (and cached, with a failure too) on first use.
     fn plan(&self, p: &Problem) -> Result<Arc<Plan>, String> {
         if let Some(plan) = self.plans.lock().unwrap_or_else(|e| e.into_inner()).get(p) {
-            return Ok(plan.clone());
+            return plan.clone();
         }
+        let plan = self.build_plan(p);
+        self.plans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(*p, plan.clone());
+        plan
+    }
+
+    /// Whether cuBLASLt has an algorithm for `p` (e.g. for the `BIAS` epilogue at these
+    /// alignments).
+    pub(crate) fn has_plan(&self, p: &Problem) -> bool {
+        self.plan(p).is_ok()
+    }
+
+    fn build_plan(&self, p: &Problem) -> Result<Arc<Plan>, String> {
         let compute = if p.ab == DType::F32 && p.tf32 {
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
         } else {
@@ -204,6 +226,27 @@ impl Lt {
             sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
             p.trans_a,
         )?;
+        if p.bias {
+            let epilogue = sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
+            let ty = cuda_type(p.c).ok_or_else(|| format!("no cuBLASLt type for {}", p.c))?;
+            // SAFETY: desc is live; the values outlive the calls.
+            unsafe {
+                lt::set_matmul_desc_attribute(
+                    desc.0,
+                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
+                    (&epilogue) as *const sys::cublasLtEpilogue_t as *const c_void,
+                    std::mem::size_of::<sys::cublasLtEpilogue_t>(),
+                )
+                .map_err(fmt)?;
+                lt::set_matmul_desc_attribute(
+                    desc.0,
+                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                    (&ty) as *const sys::cudaDataType as *const c_void,
+                    std::mem::size_of::<sys::cudaDataType>(),
+                )
+                .map_err(fmt)?;
+            }
+        }
         // stored column-major shapes: our B is (n x k) col-major view when !trans_b
         let (br, bc) = if p.trans_b { (p.k, p.n) } else { (p.n, p.k) };
         let (ar, ac) = if p.trans_a { (p.m, p.k) } else { (p.k, p.m) };
@@ -254,35 +297,48 @@ impl Lt {
             lt::get_matmul_algo_heuristic(self.handle, desc.0, a.0, b.0, c.0, c.0, pref.0)
         }
         .map_err(|e| format!("no cuBLASLt algorithm for {p:?}: {e:?}"))?;
-        let plan = Arc::new(Plan {
+        Ok(Arc::new(Plan {
+            call: Mutex::new(()),
             desc,
             a,
             b,
             c,
             algo: heur.algo,
             workspace: heur.workspaceSize.min(WORKSPACE_BYTES),
-        });
-        self.plans
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(*p, plan.clone());
-        Ok(plan)
+        }))
     }
 
-    /// Launches `C = alpha op(A) op(B) + beta C` on `stream` (asynchronous). `a`, `b`, `c` are
-    /// device addresses of element 0 of the first batch of each operand.
+    /// Launches `C = alpha op(A) op(B) + beta C (+ bias)` on `stream` (asynchronous). `a`,
+    /// `b`, `c` are device addresses of element 0 of the first batch of each operand; `bias`
+    /// is the address of the bias vector, given exactly when `p.bias`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn matmul(
         &self,
         stream: &CudaStream,
         p: &Problem,
-        a: u64,
-        b: u64,
-        c: u64,
+        (a, b, c): (u64, u64, u64),
+        bias: Option<u64>,
         alpha: f32,
         beta: f32,
     ) -> Result<(), String> {
         let plan = self.plan(p)?;
+        if bias.is_some() != p.bias {
+            return Err(format!("a bias pointer given for {p:?}: {bias:?}"));
+        }
+        let _call = plan.call.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ptr) = bias {
+            // SAFETY: desc is live; the pointer value outlives the call (cuBLASLt copies it),
+            // and the lock keeps another call from changing it before this one is enqueued.
+            unsafe {
+                lt::set_matmul_desc_attribute(
+                    plan.desc.0,
+                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                    (&ptr) as *const u64 as *const c_void,
+                    std::mem::size_of::<u64>(),
+                )
+            }
+            .map_err(fmt)?;
+        }
         let (ws, _guard) = self.workspace.device_ptr(stream);
         // SAFETY: the pointers address live device buffers of the sizes the layouts describe
         // (checked by the caller); alpha/beta are host scalars (default pointer mode).

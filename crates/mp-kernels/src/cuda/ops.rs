@@ -127,7 +127,7 @@ impl CudaBackend {
         let pc = tc
             .as_ref()
             .map_or_else(|| self.addr(c.buf, c.offset), |t| self.temp_ptr(t));
-        self.gemm_raw(in_dt, out_dt, pa, pb, pc, spec)?;
+        self.gemm_raw((in_dt, out_dt), (pa, pb, pc), spec, None)?;
         if let Some(t) = &tc {
             let src = Arg {
                 ptr: self.temp_ptr(t),
@@ -149,8 +149,57 @@ impl CudaBackend {
         Ok(())
     }
 
-    fn gemm_raw(&self, ab: DType, cdt: DType, pa: u64, pb: u64, pc: u64, s: &Gemm) -> Result<()> {
+    /// The cuBLASLt problem of `batch` products of `s` on operands of dtypes `(ab, cdt)` at
+    /// device addresses `(pa, pb, pc)`, with the `BIAS` epilogue when `bias`.
+    fn problem(
+        &self,
+        (ab, cdt): (DType, DType),
+        (pa, pb, pc): (u64, u64, u64),
+        s: &Gemm,
+        batch: usize,
+        bias: bool,
+    ) -> Problem {
+        let (sa, sb, sc) = (
+            s.stride_a * ab.size_in_bytes(),
+            s.stride_b * ab.size_in_bytes(),
+            s.stride_c * cdt.size_in_bytes(),
+        );
+        // a batch's matrix starts at base + i * stride: both must be aligned
+        let stride = |st: usize| if batch > 1 { st as u64 } else { 0 };
+        Problem {
+            ab,
+            c: cdt,
+            m: s.m as u64,
+            n: s.n as u64,
+            k: s.k as u64,
+            trans_a: s.trans_a,
+            trans_b: s.trans_b,
+            batch: batch as u64,
+            stride_a: s.stride_a as i64,
+            stride_b: s.stride_b as i64,
+            stride_c: s.stride_c as i64,
+            tf32: self.opts.allow_tf32,
+            align: [
+                gemm::alignment(pa | stride(sa)),
+                gemm::alignment(pb | stride(sb)),
+                gemm::alignment(pc | stride(sc)),
+            ],
+            bias,
+        }
+    }
+
+    /// `C = alpha op(A) op(B) + beta C (+ bias)` through cuBLASLt on device addresses
+    /// `(pa, pb, pc)` of operands of dtypes `(ab, cdt)`; `bias` (the address of C's-dtype
+    /// bias of `n` elements) only for one product with `beta` 0.
+    fn gemm_raw(
+        &self,
+        dtypes: (DType, DType),
+        (pa, pb, pc): (u64, u64, u64),
+        s: &Gemm,
+        bias: Option<u64>,
+    ) -> Result<()> {
         const OP: &str = "gemm";
+        let (ab, cdt) = dtypes;
         let (sa, sb, sc) = (
             s.stride_a * ab.size_in_bytes(),
             s.stride_b * ab.size_in_bytes(),
@@ -166,34 +215,15 @@ impl CudaBackend {
             (s.batch, 1)
         };
         for i in 0..per_call {
-            let (pa, pb, pc) = (
+            let ptrs = (
                 pa + (i * sa) as u64,
                 pb + (i * sb) as u64,
                 pc + (i * sc) as u64,
             );
-            let p = Problem {
-                ab,
-                c: cdt,
-                m: s.m as u64,
-                n: s.n as u64,
-                k: s.k as u64,
-                trans_a: s.trans_a,
-                trans_b: s.trans_b,
-                batch: batch as u64,
-                stride_a: s.stride_a as i64,
-                stride_b: s.stride_b as i64,
-                stride_c: s.stride_c as i64,
-                tf32: self.opts.allow_tf32,
-                // a batch's matrix starts at base + i * stride: both must be aligned
-                align: [
-                    gemm::alignment(pa | if batch > 1 { sa as u64 } else { 0 }),
-                    gemm::alignment(pb | if batch > 1 { sb as u64 } else { 0 }),
-                    gemm::alignment(pc | if batch > 1 { sc as u64 } else { 0 }),
-                ],
-            };
+            let p = self.problem(dtypes, ptrs, s, batch, bias.is_some());
             self.ctx.bind_to_thread().map_err(|e| self.dev_err(OP, e))?;
             self.lt
-                .matmul(&self.stream, &p, pa, pb, pc, s.alpha, s.beta)
+                .matmul(&self.stream, &p, ptrs, bias, s.alpha, s.beta)
                 .map_err(|e| self.dev_err(OP, e))?;
         }
         Ok(())
@@ -498,10 +528,51 @@ impl GemmOps for CudaBackend {
                 self.addr(b.buf, b.offset),
                 self.addr(c.buf, c.offset),
             );
-            self.gemm_raw(a.dtype(), c.dtype(), pa, pb, pc, s)
+            self.gemm_raw((a.dtype(), c.dtype()), (pa, pb, pc), s, None)
         } else {
             self.gemm_staged(a, b, c, s)
         }
+    }
+
+    /// cuBLASLt's `BIAS` epilogue when the bias has C's dtype, starts 16-byte aligned and
+    /// cuBLASLt has an algorithm for the problem; the default composition otherwise (the same
+    /// values).
+    fn gemm_bias(
+        &self,
+        a: View<'_, CudaBuffer>,
+        b: View<'_, CudaBuffer>,
+        bias: View<'_, CudaBuffer>,
+        c: ViewMut<'_, CudaBuffer>,
+        spec: &Gemm,
+    ) -> Result<()> {
+        if contract::gemm_bias(self, &a, &b, &bias, &c, spec)? == 0 {
+            return Ok(());
+        }
+        let s = spec;
+        let fits = [s.m, s.n, s.k].iter().all(|&d| d <= i32::MAX as usize);
+        let dtypes = (a.dtype(), c.dtype());
+        if !fits
+            || s.k == 0
+            || s.alpha == 0.0
+            || bias.dtype() != c.dtype()
+            || !gemm::supported(dtypes.0, dtypes.1)
+        {
+            return compose_gemm_bias(self, a, b, bias, c, spec);
+        }
+        let ptrs = (
+            self.addr(a.buf, a.offset),
+            self.addr(b.buf, b.offset),
+            self.addr(c.buf, c.offset),
+        );
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| self.dev_err("gemm_bias", e))?;
+        let pbias = self.addr(bias.buf, bias.offset);
+        if gemm::alignment(pbias) < 16 || !self.lt.has_plan(&self.problem(dtypes, ptrs, s, 1, true))
+        {
+            return compose_gemm_bias(self, a, b, bias, c, spec);
+        }
+        self.gemm_raw(dtypes, ptrs, s, Some(pbias))
     }
 }
 

@@ -78,6 +78,84 @@ fn gemm_matches_cpu(dtype: DType) {
 }
 test_per_dtype!(gemm_matches_cpu: f32, f16, bf16);
 
+/// `C = alpha op(A) op(B) + bias` on `be`: A and B of `ab`, a bias of `bias_dt` starting at
+/// element `bias_at` of its buffer (an unaligned start too), C of `cdt` (NaN-poisoned:
+/// overwritten); `composed` runs [`mp_kernels::compose_gemm_bias`] instead of the backend's own.
+#[allow(clippy::too_many_arguments)]
+fn gemm_bias_run<B: Backend>(
+    be: &B,
+    (a, b, bias): (&[f32], &[f32], &[f32]),
+    (ab, bias_dt, cdt): (DType, DType, DType),
+    bias_at: usize,
+    s: &Gemm,
+    composed: bool,
+) -> Vec<f32> {
+    let (ba, bb) = (up(be, a, ab), up(be, b, ab));
+    let mut padded = vec![0.0; bias_at];
+    padded.extend_from_slice(bias);
+    let bbias = up(be, &padded, bias_dt);
+    let bias = bbias.slice(bias_at, s.n);
+    let mut bc = poisoned(be, cdt, s.m * s.n);
+    if composed {
+        mp_kernels::compose_gemm_bias(be, ba.view(), bb.view(), bias, bc.view_mut(), s)
+    } else {
+        be.gemm_bias(ba.view(), bb.view(), bias, bc.view_mut(), s)
+    }
+    .expect("gemm_bias");
+    down(be, &bc)
+}
+
+/// The biased product (a linear layer's forward: the bias in the GEMM's epilogue where the
+/// backend has one) against the CPU and against the backend's own composition, for every
+/// output dtype, both weight layouts, a bias of C's dtype and of FP32, aligned and not.
+fn gemm_bias_matches_cpu(dtype: DType) {
+    let Some(g) = gpu("gemm_bias_matches_cpu") else {
+        return;
+    };
+    let c = cpu();
+    let (m, n, k) = (67, 96, 72);
+    let (a, b) = (random_vec(m * k, 11), random_vec(k * n, 12));
+    let bias = random_vec(n, 13);
+    for cdt in [DType::F32, dtype] {
+        for (tb, alpha) in [(false, 1.0f32), (true, 1.0), (true, -0.5)] {
+            for (bias_dt, at) in [(cdt, 0), (cdt, 1), (DType::F32, 0)] {
+                let s = Gemm {
+                    trans_b: tb,
+                    alpha,
+                    ..Gemm::new(m, n, k)
+                };
+                let run = |be: &dyn Fn(bool) -> Vec<f32>| (be(false), be(true));
+                let (want, composed_cpu) = run(&|comp| {
+                    gemm_bias_run(&c, (&a, &b, &bias), (dtype, bias_dt, cdt), at, &s, comp)
+                });
+                let (got, composed) = run(&|comp| {
+                    gemm_bias_run(g, (&a, &b, &bias), (dtype, bias_dt, cdt), at, &s, comp)
+                });
+                let what =
+                    format!("gemm_bias {dtype}->{cdt} tb={tb} a={alpha} bias {bias_dt}@{at}");
+                // the CPU's fused write-back is its composition bit for bit
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&want),
+                    bits(&composed_cpu),
+                    "{what}: cpu fused vs composed"
+                );
+                let (abs, kk) = tolerance(cdt);
+                close(&what, &got, &want, cdt, abs * 10.0, kk * 4.0);
+                close(
+                    &format!("{what} (own composition)"),
+                    &got,
+                    &composed,
+                    cdt,
+                    abs * 10.0,
+                    kk * 4.0,
+                );
+            }
+        }
+    }
+}
+test_per_dtype!(gemm_bias_matches_cpu: f32, f16, bf16);
+
 /// A batched F32 GEMM whose one B serves every batch (`stride_b = 0`) on `be` against the CPU,
 /// within `abs + |ref| * k * eps`.
 pub fn broadcast_batches<B: Backend>(be: &B, what: &str, abs: f64, k: f64) {

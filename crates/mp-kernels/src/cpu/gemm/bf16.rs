@@ -34,6 +34,7 @@
 //! the thread count, so results are bit-identical from run to run.
 
 use super::super::convert::{as_f32_mut, narrow, widen};
+use super::Out;
 use crate::backend::Gemm;
 use mp_dtype::DType;
 use rayon::prelude::*;
@@ -449,11 +450,11 @@ fn gemm_one<P: DotBf16>(
     a: &[u16],
     b: &[u16],
     c: &mut [u8],
-    dc: DType,
+    out: Out<'_>,
     parallel: bool,
 ) {
     let Gemm { m, n, k, .. } = *spec;
-    let sc = dc.size_in_bytes();
+    let sc = out.dtype.size_in_bytes();
     assert!(
         a.len() >= m * k && b.len() >= k * n && c.len() >= m * n * sc,
         "bf16 gemm: operands shorter than m={m} n={n} k={k}"
@@ -481,7 +482,7 @@ fn gemm_one<P: DotBf16>(
         let tile = |(it, ct): (usize, &mut [u8])| {
             let i0 = it * mc;
             let rows = ct.len() / (n * sc);
-            row_tile(p, spec, (a, sa), pb, (i0, rows), ct, dc);
+            row_tile(p, spec, (a, sa), pb, (i0, rows), ct, out);
         };
         if parallel {
             c.par_chunks_mut(mc * n * sc).enumerate().for_each(tile);
@@ -499,7 +500,7 @@ fn row_tile<P: DotBf16>(
     pb: &[u32],
     (i0, rows): (usize, usize),
     ct: &mut [u8],
-    dc: DType,
+    out: Out<'_>,
 ) {
     let Gemm { n, k, .. } = *spec;
     let kp = k.div_ceil(2);
@@ -528,23 +529,25 @@ fn row_tile<P: DotBf16>(
                     // `m_panels * MR` rows of `NC >= n_panels * NR` f32. None alias.
                     unsafe { p.block(&blk) };
                 }
-                epilogue(spec, acc, (rows, j0, cols), ct, dc);
+                epilogue(spec, acc, (rows, j0, cols), ct, out);
             }
         });
     });
 }
 
-/// `C[r, j0 + j] = alpha * acc[r, j] + beta * C[r, j0 + j]` for the tile's `rows x cols`,
-/// rounded to nearest even into `dc` (C is not read when `beta == 0`).
+/// `C[r, j0 + j] = alpha * acc[r, j] + beta * C[r, j0 + j] (+ bias[j0 + j])` for the tile's
+/// `rows x cols`, in f32, rounded once to nearest even into `out.dtype` (C is not read when
+/// `beta == 0`).
 fn epilogue(
     spec: &Gemm,
     acc: &[f32],
     (rows, j0, cols): (usize, usize, usize),
     ct: &mut [u8],
-    dc: DType,
+    out: Out<'_>,
 ) {
-    let (n, alpha, beta) = (spec.n, spec.alpha, spec.beta);
+    let (n, alpha, beta, dc) = (spec.n, spec.alpha, spec.beta, out.dtype);
     let sc = dc.size_in_bytes();
+    let bias = out.bias.map(|b| &b[j0..j0 + cols]);
     let combine = |out: &mut [f32], acc: &[f32]| {
         if beta == 0.0 {
             out.iter_mut().zip(acc).for_each(|(o, &s)| *o = alpha * s);
@@ -552,6 +555,9 @@ fn epilogue(
             out.iter_mut()
                 .zip(acc)
                 .for_each(|(o, &s)| *o = alpha * s + beta * *o);
+        }
+        if let Some(bias) = bias {
+            out.iter_mut().zip(bias).for_each(|(o, &b)| *o += b);
         }
     };
     with_scratch(&ROW, cols, |tmp| {
@@ -572,21 +578,22 @@ fn epilogue(
 }
 
 /// The whole (validated) call: `batch` products of BF16 `a`, `b` (raw bytes, spans checked by
-/// the caller) into `c` (bytes of `dc`), `alpha != 0`, `k > 0`. Small batched products run one
-/// per thread, larger ones one after another with parallel row tiles.
+/// the caller) into `c` (bytes of `out.dtype`, plus `out.bias` per column), `alpha != 0`,
+/// `k > 0`. Small batched products run one per thread, larger ones one after another with
+/// parallel row tiles.
 pub(super) fn gemm<P: DotBf16>(
     p: P,
     spec: &Gemm,
     a: &[u8],
     b: &[u8],
     c: &mut [u8],
-    dc: DType,
+    out: Out<'_>,
     small_product: usize,
 ) {
     let a: &[u16] = bytemuck::cast_slice(a);
     let b: &[u16] = bytemuck::cast_slice(b);
     let Gemm { m, n, k, batch, .. } = *spec;
-    let sc = dc.size_in_bytes();
+    let sc = out.dtype.size_in_bytes();
     let size_c = m * n;
     let a_at = |i: usize| &a[i * spec.stride_a..];
     let b_at = |i: usize| &b[i * spec.stride_b..];
@@ -594,11 +601,11 @@ pub(super) fn gemm<P: DotBf16>(
         c.par_chunks_mut((spec.stride_c * sc).max(1))
             .take(batch)
             .enumerate()
-            .for_each(|(i, ci)| gemm_one(p, spec, a_at(i), b_at(i), ci, dc, false));
+            .for_each(|(i, ci)| gemm_one(p, spec, a_at(i), b_at(i), ci, out, false));
     } else {
         for i in 0..batch {
             let ci = &mut c[i * spec.stride_c * sc..];
-            gemm_one(p, spec, a_at(i), b_at(i), ci, dc, true);
+            gemm_one(p, spec, a_at(i), b_at(i), ci, out, true);
         }
     }
 }
@@ -650,12 +657,14 @@ mod tests {
     }
 
     fn ours<P: DotBf16>(p: P, cs: &Case, dc: DType, small: usize) -> Vec<f32> {
-        run_c(cs, dc, |a, b, c| gemm(p, &cs.spec, a, b, c, dc, small))
+        run_c(cs, dc, |a, b, c| {
+            gemm(p, &cs.spec, a, b, c, Out::plain(dc), small)
+        })
     }
 
     fn widened(cs: &Case, dc: DType) -> Vec<f32> {
         run_c(cs, dc, |a, b, c| {
-            gemm_widened(&cs.spec, DType::BF16, a, b, dc, c);
+            gemm_widened(&cs.spec, DType::BF16, a, b, Out::plain(dc), c);
         })
     }
 
@@ -931,5 +940,35 @@ mod tests {
             "SKIPPED: avx512bf16_matches_emulation_bitwise: this CPU has no AVX-512 BF16; the \
              vdpbf16ps path is untested here"
         );
+    }
+
+    /// The bias in the epilogue (emulated primitive: any machine) equals the product without
+    /// it plus the bias in f32, rounded once, across tile edges (n spans several `NC` blocks).
+    #[test]
+    fn the_epilogue_adds_the_bias_before_the_one_rounding() {
+        let spec = Gemm {
+            trans_b: true,
+            ..Gemm::new(2 * MR + 5, NC + NR + 7, 2 * KC + 3)
+        };
+        let cs = case(spec, 900);
+        let bias = random_vec(spec.n, 901);
+        let with_bias = |dc: DType| {
+            let out = Out {
+                dtype: dc,
+                bias: Some(&bias),
+            };
+            run_c(&cs, dc, |a, b, c| gemm(Emulated, &cs.spec, a, b, c, out, 0))
+        };
+        let mut want = ours(Emulated, &cs, DType::F32, 0);
+        want.iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v += bias[i % spec.n]);
+        for dc in [DType::F32, DType::BF16, DType::F16] {
+            let mut rounded = vec![0u8; want.len() * dc.size_in_bytes()];
+            narrow(dc, &want, &mut rounded);
+            let mut want_dc = vec![0.0; want.len()];
+            widen(dc, &rounded, &mut want_dc);
+            assert_eq!(bits(&with_bias(dc)), bits(&want_dc), "{dc}");
+        }
     }
 }
