@@ -161,3 +161,29 @@ extern "C" __global__ void mp_dropout(const void* x, int xdt, void* out, int odt
         st(out, i, odt, sr_bits(mix, i) >= threshold ? v * scale : 0.0f, rd);
     }
 }
+
+// SwiGLU of packed rows of 2f (a gate g, then an up u): out[r, j] = silu(g) * u, one thread
+// per output element (mp_kernels::PointwiseOps::swiglu).
+extern "C" __global__ void mp_swiglu(const void* gu, int gdt, void* out, int odt, u64 n, u64 f) {
+    u64 stride = (u64)gridDim.x * blockDim.x;
+    Rnd rd = rne();
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        u64 at = i + (i / f) * f;  // r * 2f + j
+        float g = ld(gu, at, gdt), u = ld(gu, at + f, gdt);
+        st(out, i, odt, g * sigmoid_f(g) * u, rd);
+    }
+}
+
+// Its gradient added into the packed dgu: dg += dy u silu'(g), du += dy silu(g).
+extern "C" __global__ void mp_swiglu_bwd(const void* gu, int gdt, const void* dy, int ydt,
+                                         void* dgu, int ddt, u64 n, u64 f) {
+    u64 stride = (u64)gridDim.x * blockDim.x;
+    Rnd rd = rne();
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        u64 at = i + (i / f) * f;
+        float g = ld(gu, at, gdt), u = ld(gu, at + f, gdt), y = ld(dy, i, ydt);
+        float s = sigmoid_f(g);
+        st(dgu, at, ddt, ld(dgu, at, ddt) + y * u * (s * (1.0f + g * (1.0f - s))), rd);
+        st(dgu, at + f, ddt, ld(dgu, at + f, ddt) + y * (g * s), rd);
+    }
+}

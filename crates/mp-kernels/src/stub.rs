@@ -131,6 +131,12 @@ macro_rules! not_compiled_backend {
             fn dropout(&self, _: V<'_>, _: f32, _: u64, _: M<'_>) -> Result<()> {
                 match *self {}
             }
+            fn swiglu(&self, _: V<'_>, _: usize, _: M<'_>) -> Result<()> {
+                match *self {}
+            }
+            fn swiglu_backward(&self, _: V<'_>, _: V<'_>, _: usize, _: M<'_>) -> Result<()> {
+                match *self {}
+            }
         }
 
         impl RowOps for $be {

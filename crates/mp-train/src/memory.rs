@@ -105,8 +105,8 @@ pub fn estimate(cfg: &TrainConfig) -> MemoryBreakdown {
 /// and layer: the two RMSNorm outputs and the residual sums (FP32) with their low casts, the
 /// packed query/key/value projection (low), the rotary embedding's packed FP32 output (the
 /// attention input) and its low cast, the log-sum-exp, the
-/// attention output and `o_proj` (low), the gate, up, SiLU and product (low, `f` wide), the
-/// norms' `rstd`.
+/// attention output and `o_proj` (low), the packed gate/up projection and the SwiGLU output
+/// (low, `2f` and `f` wide), the norms' `rstd`.
 fn llama_estimate(cfg: &TrainConfig, n: u128, tokens: u128) -> MemoryBreakdown {
     let m = &cfg.model;
     let p = cfg.precision;
@@ -127,7 +127,7 @@ fn llama_estimate(cfg: &TrainConfig, n: u128, tokens: u128) -> MemoryBreakdown {
         + packed * (4 + low)
         + h * 4
         + (q + c) * low
-        + 4 * f * low
+        + 3 * f * low
         + 2 * 4;
     let v = crate::model::common::padded_vocab(m.vocab_size) as u128;
     let head = 2 * c * 4 + casts / 2 * low + 2 * v * low + 4;

@@ -95,6 +95,51 @@ impl<B: Backend> TapeOp<B> for Unary {
     }
 }
 
+/// SwiGLU of packed rows `[.., 2f]` (a gate, then an up, as one projection writes them):
+/// `silu(gate) * up`, `[.., f]`, in FP32 with one rounding to the input's dtype (category
+/// [`CastPolicy::Promote`]; see [`mp_kernels::PointwiseOps::swiglu`]). Only the packed input
+/// is kept for the backward.
+pub struct SwiGlu;
+
+impl SwiGlu {
+    /// `f`, half the last dimension of `x`.
+    fn half(x: &[usize]) -> Option<usize> {
+        let &last = x.last()?;
+        (last > 0 && last.is_multiple_of(2)).then_some(last / 2)
+    }
+}
+
+impl<B: Backend> TapeOp<B> for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu"
+    }
+    fn cast_policy(&self) -> CastPolicy {
+        CastPolicy::Promote
+    }
+    fn forward(&mut self, cx: &Forward<'_, '_, B>) -> Result<Output<B>> {
+        let shape = cx.shape(0);
+        let f = Self::half(shape).ok_or_else(|| {
+            cx.shape_err(format!(
+                "x {shape:?}: the last dimension must be an even 2f > 0"
+            ))
+        })?;
+        let x = cx.value(0)?;
+        let mut out = cx.alloc(cx.out_dtype(), x.len / 2)?;
+        cx.backend().swiglu(x, f, out.view_mut())?;
+        let mut out_shape = shape.to_vec();
+        *out_shape.last_mut().expect("checked above") = f;
+        Ok(Output::new(out, &out_shape))
+    }
+    fn backward(&self, cx: &Backward<'_, '_, B>, g: &mut Grads<'_, '_, B>) -> Result<()> {
+        if let Some(dx) = g.get(0)? {
+            let f = Self::half(cx.shape(0)).expect("checked in the forward");
+            cx.backend()
+                .swiglu_backward(cx.value(0)?, cx.dy()?, f, dx)?;
+        }
+        Ok(())
+    }
+}
+
 /// `alpha * x` (category [`CastPolicy::Promote`]).
 pub struct Scale(pub f32);
 
@@ -190,6 +235,14 @@ impl<'a, B: Backend> Tape<'a, B> {
         self.unary(UnaryOp::Silu, CastPolicy::Promote, x)
     }
 
+    /// SwiGLU of packed rows: `x [.., 2f]` holds a gate then an up (one projection of the
+    /// packed `gate_proj | up_proj` weight), the result `silu(gate) * up` is `[.., f]` (see
+    /// [`SwiGlu`]): the value of [`Tape::silu`] then [`Tape::mul`] on the halves, with one
+    /// rounding instead of two and only the packed input saved.
+    pub fn swiglu(&mut self, x: Tensor) -> Result<Tensor> {
+        self.apply(SwiGlu, &[x])
+    }
+
     /// `1 / (1 + e^-x)`, in the input's dtype.
     pub fn sigmoid(&mut self, x: Tensor) -> Result<Tensor> {
         self.unary(UnaryOp::Sigmoid, CastPolicy::Promote, x)
@@ -235,12 +288,41 @@ mod tests {
     use mp_dtype::DType;
     use mp_kernels::prelude::*;
 
+    /// SwiGLU of packed rows equals SiLU of the gate half times the up half (FP32: one
+    /// rounding against two, so within a few ulps).
+    #[test]
+    fn swiglu_is_silu_of_the_gate_times_the_up() {
+        let be = Cpu::new();
+        let data = mp_kernels::testing::random_vec(4 * 10, 3);
+        let mut tape = crate::Tape::new(&be);
+        let x = tape
+            .input(be.upload_f32(&data, DType::F32).unwrap(), &[4, 10])
+            .unwrap();
+        let fused = tape.swiglu(x).unwrap();
+        let parts = tape.split(x, 1, &[5, 5]).unwrap();
+        let act = tape.silu(parts[0]).unwrap();
+        let composed = tape.mul(act, parts[1]).unwrap();
+        let (a, b) = (
+            be.download_f32(tape.view(fused).unwrap()).unwrap(),
+            be.download_f32(tape.view(composed).unwrap()).unwrap(),
+        );
+        assert_eq!(tape.shape(fused).unwrap(), &[4, 5]);
+        for (x, y) in a.iter().zip(&b) {
+            assert!(
+                (x - y).abs() <= 4.0 * f32::EPSILON * y.abs().max(1e-30),
+                "{x} vs {y}"
+            );
+        }
+    }
+
     #[test]
     fn pointwise_ops() {
         let c = GradCheck::new(&[("a", &[4, 6]), ("b", &[4, 6])], 4);
         assert_ok(c.run("gelu", |t, p| t.gelu(p[0])));
         assert_ok(c.run("relu", |t, p| t.relu(p[0])));
         assert_ok(c.run("silu", |t, p| t.silu(p[0])));
+        // rows of 3 gates then 3 ups
+        assert_ok(c.run("swiglu", |t, p| t.swiglu(p[0])));
         assert_ok(c.run("sigmoid", |t, p| t.sigmoid(p[0])));
         assert_ok(c.run("tanh", |t, p| t.tanh(p[0])));
         assert_ok(c.run("exp", |t, p| t.exp(p[0])));

@@ -152,6 +152,36 @@ pub fn rows<B: MemoryOps + ?Sized>(
     c.rows(x.0, x.1.len, cols, what)
 }
 
+/// [`super::PointwiseOps::swiglu`] (without `dy`) and its backward (with it): `gu` of rows of
+/// `2f`, `out` (the forward's output, or `dy` and the backward's `dgu`) matching; returns
+/// the rows.
+pub fn swiglu<B: MemoryOps + ?Sized>(
+    be: &B,
+    op: &'static str,
+    gu: &V<'_, B>,
+    dy: Option<&V<'_, B>>,
+    f: usize,
+    out: &M<'_, B>,
+) -> Result<usize> {
+    let c = Check::new(be, op);
+    c.view("gu", gu)?;
+    c.view_mut("out", out)?;
+    if f == 0 {
+        return Err(c.shape_err("f (the width of each half) must be positive"));
+    }
+    let rows = c.rows("gu", gu.len, c.mul(2, f)?, "2 f = ")?;
+    let half = c.mul(rows, f)?;
+    match dy {
+        None => c.len("out", out.len, half)?,
+        Some(dy) => {
+            c.view("dy", dy)?;
+            c.len("dy", dy.len, half)?;
+            c.len("dgu", out.len, gu.len)?;
+        }
+    }
+    Ok(rows)
+}
+
 /// [`super::GemmOps::gemm`]: A and B share a dtype, the operands hold what `spec` reads and
 /// writes, batched outputs do not overlap. Returns C's span (0: nothing to do).
 pub fn gemm<B: MemoryOps + ?Sized>(

@@ -227,4 +227,23 @@ pub trait PointwiseOps: MemoryOps {
         seed: u64,
         out: ViewMut<'_, Self::Buffer>,
     ) -> Result<()>;
+    /// SwiGLU of packed rows: `gu` is `rows x 2f`, each row a gate `g` then an up `u` (one
+    /// GEMM's output), and `out[r, j] = silu(g[r, j]) * u[r, j]` (`rows x f`), in FP32 with one
+    /// rounding to `out`'s dtype (`silu(x) = x / (1 + exp(-x))`, as [`UnaryOp::Silu`]).
+    fn swiglu(
+        &self,
+        gu: View<'_, Self::Buffer>,
+        f: usize,
+        out: ViewMut<'_, Self::Buffer>,
+    ) -> Result<()>;
+    /// The gradient of [`PointwiseOps::swiglu`] added into `dgu` (`rows x 2f`, the packed
+    /// layout of `gu`): `dg += dy * u * silu'(g)`, `du += dy * silu(g)`, in FP32 with one
+    /// rounding per element of `dgu`.
+    fn swiglu_backward(
+        &self,
+        gu: View<'_, Self::Buffer>,
+        dy: View<'_, Self::Buffer>,
+        f: usize,
+        dgu: ViewMut<'_, Self::Buffer>,
+    ) -> Result<()>;
 }

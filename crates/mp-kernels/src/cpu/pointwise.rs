@@ -281,6 +281,83 @@ simd_dispatch! {
     }
 }
 
+simd_dispatch! {
+    /// `o = silu(g) * u` (SiLU by the formula of [`UnaryOp::eval_with`]).
+    fn swiglu_row(g: &[f32], u: &[f32], o: &mut [f32]) {
+        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+            *o = UnaryOp::Silu.eval_with(g, math::exp) * u;
+        }
+    }
+}
+
+simd_dispatch! {
+    /// `dg += dy * u * silu'(g)`, `du += dy * silu(g)`.
+    fn swiglu_backward_row(g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: &mut [f32]) {
+        for j in 0..dy.len() {
+            let (x, y) = (g[j], dy[j]);
+            let s = 1.0 / (1.0 + math::exp(-x));
+            dg[j] += y * u[j] * (s * (1.0 + x * (1.0 - s)));
+            du[j] += y * (x * s);
+        }
+    }
+}
+
+/// [`PointwiseOps::swiglu`] on `rows x 2f` packed rows (checked by the contract), in blocks
+/// of whole rows.
+fn swiglu(gu: View<'_, CpuBuffer>, f: usize, out: ViewMut<'_, CpuBuffer>) -> Result<()> {
+    const OP: &str = "swiglu";
+    let (dg, dout) = (gu.dtype(), out.dtype());
+    let (gu, out) = (bytes(OP, "gu", gu)?, bytes_mut(OP, "out", out)?);
+    let rows_per = (CHUNK / (2 * f)).max(1);
+    out.par_chunks_mut(rows_per * f * dout.size_in_bytes())
+        .zip(gu.par_chunks(rows_per * 2 * f * dg.size_in_bytes()))
+        .for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(tg, to), (oc, gc)| {
+                let gc = load(dg, gc, tg);
+                with_f32_mut(dout, oc, to, false, |o| {
+                    for (orow, row) in o.chunks_exact_mut(f).zip(gc.chunks_exact(2 * f)) {
+                        let (g, u) = row.split_at(f);
+                        swiglu_row(g, u, orow);
+                    }
+                });
+            },
+        );
+    Ok(())
+}
+
+/// [`PointwiseOps::swiglu_backward`] (lengths checked by the contract).
+fn swiglu_backward(
+    gu: View<'_, CpuBuffer>,
+    dy: View<'_, CpuBuffer>,
+    f: usize,
+    dgu: ViewMut<'_, CpuBuffer>,
+) -> Result<()> {
+    const OP: &str = "swiglu_backward";
+    let (tg, ty, td) = (gu.dtype(), dy.dtype(), dgu.dtype());
+    let (gu, dy) = (bytes(OP, "gu", gu)?, bytes(OP, "dy", dy)?);
+    let dgu = bytes_mut(OP, "dgu", dgu)?;
+    let rows_per = (CHUNK / (2 * f)).max(1);
+    let packed = rows_per * 2 * f;
+    dgu.par_chunks_mut(packed * td.size_in_bytes())
+        .zip(gu.par_chunks(packed * tg.size_in_bytes()))
+        .zip(dy.par_chunks(rows_per * f * ty.size_in_bytes()))
+        .for_each_init(
+            || (Vec::new(), Vec::new(), Vec::new()),
+            |(bg, by, bd), ((dc, gc), yc)| {
+                let (gc, yc) = (load(tg, gc, bg), load(ty, yc, by));
+                with_f32_mut(td, dc, bd, true, |d| {
+                    let rows = d.chunks_exact_mut(2 * f).zip(gc.chunks_exact(2 * f));
+                    for ((drow, row), y) in rows.zip(yc.chunks_exact(f)) {
+                        let ((g, u), (dg, du)) = (row.split_at(f), drow.split_at_mut(f));
+                        swiglu_backward_row(g, u, y, dg, du);
+                    }
+                });
+            },
+        );
+    Ok(())
+}
+
 /// `out = f(x)` (lengths checked by the contract).
 pub(crate) fn unary(
     op: UnaryOp,
@@ -482,5 +559,21 @@ impl PointwiseOps for CpuBackend {
     ) -> Result<()> {
         let (threshold, scale) = contract::dropout(self, &x, p, &out)?;
         dropout(x, threshold, scale, seed, out)
+    }
+
+    fn swiglu(&self, gu: View<'_, CpuBuffer>, f: usize, out: ViewMut<'_, CpuBuffer>) -> Result<()> {
+        contract::swiglu(self, "swiglu", &gu, None, f, &out)?;
+        swiglu(gu, f, out)
+    }
+
+    fn swiglu_backward(
+        &self,
+        gu: View<'_, CpuBuffer>,
+        dy: View<'_, CpuBuffer>,
+        f: usize,
+        dgu: ViewMut<'_, CpuBuffer>,
+    ) -> Result<()> {
+        contract::swiglu(self, "swiglu_backward", &gu, Some(&dy), f, &dgu)?;
+        swiglu_backward(gu, dy, f, dgu)
     }
 }

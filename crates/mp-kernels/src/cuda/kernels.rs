@@ -79,6 +79,8 @@ pub const KERNELS: &[(&str, KernelModule)] = &[
     ("mp_bias_add", KernelModule::Elementwise),
     ("mp_mul_broadcast", KernelModule::Elementwise),
     ("mp_dropout", KernelModule::Elementwise),
+    ("mp_swiglu", KernelModule::Elementwise),
+    ("mp_swiglu_bwd", KernelModule::Elementwise),
     ("mp_reduce_rows", KernelModule::Rows),
     ("mp_sum_cols_partial", KernelModule::Rows),
     ("mp_sum_cols_final", KernelModule::Rows),

@@ -765,6 +765,49 @@ impl PointwiseOps for CudaBackend {
             &kargs![xa.ptr, xa.dt, oa.ptr, oa.dt, n, threshold, scale, seed],
         )
     }
+
+    fn swiglu(
+        &self,
+        gu: View<'_, CudaBuffer>,
+        f: usize,
+        out: ViewMut<'_, CudaBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "swiglu";
+        contract::swiglu(self, OP, &gu, None, f, &out)?;
+        if out.len == 0 {
+            return Ok(());
+        }
+        let (ga, oa) = (self.arg(gu), self.arg_mut(&out));
+        let (n, f64_) = (out.len as u64, f as u64);
+        self.launch_rows(
+            OP,
+            "mp_swiglu",
+            self.grid_1(out.len, 256),
+            &kargs![ga.ptr, ga.dt, oa.ptr, oa.dt, n, f64_],
+        )
+    }
+
+    fn swiglu_backward(
+        &self,
+        gu: View<'_, CudaBuffer>,
+        dy: View<'_, CudaBuffer>,
+        f: usize,
+        dgu: ViewMut<'_, CudaBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "swiglu_backward";
+        contract::swiglu(self, OP, &gu, Some(&dy), f, &dgu)?;
+        if dy.len == 0 {
+            return Ok(());
+        }
+        let (n, f64_) = (dy.len as u64, f as u64);
+        let (ga, ya, da) = (self.arg(gu), self.arg(dy), self.arg_mut(&dgu));
+        self.launch_rows(
+            OP,
+            "mp_swiglu_bwd",
+            self.grid_1(n as usize, 256),
+            &kargs![ga.ptr, ga.dt, ya.ptr, ya.dt, da.ptr, da.dt, n, f64_],
+        )
+    }
 }
 
 impl RowOps for CudaBackend {

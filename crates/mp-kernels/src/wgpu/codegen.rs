@@ -227,6 +227,13 @@ pub(crate) mod shaders {
         tensors: &["x", "cos", "sin", "out"],
         consts: &[],
     };
+    /// SwiGLU of packed gate/up rows, forward and backward.
+    pub(crate) const SWIGLU: Shader = Shader {
+        name: "swiglu",
+        body: include_str!("../../shaders/swiglu.wgsl"),
+        tensors: &["gu", "dy", "out", "dgu"],
+        consts: &["C_BWD"],
+    };
     /// The fused gradient check.
     pub(crate) const STATS: Shader = Shader {
         name: "stats",
@@ -278,6 +285,7 @@ mod tests {
             shaders::EMBED,
             shaders::HEADS,
             shaders::ROPE,
+            shaders::SWIGLU,
             shaders::STATS,
             shaders::COUNTS,
             shaders::OPTIM,

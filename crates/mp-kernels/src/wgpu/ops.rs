@@ -638,6 +638,60 @@ impl PointwiseOps for WgpuBackend {
             |start, len| vec![len as u32, threshold, start as u32, fb(scale), key],
         )
     }
+
+    fn swiglu(
+        &self,
+        gu: View<'_, WgpuBuffer>,
+        f: usize,
+        out: ViewMut<'_, WgpuBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "swiglu";
+        contract::swiglu(self, OP, &gu, None, f, &out)?;
+        let args = [self.arg(OP, "gu", gu)?, self.arg_mut(OP, "out", &out)?];
+        self.swiglu_pass(OP, 0, &args, out.len, f)
+    }
+
+    fn swiglu_backward(
+        &self,
+        gu: View<'_, WgpuBuffer>,
+        dy: View<'_, WgpuBuffer>,
+        f: usize,
+        dgu: ViewMut<'_, WgpuBuffer>,
+    ) -> Result<()> {
+        const OP: &str = "swiglu_backward";
+        contract::swiglu(self, OP, &gu, Some(&dy), f, &dgu)?;
+        let n = dy.len;
+        let args = [
+            self.arg(OP, "gu", gu)?,
+            self.arg(OP, "dy", dy)?,
+            self.arg_mut(OP, "dgu", &dgu)?,
+        ];
+        self.swiglu_pass(OP, 1, &args, n, f)
+    }
+}
+
+impl WgpuBackend {
+    /// One SwiGLU pass (`C_BWD` = `bwd`) over `n = rows * f` elements.
+    fn swiglu_pass(
+        &self,
+        op: &'static str,
+        bwd: u32,
+        args: &[Arg<'_>],
+        n: usize,
+        f: usize,
+    ) -> Result<()> {
+        // the packed input spans 2n elements: every index the shader forms must fit in u32
+        self.u32p(op, "packed elements", 2 * n)?;
+        let params = [self.u32p(op, "elements", n)?, self.u32p(op, "f", f)?, 0, 0];
+        self.whole(
+            op,
+            &shaders::SWIGLU,
+            &[("main", (n as u64).div_ceil(WG))],
+            &[("C_BWD", bwd)],
+            args,
+            &params,
+        )
+    }
 }
 
 impl RowOps for WgpuBackend {

@@ -348,6 +348,91 @@ fn softmax_backward_matches_cpu(dtype: DType) {
 }
 test_per_dtype!(softmax_backward_matches_cpu: f32, bf16);
 
+/// SwiGLU of packed `dtype` rows into FP32 and into `dtype`, and its gradient added into a
+/// non-zero `dgu`, against the CPU; the CPU's forward and backward against f64.
+fn swiglu_matches_cpu(dtype: DType) {
+    let Some(g) = gpu("swiglu_matches_cpu") else {
+        return;
+    };
+    let c = cpu();
+    let (abs, k) = tolerance(dtype);
+    let (rows, f) = (37, 45);
+    let gu = random_vec(rows * 2 * f, 71)
+        .iter()
+        .map(|x| 4.0 * x)
+        .collect::<Vec<_>>();
+    let dy = random_vec(rows * f, 72);
+    let dgu0 = random_vec(rows * 2 * f, 73);
+    fn run<B: Backend>(
+        be: &B,
+        data: [&[f32]; 3],
+        dt: DType,
+        odt: DType,
+        f: usize,
+    ) -> [Vec<f32>; 2] {
+        let [gu, dy, dgu0] = data;
+        let bgu = up(be, gu, dt);
+        let mut out = poisoned(be, odt, gu.len() / 2);
+        be.swiglu(bgu.view(), f, out.view_mut()).expect("swiglu");
+        let bdy = up(be, dy, dt);
+        let mut dgu = up(be, dgu0, odt);
+        be.swiglu_backward(bgu.view(), bdy.view(), f, dgu.view_mut())
+            .expect("swiglu_backward");
+        [down(be, &out), down(be, &dgu)]
+    }
+    for odt in [DType::F32, dtype] {
+        let want = run(&c, [&gu, &dy, &dgu0], dtype, odt, f);
+        let got = run(g, [&gu, &dy, &dgu0], dtype, odt, f);
+        close(
+            &format!("swiglu {dtype} -> {odt}"),
+            &got[0],
+            &want[0],
+            odt,
+            abs,
+            k,
+        );
+        close(
+            &format!("swiglu_backward {dtype} -> {odt}"),
+            &got[1],
+            &want[1],
+            odt,
+            abs,
+            k,
+        );
+        if odt == DType::F32 {
+            let (q, qy) = (down(&c, &up(&c, &gu, dtype)), down(&c, &up(&c, &dy, dtype)));
+            let (mut fwd, mut bwd) = (vec![0f32; rows * f], dgu0.clone());
+            for r in 0..rows {
+                for j in 0..f {
+                    let (x, u) = (f64::from(q[r * 2 * f + j]), f64::from(q[r * 2 * f + f + j]));
+                    let s = 1.0 / (1.0 + (-x).exp());
+                    let y = f64::from(qy[r * f + j]);
+                    fwd[r * f + j] = (x * s * u) as f32;
+                    bwd[r * 2 * f + j] += (y * u * s * (1.0 + x * (1.0 - s))) as f32;
+                    bwd[r * 2 * f + f + j] += (y * x * s) as f32;
+                }
+            }
+            close(
+                "swiglu (cpu) against f64",
+                &want[0],
+                &fwd,
+                DType::F32,
+                1e-6,
+                8.0,
+            );
+            close(
+                "swiglu_backward (cpu) against f64",
+                &want[1],
+                &bwd,
+                DType::F32,
+                1e-6,
+                8.0,
+            );
+        }
+    }
+}
+test_per_dtype!(swiglu_matches_cpu: f32, bf16, f16);
+
 /// The rotary embedding on `dtype` rows, into FP32 and into `dtype`, forward and inverse, of
 /// every head and of the leading half (the rest copied), against the CPU; the CPU's forward
 /// against an f64 evaluation of the formula.

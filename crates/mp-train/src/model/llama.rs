@@ -210,8 +210,9 @@ struct Layer {
     qkv: ParamEntry,
     o: ParamEntry,
     post_norm: ParamEntry,
-    gate: ParamEntry,
-    up: ParamEntry,
+    /// `gate_proj` and `up_proj` as one `[2f, c]` weight (adjacent too): one GEMM gives each
+    /// token's packed `gate | up` row for [`Tape::swiglu`].
+    gate_up: ParamEntry,
     down: ParamEntry,
 }
 
@@ -333,8 +334,7 @@ impl<B: Backend> Llama<B> {
                     ]),
                     o: w("self_attn.o_proj"),
                     post_norm: w("post_attention_layernorm"),
-                    gate: w("mlp.gate_proj"),
-                    up: w("mlp.up_proj"),
+                    gate_up: packed(&[w("mlp.gate_proj"), w("mlp.up_proj")]),
                     down: w("mlp.down_proj"),
                 }
             })
@@ -426,10 +426,8 @@ impl<B: Backend> Llama<B> {
             let o = lin(tape, a, &l.o)?;
             x = tape.add(x, o)?;
             let h = norm(tape, x, &l.post_norm)?;
-            let gate = lin(tape, h, &l.gate)?;
-            let up = lin(tape, h, &l.up)?;
-            let act = tape.silu(gate)?;
-            let m = tape.mul(act, up)?;
+            let gate_up = lin(tape, h, &l.gate_up)?;
+            let m = tape.swiglu(gate_up)?;
             let m = lin(tape, m, &l.down)?;
             x = tape.add(x, m)?;
         }

@@ -44,6 +44,9 @@ fn run<B: Backend>(be: &B, autocast: Autocast, mean: bool) -> (f32, Vec<f32>) {
         let r = t.neg(r)?;
         let r = t.scale(r, 0.5)?;
         let c = t.sub(b, r)?;
+        let sw = t.swiglu(a)?; // [4, 4]: the packed halves of a
+        let sw = t.concat(&[sw, sw], 1)?;
+        let c = t.add(c, sw)?;
         let c = t.tanh(c)?;
         let d = t.dropout(c, 0.25)?;
         let (s, ls) = (t.softmax(d)?, t.log_softmax(d)?);
