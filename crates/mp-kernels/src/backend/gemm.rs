@@ -85,8 +85,8 @@ pub trait GemmOps: PointwiseOps {
     }
 }
 
-/// [`GemmOps::gemm_bias`] composed from [`GemmOps::gemm`] into an FP32 buffer and
-/// [`PointwiseOps::bias_add`] (an F32 C is its own buffer: the bias is added in place).
+/// [`GemmOps::gemm_bias`] composed from [`GemmOps::gemm`] into a scratch FP32 buffer and
+/// [`PointwiseOps::bias_add`] from it into C.
 pub fn compose_gemm_bias<B: GemmOps + ?Sized>(
     be: &B,
     a: View<'_, B::Buffer>,
