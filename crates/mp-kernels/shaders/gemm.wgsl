@@ -1,4 +1,5 @@
-// Batched GEMM `C = alpha op(A) op(B) + beta C`, FP32 accumulation.
+// Batched GEMM `C = alpha op(A) op(B) + beta C`, FP32 accumulation; with `has_bias`, plus
+// `bias[col]` before C's one rounding (a linear layer's forward: GemmOps::gemm_bias).
 //
 // A workgroup of 256 invocations computes a 64 x 64 tile of C; invocation (tx, ty) owns the
 // 4 x 4 block at rows 4 ty.., columns 4 tx... K advances in slices of 16: each invocation
@@ -20,7 +21,7 @@ struct Params {
     batch0: u32,
     alpha: f32,
     beta: f32,
-    pad: u32,
+    has_bias: u32,
 }
 @group(0) @binding(1) var<uniform> p: Params;
 
@@ -64,6 +65,9 @@ fn store_row(c0: u32, row: u32, col0: u32, v: vec4<f32>) {
             var x = p.alpha * v[j];
             if (p.beta != 0.0) {
                 x += p.beta * c_ld(i);
+            }
+            if (p.has_bias != 0u) {
+                x += bias_ld(col);
             }
             c_st(i, x);
         }

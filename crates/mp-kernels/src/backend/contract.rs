@@ -710,7 +710,7 @@ pub fn rope<B: MemoryOps + ?Sized>(
     Ok(())
 }
 
-/// [`super::GemmOps::gemm_bias`]: what [`gemm`] checks, plus one product (`batch` 1) that
+/// [`super::GemmOps::gemm_bias`]: what [`gemm()`] checks, plus one product (`batch` 1) that
 /// overwrites C (`beta` 0) and a bias of `n` elements. Returns C's span (0: nothing to do).
 pub fn gemm_bias<B: MemoryOps + ?Sized>(
     be: &B,

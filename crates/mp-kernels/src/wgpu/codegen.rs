@@ -266,7 +266,7 @@ pub(crate) mod shaders {
     pub(crate) const GEMM: Shader = Shader {
         name: "gemm",
         body: include_str!("../../shaders/gemm.wgsl"),
-        tensors: &["a", "b", "c"],
+        tensors: &["a", "b", "c", "bias"],
         consts: &[],
     };
 }

@@ -452,46 +452,85 @@ impl GemmOps for WgpuBackend {
         c: ViewMut<'_, WgpuBuffer>,
         spec: &Gemm,
     ) -> Result<()> {
-        const OP: &str = "gemm";
-        let Gemm { m, n, k, batch, .. } = *spec;
         let span_c = contract::gemm(self, &a, &b, &c, spec)?;
+        self.gemm_into("gemm", (a, b, None), c, spec, span_c)
+    }
+
+    /// The bias added in the GEMM kernel's store, before C's one rounding.
+    fn gemm_bias(
+        &self,
+        a: View<'_, WgpuBuffer>,
+        b: View<'_, WgpuBuffer>,
+        bias: View<'_, WgpuBuffer>,
+        c: ViewMut<'_, WgpuBuffer>,
+        spec: &Gemm,
+    ) -> Result<()> {
+        let span_c = contract::gemm_bias(self, &a, &b, &bias, &c, spec)?;
+        self.gemm_into("gemm_bias", (a, b, Some(bias)), c, spec, span_c)
+    }
+}
+
+impl WgpuBackend {
+    /// The GEMM kernel's passes for a checked product whose C spans `span_c` elements,
+    /// with a bias (one per column) when given.
+    fn gemm_into(
+        &self,
+        op: &'static str,
+        (a, b, bias): (
+            View<'_, WgpuBuffer>,
+            View<'_, WgpuBuffer>,
+            Option<View<'_, WgpuBuffer>>,
+        ),
+        c: ViewMut<'_, WgpuBuffer>,
+        spec: &Gemm,
+        span_c: usize,
+    ) -> Result<()> {
+        let Gemm { m, n, k, batch, .. } = *spec;
         if span_c == 0 {
             return Ok(());
         }
         // the contract checked these fit the views
         let span = |stride: usize, size: usize| (batch - 1) * stride + size;
         let (span_a, span_b) = (span(spec.stride_a, m * k), span(spec.stride_b, k * n));
-        let mut aa = self.arg(OP, "a", a)?;
-        let mut bb = self.arg(OP, "b", b)?;
-        let mut cc = self.arg_mut(OP, "c", &c)?;
+        let mut aa = self.arg(op, "a", a)?;
+        let mut bb = self.arg(op, "b", b)?;
+        let mut cc = self.arg_mut(op, "c", &c)?;
         // Bind only the spans the product touches.
         aa.len = span_a.max(1).min(a.len) as u64;
         bb.len = span_b.max(1).min(b.len) as u64;
         cc.len = span_c as u64;
-        let args = [aa, bb, cc];
+        let mut args = vec![aa, bb, cc];
+        if let Some(bias) = bias {
+            args.push(self.arg(op, "bias", bias)?);
+        }
         let (slots, args) = Self::order(&shaders::GEMM, &args);
-        let pipeline = self.pipeline(OP, &shaders::GEMM, "main", &slots, &[])?;
+        let pipeline = self.pipeline(op, &shaders::GEMM, "main", &slots, &[])?;
         let tiles_x = n.div_ceil(64) as u64;
         let tiles_y = m.div_ceil(64) as u64;
         if tiles_x > 65535 || tiles_y > 65535 {
-            return Err(self.shape_err(OP, format!("m={m} n={n}: more than 65535 tiles of 64")));
+            return Err(self.shape_err(op, format!("m={m} n={n}: more than 65535 tiles of 64")));
         }
         let base = [
-            self.u32p(OP, "m", m)?,
-            self.u32p(OP, "n", n)?,
-            self.u32p(OP, "k", k)?,
+            self.u32p(op, "m", m)?,
+            self.u32p(op, "n", n)?,
+            self.u32p(op, "k", k)?,
             u32::from(spec.trans_a),
             u32::from(spec.trans_b),
-            self.u32p(OP, "stride_a", spec.stride_a)?,
-            self.u32p(OP, "stride_b", spec.stride_b)?,
-            self.u32p(OP, "stride_c", spec.stride_c)?,
+            self.u32p(op, "stride_a", spec.stride_a)?,
+            self.u32p(op, "stride_b", spec.stride_b)?,
+            self.u32p(op, "stride_c", spec.stride_c)?,
         ];
         let mut blocks = Vec::new();
         let mut b0 = 0usize;
         while b0 < batch {
             let nb = (batch - b0).min(65535);
             let mut p = base.to_vec();
-            p.extend([b0 as u32, fb(spec.alpha), fb(spec.beta), 0]);
+            p.extend([
+                b0 as u32,
+                fb(spec.alpha),
+                fb(spec.beta),
+                u32::from(bias.is_some()),
+            ]);
             blocks.push((nb, p));
             b0 += nb;
         }
@@ -504,7 +543,7 @@ impl GemmOps for WgpuBackend {
                 grid: (tiles_x as u32, tiles_y as u32, *nb as u32),
             })
             .collect();
-        self.submit(OP, &passes)
+        self.submit(op, &passes)
     }
 }
 
