@@ -323,7 +323,10 @@ impl Lt {
     ) -> Result<(), String> {
         let plan = self.plan(p)?;
         if bias.is_some() != p.bias {
-            return Err(format!("a bias pointer given for {p:?}: {bias:?}"));
+            return Err(format!(
+                "bias pointer {bias:?} for a problem with bias = {}: {p:?}",
+                p.bias
+            ));
         }
         let _call = plan.call.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(ptr) = bias {
