@@ -311,7 +311,6 @@ impl Lt {
     /// Launches `C = alpha op(A) op(B) + beta C (+ bias)` on `stream` (asynchronous). `a`,
     /// `b`, `c` are device addresses of element 0 of the first batch of each operand; `bias`
     /// is the address of the bias vector, given exactly when `p.bias`.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn matmul(
         &self,
         stream: &CudaStream,

@@ -81,7 +81,6 @@ test_per_dtype!(gemm_matches_cpu: f32, f16, bf16);
 /// `C = alpha op(A) op(B) + bias` on `be`: A and B of `ab`, a bias of `bias_dt` starting at
 /// element `bias_at` of its buffer (an unaligned start too), C of `cdt` (NaN-poisoned:
 /// overwritten); `composed` runs [`mp_kernels::compose_gemm_bias`] instead of the backend's own.
-#[allow(clippy::too_many_arguments)]
 fn gemm_bias_run<B: Backend>(
     be: &B,
     (a, b, bias): (&[f32], &[f32], &[f32]),
