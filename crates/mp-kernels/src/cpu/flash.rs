@@ -18,10 +18,10 @@
 //! pre-scaled by `1 / sqrt(hs)`, every row padded with zeros to a multiple of [`W`] elements
 //! (and the rows to whole micro-tiles), keys and values also as [`BC`]-key tiles of
 //! `hs x BC`; the scratch is O(b t width). The inner loops are register-blocked micro-kernels
-//! over [`R`] query rows and [`W`] keys or head elements at a time, compiled a second time for
-//! AVX2 with fused multiply-adds (`fma_dispatch`). Their summation order is fixed, so results
-//! do not depend on the thread count or the vector width; CPUs with and without FMA units
-//! round the products differently (one rounding instead of two).
+//! over [`R`] query rows and [`W`] keys or head elements at a time, compiled again for AVX2 and
+//! for AVX-512 with fused multiply-adds (`fma_dispatch`). Their summation order is fixed, so
+//! results do not depend on the thread count or the vector width; CPUs with and without FMA
+//! units round the products differently (one rounding instead of two).
 
 use super::CpuBuffer;
 use super::check::{bytes, bytes_mut};
@@ -119,16 +119,16 @@ impl KvHead {
 /// A micro-tile of scores: [`R`] rows of one key tile.
 type Tile = [[f32; BC]; R];
 
-/// Eight lanes: with AVX2 one register (LLVM keeps these in registers when every index is a
-/// constant).
-type V8 = [f32; 8];
+/// A register block of [`W`] lanes: one AVX-512 register, two AVX2 registers (LLVM keeps
+/// these in registers when every index is a constant).
+type V = [f32; W];
 
-/// `acc + w * x`, lane by lane: fused (one rounding) when `F`, the copy compiled for FMA
+/// `acc + w * x`, lane by lane: fused (one rounding) when `F`, the copies compiled for FMA
 /// units, else a multiply and an add.
 #[inline(always)]
-fn madd<const F: bool>(acc: V8, w: f32, x: V8) -> V8 {
+fn madd<const F: bool>(acc: V, w: f32, x: &V) -> V {
     let mut o = acc;
-    for i in 0..8 {
+    for i in 0..W {
         o[i] = if F {
             w.mul_add(x[i], o[i])
         } else {
@@ -144,42 +144,36 @@ fn rows4(x: &[f32], hsp: usize, len: usize) -> [&[f32]; R] {
     [0, 1, 2, 3].map(|r| &x[r * hsp..r * hsp + len])
 }
 
-/// The two 8-lane halves of a block of [`W`].
-#[inline(always)]
-fn halves(x: &[f32; W]) -> (V8, V8) {
-    let mut lo = [0.0; 8];
-    let mut hi = [0.0; 8];
-    lo.copy_from_slice(&x[..8]);
-    hi.copy_from_slice(&x[8..]);
-    (lo, hi)
-}
-
 /// `x[at..at + W]` as a block.
 #[inline(always)]
-fn block(x: &[f32], at: usize) -> &[f32; W] {
+fn block(x: &[f32], at: usize) -> &V {
     x[at..at + W].try_into().expect("a whole block")
 }
 
+/// `x[at..at + W]` as a mutable block.
+#[inline(always)]
+fn block_mut(x: &mut [f32], at: usize) -> &mut V {
+    (&mut x[at..at + W]).try_into().expect("a whole block")
+}
+
 /// `s[r][j] = sum_{d < hs} x[r][d] tile[d][j]` for [`R`] rows of `x` (`hsp` apart) and the
-/// [`BC`] keys of `tile`: per 16 keys, the 4 x 16 sums stay in eight registers.
+/// [`BC`] keys of `tile`: per [`W`] keys, the `R x W` sums stay in registers.
 #[inline(always)]
 fn rows_dot_tile<const F: bool>(x: &[f32], hsp: usize, hs: usize, tile: &[f32], s: &mut Tile) {
     const { assert!(R == 4) };
     let [x0, x1, x2, x3] = rows4(x, hsp, hs);
     let tile = &tile[..hs * BC];
     for jc in (0..BC).step_by(W) {
-        let mut acc = [[0.0f32; 8]; 2 * R];
+        let mut acc = [[0.0f32; W]; R];
         let cols = x0.iter().zip(x1).zip(x2).zip(x3);
         for ((((&a, &b), &c), &e), krow) in cols.zip(tile.chunks_exact(BC)) {
-            let (k0, k1) = halves(block(krow, jc));
+            let k = block(krow, jc);
             for (r, xd) in [a, b, c, e].into_iter().enumerate() {
-                acc[2 * r] = madd::<F>(acc[2 * r], xd, k0);
-                acc[2 * r + 1] = madd::<F>(acc[2 * r + 1], xd, k1);
+                acc[r] = madd::<F>(acc[r], xd, k);
             }
         }
-        for r in 0..R {
-            s[r][jc..jc + 8].copy_from_slice(&acc[2 * r]);
-            s[r][jc + 8..jc + 16].copy_from_slice(&acc[2 * r + 1]);
+        for (s, acc) in s.iter_mut().zip(&acc) {
+            *block_mut(s, jc) = *acc;
         }
     }
 }
@@ -192,22 +186,16 @@ fn tile_times_rows<const F: bool>(w: &Tile, n: usize, m: &[f32], hsp: usize, out
     let m = &m[..n * hsp];
     let [w0, w1, w2, w3] = [0, 1, 2, 3].map(|r| &w[r][..n]);
     for dc in (0..hsp).step_by(W) {
-        let mut acc = [[0.0f32; 8]; 2 * R];
-        for r in 0..R {
-            (acc[2 * r], acc[2 * r + 1]) = halves(block(out, r * hsp + dc));
-        }
+        let mut acc: [V; R] = std::array::from_fn(|r| *block(out, r * hsp + dc));
         let ws = w0.iter().zip(w1).zip(w2).zip(w3);
         for ((((&a, &b), &c), &e), mrow) in ws.zip(m.chunks_exact(hsp)) {
-            let (v0, v1) = halves(block(mrow, dc));
+            let v = block(mrow, dc);
             for (r, wj) in [a, b, c, e].into_iter().enumerate() {
-                acc[2 * r] = madd::<F>(acc[2 * r], wj, v0);
-                acc[2 * r + 1] = madd::<F>(acc[2 * r + 1], wj, v1);
+                acc[r] = madd::<F>(acc[r], wj, v);
             }
         }
-        for (r, acc) in acc.chunks_exact(2).enumerate() {
-            let at = r * hsp + dc;
-            out[at..at + 8].copy_from_slice(&acc[0]);
-            out[at + 8..at + 16].copy_from_slice(&acc[1]);
+        for (r, acc) in acc.iter().enumerate() {
+            *block_mut(out, r * hsp + dc) = *acc;
         }
     }
 }
@@ -220,20 +208,15 @@ fn tile_t_times_rows<const F: bool>(w: &Tile, n: usize, x: &[f32], hsp: usize, m
     let m = &mut m[..n * hsp];
     let [w0, w1, w2, w3] = [0, 1, 2, 3].map(|r| &w[r][..n]);
     for dc in (0..hsp).step_by(W) {
-        let mut xs = [[0.0f32; 8]; 2 * R];
-        for r in 0..R {
-            (xs[2 * r], xs[2 * r + 1]) = halves(block(x, r * hsp + dc));
-        }
+        let xs: [V; R] = std::array::from_fn(|r| *block(x, r * hsp + dc));
         let ws = w0.iter().zip(w1).zip(w2).zip(w3);
         for ((((&a, &b), &c), &e), mrow) in ws.zip(m.chunks_exact_mut(hsp)) {
-            let row: &mut [f32; W] = (&mut mrow[dc..dc + W]).try_into().expect("a whole block");
-            let (mut a0, mut a1) = halves(row);
+            let row = block_mut(mrow, dc);
+            let mut acc = *row;
             for (r, wj) in [a, b, c, e].into_iter().enumerate() {
-                a0 = madd::<F>(a0, wj, xs[2 * r]);
-                a1 = madd::<F>(a1, wj, xs[2 * r + 1]);
+                acc = madd::<F>(acc, wj, &xs[r]);
             }
-            row[..8].copy_from_slice(&a0);
-            row[8..].copy_from_slice(&a1);
+            *row = acc;
         }
     }
 }
@@ -274,13 +257,14 @@ fn forward_body<const F: bool>(
         for kb in 0..=first / BC {
             rows_dot_tile::<F>(q, hsp, hs, k.tile(kb, hs), &mut s);
             for (r, s) in s.iter_mut().enumerate() {
+                // masked keys get -inf, so e^(s - m) is exactly 0 there; every loop below
+                // then runs over the whole tile and vectorises
                 let vis = visible(first + r, kb);
-                let m_new = m[r].max(max(&s[..vis]));
+                s[vis..].fill(f32::NEG_INFINITY);
+                let m_new = m[r].max(max(s));
                 let corr = exp::<F>(m[r] - m_new);
-                for (j, x) in s.iter_mut().enumerate() {
-                    *x = if j < vis { exp::<F>(*x - m_new) } else { 0.0 };
-                }
-                l[r] = l[r] * corr + sum(&s[..vis]);
+                s.iter_mut().for_each(|x| *x = exp::<F>(*x - m_new));
+                l[r] = l[r] * corr + sum(s);
                 m[r] = m_new;
                 if corr != 1.0 {
                     o[r * hsp..(r + 1) * hsp]

@@ -36,14 +36,27 @@ macro_rules! simd_dispatch {
 pub(crate) use simd_dispatch;
 
 /// Defines `fn $name(args)` that runs `$body::<true>` (fused multiply-adds) compiled for
-/// AVX2+FMA when the CPU has both, `$body::<false>` for the baseline target otherwise (as
-/// `simd_dispatch`, with the FMA choice made visible to the body).
+/// AVX-512F when the CPU has it, else for AVX2+FMA when the CPU has both, and
+/// `$body::<false>` for the baseline target otherwise (as `simd_dispatch`, with the FMA choice
+/// made visible to the body). The two FMA copies compute the same values: they differ only in
+/// the register width LLVM maps the body's fixed-size lane arrays to.
 macro_rules! fma_dispatch {
     ($(#[$m:meta])* fn $name:ident => $body:ident($($arg:ident: $ty:ty),* $(,)?)) => {
         $(#[$m])*
         fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                fn avx512($($arg: $ty),*) {
+                    $body::<true>($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked just above).
+                    return unsafe { avx512($($arg),*) };
+                }
                 #[target_feature(enable = "avx2,fma")]
                 fn avx2($($arg: $ty),*) {
                     $body::<true>($($arg),*)
