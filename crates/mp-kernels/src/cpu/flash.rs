@@ -27,7 +27,7 @@ use super::CpuBuffer;
 use super::check::{bytes, bytes_mut};
 use super::convert::{narrow, widen, with_f32_mut};
 use super::math::{exp_with as exp, fma_dispatch};
-use super::reduce::{dot, max, sum};
+use super::reduce::dot;
 use crate::Result;
 use crate::backend::{Attention, View, ViewMut};
 use mp_dtype::DType;
@@ -221,6 +221,28 @@ fn tile_t_times_rows<const F: bool>(w: &Tile, n: usize, x: &[f32], hsp: usize, m
     }
 }
 
+/// `f` folded over a tile row: lane-wise over its register blocks, then as a tree over the
+/// lanes (a fixed order). The forward's row maximum passes over NaN (`b > a` is false), which
+/// still reaches the output through `e^(s - m)` and the row sum.
+#[inline(always)]
+fn fold_row(s: &[f32; BC], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = *block(s, 0);
+    for jc in (W..BC).step_by(W) {
+        let x = block(s, jc);
+        for i in 0..W {
+            acc[i] = f(acc[i], x[i]);
+        }
+    }
+    let mut half = W / 2;
+    while half > 0 {
+        for i in 0..half {
+            acc[i] = f(acc[i], acc[i + half]);
+        }
+        half /= 2;
+    }
+    acc[0]
+}
+
 /// Keys of tile `kb` that query row `i` sees (`i >= kb BC`).
 #[inline(always)]
 fn visible(i: usize, kb: usize) -> usize {
@@ -261,10 +283,10 @@ fn forward_body<const F: bool>(
                 // then runs over the whole tile and vectorises
                 let vis = visible(first + r, kb);
                 s[vis..].fill(f32::NEG_INFINITY);
-                let m_new = m[r].max(max(s));
+                let m_new = m[r].max(fold_row(s, |a, b| if b > a { b } else { a }));
                 let corr = exp::<F>(m[r] - m_new);
                 s.iter_mut().for_each(|x| *x = exp::<F>(*x - m_new));
-                l[r] = l[r] * corr + sum(s);
+                l[r] = l[r] * corr + fold_row(s, |a, b| a + b);
                 m[r] = m_new;
                 if corr != 1.0 {
                     o[r * hsp..(r + 1) * hsp]
