@@ -13,6 +13,12 @@ use mp_train::run::{self, Progress, RunOptions};
 use mp_train::{checkpoint, compare, tools};
 use std::path::{Path, PathBuf};
 
+/// mimalloc keeps freed pages for reuse: a training step allocates and frees the same large
+/// activation buffers every step, which the system allocator returns to the kernel and faults
+/// back in (zero-filled) each time.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "mp-train",
