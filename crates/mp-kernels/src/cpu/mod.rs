@@ -12,6 +12,7 @@
 mod attention;
 mod check;
 mod convert;
+mod dot_bf16;
 mod embed;
 mod flash;
 mod gemm;

@@ -2,12 +2,8 @@
 //! register-blocked micro-kernel generic over the one primitive it needs.
 //!
 //! # The primitive
-//! `vdpbf16ps acc, a, b` adds, in each of 16 f32 lanes, the products of one *pair* of BF16
-//! values: `acc[l] += a[2l+1] * b[2l+1]; acc[l] += a[2l] * b[2l]` (two f32 FMAs in that order,
-//! round to nearest even, denormal inputs read as zero, denormal results flushed to zero, MXCSR
-//! ignored; Intel SDM, VDPBF16PS). [`DotBf16`] abstracts it: `Emulated` computes exactly that
-//! in portable Rust (compiled for tests only), `Avx512Bf16` issues the instruction (x86-64 CPUs
-//! that report `avx512bf16`). Everything else here (packing, blocking, the micro-kernel, the
+//! [`DotBf16`] (`cpu/dot_bf16.rs`): `vdpbf16ps` on AVX-512 BF16 CPUs (`Avx512Bf16`), or its
+//! portable emulation (`Emulated`, compiled for tests only). Everything else here (packing, blocking, the micro-kernel, the
 //! epilogue) is the same code for both, so tests of the emulated path on any machine cover the
 //! whole driver.
 //!
@@ -34,6 +30,11 @@
 //! the thread count, so results are bit-identical from run to run.
 
 use super::super::convert::{as_f32_mut, narrow, widen};
+#[cfg(target_arch = "x86_64")]
+pub(super) use super::super::dot_bf16::Avx512Bf16;
+use super::super::dot_bf16::DotBf16;
+#[cfg(test)]
+use super::super::dot_bf16::{Emulated, dp_lane};
 use super::Out;
 use crate::backend::Gemm;
 use mp_dtype::DType;
@@ -56,37 +57,12 @@ const MC_MAX: usize = 12 * MR;
 /// Scratch vectors longer than this (elements) are freed after use instead of kept.
 const SCRATCH_KEEP: usize = 1 << 24;
 
-/// The `vdpbf16ps` step on 16 lanes, and the vectors it works on.
+/// A [`DotBf16`] primitive that can run [`macro_kernel`] compiled with the target features it
+/// needs.
 ///
 /// # Safety
-/// Implementors whose operations need CPU features must be constructible only on CPUs that
-/// have them: every method takes `self`, a value of the type being the proof.
-pub(super) unsafe trait DotBf16: Copy + Send + Sync {
-    /// 16 f32 accumulators.
-    type Acc: Copy;
-    /// 16 lanes of BF16 pairs (low half: the even `k`, high half: the odd `k`).
-    type Pairs: Copy;
-    /// All-zero accumulators.
-    fn zero(self) -> Self::Acc;
-    /// Loads 16 f32 from `p` (unaligned).
-    ///
-    /// # Safety
-    /// `p` is valid for reading 16 f32.
-    unsafe fn load_acc(self, p: *const f32) -> Self::Acc;
-    /// Stores 16 f32 to `p` (unaligned).
-    ///
-    /// # Safety
-    /// `p` is valid for writing 16 f32.
-    unsafe fn store_acc(self, p: *mut f32, v: Self::Acc);
-    /// Loads 16 pairs from `p` (unaligned).
-    ///
-    /// # Safety
-    /// `p` is valid for reading 16 u32.
-    unsafe fn load_pairs(self, p: *const u32) -> Self::Pairs;
-    /// One pair in every lane.
-    fn splat_pair(self, pair: u32) -> Self::Pairs;
-    /// `vdpbf16ps`: per lane `acc += b.hi * a.hi; acc += b.lo * a.lo` (see the module docs).
-    fn dot(self, acc: Self::Acc, b: Self::Pairs, a: Self::Pairs) -> Self::Acc;
+/// As [`DotBf16`].
+pub(super) unsafe trait Kernel: DotBf16 {
     /// Runs [`macro_kernel`] compiled with the target features the primitive needs.
     ///
     /// # Safety
@@ -94,146 +70,35 @@ pub(super) unsafe trait DotBf16: Copy + Send + Sync {
     unsafe fn block(self, blk: &Block);
 }
 
-/// One lane of `vdpbf16ps`: `acc + a.hi * b.hi`, then `+ a.lo * b.lo`, each one f32 FMA with
-/// subnormal inputs read as zero and a subnormal result flushed to zero (sign kept).
-#[cfg(test)]
-pub(super) fn dp_lane(acc: f32, a: u32, b: u32) -> f32 {
-    fn daz(x: f32) -> f32 {
-        if x.is_subnormal() {
-            0.0f32.copysign(x)
-        } else {
-            x
-        }
-    }
-    let lo = |p: u32| daz(f32::from_bits(p << 16));
-    let hi = |p: u32| daz(f32::from_bits(p & 0xffff_0000));
-    let t = daz(hi(a).mul_add(hi(b), daz(acc)));
-    daz(lo(a).mul_add(lo(b), t))
-}
-
-/// The primitive in portable Rust, lane by lane ([`dp_lane`]): the reference the AVX-512 path
-/// is tested against, and the way the driver is tested on CPUs without AVX-512 BF16. Far
-/// slower than the f32 path: compiled for tests only, never used for real work.
-#[cfg(test)]
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Emulated;
-
 // SAFETY: needs no CPU feature.
 #[cfg(test)]
-unsafe impl DotBf16 for Emulated {
-    type Acc = [f32; 16];
-    type Pairs = [u32; 16];
-    #[inline(always)]
-    fn zero(self) -> Self::Acc {
-        [0.0; 16]
-    }
-    #[inline(always)]
-    unsafe fn load_acc(self, p: *const f32) -> Self::Acc {
-        // SAFETY: the caller guarantees 16 readable f32.
-        unsafe { p.cast::<[f32; 16]>().read_unaligned() }
-    }
-    #[inline(always)]
-    unsafe fn store_acc(self, p: *mut f32, v: Self::Acc) {
-        // SAFETY: the caller guarantees 16 writable f32.
-        unsafe { p.cast::<[f32; 16]>().write_unaligned(v) }
-    }
-    #[inline(always)]
-    unsafe fn load_pairs(self, p: *const u32) -> Self::Pairs {
-        // SAFETY: the caller guarantees 16 readable u32.
-        unsafe { p.cast::<[u32; 16]>().read_unaligned() }
-    }
-    #[inline(always)]
-    fn splat_pair(self, pair: u32) -> Self::Pairs {
-        [pair; 16]
-    }
-    #[inline(always)]
-    fn dot(self, mut acc: Self::Acc, b: Self::Pairs, a: Self::Pairs) -> Self::Acc {
-        for l in 0..16 {
-            acc[l] = dp_lane(acc[l], a[l], b[l]);
-        }
-        acc
-    }
+unsafe impl Kernel for Emulated {
     unsafe fn block(self, blk: &Block) {
         // SAFETY: forwarded from the caller.
         unsafe { macro_kernel(self, blk) }
     }
 }
 
+// SAFETY: values of `Avx512Bf16` exist only on CPUs with its features.
 #[cfg(target_arch = "x86_64")]
-pub(super) use x86::Avx512Bf16;
+unsafe impl Kernel for Avx512Bf16 {
+    unsafe fn block(self, blk: &Block) {
+        // SAFETY: `self` proves the features `block_avx512` is compiled for; the rest is
+        // forwarded from the caller.
+        unsafe { block_avx512(self, blk) }
+    }
+}
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::{Block, DotBf16, macro_kernel};
-    use std::arch::x86_64::*;
-
-    /// `vdpbf16ps` on zmm registers. A value exists only on CPUs with AVX-512F and AVX-512
-    /// BF16 ([`Avx512Bf16::detect`]).
-    #[derive(Clone, Copy, Debug)]
-    pub(in crate::cpu::gemm) struct Avx512Bf16(());
-
-    impl Avx512Bf16 {
-        /// The primitive, if this CPU has AVX-512F and AVX-512 BF16.
-        pub(in crate::cpu::gemm) fn detect() -> Option<Self> {
-            (is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16"))
-                .then_some(Avx512Bf16(()))
-        }
-    }
-
-    // SAFETY: values exist only after `detect` found both features; every method below runs
-    // their instructions only through such a value.
-    unsafe impl DotBf16 for Avx512Bf16 {
-        type Acc = __m512;
-        type Pairs = __m512bh;
-        #[inline(always)]
-        fn zero(self) -> __m512 {
-            // SAFETY: `self` proves AVX-512F.
-            unsafe { _mm512_setzero_ps() }
-        }
-        #[inline(always)]
-        unsafe fn load_acc(self, p: *const f32) -> __m512 {
-            // SAFETY: `self` proves AVX-512F; the caller guarantees 16 readable f32.
-            unsafe { _mm512_loadu_ps(p) }
-        }
-        #[inline(always)]
-        unsafe fn store_acc(self, p: *mut f32, v: __m512) {
-            // SAFETY: `self` proves AVX-512F; the caller guarantees 16 writable f32.
-            unsafe { _mm512_storeu_ps(p, v) }
-        }
-        #[inline(always)]
-        unsafe fn load_pairs(self, p: *const u32) -> __m512bh {
-            // SAFETY: `self` proves AVX-512F; the caller guarantees 64 readable bytes. The
-            // transmute reinterprets 512 bits as 32 BF16 (same size, any bits valid).
-            unsafe { std::mem::transmute(_mm512_loadu_si512(p.cast())) }
-        }
-        #[inline(always)]
-        fn splat_pair(self, pair: u32) -> __m512bh {
-            // SAFETY: `self` proves AVX-512F; the transmute is a same-size reinterpretation.
-            unsafe { std::mem::transmute(_mm512_set1_epi32(pair as i32)) }
-        }
-        #[inline(always)]
-        fn dot(self, acc: __m512, b: __m512bh, a: __m512bh) -> __m512 {
-            // SAFETY: `self` proves AVX-512 BF16. `a` (the broadcast pair) is the operand the
-            // instruction can take as an embedded broadcast from memory.
-            unsafe { _mm512_dpbf16_ps(acc, b, a) }
-        }
-        unsafe fn block(self, blk: &Block) {
-            // SAFETY: `self` proves the features `block_avx512` is compiled for; the rest is
-            // forwarded from the caller.
-            unsafe { block_avx512(self, blk) }
-        }
-    }
-
-    /// [`macro_kernel`] compiled for AVX-512 BF16, so that the inlined primitives become
-    /// single instructions.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F and AVX-512 BF16; as [`macro_kernel`].
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    unsafe fn block_avx512(p: Avx512Bf16, blk: &Block) {
-        // SAFETY: forwarded from the caller.
-        unsafe { macro_kernel(p, blk) }
-    }
+/// [`macro_kernel`] compiled for AVX-512 BF16, so that the inlined primitives become
+/// single instructions.
+///
+/// # Safety
+/// The CPU has AVX-512F and AVX-512 BF16; as [`macro_kernel`].
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn block_avx512(p: Avx512Bf16, blk: &Block) {
+    // SAFETY: forwarded from the caller.
+    unsafe { macro_kernel(p, blk) }
 }
 
 /// One `(row tile, column block, k block)` of the product, in packed form.
@@ -444,7 +309,7 @@ fn strides(spec: &Gemm) -> ((usize, usize), (usize, usize)) {
 ///
 /// # Panics
 /// If an operand is shorter than the spec says (the caller checks every length first).
-fn gemm_one<P: DotBf16>(
+fn gemm_one<P: Kernel>(
     p: P,
     spec: &Gemm,
     a: &[u16],
@@ -493,7 +358,7 @@ fn gemm_one<P: DotBf16>(
 }
 
 /// Rows `i0 .. i0 + rows` of the product into `ct` (those rows of C, all `n` columns).
-fn row_tile<P: DotBf16>(
+fn row_tile<P: Kernel>(
     p: P,
     spec: &Gemm,
     (a, sa): (&[u16], (usize, usize)),
@@ -581,7 +446,7 @@ fn epilogue(
 /// the caller) into `c` (bytes of `out.dtype`, plus `out.bias` per column), `alpha != 0`,
 /// `k > 0`. Small batched products run one per thread, larger ones one after another with
 /// parallel row tiles.
-pub(super) fn gemm<P: DotBf16>(
+pub(super) fn gemm<P: Kernel>(
     p: P,
     spec: &Gemm,
     a: &[u8],
@@ -656,7 +521,7 @@ mod tests {
         out
     }
 
-    fn ours<P: DotBf16>(p: P, cs: &Case, dc: DType, small: usize) -> Vec<f32> {
+    fn ours<P: Kernel>(p: P, cs: &Case, dc: DType, small: usize) -> Vec<f32> {
         run_c(cs, dc, |a, b, c| {
             gemm(p, &cs.spec, a, b, c, Out::plain(dc), small)
         })
