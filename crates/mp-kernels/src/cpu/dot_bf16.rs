@@ -39,6 +39,26 @@ pub(crate) unsafe trait DotBf16: Copy + Send + Sync {
     fn splat_pair(self, pair: u32) -> Self::Pairs;
     /// `vdpbf16ps`: per lane `acc += b.hi * a.hi; acc += b.lo * a.lo` (see the module docs).
     fn dot(self, acc: Self::Acc, b: Self::Pairs, a: Self::Pairs) -> Self::Acc;
+    /// `vcvtne2ps2bf16`: the 32 values of `x` rounded to BF16 as 16 pairs (pair `l` holds
+    /// `x[2l]` low and `x[2l+1]` high): nearest even, subnormal inputs read as zero, NaNs
+    /// quieted.
+    fn narrow_pairs(self, x: &[f32; 32]) -> [u32; 16];
+}
+
+/// One value of `vcvtne2ps2bf16`: nearest even, a subnormal input read as zero (sign kept), a
+/// NaN quieted with its sign and leading payload kept (Intel SDM, `Convert_FP32_To_BF16`).
+#[cfg(test)]
+#[inline(always)]
+pub(crate) fn to_bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
+    if x.is_nan() {
+        ((b >> 16) | 0x40) as u16
+    } else if x.is_subnormal() {
+        ((b >> 16) & 0x8000) as u16
+    } else {
+        rounded
+    }
 }
 
 /// One lane of `vdpbf16ps`: `acc + a.hi * b.hi`, then `+ a.lo * b.lo`, each one f32 FMA with
@@ -100,6 +120,12 @@ unsafe impl DotBf16 for Emulated {
         }
         acc
     }
+    #[inline(always)]
+    fn narrow_pairs(self, x: &[f32; 32]) -> [u32; 16] {
+        std::array::from_fn(|l| {
+            u32::from(to_bf16_bits(x[2 * l])) | (u32::from(to_bf16_bits(x[2 * l + 1])) << 16)
+        })
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -160,6 +186,16 @@ mod x86 {
             // instruction can take as an embedded broadcast from memory.
             unsafe { _mm512_dpbf16_ps(acc, b, a) }
         }
+        #[inline(always)]
+        fn narrow_pairs(self, x: &[f32; 32]) -> [u32; 16] {
+            // SAFETY: `self` proves AVX-512F and AVX-512 BF16; `x` is 32 readable f32; the
+            // transmute is a same-size reinterpretation. The instruction puts its second
+            // operand in the low half of the result.
+            unsafe {
+                let lo = _mm512_loadu_ps(x.as_ptr());
+                let hi = _mm512_loadu_ps(x.as_ptr().add(16));
+                std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo))
+            }
+        }
     }
-
 }

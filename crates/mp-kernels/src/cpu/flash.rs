@@ -33,6 +33,8 @@ use crate::backend::{Attention, View, ViewMut};
 use mp_dtype::DType;
 use rayon::prelude::*;
 
+mod bf16;
+
 /// Query rows per forward task.
 pub(crate) const BR: usize = 64;
 /// Keys per tile.
@@ -243,6 +245,23 @@ fn fold_row(s: &[f32; BC], f: impl Fn(f32, f32) -> f32) -> f32 {
     acc[0]
 }
 
+/// One step of the online softmax for one query row and one key tile: the row's scores `s`
+/// (the first `vis` keys visible) become `e^(s - m_new)` (exactly 0 for the masked keys), the
+/// running maximum `m` becomes `m_new` and the running sum `l` is rescaled and extended.
+/// Returns the rescaling `e^(m_old - m_new)` of everything accumulated so far.
+#[inline(always)]
+fn online_softmax<const F: bool>(s: &mut [f32; BC], vis: usize, m: &mut f32, l: &mut f32) -> f32 {
+    // masked keys get -inf, so e^(s - m) is exactly 0 there; every loop below then runs over
+    // the whole tile and vectorises
+    s[vis..].fill(f32::NEG_INFINITY);
+    let m_new = m.max(fold_row(s, |a, b| if b > a { b } else { a }));
+    let corr = exp::<F>(*m - m_new);
+    s.iter_mut().for_each(|x| *x = exp::<F>(*x - m_new));
+    *l = *l * corr + fold_row(s, |a, b| a + b);
+    *m = m_new;
+    corr
+}
+
 /// Keys of tile `kb` that query row `i` sees (`i >= kb BC`).
 #[inline(always)]
 fn visible(i: usize, kb: usize) -> usize {
@@ -279,15 +298,7 @@ fn forward_body<const F: bool>(
         for kb in 0..=first / BC {
             rows_dot_tile::<F>(q, hsp, hs, k.tile(kb, hs), &mut s);
             for (r, s) in s.iter_mut().enumerate() {
-                // masked keys get -inf, so e^(s - m) is exactly 0 there; every loop below
-                // then runs over the whole tile and vectorises
-                let vis = visible(first + r, kb);
-                s[vis..].fill(f32::NEG_INFINITY);
-                let m_new = m[r].max(fold_row(s, |a, b| if b > a { b } else { a }));
-                let corr = exp::<F>(m[r] - m_new);
-                s.iter_mut().for_each(|x| *x = exp::<F>(*x - m_new));
-                l[r] = l[r] * corr + fold_row(s, |a, b| a + b);
-                m[r] = m_new;
+                let corr = online_softmax::<F>(s, visible(first + r, kb), &mut m[r], &mut l[r]);
                 if corr != 1.0 {
                     o[r * hsp..(r + 1) * hsp]
                         .iter_mut()
@@ -406,6 +417,84 @@ fn kv_heads(qkv: &[u8], dt: DType, d: &Dims, b: usize) -> Vec<(KvHead, KvHead)> 
         .collect()
 }
 
+/// The forward tasks, one per (batch entry, query head, block of [`BR`] query rows): each
+/// writes its rows of the head-major output `o` (`tq` rows of `hsp` per head) and of `lse`.
+/// `run(task rows, i0, batch entry, head, o, lse)` computes one.
+fn forward_tasks(
+    d: &Dims,
+    s: &Attention,
+    tq: usize,
+    o: &mut [f32],
+    lse: &mut [f32],
+    run: impl Fn(usize, usize, usize, usize, &mut [f32], &mut [f32]) + Sync,
+) {
+    let blocks = d.t.div_ceil(BR);
+    let tasks: Vec<(&mut [f32], &mut [f32])> = o
+        .chunks_mut(tq * d.hsp)
+        .zip(lse.chunks_mut(d.t))
+        .flat_map(|(o, l)| o.chunks_mut(BR * d.hsp).zip(l.chunks_mut(BR)))
+        .collect();
+    tasks
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(task, (o, l))| {
+            let (nh, qb) = (task / blocks, task % blocks);
+            let (n, h) = (nh / s.heads, nh % s.heads);
+            run(o.len() / d.hsp, qb * BR, n, h, o, l);
+        });
+}
+
+/// The forward with f32 products (any `qkv` dtype).
+fn forward_f32(
+    qkv: &[u8],
+    dt: DType,
+    d: &Dims,
+    s: &Attention,
+    tq: usize,
+    o: &mut [f32],
+    lse: &mut [f32],
+) {
+    let (sq, g) = (dt.size_in_bytes(), s.group());
+    let kv = kv_heads(qkv, dt, d, s.b);
+    forward_tasks(d, s, tq, o, lse, |rows, i0, n, h, o, l| {
+        let at = (n * d.t + i0) * d.row * sq;
+        let src = &qkv[at..(n + 1) * d.t * d.row * sq];
+        let q = gather_rows(src, dt, d, rows, d.row, h * d.hs, d.scale);
+        let (k, v) = &kv[n * d.kv_heads + h / g];
+        forward_block(d, i0, &q, k, v, o, l);
+    });
+}
+
+/// The forward with BF16 pair products (`qkv` BF16).
+fn forward_pairs<P: bf16::Kernels>(
+    p: P,
+    qkv: &[u8],
+    d: &Dims,
+    s: &Attention,
+    tq: usize,
+    o: &mut [f32],
+    lse: &mut [f32],
+) {
+    let (stride, g) = (d.t * d.row * 2, s.group());
+    let kv: Vec<(bf16::KvPairs, bf16::KvPairs)> = (0..s.b * d.kv_heads)
+        .into_par_iter()
+        .map(|nk| {
+            let (n, kvh) = (nk / d.kv_heads, nk % d.kv_heads);
+            let src = &qkv[n * stride..(n + 1) * stride];
+            (
+                bf16::KvPairs::gather(src, d, d.kv_col(1, kvh)),
+                bf16::KvPairs::gather(src, d, d.kv_col(2, kvh)),
+            )
+        })
+        .collect();
+    forward_tasks(d, s, tq, o, lse, |rows, i0, n, h, o, l| {
+        let src = &qkv[(n * d.t + i0) * d.row * 2..(n + 1) * stride];
+        let q = bf16::element_pairs(src, d, rows, d.row, h * d.hs);
+        let (k, v) = &kv[n * d.kv_heads + h / g];
+        p.forward_block(d, i0, &q, (k, v), o, l);
+    });
+}
+
 /// [`crate::AttentionOps::attention`] (the contract already checked the views).
 pub(crate) fn attention(
     qkv: View<'_, CpuBuffer>,
@@ -419,35 +508,24 @@ pub(crate) fn attention(
         return Ok(());
     }
     let (dq, dout) = (qkv.dtype(), out.dtype());
-    let (sq, so) = (dq.size_in_bytes(), dout.size_in_bytes());
+    let so = dout.size_in_bytes();
     let qkv = bytes(OP, "qkv", qkv)?;
     let out = bytes_mut(OP, "out", out)?;
     let lse = super::convert::as_f32_mut(bytes_mut(OP, "lse", lse)?);
-    let kv = kv_heads(qkv, dq, &d, s.b);
-    let (t, hs, hsp, g) = (d.t, d.hs, d.hsp, s.group());
-    let blocks = t.div_ceil(BR);
+    let (t, hs, hsp) = (d.t, d.hs, d.hsp);
     // head-major f32 output (rows of hsp, t padded to whole micro-tiles), one chunk per task
     let tq = t.div_ceil(R) * R;
     let mut o = vec![0.0f32; s.b * d.heads * tq * hsp];
-    let tasks: Vec<(&mut [f32], &mut [f32])> = o
-        .chunks_mut(tq * hsp)
-        .zip(lse.chunks_mut(t))
-        .flat_map(|(o, l)| o.chunks_mut(BR * hsp).zip(l.chunks_mut(BR)))
-        .collect();
-    tasks
-        .into_par_iter()
-        .enumerate()
-        .for_each(|(task, (o, l))| {
-            let (nh, qb) = (task / blocks, task % blocks);
-            let (n, h) = (nh / d.heads, nh % d.heads);
-            let i0 = qb * BR;
-            let rows = o.len() / hsp;
-            let at = (n * t + i0) * d.row * sq;
-            let src = &qkv[at..(n + 1) * t * d.row * sq];
-            let q = gather_rows(src, dq, &d, rows, d.row, h * hs, d.scale);
-            let (k, v) = &kv[n * d.kv_heads + h / g];
-            forward_block(&d, i0, &q, k, v, o, l);
-        });
+    #[cfg(target_arch = "x86_64")]
+    let paired = bf16::native()
+        .filter(|_| dq == DType::BF16)
+        .map(|p| forward_pairs(p, qkv, &d, s, tq, &mut o, lse))
+        .is_some();
+    #[cfg(not(target_arch = "x86_64"))]
+    let paired = false;
+    if !paired {
+        forward_f32(qkv, dq, &d, s, tq, &mut o, lse);
+    }
     // token-major rows of the output
     out.par_chunks_mut(t * d.c * so)
         .zip(o.par_chunks(d.heads * tq * hsp))
@@ -463,6 +541,95 @@ pub(crate) fn attention(
         });
     Ok(())
 }
+/// The backward's inputs: bytes and dtypes of `qkv`, `dout` and `out`, and `lse`.
+struct Backward<'a> {
+    d: &'a Dims,
+    s: &'a Attention,
+    /// `t` padded to whole micro-tiles.
+    tq: usize,
+    qkv: (&'a [u8], DType),
+    dout: (&'a [u8], DType),
+    out: (&'a [u8], DType),
+    lse: &'a [f32],
+}
+
+/// The f32 gradients `(dq, dk, dv)` (rows of `hsp`; `dq` of the group's query heads, `tq` rows
+/// each) of each (batch entry, key/value head), one task each. `run(n, kvh, dq, dk, dv)` adds
+/// the unscaled `dS K` to `dq`, and `dK`, `dV` (all zero on entry); `dq` is scaled here.
+type Grads = Vec<(Vec<f32>, Vec<f32>, Vec<f32>)>;
+
+impl Backward<'_> {
+    fn per_kv_head(
+        &self,
+        run: impl Fn(usize, usize, &mut [f32], &mut [f32], &mut [f32]) + Sync,
+    ) -> Grads {
+        let (d, hsp) = (self.d, self.d.hsp);
+        (0..self.s.b * d.kv_heads)
+            .into_par_iter()
+            .map(|nk| {
+                let (mut dk, mut dv) = (vec![0.0f32; d.tp * hsp], vec![0.0f32; d.tp * hsp]);
+                let mut dq = vec![0.0f32; self.s.group() * self.tq * hsp];
+                run(nk / d.kv_heads, nk % d.kv_heads, &mut dq, &mut dk, &mut dv);
+                dq.iter_mut().for_each(|x| *x *= d.scale);
+                (dq, dk, dv)
+            })
+            .collect()
+    }
+
+    /// Batch entry `n`'s rows of `x` (rows of `row` elements).
+    fn entry<'b>(&self, x: (&'b [u8], DType), n: usize, row: usize) -> &'b [u8] {
+        let len = self.d.t * row * x.1.size_in_bytes();
+        &x.0[n * len..(n + 1) * len]
+    }
+
+    /// Head `h` of batch entry `n`: its upstream gradient as f32 rows (`tq` of `hsp`), its
+    /// `D = rowsum(dO ∘ O)` and its `lse` (both `tq` long).
+    fn head(&self, n: usize, h: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (d, tq, c) = (self.d, self.tq, self.d.c);
+        let go_b = self.entry(self.dout, n, c);
+        let go = gather_rows(go_b, self.dout.1, d, tq, c, h * d.hs, 1.0);
+        let o = gather_rows(
+            self.entry(self.out, n, c),
+            self.out.1,
+            d,
+            tq,
+            c,
+            h * d.hs,
+            1.0,
+        );
+        let delta = go
+            .chunks_exact(d.hsp)
+            .zip(o.chunks_exact(d.hsp))
+            .map(|(a, b)| dot(a, b))
+            .collect();
+        let at = (n * d.heads + h) * d.t;
+        let mut lse = self.lse[at..at + d.t].to_vec();
+        lse.resize(tq, 0.0);
+        (go, delta, lse)
+    }
+}
+
+/// The backward with f32 products (any dtypes).
+fn backward_f32(a: &Backward<'_>) -> Grads {
+    let (d, g, hsp, dt) = (a.d, a.s.group(), a.d.hsp, a.qkv.1);
+    a.per_kv_head(|n, kvh, dq, dk, dv| {
+        let src = a.entry(a.qkv, n, d.row);
+        let k = KvHead::gather(src, dt, d, d.kv_col(1, kvh));
+        let v = KvHead::gather(src, dt, d, d.kv_col(2, kvh));
+        for (r, dq) in dq.chunks_exact_mut(a.tq * hsp).enumerate() {
+            let h = kvh * g + r;
+            let (dout, delta, lse) = a.head(n, h);
+            let qh = QueryHead {
+                q: gather_rows(src, dt, d, a.tq, d.row, h * d.hs, d.scale),
+                dout,
+                delta,
+                lse,
+            };
+            backward_head(d, &qh, &k, &v, dq, dk, dv);
+        }
+    })
+}
+
 /// [`crate::AttentionOps::attention_backward`]: `dqkv += ..` (the contract already checked the
 /// views).
 pub(crate) fn attention_backward(
@@ -484,49 +651,18 @@ pub(crate) fn attention_backward(
     let out = bytes(OP, "out", out)?;
     let lse = super::convert::as_f32(bytes(OP, "lse", lse)?);
     let dqkv = bytes_mut(OP, "dqkv", dqkv)?;
-    let (t, hs, hsp, g, c) = (d.t, d.hs, d.hsp, s.group(), d.c);
+    let (t, hs, hsp, g) = (d.t, d.hs, d.hsp, s.group());
     let tq = t.div_ceil(R) * R;
-    let (sq, sdo, so) = (
-        tq_dt.size_in_bytes(),
-        tdo.size_in_bytes(),
-        to.size_in_bytes(),
-    );
-    // one task per (batch entry, key/value head): the f32 gradients of its query heads, key
-    // head and value head (rows of hsp)
-    let grads: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..s.b * d.kv_heads)
-        .into_par_iter()
-        .map(|nk| {
-            let (n, kvh) = (nk / d.kv_heads, nk % d.kv_heads);
-            let src = &qkv[n * t * d.row * sq..(n + 1) * t * d.row * sq];
-            let go_b = &dout[n * t * c * sdo..(n + 1) * t * c * sdo];
-            let o_b = &out[n * t * c * so..(n + 1) * t * c * so];
-            let k = KvHead::gather(src, tq_dt, &d, d.kv_col(1, kvh));
-            let v = KvHead::gather(src, tq_dt, &d, d.kv_col(2, kvh));
-            let (mut dk, mut dv) = (vec![0.0f32; d.tp * hsp], vec![0.0f32; d.tp * hsp]);
-            let mut dq = vec![0.0f32; g * tq * hsp];
-            for (r, dq) in dq.chunks_exact_mut(tq * hsp).enumerate() {
-                let h = kvh * g + r;
-                let go = gather_rows(go_b, tdo, &d, tq, c, h * hs, 1.0);
-                let o = gather_rows(o_b, to, &d, tq, c, h * hs, 1.0);
-                let delta = go
-                    .chunks_exact(hsp)
-                    .zip(o.chunks_exact(hsp))
-                    .map(|(a, b)| dot(a, b));
-                let at = (n * d.heads + h) * t;
-                let mut lse_h = lse[at..at + t].to_vec();
-                lse_h.resize(tq, 0.0);
-                let qh = QueryHead {
-                    q: gather_rows(src, tq_dt, &d, tq, d.row, h * hs, d.scale),
-                    delta: delta.collect(),
-                    dout: go,
-                    lse: lse_h,
-                };
-                backward_head(&d, &qh, &k, &v, dq, &mut dk, &mut dv);
-                dq.iter_mut().for_each(|x| *x *= d.scale);
-            }
-            (dq, dk, dv)
-        })
-        .collect();
+    let args = Backward {
+        d: &d,
+        s,
+        tq,
+        qkv: (qkv, tq_dt),
+        dout: (dout, tdo),
+        out: (out, to),
+        lse,
+    };
+    let grads = backward_f32(&args);
     let sdq = tdq.size_in_bytes();
     dqkv.par_chunks_mut(t * d.row * sdq)
         .zip(grads.par_chunks(d.kv_heads))
