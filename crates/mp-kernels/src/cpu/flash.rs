@@ -275,6 +275,76 @@ fma_dispatch! {
     fn forward_block => forward_body(d: &Dims, i0: usize, q: &[f32], k: &KvHead, v: &KvHead, o: &mut [f32], lse: &mut [f32])
 }
 
+/// The two products of the forward, for query micro-tile `g` of a task against key tile `kb`:
+/// what [`forward_tiles`] needs besides the online softmax.
+trait TileProducts {
+    /// `s[r][j]`: the scaled scores of the micro-tile's [`R`] rows against the tile's keys.
+    fn scores(&self, g: usize, kb: usize, s: &mut Tile);
+    /// `o[r][..] += sum_{j < n} s[r][j] v[kb BC + j][..]` for the [`R`] rows of `o` (rows of
+    /// `hsp`).
+    fn accumulate(&self, s: &Tile, n: usize, kb: usize, o: &mut [f32]);
+}
+
+/// One forward task over its query micro-tiles (`o`: their rows of `hsp`, zeroed here):
+/// FlashAttention-2's loop over the key tiles up to the diagonal with an online softmax,
+/// writing `o / l` and `lse = m + ln l` (for the task's `lse.len()` real rows).
+#[inline(always)]
+fn forward_tiles<const F: bool, K: TileProducts>(
+    k: &K,
+    d: &Dims,
+    i0: usize,
+    o: &mut [f32],
+    lse: &mut [f32],
+) {
+    let hsp = d.hsp;
+    let mut s: Tile = [[0.0; BC]; R];
+    o.fill(0.0);
+    for (g, o) in o.chunks_exact_mut(R * hsp).enumerate() {
+        let first = i0 + g * R;
+        let (mut m, mut l) = ([f32::NEG_INFINITY; R], [0.0f32; R]);
+        for kb in 0..=first / BC {
+            k.scores(g, kb, &mut s);
+            for (r, s) in s.iter_mut().enumerate() {
+                let corr = online_softmax::<F>(s, visible(first + r, kb), &mut m[r], &mut l[r]);
+                if corr != 1.0 {
+                    o[r * hsp..(r + 1) * hsp]
+                        .iter_mut()
+                        .for_each(|x| *x *= corr);
+                }
+            }
+            k.accumulate(&s, visible(first + R - 1, kb), kb, o);
+        }
+        for r in 0..R {
+            let inv = 1.0 / l[r];
+            o[r * hsp..(r + 1) * hsp].iter_mut().for_each(|x| *x *= inv);
+            if let Some(lse) = lse.get_mut(g * R + r) {
+                *lse = m[r] + l[r].ln();
+            }
+        }
+    }
+}
+
+/// The f32 products: pre-scaled queries (rows of `hsp`) against a key/value head.
+struct F32Tiles<'a, const F: bool> {
+    d: &'a Dims,
+    q: &'a [f32],
+    k: &'a KvHead,
+    v: &'a KvHead,
+}
+
+impl<const F: bool> TileProducts for F32Tiles<'_, F> {
+    #[inline(always)]
+    fn scores(&self, g: usize, kb: usize, s: &mut Tile) {
+        let (hs, hsp) = (self.d.hs, self.d.hsp);
+        rows_dot_tile::<F>(&self.q[g * R * hsp..], hsp, hs, self.k.tile(kb, hs), s);
+    }
+    #[inline(always)]
+    fn accumulate(&self, s: &Tile, n: usize, kb: usize, o: &mut [f32]) {
+        let hsp = self.d.hsp;
+        tile_times_rows::<F>(s, n, self.v.block(kb, hsp), hsp, o);
+    }
+}
+
 #[inline(always)]
 fn forward_body<const F: bool>(
     d: &Dims,
@@ -285,37 +355,7 @@ fn forward_body<const F: bool>(
     o: &mut [f32],
     lse: &mut [f32],
 ) {
-    let (hs, hsp) = (d.hs, d.hsp);
-    let mut s: Tile = [[0.0; BC]; R];
-    o.fill(0.0);
-    for (g, (q, o)) in q
-        .chunks_exact(R * hsp)
-        .zip(o.chunks_exact_mut(R * hsp))
-        .enumerate()
-    {
-        let first = i0 + g * R;
-        let (mut m, mut l) = ([f32::NEG_INFINITY; R], [0.0f32; R]);
-        for kb in 0..=first / BC {
-            rows_dot_tile::<F>(q, hsp, hs, k.tile(kb, hs), &mut s);
-            for (r, s) in s.iter_mut().enumerate() {
-                let corr = online_softmax::<F>(s, visible(first + r, kb), &mut m[r], &mut l[r]);
-                if corr != 1.0 {
-                    o[r * hsp..(r + 1) * hsp]
-                        .iter_mut()
-                        .for_each(|x| *x *= corr);
-                }
-            }
-            let n = visible(first + R - 1, kb);
-            tile_times_rows::<F>(&s, n, v.block(kb, hsp), hsp, o);
-        }
-        for r in 0..R {
-            let inv = 1.0 / l[r];
-            o[r * hsp..(r + 1) * hsp].iter_mut().for_each(|x| *x *= inv);
-            if let Some(lse) = lse.get_mut(g * R + r) {
-                *lse = m[r] + l[r].ln();
-            }
-        }
-    }
+    forward_tiles::<F, _>(&F32Tiles::<F> { d, q, k, v }, d, i0, o, lse);
 }
 
 /// What the backward of one query head reads, each `t` rows padded to whole micro-tiles (of
@@ -491,7 +531,8 @@ fn forward_pairs<P: bf16::Kernels>(
         let src = &qkv[(n * d.t + i0) * d.row * 2..(n + 1) * stride];
         let q = bf16::element_pairs(src, d, rows, d.row, h * d.hs);
         let (k, v) = &kv[n * d.kv_heads + h / g];
-        p.forward_block(d, i0, &q, (k, v), o, l);
+        let tiles = bf16::PairTiles { p, d, q: &q, k, v };
+        P::forward_block(&tiles, i0, o, l);
     });
 }
 

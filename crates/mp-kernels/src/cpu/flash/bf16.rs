@@ -17,7 +17,7 @@
 //! for BF16; the softmax statistics, `lse` and the output accumulators stay f32 (the row sum
 //! `l` is of the unrounded `P`).
 
-use super::{BC, Dims, R, Tile, online_softmax, visible};
+use super::{BC, Dims, R, Tile, TileProducts, forward_tiles};
 use crate::cpu::dot_bf16::DotBf16;
 
 // The bodies below are inlined into functions compiled with the primitive's target features;
@@ -218,131 +218,81 @@ fn pairs_times_rows<P: DotBf16>(
     }
 }
 
-/// One forward task (as the parent's `forward_block`, with the queries as element pairs,
-/// `hs2` per row, unscaled).
-#[inline(always)]
-pub(super) fn forward_body<P: DotBf16>(
-    p: P,
-    d: &Dims,
-    i0: usize,
-    q: &[u32],
-    kv: (&KvPairs, &KvPairs),
-    o: &mut [f32],
-    lse: &mut [f32],
-) {
-    let (hs2, hsp) = (d.hs.div_ceil(2), d.hsp);
-    let (k, v) = kv;
-    let mut s: Tile = [[0.0; BC]; R];
-    o.fill(0.0);
-    for (g, (q, o)) in q
-        .chunks_exact(R * hs2)
-        .zip(o.chunks_exact_mut(R * hsp))
-        .enumerate()
-    {
-        let first = i0 + g * R;
-        let (mut m, mut l) = ([f32::NEG_INFINITY; R], [0.0f32; R]);
-        for kb in 0..=first / BC {
-            rows_dot_tile(p, q, hs2, k.element_tile(kb, hs2), d.scale, &mut s);
-            for (r, s) in s.iter_mut().enumerate() {
-                let corr = online_softmax::<true>(s, visible(first + r, kb), &mut m[r], &mut l[r]);
-                if corr != 1.0 {
-                    o[r * hsp..(r + 1) * hsp]
-                        .iter_mut()
-                        .for_each(|x| *x *= corr);
-                }
-            }
-            let n = visible(first + R - 1, kb);
-            let w = key_pairs(p, &s);
-            pairs_times_rows(p, &w, n.div_ceil(2), v.key_tile(kb, hsp), hsp, o);
-        }
-        for r in 0..R {
-            let inv = 1.0 / l[r];
-            o[r * hsp..(r + 1) * hsp].iter_mut().for_each(|x| *x *= inv);
-            if let Some(lse) = lse.get_mut(g * R + r) {
-                *lse = m[r] + l[r].ln();
-            }
-        }
+/// One forward task's pair products: its queries as element pairs (`hs2` per row, unscaled)
+/// against its key/value head.
+pub(super) struct PairTiles<'a, P> {
+    pub(super) p: P,
+    pub(super) d: &'a Dims,
+    pub(super) q: &'a [u32],
+    pub(super) k: &'a KvPairs,
+    pub(super) v: &'a KvPairs,
+}
+
+impl<P: DotBf16> TileProducts for PairTiles<'_, P> {
+    #[inline(always)]
+    fn scores(&self, g: usize, kb: usize, s: &mut Tile) {
+        let hs2 = self.d.hs.div_ceil(2);
+        let (q, k) = (&self.q[g * R * hs2..], self.k.element_tile(kb, hs2));
+        rows_dot_tile(self.p, q, hs2, k, self.d.scale, s);
+    }
+    #[inline(always)]
+    fn accumulate(&self, s: &Tile, n: usize, kb: usize, o: &mut [f32]) {
+        let hsp = self.d.hsp;
+        let w = key_pairs(self.p, s);
+        pairs_times_rows(self.p, &w, n.div_ceil(2), self.v.key_tile(kb, hsp), hsp, o);
     }
 }
 
-/// A [`DotBf16`] primitive that runs [`forward_body`] compiled with the features it needs.
+/// A [`DotBf16`] primitive that runs a forward task compiled with the features it needs (the
+/// default: none needed).
 pub(super) trait Kernels: DotBf16 {
-    /// [`forward_body`] with the primitive's features.
-    fn forward_block(
-        self,
-        d: &Dims,
-        i0: usize,
-        q: &[u32],
-        kv: (&KvPairs, &KvPairs),
-        o: &mut [f32],
-        lse: &mut [f32],
-    );
+    /// One forward task (as the parent's `forward_block`): query rows `i0..` of `tiles`,
+    /// writing `o` and `lse`.
+    fn forward_block(tiles: &PairTiles<'_, Self>, i0: usize, o: &mut [f32], lse: &mut [f32]) {
+        forward_tiles::<true, _>(tiles, tiles.d, i0, o, lse);
+    }
 }
 
 #[cfg(test)]
-impl Kernels for crate::cpu::dot_bf16::Emulated {
-    fn forward_block(
-        self,
-        d: &Dims,
-        i0: usize,
-        q: &[u32],
-        kv: (&KvPairs, &KvPairs),
-        o: &mut [f32],
-        lse: &mut [f32],
-    ) {
-        forward_body(self, d, i0, q, kv, o, lse)
-    }
-}
+impl Kernels for crate::cpu::dot_bf16::Emulated {}
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::*;
     use crate::cpu::dot_bf16::Avx512Bf16;
 
-    /// [`forward_body`] compiled for AVX-512 BF16 (and FMA, for the softmax).
+    /// The forward task compiled for AVX-512 BF16 (AVX-512F brings FMA, which the softmax
+    /// uses).
     ///
     /// # Safety
-    /// The CPU has AVX-512F, AVX-512 BF16, AVX2 and FMA.
-    #[target_feature(enable = "avx512f,avx512bf16,avx2,fma")]
+    /// The CPU has AVX-512F and AVX-512 BF16.
+    #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn forward_avx512(
-        p: Avx512Bf16,
-        d: &Dims,
+        tiles: &PairTiles<'_, Avx512Bf16>,
         i0: usize,
-        q: &[u32],
-        kv: (&KvPairs, &KvPairs),
         o: &mut [f32],
         lse: &mut [f32],
     ) {
-        forward_body(p, d, i0, q, kv, o, lse)
+        forward_tiles::<true, _>(tiles, tiles.d, i0, o, lse);
     }
 
     impl Kernels for Avx512Bf16 {
-        fn forward_block(
-            self,
-            d: &Dims,
-            i0: usize,
-            q: &[u32],
-            kv: (&KvPairs, &KvPairs),
-            o: &mut [f32],
-            lse: &mut [f32],
-        ) {
-            // SAFETY: `self` proves AVX-512F and AVX-512 BF16; `native` checked AVX2 and FMA
-            // (the only way to reach this with a real value).
-            unsafe { forward_avx512(self, d, i0, q, kv, o, lse) }
+        fn forward_block(tiles: &PairTiles<'_, Self>, i0: usize, o: &mut [f32], lse: &mut [f32]) {
+            // SAFETY: `tiles.p` proves AVX-512F and AVX-512 BF16.
+            unsafe { forward_avx512(tiles, i0, o, lse) }
         }
     }
 }
 
-/// The native primitive, when this CPU has AVX-512 BF16 and FMA and `MP_CPU_BF16_ATTENTION`
-/// is not `f32`.
+/// The native primitive, when this CPU has AVX-512 BF16 and `MP_CPU_BF16_ATTENTION` is not
+/// `f32`.
 #[cfg(target_arch = "x86_64")]
 pub(super) fn native() -> Option<crate::cpu::dot_bf16::Avx512Bf16> {
     use std::sync::OnceLock;
     static NATIVE: OnceLock<Option<crate::cpu::dot_bf16::Avx512Bf16>> = OnceLock::new();
     *NATIVE.get_or_init(|| {
         let off = std::env::var("MP_CPU_BF16_ATTENTION").is_ok_and(|v| v == "f32");
-        let fma = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-        crate::cpu::dot_bf16::Avx512Bf16::detect().filter(|_| fma && !off)
+        crate::cpu::dot_bf16::Avx512Bf16::detect().filter(|_| !off)
     })
 }
 
