@@ -48,14 +48,15 @@ pub(super) fn element_pairs(src: &[u8], d: &Dims, rows: usize, row: usize, col: 
     let have = (src.len() / (2 * row)).min(rows);
     let mut out = vec![0u32; rows * hs2];
     for (i, o) in out.chunks_exact_mut(hs2).take(have).enumerate() {
-        let at = i * row + col;
-        for (pi, o) in o.iter_mut().enumerate() {
-            let hi = if 2 * pi + 1 < d.hs {
-                elem(src, at + 2 * pi + 1)
-            } else {
-                0
-            };
-            *o = pair(elem(src, at + 2 * pi), hi);
+        let at = 2 * (i * row + col);
+        // whole pairs are the row's bytes read as little-endian u32; an odd head size ends in
+        // a pair with a zero high half
+        let whole = d.hs / 2;
+        for (o, b) in o.iter_mut().zip(src[at..at + 4 * whole].chunks_exact(4)) {
+            *o = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        if d.hs % 2 == 1 {
+            o[whole] = pair(elem(src, at / 2 + d.hs - 1), 0);
         }
     }
     out
@@ -66,10 +67,13 @@ pub(super) fn element_pairs(src: &[u8], d: &Dims, rows: usize, row: usize, col: 
 fn row_pairs(src: &[u8], d: &Dims, rows: usize, row: usize, col: usize) -> Vec<u32> {
     let have = (src.len() / (2 * row)).min(rows);
     let mut out = vec![0u32; rows.div_ceil(2) * d.hsp];
+    let hs = d.hs;
     for i in 0..have {
-        let o = &mut out[(i / 2) * d.hsp..][..d.hs];
-        for (e, o) in o.iter_mut().enumerate() {
-            *o |= u32::from(elem(src, i * row + col + e)) << (16 * (i % 2));
+        let o = &mut out[(i / 2) * d.hsp..][..hs];
+        let at = 2 * (i * row + col);
+        let shift = 16 * (i % 2);
+        for (o, b) in o.iter_mut().zip(src[at..at + 2 * hs].chunks_exact(2)) {
+            *o |= u32::from(u16::from_le_bytes([b[0], b[1]])) << shift;
         }
     }
     out
