@@ -594,29 +594,11 @@ struct Backward<'a> {
     lse: &'a [f32],
 }
 
-/// The f32 gradients `(dq, dk, dv)` (rows of `hsp`; `dq` of the group's query heads, `tq` rows
-/// each) of each (batch entry, key/value head), one task each. `run(n, kvh, dq, dk, dv)` adds
-/// the unscaled `dS K` to `dq`, and `dK`, `dV` (all zero on entry); `dq` is scaled here.
+/// The f32 gradients `(dq, dk, dv)` of each (batch entry, key/value head): rows of `hsp`,
+/// `dq` for the group's query heads (`tq` rows each).
 type Grads = Vec<(Vec<f32>, Vec<f32>, Vec<f32>)>;
 
 impl Backward<'_> {
-    fn per_kv_head(
-        &self,
-        run: impl Fn(usize, usize, &mut [f32], &mut [f32], &mut [f32]) + Sync,
-    ) -> Grads {
-        let (d, hsp) = (self.d, self.d.hsp);
-        (0..self.s.b * d.kv_heads)
-            .into_par_iter()
-            .map(|nk| {
-                let (mut dk, mut dv) = (vec![0.0f32; d.tp * hsp], vec![0.0f32; d.tp * hsp]);
-                let mut dq = vec![0.0f32; self.s.group() * self.tq * hsp];
-                run(nk / d.kv_heads, nk % d.kv_heads, &mut dq, &mut dk, &mut dv);
-                dq.iter_mut().for_each(|x| *x *= d.scale);
-                (dq, dk, dv)
-            })
-            .collect()
-    }
-
     /// Batch entry `n`'s rows of `x` (rows of `row` elements).
     fn entry<'b>(&self, x: (&'b [u8], DType), n: usize, row: usize) -> &'b [u8] {
         let len = self.d.t * row * x.1.size_in_bytes();
@@ -650,25 +632,34 @@ impl Backward<'_> {
     }
 }
 
-/// The backward with f32 products (any dtypes).
+/// The backward, one task per (batch entry, key/value head): the task owns its key and value
+/// heads' gradients and its query heads', so no two tasks write the same value.
 fn backward_f32(a: &Backward<'_>) -> Grads {
     let (d, g, hsp, dt) = (a.d, a.s.group(), a.d.hsp, a.qkv.1);
-    a.per_kv_head(|n, kvh, dq, dk, dv| {
-        let src = a.entry(a.qkv, n, d.row);
-        let k = KvHead::gather(src, dt, d, d.kv_col(1, kvh));
-        let v = KvHead::gather(src, dt, d, d.kv_col(2, kvh));
-        for (r, dq) in dq.chunks_exact_mut(a.tq * hsp).enumerate() {
-            let h = kvh * g + r;
-            let (dout, delta, lse) = a.head(n, h);
-            let qh = QueryHead {
-                q: gather_rows(src, dt, d, a.tq, d.row, h * d.hs, d.scale),
-                dout,
-                delta,
-                lse,
-            };
-            backward_head(d, &qh, &k, &v, dq, dk, dv);
-        }
-    })
+    (0..a.s.b * d.kv_heads)
+        .into_par_iter()
+        .map(|nk| {
+            let (n, kvh) = (nk / d.kv_heads, nk % d.kv_heads);
+            let src = a.entry(a.qkv, n, d.row);
+            let k = KvHead::gather(src, dt, d, d.kv_col(1, kvh));
+            let v = KvHead::gather(src, dt, d, d.kv_col(2, kvh));
+            let (mut dk, mut dv) = (vec![0.0f32; d.tp * hsp], vec![0.0f32; d.tp * hsp]);
+            let mut dq = vec![0.0f32; g * a.tq * hsp];
+            for (r, dq) in dq.chunks_exact_mut(a.tq * hsp).enumerate() {
+                let h = kvh * g + r;
+                let (dout, delta, lse) = a.head(n, h);
+                let qh = QueryHead {
+                    q: gather_rows(src, dt, d, a.tq, d.row, h * d.hs, d.scale),
+                    dout,
+                    delta,
+                    lse,
+                };
+                backward_head(d, &qh, &k, &v, dq, &mut dk, &mut dv);
+                dq.iter_mut().for_each(|x| *x *= d.scale);
+            }
+            (dq, dk, dv)
+        })
+        .collect()
 }
 
 /// [`crate::AttentionOps::attention_backward`]: `dqkv += ..` (the contract already checked the
