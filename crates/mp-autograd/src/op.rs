@@ -77,6 +77,14 @@ pub trait TapeOp<B: Backend> {
     fn saved_bytes(&self) -> usize {
         0
     }
+
+    /// The activations of the output's shape the op keeps inside itself for its backward
+    /// (as `linear_gelu` keeps the GELU's input), each with a name for it: listed by
+    /// [`Tape::saved_activations`] beside the tape's own (statistics such as a norm's are not
+    /// activations and are not listed).
+    fn saved_activations(&self) -> Vec<(&'static str, View<'_, B::Buffer>)> {
+        Vec::new()
+    }
 }
 
 /// What a forward produces: the output's buffer and shape.

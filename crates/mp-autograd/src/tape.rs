@@ -348,9 +348,10 @@ impl<'a, B: Backend> Tape<'a, B> {
 
     /// The activations the backward pass will read, in recording order: every buffer the
     /// tape allocated (op outputs and their autocast casts; not inputs, parameters or their
-    /// casts) that a recorded op took as an input. What ops keep inside themselves (the
-    /// norms' and attention's FP32 statistics) is not listed. Named `scope/op.k` (see
-    /// [`SavedActivation::name`]).
+    /// casts) that a recorded op took as an input, and the activations ops keep inside
+    /// themselves ([`crate::TapeOp::saved_activations`], named `scope/op.k/what`, before the
+    /// op's output). The statistics ops keep (the norms' and attention's FP32 row statistics)
+    /// are not listed. Named `scope/op.k` (see [`SavedActivation::name`]).
     pub fn saved_activations(&self) -> Vec<SavedActivation<'_, B>> {
         let mut read = vec![false; self.nodes.len()];
         for r in self.nodes.iter().filter_map(|n| n.op.as_ref()) {
@@ -359,21 +360,38 @@ impl<'a, B: Backend> Tape<'a, B> {
         let mut counts: HashMap<(usize, &'static str), usize> = HashMap::new();
         let mut out = Vec::new();
         for (i, n) in self.nodes.iter().enumerate() {
-            let Value::Owned(buf) = &n.value else {
-                continue;
+            let inner =
+                n.op.as_ref()
+                    .map_or_else(Vec::new, |r| r.op.saved_activations());
+            let own = match &n.value {
+                Value::Owned(buf) if read[i] && !matches!(n.made_by, "input" | "param_cast") => {
+                    Some(buf.view())
+                }
+                _ => None,
             };
-            if !read[i] || matches!(n.made_by, "input" | "param_cast") {
+            if inner.is_empty() && own.is_none() {
                 continue;
             }
             let k = counts.entry((n.scope, n.made_by)).or_default();
             let scope = &self.scopes[n.scope];
             let sep = if scope.is_empty() { "" } else { "/" };
-            out.push(SavedActivation {
-                name: format!("{scope}{sep}{}.{k}", n.made_by),
-                shape: n.shape.clone(),
-                dtype: n.dtype,
-                view: buf.view(),
-            });
+            let name = format!("{scope}{sep}{}.{k}", n.made_by);
+            for (what, view) in inner {
+                out.push(SavedActivation {
+                    name: format!("{name}/{what}"),
+                    shape: n.shape.clone(),
+                    dtype: view.dtype(),
+                    view,
+                });
+            }
+            if let Some(view) = own {
+                out.push(SavedActivation {
+                    name,
+                    shape: n.shape.clone(),
+                    dtype: n.dtype,
+                    view,
+                });
+            }
             *k += 1;
         }
         out

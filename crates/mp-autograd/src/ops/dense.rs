@@ -1,9 +1,11 @@
-//! GEMM ops: `linear` (a weight of HF `Conv1D` or `nn.Linear` layout, optional bias) and
-//! batched `matmul` of two activations. Both lower their inputs under autocast and
-//! accumulate in FP32.
+//! GEMM ops: `linear` (a weight of HF `Conv1D` or `nn.Linear` layout, optional bias), the
+//! MLP's fusions of a linear and its GELU (`linear_gelu`, `gelu_linear`) and batched `matmul`
+//! of two activations. All lower their inputs under autocast and accumulate in FP32; the
+//! linear layers' epilogues (bias, GELU, the GELU's gradient, the bias gradient) are the
+//! backend's fused GEMMs ([`mp_kernels::GemmOps`]).
 
 use mp_dtype::DType;
-use mp_kernels::{Backend, BufferExt, Gemm, UnaryOp};
+use mp_kernels::{Backend, BiasGradOf, BufferExt, DeviceBuffer, Gemm, UnaryOp, View};
 
 use crate::op::{Backward, Forward, Grads, Output, TapeOp};
 use crate::policy::CastPolicy;
@@ -67,37 +69,55 @@ fn linear_forward<B: Backend>(
     Ok(out)
 }
 
-/// `dx += dy W^T`: the input gradient of [`linear_forward`].
+/// `(rows, din, dout)` of a linear op's product, from its input and weight shapes.
+fn linear_sizes<B: Backend>(cx: &Backward<'_, '_, B>) -> (usize, usize, usize) {
+    let din = *cx.shape(0).last().expect("checked in forward");
+    let rows = numel(cx.shape(0)) / din.max(1);
+    (rows, din, numel(cx.shape(1)) / din.max(1))
+}
+
+/// The product `dy W^T` of [`linear_forward`]'s input gradient (`beta`: 1 accumulates into
+/// C, 0 overwrites).
+fn linear_dx_spec<B: Backend>(cx: &Backward<'_, '_, B>, layout: WeightLayout, beta: f32) -> Gemm {
+    let (rows, din, dout) = linear_sizes(cx);
+    Gemm {
+        trans_b: layout == WeightLayout::InOut,
+        beta,
+        ..Gemm::new(rows, din, dout)
+    }
+}
+
+/// `dx += dy W^T`: the input gradient of [`linear_forward`] from the output gradient `dy`.
 fn linear_dx<B: Backend>(
     cx: &Backward<'_, '_, B>,
     layout: WeightLayout,
+    dy: View<'_, B::Buffer>,
     dx: mp_kernels::ViewMut<'_, B::Buffer>,
 ) -> Result<()> {
-    let din = *cx.shape(0).last().expect("checked in forward");
-    let rows = numel(cx.shape(0)) / din.max(1);
-    let dout = numel(cx.shape(1)) / din.max(1);
-    let spec = Gemm {
-        trans_b: layout == WeightLayout::InOut,
-        beta: 1.0,
-        ..Gemm::new(rows, din, dout)
-    };
-    cx.backend().gemm(cx.dy()?, cx.value(1)?, dx, &spec)?;
+    let spec = linear_dx_spec(cx, layout, 1.0);
+    cx.backend().gemm(dy, cx.value(1)?, dx, &spec)?;
     Ok(())
 }
 
-/// The weight's and bias's gradients of [`linear_forward`] with input `x` (`rows x din`),
-/// into inputs 1 and 2 of `g`.
+/// The weight's and bias's gradients of [`linear_forward`] with input `x` (`rows x din`)
+/// and output gradient `dy`, into inputs 1 and 2 of `g`: one GEMM with the bias gradient
+/// in its epilogue when both are wanted ([`mp_kernels::GemmOps::gemm_bias_grad`]).
 fn linear_dw_db<B: Backend>(
     cx: &Backward<'_, '_, B>,
     g: &mut Grads<'_, '_, B>,
     layout: WeightLayout,
-    x: mp_kernels::View<'_, B::Buffer>,
+    x: View<'_, B::Buffer>,
+    dy: View<'_, B::Buffer>,
 ) -> Result<()> {
     let be = cx.backend();
-    let din = *cx.shape(0).last().expect("checked in forward");
-    let rows = numel(cx.shape(0)) / din.max(1);
-    let dout = numel(cx.shape(1)) / din.max(1);
-    let dy = cx.dy()?;
+    let (rows, din, dout) = linear_sizes(cx);
+    let has_bias = cx.inputs() == 3;
+    // both gradients from one GEMM: the bias's sums into an FP32 scratch (the weight's
+    // gradient holds `g` borrowed), added into its gradient after
+    let mut db = match has_bias && g.needs(1) && g.needs(2) {
+        true => Some(cx.alloc(DType::F32, dout)?),
+        false => None,
+    };
     if let Some(dw) = g.get(1)? {
         let spec = Gemm {
             trans_a: true,
@@ -107,15 +127,22 @@ fn linear_dw_db<B: Backend>(
                 WeightLayout::OutIn => Gemm::new(dout, din, rows), // dW[out, in] += dy^T x
             }
         };
-        match layout {
-            WeightLayout::InOut => be.gemm(x, dy, dw, &spec)?,
-            WeightLayout::OutIn => be.gemm(dy, x, dw, &spec)?,
+        let (a, b, of) = match layout {
+            WeightLayout::InOut => (x, dy, BiasGradOf::B),
+            WeightLayout::OutIn => (dy, x, BiasGradOf::A),
+        };
+        match db.as_mut() {
+            Some(db) => be.gemm_bias_grad(a, b, dw, db.view_mut(), of, &spec)?,
+            None => be.gemm(a, b, dw, &spec)?,
         }
     }
-    if cx.inputs() == 3
-        && let Some(db) = g.get(2)?
-    {
-        be.sum_cols_acc(dy, db)?;
+    match db {
+        Some(db) => g.add(2, db.view())?,
+        None => {
+            if has_bias && let Some(db) = g.get(2)? {
+                be.sum_cols_acc(dy, db)?;
+            }
+        }
     }
     Ok(())
 }
@@ -140,10 +167,84 @@ impl<B: Backend> TapeOp<B> for Linear {
         Ok(Output::new(out, &out_shape(cx.shape(0), dims.2)))
     }
     fn backward(&self, cx: &Backward<'_, '_, B>, g: &mut Grads<'_, '_, B>) -> Result<()> {
+        let dy = cx.dy()?;
         if let Some(dx) = g.get(0)? {
-            linear_dx(cx, self.layout, dx)?;
+            linear_dx(cx, self.layout, dy, dx)?;
         }
-        linear_dw_db(cx, g, self.layout, cx.value(0)?)
+        linear_dw_db(cx, g, self.layout, cx.value(0)?, dy)
+    }
+}
+
+/// `gelu(x W + b)` (GELU, tanh approximation) in one GEMM with the GELU in its epilogue
+/// ([`mp_kernels::GemmOps::gemm_bias_gelu`]), saving the GELU's input for the backward: the
+/// values and gradients of [`Tape::linear`] then [`Tape::gelu`] (bit for bit where the
+/// backend composes the epilogue, as the CPU does), and one pass over the MLP's `4c`-wide
+/// activation fewer where it fuses it (cuBLASLt's `GELU_AUX_BIAS`).
+pub struct LinearGelu<B: Backend> {
+    /// The weight's layout.
+    pub layout: WeightLayout,
+    /// The GELU's input `x W + b`, kept for the backward.
+    pre: Option<B::Buffer>,
+}
+
+impl<B: Backend> LinearGelu<B> {
+    /// `gelu(x W + b)` with a weight of `layout`.
+    pub fn new(layout: WeightLayout) -> Self {
+        LinearGelu { layout, pre: None }
+    }
+}
+
+impl<B: Backend> TapeOp<B> for LinearGelu<B> {
+    fn name(&self) -> &'static str {
+        "linear_gelu"
+    }
+    fn cast_policy(&self) -> CastPolicy {
+        CastPolicy::Lower
+    }
+    fn forward(&mut self, cx: &Forward<'_, '_, B>) -> Result<Output<B>> {
+        let (rows, din, dout) = (Linear {
+            layout: self.layout,
+        })
+        .dims(cx)?;
+        let be = cx.backend();
+        let spec = Gemm {
+            trans_b: self.layout == WeightLayout::OutIn,
+            ..Gemm::new(rows, dout, din)
+        };
+        let (x, w) = (cx.value(0)?, cx.value(1)?);
+        let mut pre = cx.alloc(cx.out_dtype(), rows * dout)?;
+        let mut out = cx.alloc(cx.out_dtype(), rows * dout)?;
+        if cx.inputs() == 3 {
+            be.gemm_bias_gelu(x, w, cx.value(2)?, pre.view_mut(), out.view_mut(), &spec)?;
+        } else {
+            be.gemm(x, w, pre.view_mut(), &spec)?;
+            be.unary(UnaryOp::GeluTanh, pre.view(), out.view_mut())?;
+        }
+        if cx.grad_enabled() {
+            self.pre = Some(pre);
+        }
+        Ok(Output::new(out, &out_shape(cx.shape(0), dout)))
+    }
+    fn backward(&self, cx: &Backward<'_, '_, B>, g: &mut Grads<'_, '_, B>) -> Result<()> {
+        let Some(pre) = &self.pre else {
+            return Ok(());
+        };
+        let be = cx.backend();
+        // the GELU's input gradient in its dtype, as the unfused graph's gelu backward makes it
+        let mut dpre = cx.zeros(pre.dtype(), pre.len())?;
+        be.unary_backward(UnaryOp::GeluTanh, pre.view(), cx.dy()?, dpre.view_mut())?;
+        if let Some(dx) = g.get(0)? {
+            linear_dx(cx, self.layout, dpre.view(), dx)?;
+        }
+        linear_dw_db(cx, g, self.layout, cx.value(0)?, dpre.view())
+    }
+    fn saved_bytes(&self) -> usize {
+        self.pre
+            .as_ref()
+            .map_or(0, |p| p.len() * p.dtype().size_in_bytes())
+    }
+    fn saved_activations(&self) -> Vec<(&'static str, View<'_, B::Buffer>)> {
+        self.pre.iter().map(|p| ("pre", p.view())).collect()
     }
 }
 
@@ -192,16 +293,15 @@ impl<B: Backend> TapeOp<B> for GeluLinear {
         let act = self.act.unwrap_or(cx.dtype(0));
         let mut h = cx.alloc(act, x.len)?;
         be.unary(UnaryOp::GeluTanh, x, h.view_mut())?;
-        if g.needs(0) {
-            // dh = dy W^T in the GELU output's dtype (one rounding, as a fresh gradient of
-            // the unfused graph), then dx += gelu'(x) dh
-            let mut dh = cx.zeros(act, x.len)?;
-            linear_dx(cx, self.layout, dh.view_mut())?;
-            if let Some(dx) = g.get(0)? {
-                be.unary_backward(UnaryOp::GeluTanh, x, dh.view(), dx)?;
-            }
+        let dy = cx.dy()?;
+        if let Some(dx) = g.get(0)? {
+            // dx += gelu'(x) (dy W^T), the product rounded to x's dtype first (a fresh
+            // gradient of the unfused graph's GELU output): the GELU's gradient in the GEMM's
+            // epilogue where the backend has one (cuBLASLt's DGELU)
+            let spec = linear_dx_spec(cx, self.layout, 0.0);
+            be.gemm_dgelu(dy, cx.value(1)?, x, dx, &spec)?;
         }
-        linear_dw_db(cx, g, self.layout, h.view())
+        linear_dw_db(cx, g, self.layout, h.view(), dy)
     }
 }
 
@@ -325,6 +425,20 @@ impl<'a, B: Backend> Tape<'a, B> {
         self.apply(GeluLinear::new(layout), &ins)
     }
 
+    /// `gelu(linear(x, w, b))` in one op (see [`LinearGelu`]): the GELU in the GEMM's epilogue
+    /// where the backend has one, its input saved for the backward.
+    pub fn linear_gelu(
+        &mut self,
+        x: Tensor,
+        w: Tensor,
+        b: Option<Tensor>,
+        layout: WeightLayout,
+    ) -> Result<Tensor> {
+        let mut ins = vec![x, w];
+        ins.extend(b);
+        self.apply(LinearGelu::new(layout), &ins)
+    }
+
     /// The batched matrix product `a @ b`: `a [.., m, k]` with `b [.., k, n]` (same leading
     /// dimensions) or `b [k, n]`; returns `[.., m, n]`.
     pub fn matmul(&mut self, a: Tensor, b: Tensor) -> Result<Tensor> {
@@ -367,42 +481,96 @@ mod tests {
         }));
     }
 
-    /// The recomputing op gives the unfused graph's values and gradients bit for bit, in
-    /// FP32 and under BF16 autocast.
-    #[test]
-    fn gelu_linear_equals_gelu_then_linear() {
+    type Cpu = mp_kernels::CpuBackend;
+    /// A graph of the MLP's linear and GELU over `(x, w, b)`.
+    type MlpGraph = fn(
+        &mut crate::Tape<'_, Cpu>,
+        crate::Tensor,
+        crate::Tensor,
+        crate::Tensor,
+    ) -> crate::Result<crate::Tensor>;
+
+    /// `fused` gives `unfused`'s values and gradients (of x, W and b) bit for bit on the CPU
+    /// (whose epilogues are the compositions), in FP32 and under BF16 autocast, `x` the
+    /// lowered output of another op as in the MLP.
+    fn assert_same_as_unfused(fused: MlpGraph, unfused: MlpGraph) {
         use crate::{Autocast, Tape};
+        use mp_kernels::DType;
         use mp_kernels::prelude::*;
-        use mp_kernels::{CpuBackend, DType};
-        let be = CpuBackend::new();
-        let (rows, din, dout) = (7, 12, 5);
+        let be = Cpu::new();
+        let (rows, din, dout) = (7, 12, 16);
         let n = rows * din + din * dout + dout;
         let master = be
             .upload_f32(&crate::gradcheck::randn(9, n), DType::F32)
             .unwrap();
         for autocast in [Autocast::OFF, Autocast::to(DType::BF16)] {
-            let run = |fused: bool| {
+            let run = |graph: MlpGraph| {
                 let mut grads = be.zeros(DType::F32, n).unwrap();
                 let mut t = Tape::new(&be).with_params(&master).with_autocast(autocast);
                 let x = t.param_at(0, &[rows, din]).unwrap();
                 let w = t.param_at(rows * din, &[din, dout]).unwrap();
                 let b = t.param_at(rows * din + din * dout, &[dout]).unwrap();
-                // the MLP's case: the GELU's input is a (lowered) linear output
                 let x = t.scale(x, 1.0).unwrap();
                 let x = t.cast(x, autocast.dtype.unwrap_or(DType::F32)).unwrap();
-                let y = if fused {
-                    t.gelu_linear(x, w, Some(b), WeightLayout::InOut).unwrap()
-                } else {
-                    let h = t.gelu(x).unwrap();
-                    t.linear(h, w, Some(b), WeightLayout::InOut).unwrap()
-                };
+                let y = graph(&mut t, x, w, b).unwrap();
                 let out = t.to_vec_f32(y).unwrap();
                 let loss = t.sum(y).unwrap();
                 t.backward(loss, 1.0, &mut grads).unwrap();
                 (out, be.download_f32(grads.view()).unwrap())
             };
-            assert_eq!(run(true), run(false), "{autocast:?}");
+            assert_eq!(run(fused), run(unfused), "{autocast:?}");
         }
+    }
+
+    /// The recomputing op gives the unfused graph's values and gradients bit for bit.
+    #[test]
+    fn gelu_linear_equals_gelu_then_linear() {
+        assert_same_as_unfused(
+            |t, x, w, b| t.gelu_linear(x, w, Some(b), WeightLayout::InOut),
+            |t, x, w, b| {
+                let h = t.gelu(x)?;
+                t.linear(h, w, Some(b), WeightLayout::InOut)
+            },
+        );
+    }
+
+    /// The GELU-epilogue op gives the unfused graph's values and gradients bit for bit.
+    #[test]
+    fn linear_gelu_equals_linear_then_gelu() {
+        assert_same_as_unfused(
+            |t, x, w, b| t.linear_gelu(x, w, Some(b), WeightLayout::InOut),
+            |t, x, w, b| {
+                let f = t.linear(x, w, Some(b), WeightLayout::InOut)?;
+                t.gelu(f)
+            },
+        );
+    }
+
+    #[test]
+    fn linear_gelu_both_layouts() {
+        let c = GradCheck::new(
+            &[("x", &[6, 5]), ("w", &[5, 3]), ("b", &[3]), ("v", &[3, 5])],
+            5,
+        );
+        assert_ok(c.run("linear_gelu InOut", |t, p| {
+            t.linear_gelu(p[0], p[1], Some(p[2]), WeightLayout::InOut)
+        }));
+        assert_ok(c.run("linear_gelu OutIn", |t, p| {
+            t.linear_gelu(p[0], p[3], Some(p[2]), WeightLayout::OutIn)
+        }));
+        assert_ok(c.run("linear_gelu OutIn without bias", |t, p| {
+            t.linear_gelu(p[0], p[3], None, WeightLayout::OutIn)
+        }));
+    }
+
+    /// A bias gradient with the weight's from one GEMM, for both layouts (the `[out, in]`
+    /// layout sums the product's A, the `[in, out]` one its B).
+    #[test]
+    fn linear_torch_layout_with_bias() {
+        let c = GradCheck::new(&[("x", &[2, 3, 4]), ("w", &[7, 4]), ("b", &[7])], 3);
+        assert_ok(c.run("linear OutIn", |t, p| {
+            t.linear(p[0], p[1], Some(p[2]), WeightLayout::OutIn)
+        }));
     }
 
     #[test]

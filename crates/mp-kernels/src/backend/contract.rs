@@ -733,6 +733,88 @@ pub fn gemm_bias<B: MemoryOps + ?Sized>(
     Ok(span)
 }
 
+/// [`super::GemmOps::gemm_bias_gelu`]: what [`gemm_bias`] checks (`pre` as C), and `out`
+/// of `m x n` elements of `pre`'s dtype. Returns C's span (0: nothing to do).
+pub fn gemm_bias_gelu<B: MemoryOps + ?Sized>(
+    be: &B,
+    a: &V<'_, B>,
+    b: &V<'_, B>,
+    bias: &V<'_, B>,
+    pre: &M<'_, B>,
+    out: &M<'_, B>,
+    spec: &Gemm,
+) -> Result<usize> {
+    let span = gemm_bias(be, a, b, bias, pre, spec)?;
+    let c = Check::new(be, "gemm_bias_gelu");
+    c.view_mut("out", out)?;
+    c.len("pre", pre.len, c.mul(spec.m, spec.n)?)?;
+    c.len("out", out.len, c.mul(spec.m, spec.n)?)?;
+    c.dtype("out", out.dtype(), pre.dtype())?;
+    Ok(span)
+}
+
+/// [`super::GemmOps::gemm_dgelu`]: what [`gemm()`] checks (`dx` as C), one product that does
+/// not read C (`batch` 1, `beta` 0), `pre` and `dx` of `m x n`. Returns C's span (0: nothing
+/// to do).
+pub fn gemm_dgelu<B: MemoryOps + ?Sized>(
+    be: &B,
+    a: &V<'_, B>,
+    b: &V<'_, B>,
+    pre: &V<'_, B>,
+    dx: &M<'_, B>,
+    spec: &Gemm,
+) -> Result<usize> {
+    let span = gemm(be, a, b, dx, spec)?;
+    let c = Check::new(be, "gemm_dgelu");
+    c.view("pre", pre)?;
+    if spec.batch != 1 || spec.beta != 0.0 {
+        return Err(c.shape_err(format!(
+            "batch {} and beta {}: the GELU gradient's product is one product that does not \
+             read C",
+            spec.batch, spec.beta
+        )));
+    }
+    c.len("pre", pre.len, c.mul(spec.m, spec.n)?)?;
+    c.len("dx", dx.len, c.mul(spec.m, spec.n)?)?;
+    Ok(span)
+}
+
+/// [`super::GemmOps::gemm_bias_grad`]: what [`gemm()`] checks, one product (`batch` 1), the
+/// operand `of` names stored `k`-major (A `trans_a`, B not `trans_b`) and `dbias` of its
+/// `m` (A) or `n` (B) elements. Returns C's span (0: nothing to do).
+pub fn gemm_bias_grad<B: MemoryOps + ?Sized>(
+    be: &B,
+    a: &V<'_, B>,
+    b: &V<'_, B>,
+    cv: &M<'_, B>,
+    dbias: &M<'_, B>,
+    of: super::gemm::BiasGradOf,
+    spec: &Gemm,
+) -> Result<usize> {
+    use super::gemm::BiasGradOf;
+    let span = gemm(be, a, b, cv, spec)?;
+    let c = Check::new(be, "gemm_bias_grad");
+    c.view_mut("dbias", dbias)?;
+    if spec.batch != 1 {
+        return Err(c.shape_err(format!(
+            "batch {}: a bias gradient comes from one product",
+            spec.batch
+        )));
+    }
+    let (k_major, len) = match of {
+        BiasGradOf::A => (spec.trans_a, spec.m),
+        BiasGradOf::B => (!spec.trans_b, spec.n),
+    };
+    if !k_major {
+        return Err(c.shape_err(format!(
+            "the bias gradient of {of:?} needs it stored k-major (trans_a {}, trans_b {})",
+            spec.trans_a, spec.trans_b
+        )));
+    }
+    c.len("dbias", dbias.len, len)?;
+    Ok(span)
+}
+
 /// Attention: `c` divisible by `heads`, `heads` by `kv_heads`, `qkv` of
 /// `b x t x (c + 2 kv_heads hs)`, `out` of `b x t x c`, `lse` of `b x heads x t` (the named
 /// views' lengths); returns the head size.

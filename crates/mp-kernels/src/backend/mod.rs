@@ -43,7 +43,10 @@ pub mod rows;
 
 pub use attention::{Attention, AttentionOps, Heads, LayoutOps, Rope};
 pub use embedding::EmbeddingOps;
-pub use gemm::{Gemm, GemmOps, compose_gemm_bias};
+pub use gemm::{
+    BiasGradOf, Gemm, GemmOps, compose_gemm_bias, compose_gemm_bias_gelu, compose_gemm_bias_grad,
+    compose_gemm_dgelu,
+};
 pub use loss::LossOps;
 pub use memory::{DeviceComm, MemoryOps};
 pub use mp_dtype::Rounding;

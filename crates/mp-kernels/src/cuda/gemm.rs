@@ -1,8 +1,9 @@
 //! Matrix products through cuBLASLt: row-major `C = alpha op(A) op(B) + beta C` mapped onto
 //! column-major cuBLAS by computing `C^T = op(B)^T op(A)^T`, strided batches, FP32 compute
 //! (TF32 tensor cores for FP32 inputs when enabled), one workspace buffer and a cache of the
-//! heuristic's algorithm per problem. A linear layer's bias rides in the `BIAS` epilogue (a
-//! bias per row of cuBLAS's column-major `C^T`, which is a bias per column of our C).
+//! heuristic's algorithm per problem. A linear layer's epilogues ride in cuBLASLt's (see
+//! [`Epilogue`]): cuBLAS's column-major `C^T` has a row per column of our C, so a bias per
+//! column of C is cuBLAS's bias per row, and cuBLAS's `A` and `B` are our B and A.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -38,6 +39,60 @@ pub(crate) fn supported(ab: DType, c: DType) -> bool {
     )
 }
 
+/// The epilogue of a product. Its vectors and matrices are given per call ([`Vectors`]); the
+/// aux matrix (the GELU's input) is `m x n` row-major like our C, of C's dtype.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Epilogue {
+    /// The product alone.
+    None,
+    /// `+ bias[j]` per column of C (`BIAS`), the bias of C's dtype.
+    Bias,
+    /// `C = gelu(product + bias)`, the GELU's input written to the aux matrix
+    /// (`GELU_AUX_BIAS`).
+    GeluAuxBias,
+    /// `C = product * gelu'(aux)` (`DGELU`).
+    DGelu,
+    /// The bias vector (C's dtype) overwritten with the sums over `k` of our A (`BGRADB`:
+    /// cuBLAS's B), `m` elements.
+    BiasGradOfA,
+    /// The same of our B (`BGRADA`: cuBLAS's A), `n` elements.
+    BiasGradOfB,
+}
+
+impl Epilogue {
+    fn raw(self) -> sys::cublasLtEpilogue_t {
+        use sys::cublasLtEpilogue_t as E;
+        match self {
+            Epilogue::None => E::CUBLASLT_EPILOGUE_DEFAULT,
+            Epilogue::Bias => E::CUBLASLT_EPILOGUE_BIAS,
+            Epilogue::GeluAuxBias => E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
+            Epilogue::DGelu => E::CUBLASLT_EPILOGUE_DGELU,
+            Epilogue::BiasGradOfA => E::CUBLASLT_EPILOGUE_BGRADB,
+            Epilogue::BiasGradOfB => E::CUBLASLT_EPILOGUE_BGRADA,
+        }
+    }
+
+    /// Whether the epilogue reads or writes the bias vector.
+    fn has_bias(self) -> bool {
+        !matches!(self, Epilogue::None | Epilogue::DGelu)
+    }
+
+    /// Whether the epilogue reads or writes the aux matrix.
+    fn has_aux(self) -> bool {
+        matches!(self, Epilogue::GeluAuxBias | Epilogue::DGelu)
+    }
+}
+
+/// The device addresses an epilogue takes besides A, B and C: exactly those its
+/// [`Epilogue`] names.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Vectors {
+    /// The bias (read), or the bias gradient (written).
+    pub bias: Option<u64>,
+    /// The aux matrix: the GELU's input, written by `GeluAuxBias`, read by `DGelu`.
+    pub aux: Option<u64>,
+}
+
 /// One product in column-major cuBLAS terms (after the row-major swap).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Problem {
@@ -59,8 +114,8 @@ pub(crate) struct Problem {
     pub tf32: bool,
     /// The largest power of two (<= 16) dividing each pointer: A, B, C.
     pub align: [u32; 3],
-    /// The `BIAS` epilogue with a bias vector of C's dtype (its pointer is given per call).
-    pub bias: bool,
+    /// The epilogue; its pointers are given per call.
+    pub epilogue: Epilogue,
 }
 
 struct Layout(sys::cublasLtMatrixLayout_t);
@@ -117,7 +172,7 @@ impl Drop for Pref {
 
 /// Descriptors and the chosen algorithm of one problem, built once and reused.
 struct Plan {
-    /// Held while a call sets the descriptor's bias pointer and enqueues the product.
+    /// Held while a call sets the descriptor's epilogue pointers and enqueues the product.
     call: Mutex<()>,
     desc: Desc,
     a: Layout,
@@ -226,25 +281,39 @@ impl Lt {
             sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
             p.trans_a,
         )?;
-        if p.bias {
-            let epilogue = sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
+        if p.epilogue != Epilogue::None {
+            use sys::cublasLtMatmulDescAttributes_t as D;
+            let epilogue = p.epilogue.raw();
             let ty = cuda_type(p.c).ok_or_else(|| format!("no cuBLASLt type for {}", p.c))?;
+            // the aux matrix is cuBLAS's column-major n x m: its leading dimension is our n
+            let aux_ld = p.n as i64;
             // SAFETY: desc is live; the values outlive the calls.
             unsafe {
                 lt::set_matmul_desc_attribute(
                     desc.0,
-                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
+                    D::CUBLASLT_MATMUL_DESC_EPILOGUE,
                     (&epilogue) as *const sys::cublasLtEpilogue_t as *const c_void,
                     std::mem::size_of::<sys::cublasLtEpilogue_t>(),
                 )
                 .map_err(fmt)?;
-                lt::set_matmul_desc_attribute(
-                    desc.0,
-                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
-                    (&ty) as *const sys::cudaDataType as *const c_void,
-                    std::mem::size_of::<sys::cudaDataType>(),
-                )
-                .map_err(fmt)?;
+                if p.epilogue.has_bias() {
+                    lt::set_matmul_desc_attribute(
+                        desc.0,
+                        D::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                        (&ty) as *const sys::cudaDataType as *const c_void,
+                        std::mem::size_of::<sys::cudaDataType>(),
+                    )
+                    .map_err(fmt)?;
+                }
+                if p.epilogue.has_aux() {
+                    lt::set_matmul_desc_attribute(
+                        desc.0,
+                        D::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
+                        (&aux_ld) as *const i64 as *const c_void,
+                        std::mem::size_of::<i64>(),
+                    )
+                    .map_err(fmt)?;
+                }
             }
         }
         // stored column-major shapes: our B is (n x k) col-major view when !trans_b
@@ -308,33 +377,37 @@ impl Lt {
         }))
     }
 
-    /// Launches `C = alpha op(A) op(B) + beta C (+ bias)` on `stream` (asynchronous). `a`,
-    /// `b`, `c` are device addresses of element 0 of the first batch of each operand; `bias`
-    /// is the address of the bias vector, given exactly when `p.bias`.
+    /// Launches `C = epilogue(alpha op(A) op(B) + beta C)` on `stream` (asynchronous). `a`,
+    /// `b`, `c` are device addresses of element 0 of the first batch of each operand; `vecs`
+    /// holds exactly the addresses `p.epilogue` takes.
     pub(crate) fn matmul(
         &self,
         stream: &CudaStream,
         p: &Problem,
         (a, b, c): (u64, u64, u64),
-        bias: Option<u64>,
+        vecs: Vectors,
         alpha: f32,
         beta: f32,
     ) -> Result<(), String> {
         let plan = self.plan(p)?;
-        if bias.is_some() != p.bias {
-            return Err(format!(
-                "bias pointer {bias:?} for a problem with bias = {}: {p:?}",
-                p.bias
-            ));
+        if vecs.bias.is_some() != p.epilogue.has_bias()
+            || vecs.aux.is_some() != p.epilogue.has_aux()
+        {
+            return Err(format!("epilogue pointers {vecs:?} for {p:?}"));
         }
         let _call = plan.call.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(ptr) = bias {
+        use sys::cublasLtMatmulDescAttributes_t as D;
+        for (attr, ptr) in [
+            (D::CUBLASLT_MATMUL_DESC_BIAS_POINTER, vecs.bias),
+            (D::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, vecs.aux),
+        ] {
+            let Some(ptr) = ptr else { continue };
             // SAFETY: desc is live; the pointer value outlives the call (cuBLASLt copies it),
             // and the lock keeps another call from changing it before this one is enqueued.
             unsafe {
                 lt::set_matmul_desc_attribute(
                     plan.desc.0,
-                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                    attr,
                     (&ptr) as *const u64 as *const c_void,
                     std::mem::size_of::<u64>(),
                 )

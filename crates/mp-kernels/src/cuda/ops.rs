@@ -5,7 +5,7 @@ use cudarc::driver::sys::CUfunction_attribute_enum;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use mp_dtype::DType;
 
-use super::gemm::{self, Problem};
+use super::gemm::{self, Epilogue, Problem, Vectors};
 use super::kernels::module_of;
 use super::{Arg, CudaBackend, CudaBuffer, CudaIndex, Pw, dt_code};
 use crate::Result;
@@ -127,7 +127,13 @@ impl CudaBackend {
         let pc = tc
             .as_ref()
             .map_or_else(|| self.addr(c.buf, c.offset), |t| self.temp_ptr(t));
-        self.gemm_raw((in_dt, out_dt), (pa, pb, pc), spec, None)?;
+        self.gemm_raw(
+            (in_dt, out_dt),
+            (pa, pb, pc),
+            spec,
+            Epilogue::None,
+            Vectors::default(),
+        )?;
         if let Some(t) = &tc {
             let src = Arg {
                 ptr: self.temp_ptr(t),
@@ -150,14 +156,14 @@ impl CudaBackend {
     }
 
     /// The cuBLASLt problem of `batch` products of `s` on operands of dtypes `(ab, cdt)` at
-    /// device addresses `(pa, pb, pc)`, with the `BIAS` epilogue when `bias`.
+    /// device addresses `(pa, pb, pc)`, with `epilogue`.
     fn problem(
         &self,
         (ab, cdt): (DType, DType),
         (pa, pb, pc): (u64, u64, u64),
         s: &Gemm,
         batch: usize,
-        bias: bool,
+        epilogue: Epilogue,
     ) -> Problem {
         let (sa, sb, sc) = (
             s.stride_a * ab.size_in_bytes(),
@@ -184,19 +190,20 @@ impl CudaBackend {
                 gemm::alignment(pb | stride(sb)),
                 gemm::alignment(pc | stride(sc)),
             ],
-            bias,
+            epilogue,
         }
     }
 
-    /// `C = alpha op(A) op(B) + beta C (+ bias)` through cuBLASLt on device addresses
-    /// `(pa, pb, pc)` of operands of dtypes `(ab, cdt)`; `bias` (the address of C's-dtype
-    /// bias of `n` elements) only for one product with `beta` 0.
+    /// `C = epilogue(alpha op(A) op(B) + beta C)` through cuBLASLt on device addresses
+    /// `(pa, pb, pc)` of operands of dtypes `(ab, cdt)`; an epilogue other than
+    /// [`Epilogue::None`] (its addresses in `vecs`) only for one product.
     fn gemm_raw(
         &self,
         dtypes: (DType, DType),
         (pa, pb, pc): (u64, u64, u64),
         s: &Gemm,
-        bias: Option<u64>,
+        epilogue: Epilogue,
+        vecs: Vectors,
     ) -> Result<()> {
         const OP: &str = "gemm";
         let (ab, cdt) = dtypes;
@@ -220,10 +227,10 @@ impl CudaBackend {
                 pb + (i * sb) as u64,
                 pc + (i * sc) as u64,
             );
-            let p = self.problem(dtypes, ptrs, s, batch, bias.is_some());
+            let p = self.problem(dtypes, ptrs, s, batch, epilogue);
             self.ctx.bind_to_thread().map_err(|e| self.dev_err(OP, e))?;
             self.lt
-                .matmul(&self.stream, &p, ptrs, bias, s.alpha, s.beta)
+                .matmul(&self.stream, &p, ptrs, vecs, s.alpha, s.beta)
                 .map_err(|e| self.dev_err(OP, e))?;
         }
         Ok(())
@@ -528,7 +535,13 @@ impl GemmOps for CudaBackend {
                 self.addr(b.buf, b.offset),
                 self.addr(c.buf, c.offset),
             );
-            self.gemm_raw((a.dtype(), c.dtype()), (pa, pb, pc), s, None)
+            self.gemm_raw(
+                (a.dtype(), c.dtype()),
+                (pa, pb, pc),
+                s,
+                Epilogue::None,
+                Vectors::default(),
+            )
         } else {
             self.gemm_staged(a, b, c, s)
         }
@@ -548,31 +561,150 @@ impl GemmOps for CudaBackend {
         if contract::gemm_bias(self, &a, &b, &bias, &c, spec)? == 0 {
             return Ok(());
         }
-        let s = spec;
-        let fits = [s.m, s.n, s.k].iter().all(|&d| d <= i32::MAX as usize);
-        let dtypes = (a.dtype(), c.dtype());
+        let vecs = Vectors {
+            bias: Some(self.addr(bias.buf, bias.offset)),
+            aux: None,
+        };
+        let cc = (self.addr(c.buf, c.offset), c.dtype());
+        if bias.dtype() != c.dtype()
+            || !self.gemm_epilogue("gemm_bias", (&a, &b, cc), spec, Epilogue::Bias, vecs)?
+        {
+            return compose_gemm_bias(self, a, b, bias, c, spec);
+        }
+        Ok(())
+    }
+
+    /// cuBLASLt's `GELU_AUX_BIAS` epilogue (`out` as D, `pre` as the aux matrix) where
+    /// [`CudaBackend::gemm_epilogue`] can use it and the bias has C's dtype; the default
+    /// composition otherwise.
+    fn gemm_bias_gelu(
+        &self,
+        a: View<'_, CudaBuffer>,
+        b: View<'_, CudaBuffer>,
+        bias: View<'_, CudaBuffer>,
+        pre: ViewMut<'_, CudaBuffer>,
+        out: ViewMut<'_, CudaBuffer>,
+        spec: &Gemm,
+    ) -> Result<()> {
+        const OP: &str = "gemm_bias_gelu";
+        if contract::gemm_bias_gelu(self, &a, &b, &bias, &pre, &out, spec)? == 0 {
+            return Ok(());
+        }
+        let vecs = Vectors {
+            bias: Some(self.addr(bias.buf, bias.offset)),
+            aux: Some(self.addr(pre.buf, pre.offset)),
+        };
+        let d = (self.addr(out.buf, out.offset), out.dtype());
+        if bias.dtype() != out.dtype()
+            || !self.gemm_epilogue(OP, (&a, &b, d), spec, Epilogue::GeluAuxBias, vecs)?
+        {
+            return compose_gemm_bias_gelu(self, a, b, bias, pre, out, spec);
+        }
+        Ok(())
+    }
+
+    /// cuBLASLt's `DGELU` epilogue into a scratch buffer of `pre`'s dtype (`pre` as the aux
+    /// matrix), then `dx +=` it; the default composition where the epilogue cannot run.
+    fn gemm_dgelu(
+        &self,
+        a: View<'_, CudaBuffer>,
+        b: View<'_, CudaBuffer>,
+        pre: View<'_, CudaBuffer>,
+        dx: ViewMut<'_, CudaBuffer>,
+        spec: &Gemm,
+    ) -> Result<()> {
+        const OP: &str = "gemm_dgelu";
+        if contract::gemm_dgelu(self, &a, &b, &pre, &dx, spec)? == 0 {
+            return Ok(());
+        }
+        let dh = self.uninit(pre.dtype(), spec.m * spec.n)?;
+        let vecs = Vectors {
+            bias: None,
+            aux: Some(self.addr(pre.buf, pre.offset)),
+        };
+        let d = (self.addr(&dh, 0), dh.dtype());
+        if !self.gemm_epilogue(OP, (&a, &b, d), spec, Epilogue::DGelu, vecs)? {
+            return compose_gemm_dgelu(self, a, b, pre, dx, spec);
+        }
+        self.axpy(1.0, dh.view(), dx)
+    }
+
+    /// cuBLASLt's `BGRADB` (the sums of our A) or `BGRADA` (of our B) epilogue, writing
+    /// `dbias` when it has C's dtype; the default composition where the epilogue cannot run
+    /// or `alpha` is not 1 (cuBLASLt's documentation does not say whether the sums are
+    /// scaled by `alpha`).
+    fn gemm_bias_grad(
+        &self,
+        a: View<'_, CudaBuffer>,
+        b: View<'_, CudaBuffer>,
+        c: ViewMut<'_, CudaBuffer>,
+        dbias: ViewMut<'_, CudaBuffer>,
+        of: BiasGradOf,
+        spec: &Gemm,
+    ) -> Result<()> {
+        const OP: &str = "gemm_bias_grad";
+        if contract::gemm_bias_grad(self, &a, &b, &c, &dbias, of, spec)? == 0 {
+            return Ok(());
+        }
+        let epilogue = match of {
+            BiasGradOf::A => Epilogue::BiasGradOfA,
+            BiasGradOf::B => Epilogue::BiasGradOfB,
+        };
+        let vecs = Vectors {
+            bias: Some(self.addr(dbias.buf, dbias.offset)),
+            aux: None,
+        };
+        let cc = (self.addr(c.buf, c.offset), c.dtype());
+        if spec.alpha != 1.0
+            || dbias.dtype() != c.dtype()
+            || !self.gemm_epilogue(OP, (&a, &b, cc), spec, epilogue, vecs)?
+        {
+            return compose_gemm_bias_grad(self, a, b, c, dbias, of, spec);
+        }
+        Ok(())
+    }
+}
+
+impl CudaBackend {
+    /// Launches one product (`batch` 1) with a cuBLASLt epilogue, D at address and dtype `d`,
+    /// when cuBLASLt can run it: sizes within `i32`, `k > 0`, `alpha != 0`, a supported dtype
+    /// pair, every epilogue address 16-byte aligned, the aux matrix's leading dimension (our
+    /// `n`) a multiple of 8, and an algorithm for the problem (asked once per problem, then
+    /// cached). Returns false, having launched nothing, otherwise: the caller composes.
+    fn gemm_epilogue(
+        &self,
+        op: &'static str,
+        (a, b, d): (&View<'_, CudaBuffer>, &View<'_, CudaBuffer>, (u64, DType)),
+        s: &Gemm,
+        epilogue: Epilogue,
+        vecs: Vectors,
+    ) -> Result<bool> {
+        let fits = [s.m, s.n, s.k].iter().all(|&x| x <= i32::MAX as usize);
+        let dtypes = (a.dtype(), d.1);
+        let aligned = [vecs.bias, vecs.aux]
+            .into_iter()
+            .flatten()
+            .all(|p| gemm::alignment(p) >= 16);
         if !fits
+            || s.batch != 1
             || s.k == 0
             || s.alpha == 0.0
-            || bias.dtype() != c.dtype()
             || !gemm::supported(dtypes.0, dtypes.1)
+            || !aligned
+            || (vecs.aux.is_some() && !s.n.is_multiple_of(8))
         {
-            return compose_gemm_bias(self, a, b, bias, c, spec);
+            return Ok(false);
         }
-        let ptrs = (
-            self.addr(a.buf, a.offset),
-            self.addr(b.buf, b.offset),
-            self.addr(c.buf, c.offset),
-        );
-        self.ctx
-            .bind_to_thread()
-            .map_err(|e| self.dev_err("gemm_bias", e))?;
-        let pbias = self.addr(bias.buf, bias.offset);
-        if gemm::alignment(pbias) < 16 || !self.lt.has_plan(&self.problem(dtypes, ptrs, s, 1, true))
+        let ptrs = (self.addr(a.buf, a.offset), self.addr(b.buf, b.offset), d.0);
+        self.ctx.bind_to_thread().map_err(|e| self.dev_err(op, e))?;
+        if !self
+            .lt
+            .has_plan(&self.problem(dtypes, ptrs, s, 1, epilogue))
         {
-            return compose_gemm_bias(self, a, b, bias, c, spec);
+            return Ok(false);
         }
-        self.gemm_raw(dtypes, ptrs, s, Some(pbias))
+        self.gemm_raw(dtypes, ptrs, s, epilogue, vecs)?;
+        Ok(true)
     }
 }
 

@@ -5,7 +5,7 @@
 
 use mp_kernels::prelude::*;
 use mp_kernels::testing::{random_vec, tolerance};
-use mp_kernels::{BinaryOp, DType, Gemm, UnaryOp, test_per_dtype};
+use mp_kernels::{BiasGradOf, BinaryOp, DType, Gemm, UnaryOp, test_per_dtype};
 
 use crate::common::{close, cpu, down, gpu, poisoned, up};
 
@@ -154,6 +154,128 @@ fn gemm_bias_matches_cpu(dtype: DType) {
     }
 }
 test_per_dtype!(gemm_bias_matches_cpu: f32, f16, bf16);
+
+/// `(pre, gelu(pre))` of [`GemmOps::gemm_bias_gelu`] on `be`, everything of `dt`.
+fn bias_gelu_run<B: Backend>(
+    be: &B,
+    (a, b, bias): (&[f32], &[f32], &[f32]),
+    dt: DType,
+    s: &Gemm,
+) -> (Vec<f32>, Vec<f32>) {
+    let (ba, bb, bbias) = (up(be, a, dt), up(be, b, dt), up(be, bias, dt));
+    let mut pre = poisoned(be, dt, s.m * s.n);
+    let mut out = poisoned(be, dt, s.m * s.n);
+    be.gemm_bias_gelu(
+        ba.view(),
+        bb.view(),
+        bbias.view(),
+        pre.view_mut(),
+        out.view_mut(),
+        s,
+    )
+    .expect("gemm_bias_gelu");
+    (down(be, &pre), down(be, &out))
+}
+
+/// `dx0 + gelu'(pre) (op(A) op(B))` of [`GemmOps::gemm_dgelu`] on `be`, everything of `dt`.
+fn dgelu_run<B: Backend>(
+    be: &B,
+    (a, b, pre, dx0): (&[f32], &[f32], &[f32], &[f32]),
+    dt: DType,
+    s: &Gemm,
+) -> Vec<f32> {
+    let (ba, bb, bpre) = (up(be, a, dt), up(be, b, dt), up(be, pre, dt));
+    let mut dx = up(be, dx0, dt);
+    be.gemm_dgelu(ba.view(), bb.view(), bpre.view(), dx.view_mut(), s)
+        .expect("gemm_dgelu");
+    down(be, &dx)
+}
+
+/// `(C, dbias)` of [`GemmOps::gemm_bias_grad`] on `be`: A and B of `dt`, C (from `c0`) and
+/// the overwritten `dbias` FP32, as a gradient arena holds them.
+fn bias_grad_run<B: Backend>(
+    be: &B,
+    (a, b, c0): (&[f32], &[f32], &[f32]),
+    dt: DType,
+    of: BiasGradOf,
+    s: &Gemm,
+) -> (Vec<f32>, Vec<f32>) {
+    let (ba, bb) = (up(be, a, dt), up(be, b, dt));
+    let mut c = up(be, c0, DType::F32);
+    let len = if of == BiasGradOf::A { s.m } else { s.n };
+    let mut db = poisoned(be, DType::F32, len);
+    be.gemm_bias_grad(ba.view(), bb.view(), c.view_mut(), db.view_mut(), of, s)
+        .expect("gemm_bias_grad");
+    (down(be, &c), down(be, &db))
+}
+
+/// The linear layer's other epilogues against the CPU, in the layouts the linear ops use:
+/// the GELU and its saved input (`gemm_bias_gelu`), the input gradient through the GELU
+/// (`gemm_dgelu`), and the weight gradient with its bias gradient (`gemm_bias_grad`, both
+/// operands). The sizes include one the CUDA epilogues take (the aux matrix's leading
+/// dimension a multiple of 8) and one they leave to the composition.
+fn gemm_epilogues_match_cpu(dtype: DType) {
+    let Some(g) = gpu("gemm_epilogues_match_cpu") else {
+        return;
+    };
+    let c = cpu();
+    let (abs, kk) = tolerance(dtype);
+    let (abs, kk) = (abs * 10.0, kk * 4.0);
+    for (m, n, k) in [(67, 96, 72), (33, 20, 45)] {
+        for tb in [false, true] {
+            let s = Gemm {
+                trans_b: tb,
+                ..Gemm::new(m, n, k)
+            };
+            let ops = (
+                &random_vec(m * k, 21)[..],
+                &random_vec(k * n, 22)[..],
+                &random_vec(n, 23)[..],
+            );
+            let what = format!("gemm_bias_gelu {dtype} {m}x{n}x{k} tb={tb}");
+            let (want_pre, want) = bias_gelu_run(&c, ops, dtype, &s);
+            let (pre, out) = bias_gelu_run(g, ops, dtype, &s);
+            close(&format!("{what} pre"), &pre, &want_pre, dtype, abs, kk);
+            // a fused GELU reads the FP32 product, the composition its rounding: two ulps
+            close(&what, &out, &want, dtype, 2.0 * abs, 2.0 * kk);
+
+            let pre = random_vec(m * n, 24);
+            let dx0 = random_vec(m * n, 25);
+            let ops = (ops.0, ops.1, &pre[..], &dx0[..]);
+            let what = format!("gemm_dgelu {dtype} {m}x{n}x{k} tb={tb}");
+            let want = dgelu_run(&c, ops, dtype, &s);
+            let got = dgelu_run(g, ops, dtype, &s);
+            close(&what, &got, &want, dtype, 2.0 * abs, 2.0 * kk);
+        }
+        // dW[in, out] += x^T dy (the bias sums of B), dW[out, in] += dy^T x (of A)
+        for of in [BiasGradOf::B, BiasGradOf::A] {
+            let s = Gemm {
+                trans_a: true,
+                beta: 1.0,
+                ..Gemm::new(m, n, k)
+            };
+            let (a, b, c0) = (
+                random_vec(k * m, 26),
+                random_vec(k * n, 27),
+                random_vec(m * n, 28),
+            );
+            let what = format!("gemm_bias_grad {dtype} {m}x{n}x{k} of {of:?}");
+            let (want_c, want_db) = bias_grad_run(&c, (&a, &b, &c0), dtype, of, &s);
+            let (got_c, got_db) = bias_grad_run(g, (&a, &b, &c0), dtype, of, &s);
+            let (fabs, fk) = tolerance(DType::F32);
+            close(&what, &got_c, &want_c, DType::F32, fabs * 10.0, fk * 4.0);
+            close(
+                &format!("{what} dbias"),
+                &got_db,
+                &want_db,
+                DType::F32,
+                fabs * 10.0,
+                fk * 4.0,
+            );
+        }
+    }
+}
+test_per_dtype!(gemm_epilogues_match_cpu: f32, f16, bf16);
 
 /// A batched F32 GEMM whose one B serves every batch (`stride_b = 0`) on `be` against the CPU,
 /// within `abs + |ref| * k * eps`.

@@ -342,19 +342,25 @@ impl<B: Backend> Gpt<B> {
             let x1 = tape.add(x, o)?;
             done(tape, &[h, qkv, a, o, x])?;
             let h = self.layer_norm(tape, x1, &blk.ln_2, eps)?;
-            let f = self.linear(tape, h, &blk.c_fc)?;
+            // the MLP: c_fc's GELU in its GEMM's epilogue, or (recompute_gelu) in c_proj's
+            // op, recomputed in its backward
             let m = if self.recompute_gelu {
+                let f = self.linear(tape, h, &blk.c_fc)?;
                 let p = &blk.mlp_proj;
                 let (w, b) = (tape.param(&p[0])?, tape.param(&p[1])?);
-                tape.gelu_linear(f, w, Some(b), WeightLayout::InOut)?
+                let m = tape.gelu_linear(f, w, Some(b), WeightLayout::InOut)?;
+                done(tape, &[f])?;
+                m
             } else {
-                let g = tape.gelu(f)?;
+                let p = &blk.c_fc;
+                let (w, b) = (tape.param(&p[0])?, tape.param(&p[1])?);
+                let g = tape.linear_gelu(h, w, Some(b), WeightLayout::InOut)?;
                 let m = self.linear(tape, g, &blk.mlp_proj)?;
                 done(tape, &[g])?;
                 m
             };
             x = tape.add(x1, m)?;
-            done(tape, &[h, f, m, x1])?;
+            done(tape, &[h, m, x1])?;
         }
         tape.set_scope("lm_head");
         let h = self.layer_norm(tape, x, &self.ln_f, eps)?;
