@@ -1,15 +1,18 @@
 //! Branch-free f32 math the kernels' inner loops are built from, written so that LLVM
-//! vectorises the loops that call it, and [`simd_dispatch!`] to compile such a loop a second
-//! time for AVX2+FMA, chosen at run time.
+//! vectorises the loops that call it, and [`simd_dispatch!`] to compile such a loop again
+//! for AVX-512F and for AVX2+FMA, chosen at run time.
 //!
 //! `exp` follows Cephes `expf` (Cody-Waite reduction, degree-6 polynomial): within 2 ulp of
 //! the correctly rounded result over its clamped range. GELU is computed as
 //! `x * sigmoid(2u)`, which equals `0.5 x (1 + tanh(u))` exactly in real arithmetic and has no
 //! cancellation for negative `x` (where `1 + tanh(u)` would lose every bit).
 
-/// Defines `fn $name(args)` that runs `$body` compiled for AVX2+FMA when the CPU has both
-/// (detected once, cached by std) and for the baseline target otherwise. The body must be
-/// safe code; only the call into the feature-enabled copy is `unsafe`.
+/// Defines `fn $name(args)` that runs `$body` compiled for AVX-512F (with AVX2 and FMA) when
+/// the CPU has it, else for AVX2+FMA when the CPU has both (detected once, cached by std), and
+/// for the baseline target otherwise. The copies compute the same values (LLVM contracts no
+/// multiply-add into an FMA on its own; the body asks for none): they differ in register
+/// width only. The body must be safe code; only the calls into the feature-enabled copies are
+/// `unsafe`.
 macro_rules! simd_dispatch {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$m])*
@@ -18,6 +21,17 @@ macro_rules! simd_dispatch {
             fn body($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                fn avx512($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked just above).
+                    return unsafe { avx512($($arg),*) };
+                }
                 #[target_feature(enable = "avx2,fma")]
                 fn avx2($($arg: $ty),*) {
                     body($($arg),*)
