@@ -273,6 +273,21 @@ impl<B: Backend> Grads<'_, '_, B> {
         self.tape.grad_of(self.inputs[i], self.gs, self.arena)
     }
 
+    /// The gradient of input `i` for a kernel that can either overwrite it or add into it,
+    /// with `beta`: 0.0 when this is the input's first contribution (an activation's gradient
+    /// buffer allocated without a zero fill: the kernel must write every element), 1.0 when
+    /// it holds earlier ones (or is a parameter's slice of the arena). `None` when nothing
+    /// needs it.
+    pub fn get_with_beta(&mut self, i: usize) -> Result<Option<(ViewMut<'_, B::Buffer>, f32)>> {
+        if self.passed == Some(i) {
+            return Ok(None);
+        }
+        let g = self
+            .tape
+            .grad_or_fresh(self.inputs[i], self.gs, self.arena, true)?;
+        Ok(g.map(|(v, fresh)| (v, if fresh { 0.0 } else { 1.0 })))
+    }
+
     /// `grad(i) += src` (same number of elements; any dtypes).
     pub fn add(&mut self, i: usize, src: View<'_, B::Buffer>) -> Result<()> {
         self.add_scaled(i, 1.0, src)

@@ -757,16 +757,35 @@ impl<'a, B: Backend> Tape<'a, B> {
         gs: &'g mut [Option<B::Buffer>],
         arena: &'g mut B::Buffer,
     ) -> Result<Option<ViewMut<'g, B::Buffer>>> {
+        Ok(self.grad_or_fresh(t, gs, arena, false)?.map(|(g, _)| g))
+    }
+
+    /// [`Tape::grad_of`], and whether the gradient is fresh: with `may_skip_zeros`, an
+    /// activation's first gradient buffer is allocated without its zero fill, returned with
+    /// `true`, and the caller overwrites every element of it.
+    pub(crate) fn grad_or_fresh<'g>(
+        &self,
+        t: usize,
+        gs: &'g mut [Option<B::Buffer>],
+        arena: &'g mut B::Buffer,
+        may_skip_zeros: bool,
+    ) -> Result<Option<(ViewMut<'g, B::Buffer>, bool)>> {
         let n = &self.nodes[t];
         match n.grad {
             GradLoc::None => Ok(None),
-            GradLoc::Arena(o) => Ok(Some(arena.slice_mut(o, n.numel()))),
-            GradLoc::Alias(src) => self.grad_of(src, gs, arena),
+            GradLoc::Arena(o) => Ok(Some((arena.slice_mut(o, n.numel()), false))),
+            GradLoc::Alias(src) => self.grad_or_fresh(src, gs, arena, may_skip_zeros),
             GradLoc::Own => {
-                if gs[t].is_none() {
-                    gs[t] = Some(self.be.zeros(n.dtype, n.numel())?);
+                let fresh = gs[t].is_none();
+                if fresh {
+                    gs[t] = Some(match may_skip_zeros {
+                        true => self.be.uninit(n.dtype, n.numel())?,
+                        false => self.be.zeros(n.dtype, n.numel())?,
+                    });
                 }
-                Ok(gs[t].as_mut().map(|g| g.view_mut()))
+                Ok(gs[t]
+                    .as_mut()
+                    .map(|g| (g.view_mut(), fresh && may_skip_zeros)))
             }
         }
     }

@@ -87,15 +87,18 @@ fn linear_dx_spec<B: Backend>(cx: &Backward<'_, '_, B>, layout: WeightLayout, be
     }
 }
 
-/// `dx += dy W^T`: the input gradient of [`linear_forward`] from the output gradient `dy`.
+/// `dx += dy W^T`: the input gradient of [`linear_forward`] from the output gradient `dy`,
+/// into input 0 of `g` (written, not added, when it is the first contribution).
 fn linear_dx<B: Backend>(
     cx: &Backward<'_, '_, B>,
+    g: &mut Grads<'_, '_, B>,
     layout: WeightLayout,
     dy: View<'_, B::Buffer>,
-    dx: mp_kernels::ViewMut<'_, B::Buffer>,
 ) -> Result<()> {
-    let spec = linear_dx_spec(cx, layout, 1.0);
-    cx.backend().gemm(dy, cx.value(1)?, dx, &spec)?;
+    if let Some((dx, beta)) = g.get_with_beta(0)? {
+        let spec = linear_dx_spec(cx, layout, beta);
+        cx.backend().gemm(dy, cx.value(1)?, dx, &spec)?;
+    }
     Ok(())
 }
 
@@ -168,9 +171,7 @@ impl<B: Backend> TapeOp<B> for Linear {
     }
     fn backward(&self, cx: &Backward<'_, '_, B>, g: &mut Grads<'_, '_, B>) -> Result<()> {
         let dy = cx.dy()?;
-        if let Some(dx) = g.get(0)? {
-            linear_dx(cx, self.layout, dy, dx)?;
-        }
+        linear_dx(cx, g, self.layout, dy)?;
         linear_dw_db(cx, g, self.layout, cx.value(0)?, dy)
     }
 }
@@ -233,9 +234,7 @@ impl<B: Backend> TapeOp<B> for LinearGelu<B> {
         // the GELU's input gradient in its dtype, as the unfused graph's gelu backward makes it
         let mut dpre = cx.zeros(pre.dtype(), pre.len())?;
         be.unary_backward(UnaryOp::GeluTanh, pre.view(), cx.dy()?, dpre.view_mut())?;
-        if let Some(dx) = g.get(0)? {
-            linear_dx(cx, self.layout, dpre.view(), dx)?;
-        }
+        linear_dx(cx, g, self.layout, dpre.view())?;
         linear_dw_db(cx, g, self.layout, cx.value(0)?, dpre.view())
     }
     fn saved_bytes(&self) -> usize {
