@@ -122,7 +122,7 @@ impl HfGpt2Config {
             n_inner: None,
             activation_function: "gelu_new".into(),
             layer_norm_epsilon: 1e-5,
-            initializer_range: 0.02,
+            initializer_range: m.initializer_range,
             resid_pdrop: 0.0,
             embd_pdrop: 0.0,
             attn_pdrop: 0.0,
@@ -142,6 +142,7 @@ impl HfGpt2Config {
             n_head: self.n_head,
             n_positions: self.n_positions,
             vocab_size: self.vocab_size,
+            initializer_range: self.initializer_range,
             ..ModelConfig::default()
         }
     }
@@ -213,7 +214,7 @@ impl HfLlamaConfig {
             attention_bias: false,
             mlp_bias: false,
             tie_word_embeddings: l.tie_word_embeddings,
-            initializer_range: 0.02,
+            initializer_range: l.initializer_range,
             torch_dtype: "float32".into(),
             bos_token_id: u32::from(b'\n'),
             eos_token_id: u32::from(b'\n'),
@@ -533,6 +534,7 @@ pub fn hf_model(dir: &Path) -> Result<ModelConfig> {
                 rope_theta: l.rope_theta,
                 rms_norm_eps: l.rms_norm_eps,
                 tie_word_embeddings: l.tie_word_embeddings,
+                initializer_range: l.initializer_range,
             })
         }
         _ => Ok(hf_config(dir)?.model()),

@@ -340,6 +340,9 @@ pub struct ModelConfig {
     pub rms_norm_eps: f32,
     /// Llama: the output head is the token embedding (GPT-2's always is).
     pub tie_word_embeddings: bool,
+    /// Standard deviation of the initial weights (HF `initializer_range`; GPT-2's residual
+    /// projections take it over `sqrt(2 n_layer)`).
+    pub initializer_range: f32,
 }
 
 impl Default for ModelConfig {
@@ -356,6 +359,7 @@ impl Default for ModelConfig {
             rope_theta: 10000.0,
             rms_norm_eps: 1e-5,
             tie_word_embeddings: false,
+            initializer_range: 0.02,
         }
     }
 }
@@ -389,6 +393,7 @@ impl ModelConfig {
             n_layer: self.n_layer,
             n_head: self.n_head,
             layer_norm_epsilon: 1e-5,
+            initializer_range: self.initializer_range,
         }
     }
 
@@ -406,6 +411,7 @@ impl ModelConfig {
             rms_norm_eps: self.rms_norm_eps,
             rope_theta: self.rope_theta,
             tie_word_embeddings: self.tie_word_embeddings,
+            initializer_range: self.initializer_range,
         }
     }
 }
@@ -1048,6 +1054,9 @@ intermediate_size = {intermediate_size}
 rope_theta = {rope_theta:.1}
 rms_norm_eps = {rms_norm_eps:e}
 tie_word_embeddings = {tie_word_embeddings}
+# Standard deviation of the initial weights (HF initializer_range; GPT-2's residual
+# projections take it over sqrt(2 n_layer)).
+initializer_range = {initializer_range}
 
 [data]
 # A text file to train on (tokenized whole), or llm.c token shards (a .bin file, a folder of
@@ -1112,6 +1121,7 @@ reverse_answer = {reverse_answer}
         rope_theta = m.rope_theta,
         rms_norm_eps = m.rms_norm_eps,
         tie_word_embeddings = m.tie_word_embeddings,
+        initializer_range = m.initializer_range,
         n_positions = m.n_positions,
         vocab_size = m.vocab_size,
         val_fraction = d.val_fraction,
@@ -1129,6 +1139,7 @@ fn llama_field(hf: &str) -> &'static str {
         "intermediate_size" => "model.intermediate_size",
         "rms_norm_eps" => "model.rms_norm_eps",
         "rope_theta" => "model.rope_theta",
+        "initializer_range" => "model.initializer_range",
         "hidden_size" => "model.n_embd",
         "num_hidden_layers" => "model.n_layer",
         "vocab_size" => "model.vocab_size",

@@ -48,10 +48,17 @@ pub struct GptConfig {
     /// Layer-norm epsilon.
     #[serde(default = "default_eps")]
     pub layer_norm_epsilon: f32,
+    /// Standard deviation of the initial weights (HF `initializer_range`).
+    #[serde(default = "default_init")]
+    pub initializer_range: f32,
 }
 
 fn default_eps() -> f32 {
     1e-5
+}
+
+fn default_init() -> f32 {
+    0.02
 }
 
 impl GptConfig {
@@ -64,10 +71,20 @@ impl GptConfig {
         n_layer: 4,
         n_head: 4,
         layer_norm_epsilon: 1e-5,
+        initializer_range: 0.02,
     };
 
-    /// Checks that every size is positive and the width splits into heads.
+    /// Checks that every size is positive, the width splits into heads and the initial
+    /// weights' standard deviation is positive and finite.
     pub fn validate(&self) -> Result<()> {
+        let init = self.initializer_range;
+        if !init.is_finite() || init <= 0.0 {
+            return Err(TrainError::invalid(
+                "model.initializer_range",
+                init,
+                "must be positive and finite",
+            ));
+        }
         let fields = [
             ("model.vocab_size", self.vocab_size),
             ("model.n_positions", self.n_positions),
@@ -188,14 +205,15 @@ fn stored_rows(config: &GptConfig) -> StoredRows<'static> {
 
 impl<B: Backend> Gpt<B> {
     /// A GPT initialised like HF GPT-2 from `seed`: every weight matrix and embedding normal
-    /// with std 0.02 (the residual projections `c_proj` 0.02 / sqrt(2 n_layer)), biases 0,
-    /// layer-norm weights 1. Same seed, same weights, on every backend.
+    /// with std `initializer_range` (the residual projections `c_proj` that / sqrt(2
+    /// n_layer)), biases 0, layer-norm weights 1. Same seed, same weights, on every backend.
     pub fn new(be: &B, config: GptConfig, seed: u64) -> Result<Self> {
         config.validate()?;
         let layout = config.layout();
         let mut host = vec![0.0f32; layout.numel()];
         let mut rng = SplitMix(seed ^ 0x6750_5432_4750_5432);
-        let proj_std = 0.02 / (2.0 * config.n_layer as f64).sqrt();
+        let init = f64::from(config.initializer_range);
+        let proj_std = init / (2.0 * config.n_layer as f64).sqrt();
         for e in layout.entries() {
             let dst = &mut host[e.offset..e.offset + e.numel()];
             if e.name.contains(".ln_") {
@@ -206,7 +224,7 @@ impl<B: Backend> Gpt<B> {
                 let std = if e.name.ends_with("c_proj.weight") {
                     proj_std
                 } else {
-                    0.02
+                    init
                 };
                 dst.iter_mut()
                     .for_each(|x| *x = (rng.normal() * std) as f32);
@@ -494,6 +512,7 @@ mod tests {
             n_layer: 2,
             n_head: 2,
             layer_norm_epsilon: 1e-5,
+            initializer_range: 0.02,
         }
     }
 

@@ -53,6 +53,8 @@ pub struct LlamaConfig {
     pub rope_theta: f32,
     /// The output head is the token embedding (no `lm_head.weight`).
     pub tie_word_embeddings: bool,
+    /// Standard deviation of the initial weights.
+    pub initializer_range: f32,
 }
 
 impl LlamaConfig {
@@ -114,6 +116,7 @@ impl LlamaConfig {
             rms_norm_eps: v["rms_norm_eps"].as_f64().unwrap_or(1e-6) as f32,
             rope_theta,
             tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false),
+            initializer_range: v["initializer_range"].as_f64().unwrap_or(0.02) as f32,
         };
         cfg.validate()
             .map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
@@ -161,9 +164,10 @@ impl LlamaConfig {
         for (field, v) in [
             ("rms_norm_eps", self.rms_norm_eps),
             ("rope_theta", self.rope_theta),
+            ("initializer_range", self.initializer_range),
         ] {
-            if v.is_nan() || v <= 0.0 {
-                return Err(TrainError::invalid(field, v, "must be positive"));
+            if !v.is_finite() || v <= 0.0 {
+                return Err(TrainError::invalid(field, v, "must be positive and finite"));
             }
         }
         Ok(())
@@ -276,9 +280,9 @@ fn stored_rows(config: &LlamaConfig) -> StoredRows<'static> {
 }
 
 impl<B: Backend> Llama<B> {
-    /// A Llama initialised like HF (`initializer_range` 0.02): every projection and the
-    /// embedding normal with std 0.02, norm weights 1. Same seed, same weights, on every
-    /// backend.
+    /// A Llama initialised like HF: every projection and the embedding normal with std
+    /// `initializer_range` (HF's default 0.02), norm weights 1. Same seed, same weights, on
+    /// every backend.
     pub fn new(be: &B, config: LlamaConfig, seed: u64) -> Result<Self> {
         config.validate()?;
         let layout = config.layout();
@@ -289,8 +293,9 @@ impl<B: Backend> Llama<B> {
             if e.name.ends_with("norm.weight") {
                 dst.fill(1.0);
             } else {
+                let std = f64::from(config.initializer_range);
                 dst.iter_mut()
-                    .for_each(|x| *x = (rng.normal() * 0.02) as f32);
+                    .for_each(|x| *x = (rng.normal() * std) as f32);
             }
         }
         // the vocabulary's padding rows are zero (and stay so: their gradient is zero)
@@ -524,6 +529,7 @@ impl<B: Backend> Llama<B> {
 mod tests {
     use super::*;
     use mp_kernels::cpu::CpuBackend;
+    use mp_kernels::prelude::*;
 
     fn tiny(tied: bool) -> LlamaConfig {
         LlamaConfig {
@@ -538,6 +544,7 @@ mod tests {
             rms_norm_eps: 1e-5,
             rope_theta: 10000.0,
             tie_word_embeddings: tied,
+            initializer_range: 0.02,
         }
     }
 
@@ -558,6 +565,39 @@ mod tests {
         assert_eq!(l.get("lm_head.weight").unwrap().shape, [128, 16]);
         assert!(tiny(true).layout().get("lm_head.weight").is_none());
         assert_eq!(l.numel() - tiny(true).layout().numel(), 128 * 16);
+    }
+
+    /// The projections and the embedding start with std `initializer_range`, the norms at 1;
+    /// a zero, negative or non-finite one is refused by name.
+    #[test]
+    fn initializer_range_sets_the_initial_std() {
+        let be = CpuBackend::new();
+        for init in [0.02f32, 0.1] {
+            let c = LlamaConfig {
+                initializer_range: init,
+                ..tiny(false)
+            };
+            let m = Llama::new(&be, c, 3).unwrap();
+            let host = be.download_f32(m.params.view()).unwrap();
+            let e = m.layout.get("model.layers.0.mlp.gate_proj.weight").unwrap();
+            let w = &host[e.offset..e.offset + e.numel()];
+            let std = (w.iter().map(|x| x * x).sum::<f32>() / w.len() as f32).sqrt();
+            assert!((std / init - 1.0).abs() < 0.15, "std {std} for {init}");
+            let n = m.layout.get("model.norm.weight").unwrap();
+            assert!(
+                host[n.offset..n.offset + n.numel()]
+                    .iter()
+                    .all(|&x| x == 1.0)
+            );
+        }
+        for bad in [0.0, -0.1, f32::NAN, f32::INFINITY] {
+            let c = LlamaConfig {
+                initializer_range: bad,
+                ..tiny(false)
+            };
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("initializer_range"), "{err}");
+        }
     }
 
     #[test]

@@ -142,6 +142,7 @@ fn llama_logits_see_order_and_are_causal_at_the_training_context() {
         rope_theta: 10000.0,
         rms_norm_eps: 1e-5,
         tie_word_embeddings: false,
+        initializer_range: 0.02,
     };
     let m = Llama::new(&be, config, 7).unwrap();
     let ids: Vec<u32> = (0..64).map(|i| (i * 37 + 11) % 256).collect();

@@ -94,12 +94,17 @@ fn init_from_and_resume_together_are_refused() {
     assert!(!out.exists(), "a refused run left {}", out.display());
 }
 
-/// `configs/llama.toml`, the default Llama of the README, is a valid GQA Llama config.
+/// `configs/llama.toml`, the default Llama of the README, is a valid Llama config of the
+/// embedded corpus, and with `n_kv_head` set below `n_head` it is a grouped-query one.
 #[test]
-fn the_default_llama_config_is_a_grouped_query_llama() {
+fn the_default_llama_config_is_a_valid_llama() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/llama.toml");
     let cfg = mp_train::config::TrainConfig::load(Some(&path), &[]).unwrap();
     assert_eq!(cfg.model.arch, Arch::Llama);
-    assert!(cfg.model.kv_heads() < cfg.model.n_head, "{:?}", cfg.model);
     assert_eq!(cfg.data.path, None, "the embedded arithmetic corpus");
+    cfg.model.llama().validate().unwrap();
+    let gqa = ["model.n_kv_head=2".to_string()];
+    let cfg = mp_train::config::TrainConfig::load(Some(&path), &gqa).unwrap();
+    assert!(cfg.model.kv_heads() < cfg.model.n_head, "{:?}", cfg.model);
+    cfg.model.llama().validate().unwrap();
 }

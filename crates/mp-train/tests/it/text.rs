@@ -467,6 +467,7 @@ fn a_padded_vocabulary_is_masked_out_of_the_loss_and_stored_unpadded() {
         n_layer: 1,
         n_head: 2,
         layer_norm_epsilon: 1e-5,
+        initializer_range: 0.02,
     };
     let mut gpt = Gpt::new(&be, config, 3).unwrap();
     let (b, t) = (2, 16);
