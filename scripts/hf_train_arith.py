@@ -7,6 +7,9 @@ validation loss every `--eval` steps: the reference for whether a loss plateau i
     python3 scripts/hf_train_arith.py llama --steps 2000 --seed 1
     python3 scripts/hf_train_arith.py gpt2 --steps 1500
     python3 scripts/hf_train_arith.py llama --set rope_theta=10 --set num_key_value_heads=4
+    python3 scripts/hf_train_arith.py llama --steps 4000 --weight-decay 0 \
+        --set tie_word_embeddings=true --set num_attention_heads=8 \
+        --set num_key_value_heads=8 --set initializer_range=0.1   # configs/llama.toml
 
 The data follows mp-train's corpus (2-digit `a+b=c` lines with the answer reversed, 50000
 training problems, 10% of the pairs held out, windows of 65 tokens starting at a line) but is
@@ -78,8 +81,14 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--weight-decay", type=float, default=0.1, help="on matrices only")
+    p.add_argument("--beta2", type=float, default=0.95)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--set", action="append", default=[], help="model config FIELD=VALUE")
     args = p.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     overrides = {k: parse_value(v) for k, v in (s.split("=", 1) for s in args.set)}
     model = model_for(args.arch, overrides)
@@ -88,10 +97,11 @@ def main() -> None:
     decay = [q for q in model.parameters() if q.dim() >= 2]
     rest = [q for q in model.parameters() if q.dim() < 2]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
-        lr=args.lr, betas=(0.9, 0.95), eps=1e-8,
+        [{"params": decay, "weight_decay": args.weight_decay},
+         {"params": rest, "weight_decay": 0.0}],
+        lr=args.lr, betas=(0.9, args.beta2), eps=1e-8,
     )
-    warmup, floor = 100, 0.1
+    warmup, floor = args.warmup, 0.1
 
     def lr_at(step):
         if step < warmup:
