@@ -575,7 +575,7 @@ impl GemmOps for CudaBackend {
     }
 
     /// cuBLASLt's `GELU_AUX_BIAS` epilogue (`out` as D, `pre` as the aux matrix) where
-    /// [`CudaBackend::gemm_epilogue`] can use it and the bias has C's dtype; the default
+    /// `CudaBackend::gemm_epilogue` can use it and the bias has C's dtype; the default
     /// composition otherwise.
     fn gemm_bias_gelu(
         &self,
