@@ -40,7 +40,7 @@ pub const FORMAT_VERSION: u32 = 2;
 
 /// HF's defaults for the `config.json` fields older files leave out (the hub's `gpt2`).
 mod hf_default {
-    pub fn initializer_range() -> f32 {
+    pub fn initializer_range() -> f64 {
         0.02
     }
     pub fn yes() -> bool {
@@ -81,7 +81,7 @@ pub struct HfGpt2Config {
     pub layer_norm_epsilon: f32,
     /// Initialiser standard deviation.
     #[serde(default = "hf_default::initializer_range")]
-    pub initializer_range: f32,
+    pub initializer_range: f64,
     /// Dropout probabilities (this trainer uses none).
     #[serde(default)]
     pub resid_pdrop: f32,
@@ -184,7 +184,7 @@ pub struct HfLlamaConfig {
     /// The output head is the token embedding.
     pub tie_word_embeddings: bool,
     /// Initialiser standard deviation.
-    pub initializer_range: f32,
+    pub initializer_range: f64,
     /// dtype of the stored weights.
     pub torch_dtype: String,
     /// Beginning-of-text token (bytes: newline).

@@ -342,7 +342,7 @@ pub struct ModelConfig {
     pub tie_word_embeddings: bool,
     /// Standard deviation of the initial weights (HF `initializer_range`; GPT-2's residual
     /// projections take it over `sqrt(2 n_layer)`).
-    pub initializer_range: f32,
+    pub initializer_range: f64,
 }
 
 impl Default for ModelConfig {

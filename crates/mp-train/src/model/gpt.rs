@@ -50,14 +50,14 @@ pub struct GptConfig {
     pub layer_norm_epsilon: f32,
     /// Standard deviation of the initial weights (HF `initializer_range`).
     #[serde(default = "default_init")]
-    pub initializer_range: f32,
+    pub initializer_range: f64,
 }
 
 fn default_eps() -> f32 {
     1e-5
 }
 
-fn default_init() -> f32 {
+fn default_init() -> f64 {
     0.02
 }
 
@@ -212,7 +212,7 @@ impl<B: Backend> Gpt<B> {
         let layout = config.layout();
         let mut host = vec![0.0f32; layout.numel()];
         let mut rng = SplitMix(seed ^ 0x6750_5432_4750_5432);
-        let init = f64::from(config.initializer_range);
+        let init = config.initializer_range;
         let proj_std = init / (2.0 * config.n_layer as f64).sqrt();
         for e in layout.entries() {
             let dst = &mut host[e.offset..e.offset + e.numel()];

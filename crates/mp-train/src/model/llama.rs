@@ -54,7 +54,7 @@ pub struct LlamaConfig {
     /// The output head is the token embedding (no `lm_head.weight`).
     pub tie_word_embeddings: bool,
     /// Standard deviation of the initial weights.
-    pub initializer_range: f32,
+    pub initializer_range: f64,
 }
 
 impl LlamaConfig {
@@ -116,7 +116,7 @@ impl LlamaConfig {
             rms_norm_eps: v["rms_norm_eps"].as_f64().unwrap_or(1e-6) as f32,
             rope_theta,
             tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false),
-            initializer_range: v["initializer_range"].as_f64().unwrap_or(0.02) as f32,
+            initializer_range: v["initializer_range"].as_f64().unwrap_or(0.02),
         };
         cfg.validate()
             .map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
@@ -164,11 +164,18 @@ impl LlamaConfig {
         for (field, v) in [
             ("rms_norm_eps", self.rms_norm_eps),
             ("rope_theta", self.rope_theta),
-            ("initializer_range", self.initializer_range),
         ] {
             if !v.is_finite() || v <= 0.0 {
                 return Err(TrainError::invalid(field, v, "must be positive and finite"));
             }
+        }
+        let init = self.initializer_range;
+        if !init.is_finite() || init <= 0.0 {
+            return Err(TrainError::invalid(
+                "initializer_range",
+                init,
+                "must be positive and finite",
+            ));
         }
         Ok(())
     }
@@ -293,7 +300,7 @@ impl<B: Backend> Llama<B> {
             if e.name.ends_with("norm.weight") {
                 dst.fill(1.0);
             } else {
-                let std = f64::from(config.initializer_range);
+                let std = config.initializer_range;
                 dst.iter_mut()
                     .for_each(|x| *x = (rng.normal() * std) as f32);
             }
@@ -572,7 +579,7 @@ mod tests {
     #[test]
     fn initializer_range_sets_the_initial_std() {
         let be = CpuBackend::new();
-        for init in [0.02f32, 0.1] {
+        for init in [0.02f64, 0.1] {
             let c = LlamaConfig {
                 initializer_range: init,
                 ..tiny(false)
@@ -582,7 +589,10 @@ mod tests {
             let e = m.layout.get("model.layers.0.mlp.gate_proj.weight").unwrap();
             let w = &host[e.offset..e.offset + e.numel()];
             let std = (w.iter().map(|x| x * x).sum::<f32>() / w.len() as f32).sqrt();
-            assert!((std / init - 1.0).abs() < 0.15, "std {std} for {init}");
+            assert!(
+                (f64::from(std) / init - 1.0).abs() < 0.15,
+                "std {std} for {init}"
+            );
             let n = m.layout.get("model.norm.weight").unwrap();
             assert!(
                 host[n.offset..n.offset + n.numel()]
@@ -590,7 +600,7 @@ mod tests {
                     .all(|&x| x == 1.0)
             );
         }
-        for bad in [0.0, -0.1, f32::NAN, f32::INFINITY] {
+        for bad in [0.0, -0.1, f64::NAN, f64::INFINITY] {
             let c = LlamaConfig {
                 initializer_range: bad,
                 ..tiny(false)
