@@ -617,14 +617,16 @@ impl GemmOps for CudaBackend {
         if contract::gemm_dgelu(self, &a, &b, &pre, &dx, spec)? == 0 {
             return Ok(());
         }
-        let dh = self.uninit(pre.dtype(), spec.m * spec.n)?;
+        let mut dh = self.uninit(pre.dtype(), spec.m * spec.n)?;
         let vecs = Vectors {
             bias: None,
             aux: Some(self.addr(pre.buf, pre.offset)),
         };
         let d = (self.addr(&dh, 0), dh.dtype());
         if !self.gemm_epilogue(OP, (&a, &b, d), spec, Epilogue::DGelu, vecs)? {
-            return compose_gemm_dgelu(self, a, b, pre, dx, spec);
+            // the default composition on the scratch already allocated (not a second one)
+            self.gemm(a, b, dh.view_mut(), spec)?;
+            return self.unary_backward(UnaryOp::GeluTanh, pre, dh.view(), dx);
         }
         self.axpy(1.0, dh.view(), dx)
     }
